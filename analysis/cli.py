@@ -1,0 +1,167 @@
+"""The ``fourbit`` command line. Each verb parses its arguments into the objects the Python API
+takes and calls the same function (style.md rule 11):
+
+``fourbit run``       `analysis.run.main_job`
+``fourbit train``     `models.train`
+``fourbit simulate``  `hwsim.simulate`
+
+Bad input (an unknown name, a value out of range, an unwritable directory) prints one line,
+``fourbit: error: ...``, and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _print_table(df: pd.DataFrame) -> None:
+    with pd.option_context("display.width", 200, "display.max_columns", 50,
+                           "display.float_format", "{:,.3f}".format):
+        print(df.to_string(index=False))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from analysis.run import MainJob, main_job
+
+    job = MainJob(model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
+                  baseline=args.baseline, chip=args.chip, baseline_chip=args.baseline_chip,
+                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, out=args.out)
+    table = main_job(job, progress=not args.quiet)
+    _print_table(table)
+    print(f"\nwrote {args.out}/main_job.csv, {args.out}/main_job.png and the run directories in {args.out}/runs")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from analysis.run import check_writable
+    from models.train import TrainConfig, train
+
+    check_writable(args.out)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                      trace_every=args.trace_every, **({"lr": args.lr} if args.lr else {}))
+    run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
+                out=args.out, progress=not args.quiet)
+    for key, value in run.final.items():
+        print(f"{key}: {value:.6g}")
+    print(f"wrote {run.path}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from hwsim import load_chip, simulate
+    from traces.io import read
+
+    chip = load_chip(args.chip, _overrides(args.set))
+    report = simulate(read(args.run_dir), chip, step=args.step)
+    df = report.to_frame()
+    cols = ["layer", "phase", "unit", "macs", "compute_cycles", "stall_cycles", "total_cycles",
+            "utilization", "dram_read_bytes", "dram_write_bytes", "energy_pj"]
+    _print_table(df[cols])
+    t = report.totals()
+    print(f"\nper step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
+          f"{t['energy_pj'] * 1e-6:.3f} uJ, {t['tops_per_w']:.3f} TOPS/W")
+    if args.out:
+        from analysis.run import check_writable
+
+        out = check_writable(args.out)
+        df.to_csv(out / "simulation.csv", index=False)
+        print(f"wrote {out / 'simulation.csv'}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fourbit", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    r = sub.add_parser("run", help="the main job: train int4 and fp32, simulate both chips, compare")
+    r.add_argument("--model", default="mlp")
+    r.add_argument("--dataset", default="digits")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--recipe", default="int4")
+    r.add_argument("--baseline", default="fp32", help="baseline recipe (default fp32)")
+    r.add_argument("--chip", default="fourbit", help="chip preset or TOML for the 4-bit recipe")
+    r.add_argument("--baseline-chip", default="fp16", help="chip preset or TOML for the baseline")
+    r.add_argument("--epochs", type=_positive_int, default=20)
+    r.add_argument("--batch-size", type=_positive_int, default=64)
+    r.add_argument("--seed", type=_nonneg_int, default=0)
+    r.add_argument("--out", default="fourbit-out")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    t = sub.add_parser("train", help="train a model with a recipe and write its run directory")
+    t.add_argument("--model", required=True)
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--recipe", required=True)
+    t.add_argument("--epochs", type=_positive_int, default=20)
+    t.add_argument("--batch-size", type=_positive_int, default=64)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=_nonneg_int, default=0)
+    t.add_argument("--trace-every", type=_nonneg_int, default=0)
+    t.add_argument("--data-dir", default=None)
+    t.add_argument("--out", required=True)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("simulate", help="simulate one training step of a run directory on a chip")
+    s.add_argument("run_dir")
+    s.add_argument("--chip", required=True, help="preset name or TOML path")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a chip field")
+    s.add_argument("--step", type=_nonneg_int, default=None)
+    s.add_argument("--out", default=None)
+    s.set_defaults(func=_cmd_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fourbit`` script; returns the exit status."""
+    from traces.errors import FourbitError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FourbitError, argparse.ArgumentTypeError) as exc:
+        print(f"fourbit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fourbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

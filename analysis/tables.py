@@ -1,0 +1,38 @@
+"""Comparison tables: recipes on chips, against a baseline chip running the baseline recipe."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from hwsim.report import SimReport
+
+__all__ = ["comparison_row", "comparison_table"]
+
+
+def comparison_row(recipe: str, chip: str, accuracy: float | None, report: SimReport) -> dict:
+    """One row: accuracy (%), cycles, time (us at the chip clock), energy (uJ) and DRAM bytes of a
+    training step."""
+    t = report.totals()
+    return {
+        "recipe": recipe,
+        "chip": chip,
+        "test_accuracy_pct": None if accuracy is None else 100.0 * accuracy,
+        "cycles_per_step": int(t["total_cycles"]),
+        "time_per_step_us": float(t["time_s"] * 1e6),
+        "energy_per_step_uj": float(t["energy_pj"] * 1e-6),
+        "datapath_energy_per_step_uj": float(t["datapath_energy_pj"] * 1e-6),
+        "dram_bytes_per_step": float(t["dram_read_bytes"] + t["dram_write_bytes"]),
+        "utilization": float(t["utilization"]),
+    }
+
+
+def comparison_table(rows: list[dict], baseline: int = 0) -> pd.DataFrame:
+    """Rows of `comparison_row` with ``speedup_vs_baseline`` (baseline time / time) and
+    ``energy_ratio_vs_baseline`` (energy / baseline energy) against row ``baseline``."""
+    df = pd.DataFrame(rows)
+    base = df.iloc[baseline]
+    df.insert(df.columns.get_loc("time_per_step_us") + 1, "speedup_vs_fp16",
+              base["time_per_step_us"] / df["time_per_step_us"])
+    df.insert(df.columns.get_loc("energy_per_step_uj") + 1, "energy_ratio_vs_fp16",
+              df["energy_per_step_uj"] / base["energy_per_step_uj"])
+    return df

@@ -1,0 +1,58 @@
+"""DRAM: one shared channel with a bandwidth limit and a fixed, pipelined latency."""
+
+from __future__ import annotations
+
+import math
+
+import simpy
+
+__all__ = ["Dram"]
+
+
+class Dram:
+    """Off-chip memory behind one shared channel (reads and writes share it, FIFO).
+
+    A transfer of n bytes holds the channel for ceil(n / bytes_per_cycle) cycles (0 with
+    unlimited bandwidth); the data arrives ``latency_cycles`` after the channel is released (the
+    latency is pipelined: it does not hold the channel). Counts bytes read and written.
+
+    Parameters
+    ----------
+    env : simpy.Environment
+    bytes_per_cycle : float
+        Bandwidth in bytes per clock cycle (``dram.bandwidth_bytes_per_s / array.clock_hz``);
+        ``inf`` for unlimited.
+    latency_cycles : int
+    """
+
+    def __init__(self, env: simpy.Environment, bytes_per_cycle: float, latency_cycles: int) -> None:
+        self.env = env
+        self.bytes_per_cycle = bytes_per_cycle
+        self.latency_cycles = latency_cycles
+        self.channel = simpy.Resource(env, capacity=1)
+        self.read_bytes = 0.0
+        self.write_bytes = 0.0
+        self.busy_cycles = 0
+
+    def cycles(self, nbytes: float) -> int:
+        """Channel cycles of one transfer of ``nbytes``."""
+        if nbytes <= 0 or math.isinf(self.bytes_per_cycle):
+            return 0
+        return math.ceil(nbytes / self.bytes_per_cycle - 1e-9)
+
+    def transfer(self, nbytes: float, write: bool):
+        """Move ``nbytes`` over the channel (a generator: ``yield from dram.transfer(...)``)."""
+        if nbytes <= 0:
+            return
+        hold = self.cycles(nbytes)
+        if hold:
+            with self.channel.request() as req:
+                yield req
+                yield self.env.timeout(hold)
+            self.busy_cycles += hold
+        if write:
+            self.write_bytes += nbytes
+        else:
+            self.read_bytes += nbytes
+        if self.latency_cycles:
+            yield self.env.timeout(self.latency_cycles)

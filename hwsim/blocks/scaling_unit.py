@@ -1,0 +1,133 @@
+"""The scaling/vector unit on the array's output path, and the cost of every op kind.
+
+Each output tile of a GEMM passes through the scaling unit before it goes back to DRAM: the
+trace's fused ops of that (layer, phase) run here (design.md section 5): requantization to INT4
+with the fused max-abs for the next scale; for gradients the GradScale multiply, its statistics
+and two FP4 quantizations (one per TPR phase); bias, activation, the optimizer update. Ops that
+are not fused are separate passes over memory (`OpCost.pass_bytes`). The paper puts this work at
+~10 FP16 FLOPs per gradient element, < 5% of the GEMM ops (Sun et al. 2020, section 6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import simpy
+
+from hwsim.blocks.dram import Dram
+from hwsim.blocks.sram import Sram
+from traces.errors import ConfigError
+from traces.formats import get_format
+
+__all__ = ["OPS", "OpCost", "OutputPath", "ScalingUnit", "output_path"]
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of one op per element: lane operations, energy events (names of `hwsim.energy`),
+    extra DRAM bytes read and written (optimizer state), and whether the op emits a tensor that
+    is stored (in its out_format)."""
+
+    lane_ops: float
+    events: tuple[str, ...]
+    extra_read_bytes: float = 0.0
+    extra_write_bytes: float = 0.0
+    emits: bool = False
+
+
+OPS: dict[str, OpCost] = {
+    "cast": OpCost(1, ("op.quantize_float",), emits=True),
+    "quantize_uniform": OpCost(2, ("op.mul_fp16", "op.quantize_int"), emits=True),
+    "quantize_log": OpCost(2, ("op.scale_pow2", "op.quantize_fp4"), emits=True),
+    "maxabs": OpCost(1, ("op.maxabs",)),
+    "moments": OpCost(3, ("op.mul_fp32", "op.add_fp32", "op.add_fp32")),
+    "scale": OpCost(1, ("op.scale_pow2",)),
+    "bias_add": OpCost(1, ("op.add_fp32",)),
+    "relu": OpCost(1, ("op.compare",)),
+    "relu_bwd": OpCost(1, ("op.compare",)),
+    "pact_bwd": OpCost(2, ("op.compare", "op.compare")),
+    "softmax_xent": OpCost(8, ("op.mul_fp32",) * 4 + ("op.add_fp32",) * 4),
+    # SGD with momentum on FP32 master weights: v = m*v + g (+ wd*w); w -= lr*v. Reads and
+    # writes the FP32 weight and momentum (8 bytes each way) for every weight.
+    "sgd_momentum": OpCost(6, ("op.mul_fp32",) * 3 + ("op.add_fp32",) * 3, 8.0, 8.0),
+}
+
+
+def op_cost(op: str) -> OpCost:
+    if op not in OPS:
+        raise ConfigError(f"unknown op {op!r} in the trace's ops table; known ops: {', '.join(OPS)}")
+    return OPS[op]
+
+
+@dataclass(frozen=True)
+class OutputPath:
+    """Per output element of a GEMM: lane ops, pJ, DRAM bytes written (stored results and
+    optimizer state) and read (optimizer state)."""
+
+    lane_ops: float
+    energy_pj: float
+    write_bytes: float
+    read_bytes: float
+
+
+def output_path(ops_rows, out_elements: int, out_format: str, table: dict[str, float]) -> OutputPath:
+    """Combine the fused ops of one GEMM into per-output-element costs.
+
+    ``ops_rows``: iterable of (op, elements, out_format) of the fused ops; each op's per-element
+    cost is weighted by its elements / ``out_elements``. Without an emitting op the result is
+    stored in ``out_format``.
+    """
+    lane = energy = write = read = 0.0
+    emitted = False
+    for op, elements, fmt in ops_rows:
+        c = op_cost(op)
+        w = elements / out_elements if out_elements else 0.0
+        lane += c.lane_ops * w
+        energy += sum(table[e] for e in c.events) * w
+        read += c.extra_read_bytes * w
+        write += c.extra_write_bytes * w
+        if c.emits:
+            write += get_format(fmt).bytes_per_value * w
+            emitted = True
+    if not emitted:
+        write += get_format(out_format).bytes_per_value if out_format != "fp32" else 4.0
+    return OutputPath(lane, energy, write, read)
+
+
+class ScalingUnit:
+    """Processes each finished output tile: ``lanes`` elementary ops per cycle over the tile's
+    elements x the path's lane ops, then writes the results (and spilled partial sums) to DRAM;
+    reads optimizer state first where the path needs it."""
+
+    def __init__(self, env: simpy.Environment, sram: Sram, dram: Dram, lanes: float,
+                 path: OutputPath) -> None:
+        self.env = env
+        self.sram = sram
+        self.dram = dram
+        self.lanes = lanes
+        self.path = path
+        self.busy_cycles = 0
+        self.elements = 0
+
+    def cycles(self, elements: int) -> int:
+        if math.isinf(self.lanes) or not elements:
+            return 0
+        return math.ceil(elements * self.path.lane_ops / self.lanes - 1e-9)
+
+    def run(self, n_tiles: int):
+        """The scaling-unit process over the ``n_tiles`` tiles the array passes on."""
+        for _ in range(n_tiles):
+            tile = yield self.sram.outputs.get()
+            n = tile.out_elements
+            if n:
+                if self.path.read_bytes:
+                    yield from self.dram.transfer(n * self.path.read_bytes, write=False)
+                busy = self.cycles(n)
+                if busy:
+                    yield self.env.timeout(busy)
+                    self.busy_cycles += busy
+                self.elements += n
+            out = n * self.path.write_bytes + tile.spill_psum_bytes
+            if out:
+                yield from self.dram.transfer(out, write=True)

@@ -1,0 +1,26 @@
+"""On-chip SRAM buffers (ifmap, filter, ofmap), double buffered."""
+
+from __future__ import annotations
+
+import simpy
+
+__all__ = ["Sram"]
+
+
+class Sram:
+    """The input buffers as the pipeline sees them: ``free`` counts free buffer halves (2 with
+    double buffering, 1 without), ``loaded`` holds tiles whose operands are on chip, ``outputs``
+    holds finished output tiles waiting for the scaling unit (two staging halves of the ofmap
+    buffer). Counts the bits written by the DMA; reads by the array are counted from the plan
+    (`hwsim.engine`), since they do not change timing."""
+
+    def __init__(self, env: simpy.Environment, double_buffered: bool) -> None:
+        halves = 2 if double_buffered else 1
+        self.free = simpy.Container(env, capacity=halves, init=halves)
+        self.loaded = simpy.Store(env)
+        self.outputs = simpy.Store(env, capacity=halves)
+        self.write_bytes = 0.0
+
+    def fill(self, tile) -> None:
+        """Account the DMA's write of ``tile``'s operands into the buffers."""
+        self.write_bytes += tile.read_bytes

@@ -1,0 +1,591 @@
+"""Private Numba kernels: arrays and scalars in, preallocated arrays out.
+
+The public wrappers in `models.numerics` validate inputs, choose a kernel and wrap results; each
+kernel here has a plain numpy/Python twin in ``tests/naive.py`` and property tests show them
+identical bit for bit (style.md rules 3 and 4). Kernels are compiled with ``cache=True``; with
+``NUMBA_DISABLE_JIT=1`` they run as plain Python (one CI leg does that, so that kernel bodies are
+checked against their twins too).
+
+Rounding of a float64 value ``x`` to a binary format with ``frac_bits`` fraction bits is done
+exactly on the IEEE bit pattern of ``x`` (integer arithmetic, no ``log``): the quantum is
+2^(max(E, emin) - frac_bits) where E is the binary exponent of |x|; ties go to even or away from
+zero; formats without subnormals flush |x| < their smallest value to a signed zero; results above
+the largest finite value overflow to +-inf (or saturate, if asked).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+_DISABLE_JIT = bool(numba.config.DISABLE_JIT)
+
+# ---------------------------------------------------------------------------------------------
+# bit casts between a float and the integer of the same width (vectorisable in LLVM)
+# ---------------------------------------------------------------------------------------------
+if _DISABLE_JIT:  # plain-Python twins of the intrinsics below
+
+    def float_bits(x):
+        x = np.asarray(x)
+        return x.view(np.int32 if x.dtype == np.float32 else np.int64)[()]
+
+    def bits_float(i):
+        i = np.asarray(i)
+        return i.view(np.float32 if i.dtype == np.int32 else np.float64)[()]
+
+    def bits_float_as(i, like):
+        if np.asarray(like).dtype == np.float32:
+            return np.asarray(int(i) & 0xFFFFFFFF, np.uint32).view(np.float32)[()]
+        return np.asarray(int(i) & 0xFFFFFFFFFFFFFFFF, np.uint64).view(np.float64)[()]
+
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def float_bits(typingctx, x):
+        """The IEEE bit pattern of a float32 (-> int32) or float64 (-> int64)."""
+        if x == types.float32:
+            sig, width = types.int32(x), 32
+        elif x == types.float64:
+            sig, width = types.int64(x), 64
+        else:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(width))
+
+        return sig, codegen
+
+    @intrinsic
+    def bits_float(typingctx, i):
+        """The float32 (from int32) or float64 (from int64) with bit pattern ``i``."""
+        if i == types.int32:
+            sig, fty = types.float32(i), ir.FloatType()
+        elif i == types.int64:
+            sig, fty = types.float64(i), ir.DoubleType()
+        else:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], fty)
+
+        return sig, codegen
+
+    @intrinsic
+    def bits_float_as(typingctx, i, like):
+        """The float of ``like``'s type whose bit pattern is the low bits of integer ``i`` (Numba
+        widens small-integer arithmetic to int64; this narrows it back)."""
+        if not isinstance(i, types.Integer) or like not in (types.float32, types.float64):
+            return None
+        width = 32 if like == types.float32 else 64
+        fty = ir.FloatType() if width == 32 else ir.DoubleType()
+
+        def codegen(context, builder, signature, args):
+            val = args[0]
+            if i.bitwidth > width:
+                val = builder.trunc(val, ir.IntType(width))
+            elif i.bitwidth < width:
+                val = builder.sext(val, ir.IntType(width))
+            return builder.bitcast(val, fty)
+
+        return like(i, like), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar rounding of a float64 to a binary float format (exact, general)
+# ---------------------------------------------------------------------------------------------
+_SIGN64 = np.int64(-(2**63))
+_ABS64 = np.int64(2**63 - 1)
+_FRAC64 = np.int64(2**52 - 1)
+
+
+@njit(cache=True)
+def pow2(e):
+    """2.0**e as float64 for -1022 <= e <= 1023, exactly."""
+    return bits_float(np.int64(e + 1023) << 52)
+
+
+@njit(cache=True)
+def round_float(x, frac_bits, emin, subnormals, ties_away, max_value, flush_below, saturate):
+    """Round float64 ``x`` onto a binary format; returns (value, overflowed, underflowed).
+
+    Parameters are the format's: ``frac_bits`` stored fraction bits; ``emin`` binary exponent of
+    the smallest normal binade; ``subnormals`` whether values below 2^emin keep the quantum
+    2^(emin - frac_bits) (else |x| < ``flush_below`` -> +-0); ``ties_away`` ties away from zero
+    instead of to even; values whose rounded magnitude exceeds ``max_value`` become +-inf, or
+    +-max_value when ``saturate``. NaN and +-inf pass through (inf saturates when ``saturate``).
+    """
+    if x != x:
+        return x, False, False
+    bits = float_bits(x)
+    neg = bits < 0
+    mag = bits & _ABS64
+    if mag == 0:
+        return x, False, False
+    ef = (mag >> 52) & 0x7FF
+    if ef == 0x7FF:  # infinity
+        if saturate:
+            return -max_value if neg else max_value, True, False
+        return x, False, False
+    if not subnormals and bits_float(mag) < flush_below:
+        return (-0.0 if neg else 0.0), False, True
+    if ef == 0:  # float64 subnormal: value = frac * 2^-1074
+        m = mag & _FRAC64
+        e_unit = -1074
+        lead = e_unit + 63
+        while lead > e_unit and (m >> (lead - e_unit)) == 0:
+            lead -= 1
+    else:
+        m = (mag & _FRAC64) | (np.int64(1) << 52)
+        e_unit = ef - 1075
+        lead = ef - 1023
+    q = max(lead, emin) - frac_bits
+    s = q - e_unit
+    if s <= 0:
+        r = bits_float(mag)
+    elif s >= 54:  # |x| < quantum / 2
+        r = 0.0
+    else:
+        n = m >> s
+        rem = m - (n << s)
+        half = np.int64(1) << (s - 1)
+        if rem > half or (rem == half and (ties_away or (n & 1) == 1)):
+            n += 1
+        r = float(n) * pow2(q)
+    over = False
+    if r > max_value:
+        over = True
+        r = max_value if saturate else np.inf
+    under = r == 0.0
+    return (-r if neg else r), over, under
+
+
+@njit(cache=True, parallel=True)
+def round_float_array(x, out, frac_bits, emin, subnormals, ties_away, max_value, flush_below,
+                      saturate, counts):
+    """Elementwise `round_float` of flat float64 ``x`` into ``out``; counts[0] += overflows,
+    counts[1] += underflows (non-zero values rounded or flushed to zero)."""
+    n = x.size
+    over = np.zeros(n, np.bool_)
+    under = np.zeros(n, np.bool_)
+    for i in prange(n):
+        r, o, u = round_float(x[i], frac_bits, emin, subnormals, ties_away, max_value,
+                              flush_below, saturate)
+        out[i] = r
+        over[i] = o
+        under[i] = u and x[i] != 0.0
+    counts[0] += over.sum()
+    counts[1] += under.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# error-free summation (Shewchuk expansions) with round-to-odd and round-to-nearest read-out
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def two_sum(a, b):
+    """s = fl(a + b) and the exact error e = a + b - s (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+@njit(cache=True)
+def expansion_add(partials, n, x):
+    """Add float64 ``x`` exactly to the non-overlapping expansion partials[:n]; returns new n.
+
+    The partials are kept in increasing magnitude (Shewchuk 1997, GROW-EXPANSION with zero
+    elimination, as in Python's ``math.fsum``). ``partials`` needs room for n + 1 values.
+    """
+    i = 0
+    for j in range(n):
+        y = partials[j]
+        hi, lo = two_sum(x, y)
+        if lo != 0.0:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i] = x
+    return i + 1
+
+
+@njit(cache=True)
+def expansion_value(partials, n, odd):
+    """Read out the exact sum of partials[:n] as one float64.
+
+    ``odd=False``: round to nearest, ties to even (the final step of ``math.fsum``).
+    ``odd=True``: round to odd (a discarded non-zero remainder forces the last bit to 1), so that
+    a second rounding to any format of at most 51 significant bits is correct (Boldo and
+    Melquiond, IEEE TC 2008).
+    """
+    if n == 0:
+        return 0.0
+    hi = partials[n - 1]
+    lo = 0.0
+    j = n - 1
+    while j > 0:
+        x = hi
+        j -= 1
+        y = partials[j]
+        hi = x + y
+        yr = hi - x
+        lo = y - yr
+        if lo != 0.0:
+            break
+    if odd:
+        if lo != 0.0 and (float_bits(hi) & 1) == 0:
+            hi = np.nextafter(hi, np.inf if lo > 0.0 else -np.inf)
+        return hi
+    # round half to even across the partials below (math.fsum's correction)
+    if j > 0 and ((lo < 0.0 and partials[j - 1] < 0.0) or (lo > 0.0 and partials[j - 1] > 0.0)):
+        y = lo * 2.0
+        x = hi + y
+        yr = x - hi
+        if y == yr:
+            hi = x
+    return hi
+
+
+@njit(cache=True, parallel=True)
+def scan_operand(x):
+    """One pass over a flat float array: (NaN count, inf count, count of values not exact in
+    fp32, smallest binary exponent of the lowest set bit of a non-zero value, max |x|).
+
+    Every finite value of ``x`` is an integer multiple of 2^low; (low, high) bound what exact
+    lane arithmetic needs (`models.numerics`)."""
+    nan = 0
+    inf = 0
+    inexact = 0
+    low = 100000
+    high = 0.0
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        if v != v:
+            nan += 1
+        elif v == np.inf or v == -np.inf:
+            inf += 1
+        elif v != 0.0:
+            if np.float64(np.float32(v)) != v:
+                inexact += 1
+            bits = float_bits(v) & _ABS64
+            ef = (bits >> 52) & 0x7FF
+            m = bits & _FRAC64
+            if ef != 0:
+                m |= np.int64(1) << 52
+            lowbit = float(m & -m)  # a power of two, exact
+            lowexp = ((float_bits(lowbit) >> 52) & 0x7FF) - 1023 + max(ef, 1) - 1075
+            low = min(low, lowexp)
+            high = max(high, abs(v))
+    return nan, inf, inexact, low, high
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM kernels
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def gemm_int(a, b, out, check_int32, overflow_rows):
+    """Exact integer GEMM: out[m, n] = sum_k a[m, k] * b[k, n] in int64, k increasing.
+
+    With ``check_int32`` every partial sum must stay in the int32 range; a row where one does not
+    is marked in ``overflow_rows`` (the wrapper raises).
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    lo = -(2.0**31)
+    hi = 2.0**31 - 1
+    for m in prange(M):
+        acc = np.zeros(N, np.int64)
+        bad = np.zeros(N, np.int64)
+        for k in range(K):
+            av = np.int64(a[m, k])
+            if av == 0:
+                continue
+            for n in range(N):
+                acc[n] += av * np.int64(b[k, n])
+            if check_int32:
+                for n in range(N):
+                    v = float(acc[n])
+                    bad[n] += (v > hi) + (v < lo)
+        out[m, :] = acc
+        if check_int32 and bad.sum() > 0:
+            overflow_rows[m] = True
+
+
+def lane_params(dtype, frac_bits, ties_away, max_value):
+    """Integer constants of `round_lane` and of the overflow test for a float32 or float64 lane,
+    as an array of the lane's integer dtype: [half - 1, clear mask, ties_away, lsb mask,
+    magnitude mask, 1, overflow offset]. The overflow offset C makes ``(bits(|r|) + C)`` negative
+    exactly when a rounded value r exceeds ``max_value`` (r >= the next grid value above it)."""
+    dtype = np.dtype(dtype)
+    lane_frac = 23 if dtype == np.float32 else 52
+    it = np.int32 if dtype == np.float32 else np.int64
+    width = 8 * dtype.itemsize
+    shift = lane_frac - frac_bits
+    half_m1 = (1 << (shift - 1)) - 1
+    clear = ~((1 << shift) - 1)
+    absmask = (1 << (width - 1)) - 1
+    first_over = int(np.asarray(max_value, dtype).view(it)) + (1 << shift)
+    offset = (1 << (width - 1)) - first_over
+    return np.array([half_m1, clear, int(bool(ties_away)), 1 << shift, absmask, 1, offset], dtype=it)
+
+
+def _round_lane_py(v, half_m1, clear, ties_away, lsb, absmask):
+    it = np.int32 if np.asarray(v).dtype == np.float32 else np.int64
+    x = int(np.asarray(v).view(it))
+    mag = x & int(absmask)
+    odd = 1 if mag & int(lsb) else 0
+    r = (mag + int(half_m1) + (odd | int(ties_away))) & int(clear)
+    return bits_float_as((x ^ mag) | r, v)
+
+
+def _over_bits_py(v, absmask, offset):
+    it = np.int32 if np.asarray(v).dtype == np.float32 else np.int64
+    x = int(np.asarray(v).view(it))
+    return it(np.asarray(((x & int(absmask)) + int(offset)) & (2 ** (8 * it().itemsize) - 1),
+                          np.uint64).astype(it.__name__.replace("int", "uint")).view(it))
+
+
+if _DISABLE_JIT:
+    round_lane = _round_lane_py
+    over_bits = _over_bits_py
+else:
+
+    def _lane(context, builder, fty, width, args):
+        ity = ir.IntType(width)
+        consts = []
+        for val, ty in zip(args[1:], fty.args[1:], strict=True):
+            val = context.cast(builder, val, ty, types.int64)
+            consts.append(builder.trunc(val, ity) if width < 64 else val)
+        return builder.bitcast(args[0], ity), consts
+
+    @intrinsic
+    def round_lane(typingctx, v, half_m1, clear, ties_away, lsb, absmask):
+        """Round a float32/float64 ``v`` to the precision set by the constants of
+        `lane_params`, on its bit pattern, in the lane's own integer width (Numba would widen
+        small-integer arithmetic to int64 and halve the vector width): r = (|x| + half - 1 +
+        (lsb(|x|) | ties_away)) & clear, sign restored. Normal range only and no overflow
+        handling: the fast GEMM path guarantees the first and flags the second."""
+        if v not in (types.float32, types.float64):
+            return None
+        width = 32 if v == types.float32 else 64
+        sig = v(v, half_m1, clear, ties_away, lsb, absmask)
+
+        def codegen(context, builder, signature, args):
+            x, (hm, cl, ta, lb, am) = _lane(context, builder, signature, width, args)
+            ity = ir.IntType(width)
+            mag = builder.and_(x, am)
+            odd = builder.zext(builder.icmp_unsigned("!=", builder.and_(mag, lb), ir.Constant(ity, 0)), ity)
+            r = builder.and_(builder.add(builder.add(mag, hm), builder.or_(odd, ta)), cl)
+            out = builder.or_(builder.xor(x, mag), r)
+            return builder.bitcast(out, ir.FloatType() if width == 32 else ir.DoubleType())
+
+        return sig, codegen
+
+    @intrinsic
+    def over_bits(typingctx, v, absmask, offset):
+        """(bits(|v|) + offset) in the lane's integer width: negative exactly when |v| exceeds
+        the format's largest value (see `lane_params`)."""
+        if v not in (types.float32, types.float64):
+            return None
+        width = 32 if v == types.float32 else 64
+        ret = types.int32 if width == 32 else types.int64
+        sig = ret(v, absmask, offset)
+
+        def codegen(context, builder, signature, args):
+            x, (am, off) = _lane(context, builder, signature, width, args)
+            return builder.add(builder.and_(x, am), off)
+
+        return sig, codegen
+
+
+@njit(cache=True, parallel=True)
+def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
+    """GEMM with a rounding accumulator, vectorised over n (float32 or float64 lanes).
+
+    Valid only when every group sum is exact in the lane type, no value can be subnormal in the
+    accumulator format and the accumulator precision p satisfies 2p + 2 <= lane precision, so
+    that a lane add followed by `round_lane` is one correctly rounded accumulator add; the
+    wrapper checks all three. A row in which an accumulator value exceeds the format's largest
+    value (overflow: it should have become +-inf) is marked in ``overflow_rows`` and must be
+    recomputed by `gemm_general`. ``check_groups=False`` skips the test inside chunks of full
+    4-way groups: the wrapper passes it when no chunk sum can reach the format's largest value.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    h, c, t, s, am, oc = p[0], p[1], p[2], p[3], p[4], p[6]  # hoisted out of the loops
+    for m in prange(M):
+        cs = np.zeros(N, a.dtype)
+        tot = np.zeros(N, a.dtype)
+        g = np.zeros(N, a.dtype)
+        flag = np.zeros(N, p.dtype)  # sign bit set <=> some |value| exceeded the format's max
+        for c0 in range(0, K, chunk):
+            c1 = min(c0 + chunk, K)
+            for n in range(N):
+                cs[n] = 0
+            k0 = c0
+            while k0 < c1:
+                k1 = min(k0 + group, c1)
+                if k1 - k0 == 4:
+                    a0 = a[m, k0]
+                    a1 = a[m, k0 + 1]
+                    a2 = a[m, k0 + 2]
+                    a3 = a[m, k0 + 3]
+                    if check_groups:  # two loops: a test inside would stop LLVM vectorising
+                        for n in range(N):
+                            gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                            v = round_lane(cs[n] + round_lane(gs, h, c, t, s, am), h, c, t, s, am)
+                            cs[n] = v
+                            flag[n] |= over_bits(v, am, oc)
+                    else:
+                        for n in range(N):
+                            gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                            cs[n] = round_lane(cs[n] + round_lane(gs, h, c, t, s, am), h, c, t, s, am)
+                else:
+                    for n in range(N):
+                        g[n] = 0
+                    for k in range(k0, k1):
+                        av = a[m, k]
+                        for n in range(N):
+                            g[n] += av * b[k, n]
+                    for n in range(N):
+                        v = round_lane(cs[n] + round_lane(g[n], h, c, t, s, am), h, c, t, s, am)
+                        cs[n] = v
+                        flag[n] |= over_bits(v, am, oc)
+                k0 = k1
+            for n in range(N):
+                v = round_lane(tot[n] + cs[n], h, c, t, s, am)
+                tot[n] = v
+                flag[n] |= over_bits(v, am, oc)
+        for n in range(N):
+            out[m, n] = tot[n]
+        for n in range(N):
+            if flag[n] < 0:
+                overflow_rows[m] = True
+
+
+@njit(cache=True, parallel=True)
+def gemm_general(a, b, out, rows, group, chunk, exact, frac_bits, emin, subnormals, ties_away,
+                 max_value, flush_below, counts):
+    """Exact GEMM with any accumulator, one output at a time (float64 operands whose products are
+    exact in float64, i.e. values of formats up to fp32).
+
+    Group sums are formed exactly as Shewchuk expansions, read out rounded to odd and rounded once
+    into the format (`round_float`); group and chunk sums are accumulated with one correctly
+    rounded add each (a float64 add, then `round_float`: correct since 53 >= 2p + 2). With
+    ``exact`` the whole row-column sum is one expansion read out rounded to nearest. Only the
+    rows listed in ``rows`` are computed; counts[i] = (overflows, underflows) of rows[i].
+    """
+    K = a.shape[1]
+    N = b.shape[1]
+    for i in prange(rows.size):
+        m = rows[i]
+        parts = np.empty(K + 1 if exact else group + 1, np.float64)
+        nover = 0
+        nunder = 0
+        for n in range(N):
+            if exact:
+                np_ = 0
+                for k in range(K):
+                    pr = a[m, k] * b[k, n]
+                    if pr != 0.0:
+                        np_ = expansion_add(parts, np_, pr)
+                out[m, n] = expansion_value(parts, np_, False)
+                continue
+            tot = 0.0
+            for c0 in range(0, K, chunk):
+                c1 = min(c0 + chunk, K)
+                cs = 0.0
+                for k0 in range(c0, c1, group):
+                    k1 = min(k0 + group, c1)
+                    np_ = 0
+                    for k in range(k0, k1):
+                        pr = a[m, k] * b[k, n]
+                        if pr != 0.0:
+                            np_ = expansion_add(parts, np_, pr)
+                    gsum = expansion_value(parts, np_, True)
+                    gr, o, u = round_float(gsum, frac_bits, emin, subnormals, ties_away,
+                                           max_value, flush_below, False)
+                    nover += o
+                    nunder += u and gsum != 0.0
+                    s = cs + gr
+                    cs, o, u = round_float(s, frac_bits, emin, subnormals, ties_away, max_value,
+                                           flush_below, False)
+                    nover += o
+                    nunder += u and s != 0.0
+                s = tot + cs
+                tot, o, u = round_float(s, frac_bits, emin, subnormals, ties_away, max_value,
+                                        flush_below, False)
+                nover += o
+                nunder += u and s != 0.0
+            out[m, n] = tot
+        counts[i, 0] = nover
+        counts[i, 1] = nunder
+
+
+# ---------------------------------------------------------------------------------------------
+# quantize kernels
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def quantize_log(x, values, codes, b, bias, n_levels, phase_shift, thresholds, levels, ties_up,
+                 exponent_bits, counts):
+    """Round flat float64 ``x`` onto a radix-2^b log format (exact, no ``log``).
+
+    With E2 = floor(log2|x|) read off the bit pattern, the largest code whose threshold |x| can
+    reach is j = floor((E2 - (b - 1) + phase_shift) / b) + 1 + bias (thresholds T_j of the format
+    have floor(log2 T_j) = b - 1 + b(j - 1 - bias) - phase_shift); the code is j if |x| >= T_j
+    (ties up; > with ties down) and j - 1 otherwise, clamped to 0..n_levels. Writes the signed
+    value (a flushed value keeps its sign) and the code (sign in bit ``exponent_bits``).
+    counts[0] += values with |x| > the largest magnitude (clipped), counts[1] += non-zero values
+    flushed to zero.
+    """
+    n = x.size
+    clip = np.zeros(n, np.bool_)
+    flush = np.zeros(n, np.bool_)
+    vmax = levels[n_levels]
+    for i in prange(n):
+        bits = float_bits(x[i])
+        neg = bits < 0
+        mag = bits & _ABS64
+        ef = (mag >> 52) & 0x7FF
+        ax = bits_float(mag)
+        c = 0
+        if ef != 0:
+            e2 = ef - 1023
+            j = (e2 - (b - 1) + phase_shift) // b + 1 + bias
+            if j > n_levels:
+                c = n_levels
+            elif j >= 1:
+                t = thresholds[j - 1]
+                up = ax >= t if ties_up else ax > t
+                c = j if up else j - 1
+        v = levels[c]
+        values[i] = -v if neg else v
+        codes[i] = c | (neg << exponent_bits)
+        clip[i] = ax > vmax
+        flush[i] = c == 0 and ax != 0.0
+    counts[0] += clip.sum()
+    counts[1] += flush.sum()
+
+
+@njit(cache=True, parallel=True)
+def quantize_uniform(x, step, lo, hi, codes, counts):
+    """codes = rint(clip(x / step, lo, hi)) (round half to even), flat float64 ``x``.
+
+    counts[0] += values with x / step outside [lo, hi] (clipped), counts[1] += non-zero values
+    whose code is 0 (flushed).
+    """
+    n = x.size
+    clip = np.zeros(n, np.bool_)
+    flush = np.zeros(n, np.bool_)
+    for i in prange(n):
+        q = x[i] / step
+        clip[i] = q < lo or q > hi
+        q = min(max(q, lo), hi)
+        c = np.rint(q)
+        codes[i] = c
+        flush[i] = c == 0.0 and x[i] != 0.0
+    counts[0] += clip.sum()
+    counts[1] += flush.sum()

@@ -1,0 +1,490 @@
+"""Public quantize and GEMM functions: validate, call a kernel (`models._kernels`), wrap.
+
+Every function here is exact: it computes what the modelled hardware computes, bit for bit, and
+each kernel has a plain numpy twin in ``tests/naive.py``. Sources of each rule: design.md
+section 3 and reference/technique.md sections 1 and 6, after Sun et al., "Ultra-Low Precision
+4-bit Training of Deep Neural Networks", NeurIPS 2020 ([P] below).
+
+The names and signatures of `quantize_fp4`, `quantize_int4_sawb`, `quantize_uint4_pact`, `gemm`
+and `gemm_with_stats` are a contract other code and users rely on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from models import _kernels as K
+from traces.errors import FormatError, NumericsError
+from traces.formats import Accumulator, FloatFormat, LogFormat, get_format
+
+__all__ = [
+    "GemmStats",
+    "QuantStats",
+    "gemm",
+    "gemm_with_stats",
+    "quantize_float",
+    "quantize_fp4",
+    "quantize_fp4_codes",
+    "quantize_int4_sawb",
+    "quantize_uint4_pact",
+    "quantize_uniform",
+    "sawb_alpha",
+]
+
+SAWB_C1 = 12.035
+"""SAWB coefficient c1 for 4 bits, zero-aligned levels -7..7 (IBM fms-model-optimizer, code 403;
+technique.md 1.2)."""
+SAWB_C2 = 12.03
+"""SAWB coefficient c2 (same source)."""
+
+
+@dataclass(frozen=True)
+class QuantStats:
+    """What a quantizer did to a tensor: element count, clipped (saturated) and flushed counts.
+
+    ``clipped``: |x| beyond the largest representable magnitude (or x/step outside the code
+    range); ``flushed``: non-zero inputs that became zero; ``zeros``: zero outputs.
+    """
+
+    elements: int
+    clipped: int
+    flushed: int
+    zeros: int
+
+    @property
+    def clip_frac(self) -> float:
+        return self.clipped / self.elements if self.elements else 0.0
+
+    @property
+    def flush_frac(self) -> float:
+        return self.flushed / self.elements if self.elements else 0.0
+
+    @property
+    def zero_frac(self) -> float:
+        return self.zeros / self.elements if self.elements else 0.0
+
+
+@dataclass(frozen=True)
+class GemmStats:
+    """Accumulator events of one GEMM.
+
+    ``overflows``: roundings whose result exceeded the accumulator format's largest finite value
+    and became +-inf (IEEE binary16 and DLFloat16 do not saturate; an int32 overflow raises
+    instead); ``underflows``: roundings that turned a non-zero exact value into zero;
+    ``nonfinite_outputs``: outputs that are +-inf or NaN; ``path``: the kernel that ran.
+    """
+
+    overflows: int
+    underflows: int
+    nonfinite_outputs: int
+    path: str
+
+
+# ---------------------------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------------------------
+def _as_float_array(x, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise NumericsError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if np.isnan(arr).any():
+        raise NumericsError(f"{name} contains NaN; {name} must be finite (or +-inf where allowed)")
+    return arr
+
+
+def _option(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise NumericsError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# FP4 (radix-r logarithmic) quantization with Two-Phase Rounding
+# ---------------------------------------------------------------------------------------------
+def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up") -> tuple[np.ndarray, np.ndarray, QuantStats]:
+    """Round ``x`` onto the log format ``fmt``; values, codes and statistics.
+
+    Parameters
+    ----------
+    x : array_like of float, any shape
+    fmt : LogFormat
+        Radix, exponent bits and TPR phase (see `traces.formats.LogFormat`).
+    tie : {"up", "down"}
+        At exactly a threshold: ``up`` takes the larger magnitude ([P] Fig. 2(c), "multiply by
+        1.6 and truncate the exponent", in any IEEE precision), ``down`` the smaller ([P] Eq. 1).
+
+    Returns
+    -------
+    values : ndarray of float64, shape of x
+        Signed values on the format's grid; a flushed value keeps its sign (-0.0).
+    codes : ndarray of uint8, shape of x
+        Sign in bit ``fmt.exponent_bits``, magnitude code in the bits below.
+    stats : QuantStats
+
+    Raises
+    ------
+    NumericsError
+        If x contains NaN (FP4 has no NaN code). +-inf saturates.
+    """
+    _option(tie, "tie", ("up", "down"))
+    arr = _as_float_array(x, "x")
+    flat = np.ascontiguousarray(arr).ravel()
+    values = np.empty(flat.size, np.float64)
+    codes = np.empty(flat.size, np.uint8)
+    counts = np.zeros(2, np.int64)
+    levels = np.concatenate([[0.0], fmt.levels()])
+    K.quantize_log(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
+                   fmt.thresholds(), levels, tie == "up", fmt.exponent_bits, counts)
+    stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(values == 0)))
+    return values.reshape(arr.shape), codes.reshape(arr.shape), stats
+
+
+def quantize_fp4(x, radix: int = 4, exponent_bits: int = 3, phase: str = "even", tie: str = "up") -> np.ndarray:
+    """Quantize gradients to a radix-``radix`` logarithmic FP4 format ([P] sections 3.1, 3.3).
+
+    Between neighbouring values v and r*v the threshold is the arithmetic midpoint
+    (1 + 1/r)/2 * r*v (r = 4: 0.625 * 4^n, "x 1.6 then truncate the exponent"); below the
+    smallest value v_min the flush threshold is (1 + 1/r)/2 * v_min (r = 4: 0.009765625); values
+    at or above the top threshold saturate to the largest value (r = 4: +-64); sign symmetric; a
+    flushed value keeps its sign (-0.0). ``phase="odd"`` is Two-Phase Rounding's odd phase
+    Q_odd(x) = r^(-1/2) * Q_even(r^(1/2) * x) (r = 4: ``0.5 * quantize_fp4(2 * x)``), defined for
+    r = 4 and 16. Comparisons are exact: the binary exponent of x picks the threshold, no ``log``.
+
+    Parameters
+    ----------
+    x : array_like of float, any shape
+    radix : {2, 4, 8, 16}
+    exponent_bits : {2, 3, 4}
+    phase : {"even", "odd"}
+    tie : {"up", "down"}
+        ``up`` (default) follows [P] Fig. 2(c); ``down`` is [P] Eq. 1.
+
+    Returns
+    -------
+    ndarray of float64, same shape as x
+
+    Raises
+    ------
+    FormatError
+        Bad radix, exponent bits or phase (odd phase with radix 2 or 8). Subclass of ValueError.
+    NumericsError
+        NaN input or bad ``tie``. Subclass of ValueError.
+    """
+    fmt = LogFormat.make(radix, exponent_bits, phase)
+    return quantize_fp4_codes(x, fmt, tie)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# uniform integer quantizers: SAWB (weights) and PACT (activations)
+# ---------------------------------------------------------------------------------------------
+def quantize_uniform(x, step: float, lo: int, hi: int, dtype=np.int8) -> tuple[np.ndarray, QuantStats]:
+    """codes = rint(clip(x / step, lo, hi)), round half to even; one fused kernel pass.
+
+    Returns codes of ``dtype`` (shape of x) and statistics. Raises NumericsError for NaN input or
+    a step that is not finite and positive.
+    """
+    if not (np.isfinite(step) and step > 0):
+        raise NumericsError(f"step must be finite and > 0, got {step!r}")
+    arr = _as_float_array(x, "x")
+    flat = np.ascontiguousarray(arr).ravel()
+    codes = np.empty(flat.size, np.float64)
+    counts = np.zeros(2, np.int64)
+    K.quantize_uniform(flat, float(step), float(lo), float(hi), codes, counts)
+    out = codes.astype(dtype).reshape(arr.shape)
+    stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(codes == 0)))
+    return out, stats
+
+
+def sawb_alpha(w, c1: float = SAWB_C1, c2: float = SAWB_C2) -> float:
+    """SAWB clip value alpha = c1*sqrt(E[w^2]) - c2*E[|w|] ([P] section 2; Choi et al. 2019).
+
+    Moments in float64 by numpy's ``mean`` over the flattened tensor (the reference summation
+    order). alpha <= 0 or non-finite -> max|w| (IBM's guard). For nearly constant |w| the two
+    terms cancel and alpha collapses to about 0.005*|w|: that is the published rule, kept.
+    """
+    flat = np.asarray(w, dtype=np.float64).ravel()
+    if flat.size == 0:
+        raise NumericsError("w is empty; SAWB needs at least one weight")
+    alpha = c1 * np.sqrt(np.mean(flat * flat)) - c2 * np.mean(np.abs(flat))
+    if not np.isfinite(alpha) or alpha <= 0:
+        alpha = float(np.max(np.abs(flat)))
+    return float(alpha)
+
+
+def quantize_int4_sawb(w, c1: float = SAWB_C1, c2: float = SAWB_C2) -> tuple[np.ndarray, float]:
+    """INT4 weights by SAWB, per tensor, symmetric codes -7..7 ([P] section 2).
+
+    step = alpha/7 with alpha from `sawb_alpha`; codes = rint(clip(w/step, -7, 7)) (round half to
+    even). An all-zero tensor gives all-zero codes and step 0.0 (no NaN).
+
+    Parameters
+    ----------
+    w : array_like of float, any shape (the FP32 master weights)
+
+    Returns
+    -------
+    codes : ndarray of int8, shape of w
+    step : float
+        The dequantized weight is codes * step.
+
+    Raises
+    ------
+    NumericsError
+        Empty or NaN input.
+    """
+    arr = _as_float_array(w, "w")
+    alpha = sawb_alpha(arr, c1, c2)
+    if alpha == 0.0:
+        return np.zeros(arr.shape, np.int8), 0.0
+    step = alpha / 7
+    codes, _ = quantize_uniform(arr, step, -7, 7, np.int8)
+    return codes, step
+
+
+def quantize_uint4_pact(x, alpha: float) -> tuple[np.ndarray, float]:
+    """INT4 activations by PACT: clip to [0, alpha], step = alpha/15, codes 0..15 (round half to
+    even) (Choi et al. 2018, eq. 1-3; [P] section 2).
+
+    Parameters
+    ----------
+    x : array_like of float, any shape
+    alpha : float > 0, the clip value (trained per layer)
+
+    Returns
+    -------
+    codes : ndarray of uint8, shape of x
+    step : float
+
+    Raises
+    ------
+    NumericsError
+        NaN input or alpha not finite and positive.
+    """
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise NumericsError(f"PACT alpha must be finite and > 0, got {alpha!r}")
+    step = float(alpha) / 15
+    codes, _ = quantize_uniform(x, step, 0, 15, np.uint8)
+    return codes, step
+
+
+# ---------------------------------------------------------------------------------------------
+# float formats
+# ---------------------------------------------------------------------------------------------
+def _float_params(fmt: FloatFormat) -> tuple:
+    return (fmt.mantissa_bits, fmt.emin, fmt.subnormals, fmt.ties == "away", fmt.max_value,
+            fmt.min_normal)
+
+
+def quantize_float(x, fmt, saturate: bool | None = None) -> tuple[np.ndarray, QuantStats]:
+    """Round ``x`` to the nearest value of a float format (fp8_e4m3, fp8_e5m2, fp16, dlfloat16,
+    fp32), with the format's tie rule.
+
+    Overflow saturates to +-max for the FP8 formats (ml_dtypes ``float8_e4m3fn`` would give NaN;
+    design.md section 3) and goes to +-inf for the others unless ``saturate`` says otherwise.
+    Returns float64 values (shape of x) and statistics (``clipped`` counts overflows).
+    """
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    if not isinstance(fmt, FloatFormat):
+        raise FormatError(f"quantize_float takes a float format, got {fmt.name!r}")
+    if saturate is None:
+        saturate = fmt.name.startswith("fp8")
+    arr = _as_float_array(x, "x")
+    flat = np.ascontiguousarray(arr).ravel()
+    out = np.empty_like(flat)
+    counts = np.zeros(2, np.int64)
+    K.round_float_array(flat, out, *_float_params(fmt), bool(saturate), counts)
+    stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
+    return out.reshape(arr.shape), stats
+
+
+def to_fp8(x, fmt) -> np.ndarray:
+    """Convert to an ml_dtypes FP8 array with explicit saturation (the FP8 storage type)."""
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    dt = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2}[fmt.name]
+    arr = np.clip(_as_float_array(x, "x"), -fmt.max_value, fmt.max_value)
+    return arr.astype(dt)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Operand:
+    """A validated GEMM operand: the array as given and what exact arithmetic needs of it."""
+
+    array: np.ndarray
+    integer: bool
+    low: int  # every value is an integer multiple of 2^low
+    high: float  # max |value| (0.0 when all zero)
+
+    def as_lane(self, dtype) -> np.ndarray:
+        return np.ascontiguousarray(self.array, dtype=dtype)
+
+
+def _scan(x: np.ndarray, name: str) -> _Operand:
+    if x.dtype.kind in "biu":
+        high = float(np.abs(x).max(initial=0))
+        if high >= 2.0**24:
+            raise NumericsError(f"{name} holds integers beyond 2^24, not exact in fp32")
+        return _Operand(x, True, 0, high)
+    if x.dtype.kind != "f":
+        raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
+    nan, inf, inexact, low, high = K.scan_operand(np.ascontiguousarray(x).ravel())
+    if nan or inf:
+        raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
+    if inexact:
+        raise NumericsError(
+            f"{name} holds {inexact} values that are not exact in fp32; GEMM operands are the exact "
+            f"values of formats up to fp32 (round them with a quantizer first)"
+        )
+    integer = bool(high == 0.0 or low >= 0)
+    return _Operand(x, integer, int(low) if high else 0, float(high))
+
+
+def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
+    """Pick the fastest kernel whose result is provably identical to the general one."""
+    if a.high == 0.0 or b.high == 0.0:
+        return "zero"
+    low = a.low + b.low
+    if acc.format == "int32":
+        bound = k * a.high * b.high  # |every partial sum| <= K * max|a| * max|b|
+        if bound < 2.0**24:
+            return "blas32"  # float32 BLAS is exact: integer partial sums below 2^24
+        return "blas64" if bound <= 2.0**31 - 1 else "int"
+    if acc.format == "exact":
+        return "blas64" if k * a.high * b.high < 2.0 ** (low + 53) else "general"
+    fmt = acc.value_format
+    hg = acc.group * a.high * b.high  # bound on |product| and |group sum|
+    smallest = fmt.min_normal if fmt.subnormals else np.nextafter(fmt.min_normal, np.inf)
+    if hg > fmt.max_value or 2.0**low < smallest:
+        return "general"
+    p = fmt.precision
+    if 2 * p + 2 <= 24 and hg < 2.0 ** (low + 24):
+        return "fast32"
+    if 2 * p + 2 <= 53 and hg < 2.0 ** (low + 53):
+        return "fast64"
+    return "general"
+
+
+def _check_operands(a, b, acc: Accumulator) -> tuple[_Operand, _Operand]:
+    if not isinstance(acc, Accumulator):
+        raise NumericsError(f"accumulator must be an Accumulator, got {type(acc).__name__}")
+    if acc.chunk == "array":
+        raise NumericsError("accumulator chunk='array' is unresolved; call accumulator.resolve(rows, macs_per_pe)")
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    if a_arr.ndim != 2 or b_arr.ndim != 2:
+        raise NumericsError(f"a and b must be 2-D, got shapes {a_arr.shape} and {b_arr.shape}")
+    if a_arr.shape[1] != b_arr.shape[0]:
+        raise NumericsError(f"inner dimensions differ: a is {a_arr.shape}, b is {b_arr.shape} (K must match)")
+    if a_arr.shape[1] == 0:
+        raise NumericsError("K = 0: a GEMM needs at least one product per output")
+    ao, bo = _scan(a_arr, "a"), _scan(b_arr, "b")
+    if acc.format == "int32" and not (ao.integer and bo.integer):
+        raise NumericsError("the int32 accumulator takes integer operands only")
+    return ao, bo
+
+
+def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndarray, GemmStats]:
+    m, kk = a.array.shape
+    n = b.array.shape[1]
+    over = under = 0
+    if path == "zero":
+        out = np.zeros((m, n), np.float64)
+    elif path == "blas32":
+        out = (a.as_lane(np.float32) @ b.as_lane(np.float32)).astype(np.float64)
+    elif path == "blas64":
+        out = a.as_lane(np.float64) @ b.as_lane(np.float64)
+    elif path == "int":
+        res = np.empty((m, n), np.int64)
+        bad = np.zeros(m, np.bool_)
+        K.gemm_int(a.as_lane(np.int64), b.as_lane(np.int64), res, acc.format == "int32", bad)
+        if bad.any():
+            raise NumericsError(
+                f"int32 accumulator overflow in row {int(np.argmax(bad))}: a partial sum left "
+                f"[-2^31, 2^31 - 1] (an error, not a wrap)"
+            )
+        out = res.astype(np.float64)
+    elif path in ("fast32", "fast64"):
+        dt = np.float32 if path == "fast32" else np.float64
+        fmt = acc.value_format
+        lane_out = np.empty((m, n), dt)
+        bad = np.zeros(m, np.bool_)
+        chunk = kk if acc.chunk is None else int(acc.chunk)
+        # |chunk sum| <= chunk * max|a| * max|b| * (1 + 2^-p)^(roundings): below the format's
+        # largest value, no overflow can happen inside a chunk and the kernel skips that test
+        growth = (1.0 + 2.0**-fmt.precision) ** (chunk // acc.group + 2)
+        check = min(chunk, kk) * a.high * b.high * growth * (1 + 1e-9) > fmt.max_value
+        K.gemm_fast(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk,
+                    K.lane_params(dt, fmt.mantissa_bits, fmt.ties == "away", fmt.max_value),
+                    check, bad)
+        out = lane_out.astype(np.float64)
+        rows = np.flatnonzero(bad)
+        if rows.size:  # an accumulator overflowed: redo those rows exactly (inf semantics)
+            over, under = _general(a, b, acc, out, rows)
+    elif path == "general":
+        out = np.empty((m, n), np.float64)
+        over, under = _general(a, b, acc, out, np.arange(m))
+    else:
+        raise NumericsError(f"unknown GEMM path {path!r}")
+    nonfinite = int(np.count_nonzero(~np.isfinite(out)))
+    return out, GemmStats(int(over), int(under), nonfinite, path)
+
+
+def _general(a: _Operand, b: _Operand, acc: Accumulator, out: np.ndarray, rows: np.ndarray) -> tuple[int, int]:
+    kk = a.array.shape[1]
+    counts = np.zeros((rows.size, 2), np.int64)
+    exact = acc.format == "exact"
+    params = (0, 0, True, False, np.inf, 0.0) if exact else _float_params(acc.value_format)
+    chunk = kk if acc.chunk is None else int(acc.chunk)
+    K.gemm_general(a.as_lane(np.float64), b.as_lane(np.float64), out, rows.astype(np.int64),
+                   acc.group, chunk, exact, *params, counts)
+    return int(counts[:, 0].sum()), int(counts[:, 1].sum())
+
+
+def gemm_with_stats(a, b, accumulator: Accumulator, *, path: str | None = None) -> tuple[np.ndarray, GemmStats]:
+    """`gemm` plus the accumulator's events (overflows, underflows, non-finite outputs).
+
+    ``path`` forces a kernel (tests use it to compare kernels); by default the fastest kernel whose
+    result is provably identical is chosen: float32 BLAS for int32 while K*max|a|*max|b| < 2^24
+    (K < 159,783 for uint4 x int4 codes, |product| <= 105), float64 BLAS for ``exact`` while all
+    partial sums are exact in float64, vectorised lane kernels when group sums are exact in the
+    lane type, else the general error-free kernel.
+    """
+    ao, bo = _check_operands(a, b, accumulator)
+    chosen = path or _plan(ao, bo, ao.array.shape[1], accumulator)
+    return _run(ao, bo, accumulator, chosen)
+
+
+def gemm(a, b, accumulator: Accumulator) -> np.ndarray:
+    """Bit-exact GEMM of exact operand values with an accumulator model (design.md section 3).
+
+    Products are exact; they are summed exactly in groups of ``accumulator.group`` k-indices,
+    each group sum is rounded once into ``accumulator.format``, group sums are accumulated within
+    chunks of ``accumulator.chunk`` k-indices and chunk sums are accumulated in the same format,
+    all in increasing k, each add correctly rounded. ``exact`` is the mathematical sum (rounded
+    once to float64); ``int32`` takes integer operands and raises on overflow; fp16 overflow
+    goes to +-inf and is counted (`gemm_with_stats`). Scales (step sizes, 1/GradScale) are
+    applied by the caller after the GEMM. Results do not depend on the Numba thread count.
+
+    Parameters
+    ----------
+    a : array_like, shape (M, K)
+        Exact operand values: INT4 codes, FP4 values on their phase's grid, FP8/FP16/FP32 values.
+    b : array_like, shape (K, N)
+    accumulator : Accumulator
+
+    Returns
+    -------
+    ndarray of float64, shape (M, N)
+
+    Raises
+    ------
+    NumericsError
+        Shapes that do not match, K = 0, NaN/inf operands, values not exact in fp32, non-integer
+        operands with ``int32``, int32 overflow, an unresolved ``chunk="array"``.
+    """
+    return gemm_with_stats(a, b, accumulator)[0]

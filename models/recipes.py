@@ -1,0 +1,171 @@
+"""Named precision recipes, after the column heads of Sun et al., NeurIPS 2020 ([P]) Tables 1-3.
+
+A recipe says, for each layer role (``first``, ``hidden``, ``last``), how the three GEMMs of a
+layer quantize their operands and accumulate (design.md section 3):
+
+====================  ============================  ==========================================
+GEMM                  operands (a x b)              default accumulator of ``int4``
+====================  ============================  ==========================================
+``fwd``               activations x weights^T       INT4 x INT4 in ``int32`` (exact), output FP16
+``bwd_data``          grad(even phase) x weights    FP4 x INT4 in ``fp16``, groups of 4, chunks of 64
+``bwd_weight``        grad^T(odd phase) x acts      FP4 x INT4 in ``fp16``, groups of 4, chunks of 64
+====================  ============================  ==========================================
+
+``fp32`` is the baseline: FP32 everywhere, GEMMs on the host's float32 BLAS (no accumulator
+model: ``acc=None``). ``int4`` is the paper's recipe: SAWB INT4 weights, PACT INT4 activations,
+radix-4 FP4 gradients with Two-Phase Rounding (even phase for ``bwd_data``, odd phase for
+``bwd_weight``, [P] section 3.3) and per-layer GradScale ([P] section 3.2); the first and last
+layers in FP16 (weights, activations, gradients; FP16 products accumulated in ``fp32``), FP32
+master weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from traces.errors import ConfigError, FormatError
+from traces.formats import Accumulator, LogFormat, get_format
+
+__all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe"]
+
+ROLES = ("first", "hidden", "last")
+GRAD_SCALING = ("none", "gradscale", "global")
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """How one layer role computes its three GEMMs.
+
+    ``weight``, ``act``: quantizer methods of `models.quantizers` (``fp32``, ``fp16``,
+    ``int4_sawb``; ``fp32``, ``fp16``, ``uint4_pact``, ``uint4_minmax``); ``grad_data`` and
+    ``grad_weight``: format names of the output gradient fed to ``bwd_data`` and ``bwd_weight``;
+    ``acc_*``: the accumulator of each GEMM (None: host float32 BLAS, the FP32 baseline);
+    ``out``: the format GEMM results are rounded to.
+    """
+
+    weight: str = "fp32"
+    act: str = "fp32"
+    grad_data: str = "fp32"
+    grad_weight: str = "fp32"
+    acc_fwd: Accumulator | None = None
+    acc_bwd_data: Accumulator | None = None
+    acc_bwd_weight: Accumulator | None = None
+    out: str = "fp32"
+
+    def accumulator(self, phase: str) -> Accumulator | None:
+        return {"fwd": self.acc_fwd, "bwd_data": self.acc_bwd_data,
+                "bwd_weight": self.acc_bwd_weight}[phase]
+
+    @property
+    def scaled_grads(self) -> bool:
+        """Whether the gradient formats need a scale (anything narrower than fp32)."""
+        return self.grad_data != "fp32" or self.grad_weight != "fp32"
+
+    def grad_target_max(self) -> float:
+        """GradScale's target for max|s*dY|: the largest FP4 value for log formats ([P] 3.2);
+        1.0 for fp16 (our choice: 24 binades below, and headroom against FP16 overflow of the
+        GEMM result)."""
+        fmt = get_format(self.grad_data)
+        return fmt.max_value if isinstance(fmt, LogFormat) else 1.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named precision recipe: a `LayerPrecision` per role and the gradient-scaling policy
+    (``none``, ``gradscale`` per layer, or ``global``: one loss scale for all layers)."""
+
+    name: str
+    first: LayerPrecision
+    hidden: LayerPrecision
+    last: LayerPrecision
+    grad_scaling: str = "none"
+    tie: str = "up"
+    radix: int | None = None
+    exponent_bits: int | None = None
+    tpr: bool | None = None
+
+    def precision(self, role: str) -> LayerPrecision:
+        if role not in ROLES:
+            raise ConfigError(f"layer role must be one of {ROLES}, got {role!r}")
+        return getattr(self, role)
+
+    def describe(self) -> dict:
+        """A JSON-able description (written to the trace's meta.json)."""
+        def lp(p: LayerPrecision) -> dict:
+            d = {k: getattr(p, k) for k in ("weight", "act", "grad_data", "grad_weight", "out")}
+            for ph in ("fwd", "bwd_data", "bwd_weight"):
+                acc = p.accumulator(ph)
+                d[f"acc_{ph}"] = None if acc is None else acc.name
+            return d
+        return {"name": self.name, "grad_scaling": self.grad_scaling, "tie": self.tie,
+                "radix": self.radix, "exponent_bits": self.exponent_bits, "tpr": self.tpr,
+                **{role: lp(self.precision(role)) for role in ROLES}}
+
+
+FP32 = LayerPrecision()
+FP16_LAYER = LayerPrecision(
+    weight="fp16", act="fp16", grad_data="fp16", grad_weight="fp16",
+    acc_fwd=Accumulator("fp32", 1, None), acc_bwd_data=Accumulator("fp32", 1, None),
+    acc_bwd_weight=Accumulator("fp32", 1, None), out="fp16",
+)
+"""The FP16 layers of the 4-bit recipes (first, last): FP16 operands, FP32 accumulation of the
+exact FP16 products one at a time (an FP16 FMA unit with an FP32 accumulator), FP16 results."""
+
+
+BWD_ACC = Accumulator("fp16", 4, 64)
+"""Backward accumulator of the 4-bit recipes: FP16 (the paper's FP16 GEMM outputs), exact
+groups of 4 (the 4-way INT4xFP4 inner product), chunks of 64 (after Wang et al. 2018)."""
+
+
+def int4_hidden(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
+                bwd_acc: Accumulator = BWD_ACC) -> LayerPrecision:
+    """The paper's hidden layer: INT4 forward, radix-``radix`` FP4 backward (TPR: even phase for
+    ``bwd_data``, odd for ``bwd_weight``; without TPR both use the even phase).
+
+    Raises ConfigError when TPR is asked for a radix without an odd phase (2, 8).
+    """
+    try:
+        even = LogFormat.make(radix, exponent_bits, "even")
+        odd = LogFormat.make(radix, exponent_bits, "odd") if tpr else even
+    except FormatError as exc:
+        raise ConfigError(f"recipe parameters: {exc}") from exc
+    return LayerPrecision(
+        weight="int4_sawb", act="uint4_pact", grad_data=even.name, grad_weight=odd.name,
+        acc_fwd=Accumulator("int32"), acc_bwd_data=bwd_acc, acc_bwd_weight=bwd_acc, out="fp16",
+    )
+
+
+def _fp32() -> Recipe:
+    return Recipe("fp32", FP32, FP32, FP32)
+
+
+def _int4(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
+          grad_scaling: str = "gradscale", tie: str = "up",
+          bwd_acc: Accumulator = BWD_ACC) -> Recipe:
+    if grad_scaling not in GRAD_SCALING:
+        raise ConfigError(f"grad_scaling must be one of {GRAD_SCALING}, got {grad_scaling!r}")
+    if tie not in ("up", "down"):
+        raise ConfigError(f"tie must be 'up' or 'down', got {tie!r}")
+    return Recipe("int4", FP16_LAYER, int4_hidden(radix, exponent_bits, tpr, bwd_acc), FP16_LAYER,
+                  grad_scaling, tie, radix, exponent_bits, tpr)
+
+
+RECIPES = {"fp32": _fp32, "int4": _int4}
+
+
+def get_recipe(name: str, **params) -> Recipe:
+    """The recipe called ``name``, with optional parameters (``int4``: radix, exponent_bits,
+    tpr, grad_scaling, tie, bwd_acc).
+
+    Raises
+    ------
+    ConfigError
+        Unknown recipe name (the message lists the known ones) or bad parameters.
+    """
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    try:
+        recipe = RECIPES[name](**params)
+    except TypeError as exc:
+        raise ConfigError(f"recipe {name!r}: {exc}") from exc
+    return replace(recipe, name=name)

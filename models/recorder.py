@@ -1,0 +1,108 @@
+"""The one object through which layers record what they compute into the trace.
+
+Layers call `Recorder.gemm` for each of their GEMMs and `Recorder.op` for vector work; the
+recorder keeps rows only while a step is being recorded (`start` / `stop`), so non-recorded
+steps cost nothing. Ops are attributed to the GEMM whose output path runs them (the most recent
+GEMM, ``fused=True``) unless the caller names the layer and phase; an op before any GEMM of the
+step is a separate pass of its own layer (``fused=False``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from models.quantizers import QTensor
+from traces import schema
+from traces.formats import LogFormat
+from traces.lowering import GemmShape
+
+__all__ = ["Recorder", "OP_KINDS"]
+
+OP_KINDS = (
+    "cast", "quantize_uniform", "quantize_log", "maxabs", "moments", "scale", "bias_add",
+    "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum",
+)
+"""Op vocabulary of the ``ops`` table; `hwsim.blocks.scaling_unit` gives each its cost."""
+
+
+def _zero_frac(values: np.ndarray) -> float:
+    return float(np.count_nonzero(values == 0)) / values.size if values.size else 0.0
+
+
+class Recorder:
+    """Collects ``gemms`` and ``ops`` rows of the steps being recorded."""
+
+    def __init__(self) -> None:
+        self.gemm_rows: list[dict] = []
+        self.op_rows: list[dict] = []
+        self.active = False
+        self.step = 0
+        self._producer: tuple[str, str] | None = None
+
+    def start(self, step: int) -> None:
+        """Record everything until `stop`, as step ``step``."""
+        self.active = True
+        self.step = int(step)
+        self._producer = None
+
+    def stop(self) -> None:
+        self.active = False
+        self._producer = None
+
+    def gemm(self, layer: str, layer_type: str, phase: str, shape: GemmShape, a: QTensor,
+             b: QTensor, acc_format: str, out_format: str, *, acc_stats=None,
+             geometry: dict | None = None, grad_scale_log2: float | None = None) -> None:
+        """Record one GEMM with its operand statistics (zero, clip and flush fractions, the
+        gradient operand's log-code histogram, accumulator events, scales)."""
+        if not self.active:
+            return
+        self._producer = (layer, phase)
+        row = {
+            "step": self.step, "layer": layer, "layer_type": layer_type, "phase": phase,
+            "M": shape.M, "N": shape.N, "K": shape.K, "groups": shape.groups,
+            "a_format": a.format.name, "b_format": b.format.name, "acc_format": acc_format,
+            "out_format": out_format,
+            "a_zero_frac": _zero_frac(a.values), "b_zero_frac": _zero_frac(b.values),
+            "a_scale": float(a.scale), "b_scale": float(b.scale),
+        }
+        for prefix, q in (("a", a), ("b", b)):
+            if q.stats is not None:
+                row[f"{prefix}_clip_frac"] = q.stats.clip_frac
+                row[f"{prefix}_flush_frac"] = q.stats.flush_frac
+        grad = a if isinstance(a.format, LogFormat) else None
+        if grad is not None and grad.codes is not None:
+            mags = np.asarray(grad.codes) & (2**grad.format.exponent_bits - 1)
+            hist = np.bincount(mags.ravel(), minlength=schema.HIST_BINS)
+            row.update({f"grad_code_{i:02d}": int(hist[i]) for i in range(schema.HIST_BINS)})
+        if acc_stats is not None:
+            row["acc_overflows"] = acc_stats.overflows
+            row["acc_underflows"] = acc_stats.underflows
+        if grad_scale_log2 is not None:
+            row["grad_scale_log2"] = float(grad_scale_log2)
+        row.update(geometry or {})
+        self.gemm_rows.append(row)
+
+    def op(self, op: str, elements: int, in_format: str, out_format: str, *, layer: str | None = None,
+           phase: str | None = None, default: tuple[str, str] | None = None) -> None:
+        """Record vector work. With ``layer``/``phase`` it is fused into that GEMM's output path;
+        without, into the most recent GEMM's; before any GEMM, a separate pass of ``default``."""
+        if not self.active:
+            return
+        if op not in OP_KINDS:
+            raise ValueError(f"unknown op {op!r}; known ops: {OP_KINDS}")
+        if layer is not None:
+            where, fused = (layer, phase), True
+        elif self._producer is not None:
+            where, fused = self._producer, True
+        else:
+            where, fused = default, False
+        self.op_rows.append({
+            "step": self.step, "layer": where[0], "phase": where[1], "op": op,
+            "elements": int(elements), "in_format": in_format, "out_format": out_format,
+            "fused": fused,
+        })
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The recorded ``gemms`` and ``ops`` tables, in the schema's dtypes."""
+        return schema.from_records("gemms", self.gemm_rows), schema.from_records("ops", self.op_rows)

@@ -1,0 +1,225 @@
+"""The trainer: SGD with momentum on FP32 master weights, a cosine learning-rate schedule,
+evaluation, seeds, tqdm progress, and the trace of every GEMM of the recorded steps.
+
+``models.train(model, dataset, recipe, ...) -> Run`` is the public entry point; ``fourbit
+train`` parses its command line into the same call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from models.data import Dataset, load_dataset
+from models.layers import Context, Linear, Sequential, softmax_xent
+from models.quantizers import GradScale
+from models.recipes import Recipe, get_recipe
+from models.recorder import Recorder
+from models.zoo import build_model
+from traces import schema
+from traces.errors import ConfigError, TrainingError
+from traces.io import Trace
+
+__all__ = ["Run", "TrainConfig", "evaluate", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters.
+
+    epochs >= 1; batch_size >= 1 (the final partial batch of an epoch is dropped, so every step
+    has the same shapes); lr > 0 (peak learning rate of a cosine schedule, Loshchilov and Hutter
+    2017); momentum in [0, 1); weight_decay >= 0 (not on biases and PACT clips); pact_l2 >= 0
+    (L2 on PACT's alpha, Choi et al. 2018); trace_every >= 0 (also record every that many steps;
+    0: the last step only); seed: weights, shuffling and everything random.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    pact_l2: float = 1e-4
+    trace_every: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": (self.epochs, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "batch_size": (self.batch_size, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            "lr": (self.lr, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+            "momentum": (self.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay, lambda v: v >= 0, ">= 0"),
+            "pact_l2": (self.pact_l2, lambda v: v >= 0, ">= 0"),
+            "trace_every": (self.trace_every, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+            "seed": (self.seed, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+        }
+        for name, (value, ok, allowed) in checks.items():
+            try:
+                good = ok(value)
+            except TypeError:
+                good = False
+            if not good:
+                raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+@dataclass
+class Run:
+    """A finished training run: its trace (metadata, GEMMs, ops, metrics), the final metrics and
+    the run directory it was written to (None if not written)."""
+
+    trace: Trace
+    final: dict
+    net: Sequential = field(repr=False)
+    path: Path | None = None
+
+
+def _grad_scales(net: Sequential, recipe: Recipe) -> list[GradScale]:
+    """Attach GradScale objects to the layers whose gradient formats need one."""
+    layers = [layer for layer in net.gemm_layers() if recipe.precision(layer.role).scaled_grads]
+    if recipe.grad_scaling == "none" or not layers:
+        return []
+    if recipe.grad_scaling == "global":
+        shared = GradScale(recipe.hidden.grad_target_max() if recipe.hidden.scaled_grads
+                           else recipe.precision(layers[0].role).grad_target_max())
+        for layer in layers:
+            layer.grad_scale = shared
+        return [shared]
+    scales = []
+    for layer in layers:
+        layer.grad_scale = GradScale(recipe.precision(layer.role).grad_target_max())
+        scales.append(layer.grad_scale)
+    return scales
+
+
+def _sgd(net: Sequential, velocity: dict[str, np.ndarray], lr: float, cfg: TrainConfig) -> None:
+    """SGD with momentum on the FP32 master copies: v = m*v + g (+ decay); w -= lr*v."""
+    lr32, m32 = np.float32(lr), np.float32(cfg.momentum)
+    for p in net.params():
+        g = p.grad
+        if p.decay and cfg.weight_decay:
+            g = g + np.float32(cfg.weight_decay) * p.value
+        if p.name.endswith("pact_alpha") and cfg.pact_l2:
+            g = g + np.float32(cfg.pact_l2) * p.value
+        v = velocity.setdefault(p.name, np.zeros_like(p.value))
+        v *= m32
+        v += g
+        p.value -= lr32 * v
+        if p.name.endswith("pact_alpha"):
+            np.maximum(p.value, np.float32(2.0**-10), out=p.value)  # PACT needs alpha > 0
+        p.grad[...] = 0
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+
+
+def evaluate(net: Sequential, recipe: Recipe, x: np.ndarray, y: np.ndarray,
+             batch_size: int = 256) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``net`` on (x, y) with the recipe's forward numerics."""
+    ctx = Context(recipe, Recorder(), training=False)
+    losses, correct = [], 0
+    for i in range(0, len(x), batch_size):
+        logits = net.forward(x[i:i + batch_size], ctx)
+        loss, _ = softmax_xent(logits, y[i:i + batch_size])
+        losses.append(loss * len(logits))
+        correct += int(np.count_nonzero(logits.argmax(axis=1) == y[i:i + batch_size]))
+    return float(np.sum(losses) / len(x)), correct / len(x)
+
+
+def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: TrainConfig | None = None,
+          data_dir: str | None = None, out: str | Path | None = None, progress: bool = True,
+          model_params: dict | None = None, **overrides) -> Run:
+    """Train ``model`` on ``dataset`` with ``recipe`` and record the trace.
+
+    Parameters
+    ----------
+    model : str
+        A name of `models.zoo.MODELS`.
+    dataset : str or Dataset
+        A name of `models.data.DATASETS` (files from ``data_dir``) or a loaded data set.
+    recipe : str or Recipe
+        A name of `models.recipes.RECIPES` or a recipe object.
+    config : TrainConfig, optional
+        Hyper-parameters; keyword ``overrides`` (epochs=..., seed=...) replace its fields.
+    out : path, optional
+        Write the run directory (trace and metrics) there, atomically.
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    ConfigError
+        Unknown model, data set or recipe; bad hyper-parameters; a batch larger than the data set.
+    TrainingError
+        The loss became NaN or infinite (the message names the step).
+    """
+    cfg = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
+    rec_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    ds = load_dataset(dataset, data_dir) if isinstance(dataset, str) else dataset
+    steps_per_epoch = len(ds.x_train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} samples)")
+    total = cfg.epochs * steps_per_epoch
+    net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
+    for layer in net.layers:
+        if isinstance(layer, Linear) and rec_obj.precision(layer.role).act == "uint4_pact":
+            pass  # the clip alpha is a parameter of the layer (trained, L2-regularised)
+    scales = _grad_scales(net, rec_obj)
+    recorder = Recorder()
+    ctx = Context(rec_obj, recorder)
+    velocity: dict[str, np.ndarray] = {}
+    shuffle = np.random.default_rng([cfg.seed, 1])
+    metrics: list[dict] = []
+    bar = tqdm(total=total, desc=f"{model}/{ds.name}/{rec_obj.name}", disable=not progress, unit="step")
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = shuffle.permutation(len(ds.x_train))
+        epoch_loss = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            record = step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0)
+            if record:
+                recorder.start(step)
+            logits = net.forward(ds.x_train[idx], ctx)
+            loss, dlogits = softmax_xent(logits, ds.y_train[idx])
+            recorder.op("softmax_xent", logits.size, "fp32", "fp32")
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss is {loss} at step {step} (epoch {epoch}); training diverged "
+                                    f"(try a smaller lr than {cfg.lr})")
+            net.backward(dlogits, ctx)
+            recorder.stop()
+            _sgd(net, velocity, _lr_at(cfg, step, total), cfg)
+            for s in scales:
+                s.update_global() if rec_obj.grad_scaling == "global" else s.update()
+            epoch_loss += loss
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)
+        test_loss, test_acc = evaluate(net, rec_obj, ds.x_test, ds.y_test)
+        metrics += [
+            {"step": step, "epoch": epoch + 1, "split": "train", "metric": "loss", "value": epoch_loss / steps_per_epoch},
+            {"step": step, "epoch": epoch + 1, "split": "test", "metric": "loss", "value": test_loss},
+            {"step": step, "epoch": epoch + 1, "split": "test", "metric": "accuracy", "value": test_acc},
+        ]
+    bar.close()
+    gemms, ops = recorder.tables()
+    final = {"test_accuracy": test_acc, "test_loss": test_loss, "train_loss": epoch_loss / steps_per_epoch}
+    meta = {
+        "model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "seed": cfg.seed,
+        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": total,
+        "train_config": asdict(cfg), "final": final,
+    }
+    trace = Trace(meta, gemms, ops, schema.from_records("metrics", metrics))
+    path = None
+    if out is not None:
+        path = trace.write(out)
+    return Run(trace, final, net, path)

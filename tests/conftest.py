@@ -1,0 +1,23 @@
+"""Shared fixtures: small real runs, reused across tests (session scope keeps CI fast)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", deadline=None, max_examples=60,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def digits_runs():
+    """fp32 and int4 runs of the MLP on digits, 2 epochs each (shapes and traces, not accuracy)."""
+    from models.train import train
+
+    return {r: train("mlp", "digits", r, epochs=2, progress=False) for r in ("fp32", "int4")}

@@ -1,0 +1,35 @@
+"""The simulated chip on a real trace: units by format, closed forms with unlimited memory."""
+
+from __future__ import annotations
+
+from hwsim import load_chip, simulate
+
+
+def test_units_follow_formats(digits_runs):
+    df = simulate(digits_runs["int4"].trace, load_chip("fourbit")).to_frame()
+    unit = dict(zip(zip(df.layer, df.phase, strict=True), df.unit, strict=True))
+    assert unit[("fc2", "fwd")] == "int4"
+    assert unit[("fc2", "bwd_data")] == "fp4xint4" and unit[("fc3", "bwd_weight")] == "fp4xint4"
+    assert unit[("fc1", "fwd")] == "fp16" and unit[("fc4", "bwd_data")] == "fp16"
+
+
+def test_unlimited_memory_gives_closed_form_cycles(digits_runs):
+    chip = load_chip("fourbit", {"dram.bandwidth_bytes_per_s": float("inf"), "dram.latency_cycles": 0,
+                                 "scaling.lanes": float("inf")})
+    df = simulate(digits_runs["int4"].trace, chip).to_frame()
+    gemm = df[df.unit != "vector"]
+    assert (gemm.total_cycles == gemm.compute_cycles).all()
+    assert (gemm.stall_cycles == 0).all()
+
+
+def test_four_bit_chip_beats_fp16_chip_on_the_same_trace(digits_runs):
+    trace = digits_runs["int4"].trace
+    fast = simulate(trace, load_chip("fourbit")).to_frame()
+    slow = simulate(trace, load_chip("fp16")).to_frame()
+    four = fast.unit.isin(["int4", "fp4xint4"]).to_numpy()
+    assert four.sum() == 6  # the hidden layers fc2, fc3 in three phases
+    # 4 products per PE per cycle against 1: the hidden GEMMs' fill/drain-free part is 4x shorter
+    ratio = slow.compute_cycles[four].sum() / fast.compute_cycles[four].sum()
+    assert 3.0 < ratio <= 4.0
+    assert fast.energy_mac_pj[four].sum() < slow.energy_mac_pj[four].sum() / 10
+    assert fast.energy_pj.sum() < slow.energy_pj.sum()

@@ -1,0 +1,24 @@
+"""Closed-form compute cycles (hand-derived) and the simulated cycles that must equal them."""
+
+from __future__ import annotations
+
+import pytest
+
+from hwsim.mapping import compute_cycles, plan_gemm
+
+
+@pytest.mark.parametrize("df, M, N, K, want", [
+    # ws: ceil(K/(pR)) * ceil(N/C) folds of 2R + C + M - 2 (R = C = 32, p = 4)
+    ("ws", 64, 256, 256, 2 * 8 * (64 + 32 + 64 - 2)),
+    ("ws", 1, 1, 1, 1 * (64 + 32 + 1 - 2)),
+    # os: ceil(M/R) * ceil(N/C) folds of R + C + ceil(K/p) - 2
+    ("os", 64, 256, 256, 2 * 8 * (32 + 32 + 64 - 2)),
+    ("os", 1, 10, 300, 1 * (32 + 32 + 75 - 2)),
+    # is: ceil(K/(pR)) * ceil(M/C) folds of 2R + C + N - 2
+    ("is", 64, 256, 256, 2 * 2 * (64 + 32 + 256 - 2)),
+])
+def test_closed_forms_by_hand(df, M, N, K, want):
+    assert compute_cycles(M, N, K, 32, 32, 4, df) == want
+    plan = plan_gemm(M, N, K, 1, 32, 32, 4, df, 0.5, 0.5, 2, 1 << 20, 1 << 20, 1 << 20)
+    assert sum(t.compute_cycles * r for t, r in plan.runs) == want
+    assert plan.macs == M * N * K

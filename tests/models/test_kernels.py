@@ -1,0 +1,123 @@
+"""Kernels against their plain twins (tests/naive.py), bit for bit.
+
+This module also runs in the CI leg with NUMBA_DISABLE_JIT=1 (kernel bodies as plain Python),
+so its shapes stay small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models import numerics
+from tests import naive
+from traces.formats import Accumulator, LogFormat
+
+LOG_FORMATS = [LogFormat.make(r, e, p) for r in (2, 4, 8, 16) for e in (2, 3, 4) for p in ("even", "odd")
+               if not (p == "odd" and r not in (4, 16))]
+
+
+def same_bits(x: np.ndarray, y: np.ndarray) -> bool:
+    """Equal values (NaN == NaN), zeros compared by value (the twin does not track -0.0)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return bool(np.all((x == y) | (np.isnan(x) & np.isnan(y))))
+
+
+@pytest.mark.parametrize("fmt", LOG_FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("tie", ["up", "down"])
+def test_log_kernel_matches_twin_at_every_threshold(fmt, tie):
+    t = fmt.thresholds()
+    lv = fmt.levels()
+    pts = np.concatenate([t, np.nextafter(t, 0), np.nextafter(t, np.inf), lv, lv * 3, [0.0, 1e300, np.inf, 5e-324]])
+    x = np.concatenate([pts, -pts])
+    got = numerics.quantize_fp4(x, fmt.radix, fmt.exponent_bits, fmt.phase, tie)
+    want = naive.quantize_log(x, fmt, tie)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(x))
+
+
+@given(st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=40),
+       st.sampled_from(LOG_FORMATS), st.sampled_from(["up", "down"]))
+def test_log_kernel_property(xs, fmt, tie):
+    x = np.array(xs)
+    got, codes, _ = numerics.quantize_fp4_codes(x, fmt, tie)
+    np.testing.assert_array_equal(got, naive.quantize_log(x, fmt, tie))
+    np.testing.assert_array_equal(fmt.decode(codes), got)  # codes decode to the values
+    np.testing.assert_array_equal(numerics.quantize_fp4_codes(got, fmt, tie)[0], got)  # idempotent
+    np.testing.assert_array_equal(numerics.quantize_fp4_codes(-x, fmt, tie)[0], -got)  # symmetric
+
+
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64), min_size=1, max_size=30),
+       st.sampled_from(["fp16", "fp32", "dlfloat16", "fp8_e4m3", "fp8_e5m2"]))
+def test_round_float_kernel_matches_twin(xs, fmt):
+    x = np.array(xs)
+    got, _ = numerics.quantize_float(x, fmt)
+    sat = fmt.startswith("fp8")
+    want = np.array([naive.round_float(v, fmt, sat) for v in xs])
+    assert same_bits(got, want)
+
+
+def test_round_float_matches_numpy_and_ml_dtypes():
+    import ml_dtypes
+
+    x = np.random.default_rng(0).standard_normal(20000) * np.exp2(np.random.default_rng(1).integers(-30, 20, 20000))
+    np.testing.assert_array_equal(numerics.quantize_float(x, "fp16")[0], x.astype(np.float16).astype(np.float64))
+    np.testing.assert_array_equal(numerics.quantize_float(x, "fp32")[0], x.astype(np.float32).astype(np.float64))
+    for name, dt, mx in (("fp8_e4m3", ml_dtypes.float8_e4m3fn, 448.0), ("fp8_e5m2", ml_dtypes.float8_e5m2, 57344.0)):
+        ref = np.clip(x, -mx, mx).astype(dt).astype(np.float64)
+        np.testing.assert_array_equal(numerics.quantize_float(x, name)[0], ref)
+
+
+ACCS = [Accumulator("fp16", 4, 64), Accumulator("fp16", 4, 8), Accumulator("fp16", 1, None),
+        Accumulator("fp32", 1, None), Accumulator("fp32", 4, 16), Accumulator("dlfloat16", 4, 64),
+        Accumulator("dlfloat16", 2, 2), Accumulator("exact")]
+
+
+def _fp4_int4(draw_shape, rng):
+    m, k, n = draw_shape
+    a = rng.integers(-7, 8, (m, k)).astype(np.float64)
+    b = numerics.quantize_fp4(rng.standard_normal((k, n)) * 8)
+    return a, b
+
+
+@given(st.integers(1, 5), st.integers(1, 19), st.integers(1, 5), st.integers(0, 2**31),
+       st.sampled_from(ACCS), st.sampled_from(["shift_add", "fp16_ops", "big"]))
+def test_gemm_kernels_match_twin(m, k, n, seed, acc, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "shift_add":
+        a, b = _fp4_int4((m, k, n), rng)
+    elif kind == "fp16_ops":
+        a = (rng.standard_normal((m, k)) * np.exp2(rng.integers(-20, 10, (m, k)))).astype(np.float16).astype(np.float64)
+        b = (rng.standard_normal((k, n)) * np.exp2(rng.integers(-20, 10, (k, n)))).astype(np.float16).astype(np.float64)
+    else:  # values that overflow fp16 accumulators
+        a = rng.integers(-15, 16, (m, k)) * 1024.0
+        b = numerics.quantize_fp4(rng.standard_normal((k, n)) * 40)
+    want = naive.gemm(a, b, acc)
+    paths = ["general"]
+    plan = numerics._plan(numerics._scan(a, "a"), numerics._scan(b, "b"), k, acc)
+    if plan not in paths:
+        paths.append(plan)
+    for path in paths:
+        got = numerics.gemm_with_stats(a, b, acc, path=path)[0]
+        assert same_bits(got, want), (path, got, want)
+
+
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**31))
+def test_int_paths_agree(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 16, (m, k)).astype(np.uint8)
+    b = rng.integers(-8, 8, (k, n)).astype(np.int8)
+    want = a.astype(np.int64) @ b.astype(np.int64)
+    for path in ("blas32", "blas64", "int"):
+        np.testing.assert_array_equal(numerics.gemm_with_stats(a, b, Accumulator("int32"), path=path)[0], want)
+
+
+def test_fast_paths_agree_on_a_large_shape():
+    rng = np.random.default_rng(3)
+    a, b = _fp4_int4((37, 300, 41), rng)
+    acc = Accumulator("fp16", 4, 64)
+    ref = numerics.gemm_with_stats(a, b, acc, path="general")[0]
+    for path in ("fast32", "fast64"):
+        np.testing.assert_array_equal(numerics.gemm_with_stats(a, b, acc, path=path)[0], ref)

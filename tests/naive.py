@@ -1,0 +1,119 @@
+"""Plain, obviously correct twins of the Numba kernels (exact rational arithmetic where needed).
+
+Each function computes the same thing as a kernel in `models._kernels` the slow way: Python
+integers and `fractions.Fraction` for exact sums, threshold tables with ``searchsorted`` for the
+log formats. Property tests compare kernels and twins bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from traces.formats import Accumulator, FloatFormat, LogFormat, get_format
+
+
+# ---------------------------------------------------------------------------------------------
+# rounding to a float format, from an exact rational
+# ---------------------------------------------------------------------------------------------
+def round_fraction(x: Fraction, fmt: FloatFormat) -> float:
+    """Round the exact value ``x`` to ``fmt`` (ties per the format; overflow -> inf; formats
+    without subnormals flush |x| < their smallest value to zero). Returns a float (signed zero
+    is not tracked: the caller compares magnitudes of zeros as equal)."""
+    if x == 0:
+        return 0.0
+    sign = -1 if x < 0 else 1
+    a = abs(x)
+    if not fmt.subnormals and a < Fraction(fmt.min_normal):
+        return sign * 0.0
+    # exponent of the leading bit
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    q = max(e, fmt.emin) - fmt.mantissa_bits
+    scaled = a / Fraction(2) ** q
+    n = math.floor(scaled)
+    rem = scaled - n
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and (fmt.ties == "away" or n % 2 == 1)):
+        n += 1
+    r = Fraction(n) * Fraction(2) ** q
+    if r > Fraction(fmt.max_value):
+        return sign * math.inf
+    return sign * float(r)
+
+
+def round_float(x: float, fmt_name: str, saturate: bool = False) -> float:
+    fmt = get_format(fmt_name)
+    if math.isnan(x):
+        return x
+    if math.isinf(x):
+        return math.copysign(fmt.max_value, x) if saturate else x
+    r = round_fraction(Fraction(x), fmt)
+    if saturate and math.isinf(r):
+        r = math.copysign(fmt.max_value, r)
+    return math.copysign(abs(r), x) if r == 0 else r
+
+
+# ---------------------------------------------------------------------------------------------
+# quantizers
+# ---------------------------------------------------------------------------------------------
+def quantize_log(x: np.ndarray, fmt: LogFormat, tie: str = "up") -> np.ndarray:
+    """Log-format rounding with the threshold table and searchsorted."""
+    x = np.asarray(x, dtype=np.float64)
+    t = fmt.thresholds()
+    code = np.searchsorted(t, np.abs(x), side="right" if tie == "up" else "left")
+    mags = np.concatenate([[0.0], fmt.levels()])[code]
+    return np.where(np.signbit(x), -mags, mags)
+
+
+def quantize_uniform(x: np.ndarray, step: float, lo: int, hi: int) -> np.ndarray:
+    return np.rint(np.clip(np.asarray(x, np.float64) / step, lo, hi))
+
+
+def pact_codes(x: np.ndarray, alpha: float) -> np.ndarray:
+    """PACT literally: clip to [0, alpha], divide by alpha/15, round half to even."""
+    return np.rint(np.clip(np.asarray(x, np.float64), 0, alpha) / (alpha / 15))
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM with an accumulator model
+# ---------------------------------------------------------------------------------------------
+def _add(a: float | Fraction, b: float | Fraction, fmt: FloatFormat) -> float:
+    """One accumulator add (inf semantics outside the rationals)."""
+    if isinstance(a, float) and not math.isfinite(a) or isinstance(b, float) and not math.isfinite(b):
+        return float(a) + float(b)
+    return round_fraction(Fraction(a) + Fraction(b), fmt)
+
+
+def gemm(a: np.ndarray, b: np.ndarray, acc: Accumulator) -> np.ndarray:
+    """The accumulator model, literally, with exact products and group sums."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    m, k = a.shape
+    n = b.shape[1]
+    out = np.empty((m, n))
+    chunk = k if acc.chunk is None else int(acc.chunk)
+    for i in range(m):
+        for j in range(n):
+            prods = [Fraction(a[i, kk]) * Fraction(b[kk, j]) for kk in range(k)]
+            if acc.format in ("exact", "int32"):
+                total = sum(prods, Fraction(0))
+                if acc.format == "int32":
+                    partial = Fraction(0)
+                    for p in prods:
+                        partial += p
+                        assert -(2**31) <= partial <= 2**31 - 1, "int32 overflow"
+                out[i, j] = float(total)
+                continue
+            fmt = acc.value_format
+            tot = 0.0
+            for c0 in range(0, k, chunk):
+                cs = 0.0
+                for g0 in range(c0, min(c0 + chunk, k), acc.group):
+                    g = sum(prods[g0:min(g0 + acc.group, c0 + chunk, k)], Fraction(0))
+                    cs = _add(cs, round_fraction(g, fmt), fmt)
+                tot = _add(tot, cs, fmt)
+            out[i, j] = tot
+    return out

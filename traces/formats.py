@@ -1,0 +1,522 @@
+"""Number formats and the accumulator model, shared by the emulator and the simulator.
+
+A format name in a trace means exactly one thing everywhere (design.md section 1), so the format
+objects live here, in the one module both ``models`` (the emulator) and ``hwsim`` (the simulator)
+import. Each format is a frozen value object with a standard name, its bit layout, its bias and
+the list of every value it represents (``values()``); ``encode`` and ``decode`` convert between
+exact values and codes. Rounding arbitrary values onto a format is the emulator's job
+(``models.numerics``); here a value that is not exactly representable is an error.
+
+Formats (sources: design.md section 3; reference/technique.md sections 1.4, 1.6, 5.3, 6):
+
+=============  =====  ===========================================================================
+name           bits   values
+=============  =====  ===========================================================================
+``int4``       4      two's complement -8..7 (SAWB weights use the symmetric -7..7)
+``uint4``      4      0..15 (PACT activations)
+``int8``       8      -128..127
+``int32``      32     the integer accumulator
+``fp4_rR_eE``  1+E    radix-R logarithmic format, sign + E exponent bits, no mantissa
+                      [Sun et al. NeurIPS 2020, section 3.1]: code 0 is +-0, code c in
+                      1..2^E-1 is +-R^(c - 2^(E-1)); ``_odd`` suffix: the odd TPR phase,
+                      every value times R^(-1/2) (section 3.3); R in {2, 4, 8, 16}, E in {2, 3, 4}.
+                      ``fp4_r4_e3`` is the paper's radix-4 FP4: 0, +-1/64 .. +-64.
+``fp8_e4m3``   8      OCP FP8 E4M3 (ml_dtypes ``float8_e4m3fn``): bias 7, subnormals, no inf, max 448
+``fp8_e5m2``   8      OCP FP8 E5M2 (ml_dtypes ``float8_e5m2``): bias 15, subnormals, inf, max 57344
+``fp16``       16     IEEE 754 binary16: bias 15, subnormals, max 65504
+``dlfloat16``  16     IBM DLFloat16 1-6-9 [Agrawal et al., ARITH 2019]: bias 31, no subnormals,
+                      ties away from zero, exponent field 0 is a normal binade whose all-zero
+                      code is +-0, the all-ones code is the single NaN/inf; max 2^32*(2-2^-8),
+                      smallest 2^-31*(1+2^-9)
+``fp32``       32     IEEE 754 binary32
+=============  =====  ===========================================================================
+
+`Accumulator` describes how a GEMM's products are summed (design.md section 3).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import ml_dtypes
+import numpy as np
+
+from traces.errors import FormatError
+
+__all__ = [
+    "ACCUMULATOR_FORMATS",
+    "Accumulator",
+    "FloatFormat",
+    "Format",
+    "IntFormat",
+    "LogFormat",
+    "format_names",
+    "get_format",
+    "pack_nibbles",
+    "unpack_nibbles",
+]
+
+
+@dataclass(frozen=True)
+class Format:
+    """Base of every number format: a standard name and a width in bits."""
+
+    name: str
+    bits: int
+
+    kind: ClassVar[str] = "format"
+
+    @property
+    def bytes_per_value(self) -> float:
+        """Storage per value in bytes (0.5 for 4-bit formats packed two per byte)."""
+        return self.bits / 8
+
+    def values(self) -> np.ndarray:
+        """Every value of the format, in code order (float64, shape (2**bits,))."""
+        if self.bits > 16:
+            raise FormatError(
+                f"format {self.name!r} has 2**{self.bits} codes; values() lists formats of at "
+                f"most 16 bits"
+            )
+        return self.decode(np.arange(2**self.bits, dtype=np.uint32).astype(self.code_dtype))
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        """The unsigned dtype that holds one code of this format."""
+        return np.dtype(np.uint8 if self.bits <= 8 else np.uint16 if self.bits <= 16 else np.uint32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise FormatError(f"format {self.name!r} cannot decode codes")
+
+    def encode(self, values: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise FormatError(f"format {self.name!r} cannot encode values")
+
+    def _check_exact(self, values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        back = self.decode(codes)
+        bad = ~((back == values) | (np.isnan(back) & np.isnan(values)))
+        if np.any(bad):
+            first = np.asarray(values)[bad].ravel()[0]
+            raise FormatError(
+                f"value {first!r} is not exactly representable in format {self.name!r}; round it "
+                f"first (models.numerics)"
+            )
+        return codes
+
+
+@dataclass(frozen=True)
+class IntFormat(Format):
+    """A two's complement (``signed``) or unsigned integer format.
+
+    Codes are the ``bits`` low bits of the integer (two's complement for signed formats).
+    """
+
+    signed: bool = True
+    kind: ClassVar[str] = "int"
+
+    @property
+    def min_value(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def max_value(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def layout(self) -> str:
+        kind = "two's complement" if self.signed else "unsigned"
+        return f"{kind}, {self.bits} bits"
+
+    bias: ClassVar[int] = 0
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        c = np.asarray(codes).astype(np.int64) & (2**self.bits - 1)
+        if self.signed:
+            c = np.where(c >= 2 ** (self.bits - 1), c - 2**self.bits, c)
+        return c.astype(np.float64)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        if np.any(~np.isfinite(v)) or np.any(v != np.rint(v)):
+            raise FormatError(f"format {self.name!r} holds integers only")
+        if v.size and (v.min() < self.min_value or v.max() > self.max_value):
+            raise FormatError(
+                f"value out of range for {self.name!r}: allowed {self.min_value}..{self.max_value}"
+            )
+        return (v.astype(np.int64) & (2**self.bits - 1)).astype(self.code_dtype)
+
+
+@dataclass(frozen=True)
+class LogFormat(Format):
+    """Radix-``radix`` logarithmic format: sign + ``exponent_bits`` exponent bits, no mantissa.
+
+    Code layout ``s eee`` (sign in the top bit): exponent code 0 is +-0, exponent code
+    c in 1..2^e-1 is +-radix^(c - bias) with bias = 2^(e-1); the odd TPR phase multiplies every
+    value by radix^(-1/2) [Sun et al., NeurIPS 2020, sections 3.1 and 3.3; technique.md 1.4, 1.6].
+    The odd phase exists only where radix^(1/2) is a power of two (radix 4 and 16).
+    """
+
+    radix: int = 4
+    exponent_bits: int = 3
+    phase: str = "even"
+    kind: ClassVar[str] = "log"
+
+    RADIXES: ClassVar[tuple[int, ...]] = (2, 4, 8, 16)
+    EXPONENT_BITS: ClassVar[tuple[int, ...]] = (2, 3, 4)
+    PHASES: ClassVar[tuple[str, ...]] = ("even", "odd")
+
+    @classmethod
+    def make(cls, radix: int = 4, exponent_bits: int = 3, phase: str = "even") -> LogFormat:
+        """Validate the parameters and build the format (the usual constructor)."""
+        if radix not in cls.RADIXES:
+            raise FormatError(f"radix must be one of {cls.RADIXES}, got {radix!r}")
+        if exponent_bits not in cls.EXPONENT_BITS:
+            raise FormatError(f"exponent_bits must be one of {cls.EXPONENT_BITS}, got {exponent_bits!r}")
+        if phase not in cls.PHASES:
+            raise FormatError(f"phase must be one of {cls.PHASES}, got {phase!r}")
+        if phase == "odd" and radix not in (4, 16):
+            raise FormatError(
+                f"radix {radix} has no odd phase (radix**0.5 is not a power of two); Two-Phase "
+                f"Rounding exists for radix 4 and 16 only"
+            )
+        name = f"fp4_r{radix}_e{exponent_bits}" + ("_odd" if phase == "odd" else "")
+        return cls(name=name, bits=1 + exponent_bits, radix=radix, exponent_bits=exponent_bits, phase=phase)
+
+    @property
+    def log2_radix(self) -> int:
+        """b = log2(radix)."""
+        return self.radix.bit_length() - 1
+
+    @property
+    def bias(self) -> int:
+        """Exponent bias in radix units: 2^(e-1)."""
+        return 2 ** (self.exponent_bits - 1)
+
+    @property
+    def phase_shift(self) -> int:
+        """Binary exponent offset of the phase: 0 (even) or b/2 (odd)."""
+        return self.log2_radix // 2 if self.phase == "odd" else 0
+
+    @property
+    def n_levels(self) -> int:
+        """Number of non-zero magnitudes: 2^e - 1."""
+        return 2**self.exponent_bits - 1
+
+    @property
+    def layout(self) -> str:
+        return f"1-{self.exponent_bits}-0 (sign, exponent, mantissa), radix {self.radix}, {self.phase} phase"
+
+    def level_exponents(self) -> np.ndarray:
+        """Binary exponents of the magnitudes of codes 1..n (int64, shape (n,))."""
+        c = np.arange(1, self.n_levels + 1, dtype=np.int64)
+        return self.log2_radix * (c - self.bias) - self.phase_shift
+
+    def levels(self) -> np.ndarray:
+        """Non-zero magnitudes of codes 1..n, increasing (float64, shape (n,))."""
+        return np.ldexp(1.0, self.level_exponents())
+
+    def thresholds(self) -> np.ndarray:
+        """Rounding thresholds T_1..T_n (float64, shape (n,)); |x| >= T_c rounds to code >= c.
+
+        Between neighbouring magnitudes v and r*v the threshold is the arithmetic midpoint
+        (1 + 1/r)/2 * r*v; below the smallest magnitude v_min the flush threshold follows the same
+        rule, (1 + 1/r)/2 * v_min [Sun et al. 2020, Eq. 1 and Fig. 2(c)]. For radix 4 (even):
+        0.009765625, 0.0390625, 0.15625, 0.625, 2.5, 10, 40. All are exact binary numbers.
+        """
+        lower = self.levels() / self.radix  # the neighbour below each level (v_min / r for code 1)
+        return (self.radix + 1) / 2 * lower
+
+    @property
+    def max_value(self) -> float:
+        return float(self.levels()[-1])
+
+    @property
+    def min_positive(self) -> float:
+        return float(self.levels()[0])
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        c = np.asarray(codes).astype(np.int64)
+        mag_code = c & (2**self.exponent_bits - 1)
+        sign = np.where(c >> self.exponent_bits & 1, -1.0, 1.0)
+        mags = np.concatenate([[0.0], self.levels()])
+        return sign * mags[mag_code]
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        mags = np.concatenate([[0.0], self.levels()])
+        idx = np.clip(np.searchsorted(mags, np.abs(v)), 0, self.n_levels)
+        codes = (idx | (np.signbit(v).astype(np.int64) << self.exponent_bits)).astype(np.uint8)
+        return self._check_exact(v, codes)
+
+
+@dataclass(frozen=True)
+class FloatFormat(Format):
+    """A binary floating-point format with ``exponent_bits`` and ``mantissa_bits``.
+
+    ``ties`` is the rounding tie rule of the hardware (``even`` or ``away``), ``subnormals``
+    whether the lowest exponent field holds subnormals, ``has_inf`` whether overflow has an
+    infinity code.
+    """
+
+    exponent_bits: int = 5
+    mantissa_bits: int = 10
+    bias: int = 15
+    subnormals: bool = True
+    ties: str = "even"
+    has_inf: bool = True
+    max_value: float = 65504.0
+    min_normal: float = 2.0**-14
+    kind: ClassVar[str] = "float"
+
+    @property
+    def precision(self) -> int:
+        """Significand bits including the implicit one: p = mantissa_bits + 1."""
+        return self.mantissa_bits + 1
+
+    @property
+    def emin(self) -> int:
+        """Binary exponent of the smallest normal binade."""
+        return int(np.frexp(self.min_normal)[1]) - 1
+
+    @property
+    def min_positive(self) -> float:
+        """Smallest positive value (a subnormal where the format has them)."""
+        if self.subnormals:
+            return float(np.ldexp(1.0, self.emin - self.mantissa_bits))
+        return self.min_normal
+
+    @property
+    def layout(self) -> str:
+        return f"1-{self.exponent_bits}-{self.mantissa_bits} (sign, exponent, mantissa), bias {self.bias}"
+
+    def _numpy_dtype(self):
+        return {
+            "fp8_e4m3": ml_dtypes.float8_e4m3fn,
+            "fp8_e5m2": ml_dtypes.float8_e5m2,
+            "fp16": np.float16,
+            "fp32": np.float32,
+        }.get(self.name)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        c = np.asarray(codes)
+        dt = self._numpy_dtype()
+        if dt is not None:
+            raw = c.astype(np.dtype(f"u{np.dtype(dt).itemsize}"))
+            return raw.view(dt).astype(np.float64)
+        return _decode_dlfloat16(c)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        dt = self._numpy_dtype()
+        if dt is not None:
+            codes = v.astype(dt).view(np.dtype(f"u{np.dtype(dt).itemsize}"))
+            return self._check_exact(v, codes.astype(self.code_dtype))
+        return self._check_exact(v, _encode_dlfloat16(v))
+
+
+def _decode_dlfloat16(codes: np.ndarray) -> np.ndarray:
+    c = np.asarray(codes).astype(np.int64) & 0xFFFF
+    sign = np.where(c >> 15, -1.0, 1.0)
+    exp = (c >> 9) & 0x3F
+    frac = c & 0x1FF
+    mag = np.ldexp(1.0 + frac / 512.0, exp - 31)
+    mag = np.where((exp == 0) & (frac == 0), 0.0, mag)
+    mag = np.where((exp == 63) & (frac == 0x1FF), np.inf, mag)
+    return sign * mag
+
+
+def _encode_dlfloat16(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    a = np.abs(v)
+    m, e = np.frexp(np.where((a > 0) & np.isfinite(a), a, 1.0))  # a = m * 2^e, m in [0.5, 1)
+    exp = e - 1 + 31
+    frac = np.rint((m * 2 - 1) * 512).astype(np.int64)
+    code = (np.clip(exp, 0, 63) << 9) | np.clip(frac, 0, 511)
+    code = np.where(a == 0, 0, code)
+    code = np.where(np.isinf(a), (63 << 9) | 0x1FF, code)
+    code = code | (np.signbit(v).astype(np.int64) << 15)
+    return code.astype(np.uint16)
+
+
+_FIXED: dict[str, Format] = {
+    "int4": IntFormat("int4", 4, signed=True),
+    "uint4": IntFormat("uint4", 4, signed=False),
+    "int8": IntFormat("int8", 8, signed=True),
+    "int32": IntFormat("int32", 32, signed=True),
+    "fp8_e4m3": FloatFormat(
+        "fp8_e4m3", 8, exponent_bits=4, mantissa_bits=3, bias=7, has_inf=False,
+        max_value=448.0, min_normal=2.0**-6,
+    ),
+    "fp8_e5m2": FloatFormat(
+        "fp8_e5m2", 8, exponent_bits=5, mantissa_bits=2, bias=15, max_value=57344.0,
+        min_normal=2.0**-14,
+    ),
+    "fp16": FloatFormat("fp16", 16),
+    "dlfloat16": FloatFormat(
+        "dlfloat16", 16, exponent_bits=6, mantissa_bits=9, bias=31, subnormals=False,
+        ties="away", max_value=2.0**32 * (2 - 2.0**-8), min_normal=2.0**-31 * (1 + 2.0**-9),
+    ),
+    "fp32": FloatFormat(
+        "fp32", 32, exponent_bits=8, mantissa_bits=23, bias=127,
+        max_value=float(np.finfo(np.float32).max), min_normal=2.0**-126,
+    ),
+}
+
+_LOG_NAME = re.compile(r"^fp4_r(\d+)_e(\d+)(_odd)?$")
+
+
+@functools.cache
+def get_format(name: str) -> Format:
+    """The format called ``name`` (see the module table).
+
+    Raises
+    ------
+    FormatError
+        For an unknown name or invalid fp4 parameters; the message lists the allowed names.
+    """
+    if isinstance(name, Format):
+        return name
+    if name in _FIXED:
+        return _FIXED[name]
+    m = _LOG_NAME.match(str(name))
+    if m:
+        return LogFormat.make(int(m.group(1)), int(m.group(2)), "odd" if m.group(3) else "even")
+    raise FormatError(
+        f"unknown format {name!r}; allowed: {', '.join(_FIXED)}, or fp4_r{{2,4,8,16}}_e{{2,3,4}} "
+        f"with an optional _odd suffix (radix 4 and 16)"
+    )
+
+
+def format_names() -> list[str]:
+    """Every format name, fp4 variants included."""
+    logs = [
+        LogFormat.make(r, e, p).name
+        for r in LogFormat.RADIXES
+        for e in LogFormat.EXPONENT_BITS
+        for p in LogFormat.PHASES
+        if not (p == "odd" and r not in (4, 16))
+    ]
+    return list(_FIXED) + logs
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """Pack 4-bit codes two per byte, low nibble first (uint8, shape (ceil(n/2),)).
+
+    Raises
+    ------
+    FormatError
+        If a code does not fit in 4 bits.
+    """
+    c = np.asarray(codes).astype(np.int64).ravel()
+    if c.size and (c.min() < 0 or c.max() > 15):
+        raise FormatError("pack_nibbles takes codes in 0..15 (4-bit formats)")
+    if c.size % 2:
+        c = np.append(c, 0)
+    return (c[0::2] | (c[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    """Inverse of `pack_nibbles`: the first ``count`` codes (uint8, shape (count,))."""
+    p = np.asarray(packed, dtype=np.uint8).ravel()
+    out = np.empty(p.size * 2, dtype=np.uint8)
+    out[0::2] = p & 0xF
+    out[1::2] = p >> 4
+    if count > out.size:
+        raise FormatError(f"asked for {count} codes, packed data holds {out.size}")
+    return out[:count]
+
+
+ACCUMULATOR_FORMATS = ("exact", "int32", "fp32", "fp16", "dlfloat16")
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """How a GEMM sums its products (design.md section 3).
+
+    Products are summed exactly in groups of ``group`` consecutive k-indices (the 4-way
+    INT4xFP4 inner product of Sun et al. 2020, section 6, and its adder tree); each group sum is
+    rounded once into ``format``; group sums are accumulated within chunks of ``chunk``
+    k-indices (a multiple of ``group``; chunk-based accumulation after Wang et al. 2018); chunk
+    sums are accumulated in the same format; everything in increasing k.
+
+    Parameters
+    ----------
+    format : {"exact", "int32", "fp32", "fp16", "dlfloat16"}
+        ``exact`` is the mathematical sum (rounded once to float64); ``int32`` takes integer
+        operands and overflow is an error.
+    group : int >= 1
+    chunk : int, "array" or None
+        ``None`` is one chunk over all of K; ``"array"`` means ``macs_per_pe * rows`` of the chip
+        being modelled and must be resolved with `resolve` before a GEMM runs.
+
+    Raises
+    ------
+    FormatError
+        For an unknown format or a bad group/chunk.
+    """
+
+    format: str = "fp16"
+    group: int = 4
+    chunk: int | str | None = 64
+
+    def __post_init__(self) -> None:
+        if self.format not in ACCUMULATOR_FORMATS:
+            raise FormatError(
+                f"accumulator format must be one of {ACCUMULATOR_FORMATS}, got {self.format!r}"
+            )
+        if not isinstance(self.group, int | np.integer) or isinstance(self.group, bool) or self.group < 1:
+            raise FormatError(f"accumulator group must be an integer >= 1, got {self.group!r}")
+        if self.format in ("exact", "int32"):
+            # integer and exact sums do not depend on the order: one canonical object
+            object.__setattr__(self, "group", 1)
+            object.__setattr__(self, "chunk", None)
+            return
+        c = self.chunk
+        if c is None or c == "array":
+            return
+        if not isinstance(c, int | np.integer) or isinstance(c, bool) or c < 1 or c % self.group:
+            raise FormatError(
+                f"accumulator chunk must be a positive multiple of group={self.group}, 'array' or "
+                f"None, got {c!r}"
+            )
+
+    def resolve(self, rows: int, macs_per_pe: int) -> Accumulator:
+        """Replace ``chunk="array"`` by ``macs_per_pe * rows``."""
+        if self.chunk != "array":
+            return self
+        return Accumulator(self.format, self.group, int(rows) * int(macs_per_pe))
+
+    @property
+    def value_format(self) -> Format | None:
+        """The format every accumulator add rounds to (None for ``exact``)."""
+        return None if self.format == "exact" else get_format(self.format)
+
+    @property
+    def name(self) -> str:
+        """Canonical name, e.g. ``fp16/g4/c64``, ``fp32/g1``, ``int32``, ``exact``."""
+        if self.format in ("exact", "int32"):
+            return self.format
+        chunk = "" if self.chunk is None else f"/c{self.chunk}"
+        return f"{self.format}/g{self.group}{chunk}"
+
+    @classmethod
+    def parse(cls, name: str) -> Accumulator:
+        """Inverse of `name`.
+
+        Raises
+        ------
+        FormatError
+            If ``name`` is not of the form ``FORMAT[/gGROUP[/cCHUNK]]``.
+        """
+        m = re.match(r"^([a-z0-9]+)(?:/g(\d+))?(?:/c(\d+|array))?$", str(name))
+        if not m:
+            raise FormatError(f"bad accumulator name {name!r}; expected e.g. 'fp16/g4/c64'")
+        fmt, group, chunk = m.groups()
+        if fmt in ("exact", "int32"):
+            return cls(fmt, 1, None)
+        chunk_v: int | str | None = None
+        if chunk is not None:
+            chunk_v = chunk if chunk == "array" else int(chunk)
+        return cls(fmt, int(group) if group else 1, chunk_v)

@@ -1,0 +1,206 @@
+"""Write and read a run directory: ``meta.json`` plus the Parquet tables of `traces.schema`.
+
+One module writes and reads (style.md rule 13). Writing is atomic: the directory is built under a
+temporary name next to the target and renamed into place, and ``meta.json`` (written last)
+carries the sha256 of every table, so a crash never leaves a half-written trace that reads as
+valid. Reading checks the schema version (an unknown major version is refused, a newer minor is
+read), every checksum, and every table (`traces.schema.validate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from traces import schema
+from traces.errors import TraceError
+
+__all__ = ["Trace", "read", "write", "package_version"]
+
+META = "meta.json"
+
+
+def package_version() -> str:
+    """The installed fourbit version ("0+unknown" when running from a source tree)."""
+    try:
+        return metadata.version("fourbit")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Trace:
+    """A training trace: metadata (dict) and the tables ``gemms``, ``ops``, ``metrics``
+    (DataFrames with the dtypes of `traces.schema`)."""
+
+    meta: dict = field(default_factory=dict)
+    gemms: pd.DataFrame = field(default_factory=lambda: schema.coerce("gemms", None))
+    ops: pd.DataFrame = field(default_factory=lambda: schema.coerce("ops", None))
+    metrics: pd.DataFrame = field(default_factory=lambda: schema.coerce("metrics", None))
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write atomically to the run directory ``path`` (see `write`)."""
+        return write(self, path)
+
+    @property
+    def steps(self) -> list[int]:
+        """The recorded steps, increasing."""
+        return sorted(int(s) for s in self.gemms["step"].unique())
+
+    def step(self, step: int | None = None) -> Trace:
+        """The GEMM and op rows of one recorded step (default: the last one).
+
+        Raises TraceError when the step was not recorded.
+        """
+        steps = self.steps
+        if not steps:
+            raise TraceError("the trace has no GEMM rows")
+        s = steps[-1] if step is None else int(step)
+        if s not in steps:
+            raise TraceError(f"step {s} was not recorded; recorded steps: {steps[:10]}{'...' if len(steps) > 10 else ''}")
+        g = self.gemms[self.gemms["step"] == s].reset_index(drop=True)
+        o = self.ops[self.ops["step"] == s].reset_index(drop=True)
+        return Trace(dict(self.meta), g, o, self.metrics)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write(trace: Trace, path: str | os.PathLike) -> Path:
+    """Write ``trace`` as a run directory at ``path``, atomically; returns the path.
+
+    Raises
+    ------
+    TraceError
+        A table that does not fit the schema (`traces.schema.coerce`).
+    OSError
+        The parent directory is not writable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tables = {name: schema.coerce(name, getattr(trace, name)) for name in schema.TABLES}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        entries = {}
+        for name, df in tables.items():
+            f = tmp / f"{name}.parquet"
+            df.to_parquet(f, index=False)
+            entries[name] = {"file": f.name, "rows": len(df), "sha256": _sha256(f)}
+        meta = {k: v for k, v in trace.meta.items() if k not in ("schema_version", "tables")}
+        meta = {"schema_version": schema.SCHEMA_VERSION, **meta, "tables": entries}
+        meta.setdefault("package_version", package_version())
+        with open(tmp / META, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    trace.meta = meta
+    return path
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"meta value of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished directory ``tmp`` to ``path``, replacing an older trace there."""
+    if path.exists():
+        if not (path / META).exists() and any(path.iterdir()):
+            raise TraceError(f"{path} exists and is not a run directory; refusing to replace it")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / "trace")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def _read_meta(path: Path) -> dict:
+    f = path / META
+    if not f.is_file():
+        raise TraceError(f"{path}: no {META}; not a run directory (or an interrupted write)")
+    try:
+        with open(f, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TraceError(f"{f}: unreadable ({exc})") from exc
+    version = str(meta.get("schema_version", ""))
+    major = version.split(".")[0]
+    if major != schema.SCHEMA_VERSION.split(".")[0]:
+        raise TraceError(
+            f"{f}: schema_version {version!r} has an unknown major version; this fourbit reads "
+            f"{schema.SCHEMA_VERSION.split('.')[0]}.x"
+        )
+    if not isinstance(meta.get("tables"), dict):
+        raise TraceError(f"{f}: field 'tables' is missing")
+    return meta
+
+
+def _read_table(path: Path, name: str, entry: dict) -> pd.DataFrame:
+    f = path / str(entry.get("file", f"{name}.parquet"))
+    if not f.is_file():
+        raise TraceError(f"table {name}: file {f} is missing")
+    if entry.get("sha256") != _sha256(f):
+        raise TraceError(f"table {name}: checksum mismatch for {f} (the file changed after writing)")
+    try:
+        table = pq.read_table(f)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise TraceError(f"table {name}: unreadable Parquet file {f}: {exc}") from exc
+    for col in table.column_names:  # NaN is an error; <NA> means "not recorded"
+        arr = table.column(col)
+        if arr.type in ("double", "float") and pc.any(pc.is_nan(arr)).as_py():
+            row = pc.index(pc.is_nan(arr), True).as_py()
+            raise TraceError(f"table {name}, column {col!r}, row {row}: NaN (not recorded must be <NA>)")
+    df = table.to_pandas()
+    dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
+    for col in df.columns:
+        if col in dtypes and str(df[col].dtype) != dtypes[col]:
+            try:
+                df[col] = df[col].astype(dtypes[col])
+            except (TypeError, ValueError) as exc:
+                raise TraceError(f"table {name}, column {col!r}: dtype {df[col].dtype}, expected {dtypes[col]}") from exc
+    schema.validate(name, df)
+    if len(df) != entry.get("rows", len(df)):
+        raise TraceError(f"table {name}: {len(df)} rows, meta.json says {entry.get('rows')}")
+    return df
+
+
+def read(path: str | os.PathLike) -> Trace:
+    """Read and validate the run directory at ``path``.
+
+    Raises
+    ------
+    TraceError
+        Not a run directory, an unknown major schema version, a checksum mismatch, or a table
+        that breaks the schema (the message names the table, column and row).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise TraceError(f"{path}: not a directory (a run directory holds {META} and Parquet tables)")
+    meta = _read_meta(path)
+    tables = {}
+    for name in schema.TABLES:
+        entry = meta["tables"].get(name)
+        if entry is None:
+            raise TraceError(f"{path / META}: table {name!r} is not listed")
+        tables[name] = _read_table(path, name, entry)
+    return Trace(meta, tables["gemms"], tables["ops"], tables["metrics"])
