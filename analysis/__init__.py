@@ -1,4 +1,8 @@
-"""Analysis: the ``fourbit`` command line, the main job, sweeps, comparison tables and plots.
+"""Analysis: the ``fourbit`` command line, the main job, comparison tables and plots.
 
-Public API: `analysis.run.main_job` (the main job).
+Public API: `analysis.main_job` (the main job; `analysis.run.main_job`).
 """
+
+from analysis.run import MainJob, main_job
+
+__all__ = ["MainJob", "main_job"]

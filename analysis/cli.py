@@ -1,9 +1,12 @@
-"""The ``fourbit`` command line. Each verb parses its arguments into the objects the Python API
-takes and calls the same function (style.md rule 11):
+"""The ``fourbit`` command line: 4-bit training emulation and accelerator simulation.
+
+Each verb parses its arguments into the objects the Python API takes and calls the same function:
 
 ``fourbit run``       `analysis.run.main_job`
 ``fourbit train``     `models.train`
 ``fourbit simulate``  `hwsim.simulate`
+``fourbit chip``      `hwsim.load_chip` (prints the resolved chip as TOML)
+``fourbit bench``     `analysis.bench.run_benchmarks`
 
 Bad input (an unknown name, a value out of range, an unwritable directory) prints one line,
 ``fourbit: error: ...``, and exits with status 2; no traceback.
@@ -68,16 +71,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from analysis.run import check_writable
     from models.train import TrainConfig, train
+    from traces.errors import ConfigError
 
+    if Path(args.out, "meta.json").exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out!r} already holds a run directory; pass --overwrite to replace it")
     check_writable(args.out)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                      trace_every=args.trace_every, **({"lr": args.lr} if args.lr else {}))
+                      trace_every=args.trace_every, **({"lr": args.lr} if args.lr is not None else {}))
     run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
                 out=args.out, progress=not args.quiet)
-    for key, value in run.final.items():
-        print(f"{key}: {value:.6g}")
+    print(f"test accuracy: {100 * run.final['test_accuracy']:.2f} %")
+    print(f"test loss: {run.final['test_loss']:.4f}  train loss: {run.final['train_loss']:.4f}")
     print(f"wrote {run.path}")
     return 0
 
@@ -87,7 +95,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from traces.io import read
 
     chip = load_chip(args.chip, _overrides(args.set))
-    report = simulate(read(args.run_dir), chip, step=args.step)
+    out = None
+    if args.out:
+        from analysis.run import check_writable
+
+        out = check_writable(args.out)
+    report = simulate(read(args.run_dir), chip, step=args.step, input_grad=args.input_grad)
     df = report.to_frame()
     cols = ["layer", "phase", "unit", "macs", "compute_cycles", "stall_cycles", "total_cycles",
             "utilization", "dram_read_bytes", "dram_write_bytes", "energy_pj"]
@@ -95,20 +108,37 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     t = report.totals()
     print(f"\nper step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
           f"{t['energy_pj'] * 1e-6:.3f} uJ, {t['tops_per_w']:.3f} TOPS/W")
-    if args.out:
-        from analysis.run import check_writable
-
-        out = check_writable(args.out)
+    if out is not None:
         df.to_csv(out / "simulation.csv", index=False)
         print(f"wrote {out / 'simulation.csv'}")
     return 0
 
 
+def _cmd_chip(args: argparse.Namespace) -> int:
+    from hwsim import load_chip, preset_names
+
+    if args.preset is None:
+        print("presets: " + ", ".join(preset_names()))
+        return 0
+    print(load_chip(args.preset, _overrides(args.set)).to_toml(), end="")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from analysis.bench import format_records, run_benchmarks
+
+    records = run_benchmarks(args.names, quick=args.quick)
+    print(format_records(records, args.json))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="fourbit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    r = sub.add_parser("run", help="the main job: train int4 and fp32, simulate both chips, compare")
+    r = sub.add_parser("run", help="the main job: train int4 and fp32, simulate both chips, compare",
+                       formatter_class=fmt)
     r.add_argument("--model", default="mlp")
     r.add_argument("--dataset", default="digits")
     r.add_argument("--data-dir", default=None)
@@ -123,27 +153,43 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
 
-    t = sub.add_parser("train", help="train a model with a recipe and write its run directory")
+    t = sub.add_parser("train", help="train a model with a recipe and write its run directory",
+                       formatter_class=fmt)
     t.add_argument("--model", required=True)
     t.add_argument("--dataset", required=True)
     t.add_argument("--recipe", required=True)
     t.add_argument("--epochs", type=_positive_int, default=20)
     t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's 0.1)")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--trace-every", type=_nonneg_int, default=0)
     t.add_argument("--data-dir", default=None)
     t.add_argument("--out", required=True)
+    t.add_argument("--overwrite", action="store_true", help="replace a run directory already at --out")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("simulate", help="simulate one training step of a run directory on a chip")
+    s = sub.add_parser("simulate", help="simulate one training step of a run directory on a chip",
+                       formatter_class=fmt)
     s.add_argument("run_dir")
-    s.add_argument("--chip", required=True, help="preset name or TOML path")
-    s.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a chip field")
-    s.add_argument("--step", type=_nonneg_int, default=None)
-    s.add_argument("--out", default=None)
+    s.add_argument("--chip", required=True, help="preset name or TOML path (`fourbit chip` lists presets)")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a chip field, e.g. array.rows=64 (`fourbit chip PRESET` shows all fields)")
+    s.add_argument("--step", type=_nonneg_int, default=None, help="recorded step (default: the last)")
+    s.add_argument("--input-grad", action="store_true", help="also simulate bwd_data of the input layer")
+    s.add_argument("--out", default=None, help="write simulation.csv there")
     s.set_defaults(func=_cmd_simulate)
+
+    c = sub.add_parser("chip", help="list the chip presets, or print one (with --set overrides) as TOML")
+    c.add_argument("preset", nargs="?", default=None)
+    c.add_argument("--set", action="append", metavar="FIELD=VALUE")
+    c.set_defaults(func=_cmd_chip)
+
+    b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics")
+    b.add_argument("--json", action="store_true", help="print a JSON list of records")
+    b.add_argument("--quick", action="store_true", help="fewer repeats, skip the slowest kernels")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 
@@ -161,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fourbit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

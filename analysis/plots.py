@@ -25,16 +25,16 @@ def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | P
     """Cycles per step (compute, memory stall, scaling-unit stall) and energy per step by
     component, one bar per (recipe, chip) row of ``table``; written to ``path`` (PNG)."""
     labels = [f"{r.recipe}\non {r.chip}" for r in table.itertuples()]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 5.2))
     bottom = [0.0] * len(reports)
     for key, name in (("compute_cycles", "compute"), ("memory_stall_cycles", "memory stall"),
-                      ("scaling_stall_cycles", "scaling-unit stall")):
+                      ("scaling_stall_cycles", "output-path stall (scaling unit, write-back, weight update)")):
         vals = [float(rep.totals()[key]) / 1e3 for rep in reports]
         ax1.bar(labels, vals, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax1.set_ylabel("kcycles per training step")
     ax1.set_title("Time")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
     bottom = [0.0] * len(reports)
     for key, name in _COMPONENTS.items():
         vals = [float(rep.totals()[key]) * 1e-6 for rep in reports]
@@ -42,7 +42,7 @@ def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | P
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax2.set_ylabel("uJ per training step")
     ax2.set_title("Energy")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

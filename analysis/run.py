@@ -20,7 +20,10 @@ import pandas as pd
 from analysis.plots import main_job_figure
 from analysis.tables import comparison_row, comparison_table
 from hwsim import load_chip, simulate
+from models.data import load_dataset
+from models.recipes import get_recipe
 from models.train import TrainConfig, train
+from models.zoo import build_model
 from traces.errors import ConfigError
 
 __all__ = ["MainJob", "check_writable", "main_job"]
@@ -71,7 +74,8 @@ def main_job(job: MainJob | None = None, *, progress: bool = True, **params) -> 
 
     Columns: recipe, chip, test_accuracy_pct, cycles_per_step, time_per_step_us,
     speedup_vs_fp16, energy_per_step_uj, energy_ratio_vs_fp16, datapath_energy_per_step_uj,
-    dram_bytes_per_step, utilization. Files in ``out``: ``main_job.csv``, ``main_job.png``,
+    dram_bytes_per_step, utilization (the ratios are against the baseline row; their names
+    carry the baseline chip's name, ``fp16`` by default). Files in ``out``: ``main_job.csv``, ``main_job.png``,
     ``sim_<recipe>_<chip>.csv`` (per layer and phase) and the run directories ``runs/<recipe>``.
 
     Raises
@@ -80,18 +84,24 @@ def main_job(job: MainJob | None = None, *, progress: bool = True, **params) -> 
         Unknown model, data set, recipe or chip; bad hyper-parameters; ``out`` not writable.
     """
     job = job or MainJob(**params)
+    # everything that can be wrong with the arguments fails here, before any training
     out = check_writable(job.out)
-    chips = {job.recipe: load_chip(job.chip), job.baseline: load_chip(job.baseline_chip)}
+    pairs = [(job.baseline, job.baseline_chip), (job.recipe, job.chip)]
+    chips = {name: load_chip(name) for _, name in pairs}
+    recipes = {name: get_recipe(name) for name, _ in pairs}
+    dataset = load_dataset(job.dataset, job.data_dir)
+    build_model(job.model, dataset.input_shape, dataset.n_classes, job.seed)
     cfg = TrainConfig(epochs=job.epochs, batch_size=job.batch_size, seed=job.seed)
-    rows, reports = [], []
-    for recipe, chip_name in ((job.baseline, job.baseline_chip), (job.recipe, job.chip)):
-        run = train(job.model, job.dataset, recipe, config=cfg, data_dir=job.data_dir,
-                    out=out / "runs" / recipe, progress=progress)
-        report = simulate(run.trace, chips[recipe])
+    runs, rows, reports = {}, [], []
+    for recipe, chip_name in pairs:
+        if recipe not in runs:  # the same recipe on two chips trains once
+            runs[recipe] = train(job.model, dataset, recipes[recipe], config=cfg,
+                                 out=out / "runs" / recipe, progress=progress)
+        report = simulate(runs[recipe].trace, chips[chip_name])
         _write_csv(report.to_frame(), out / f"sim_{recipe}_{chip_name}.csv")
-        rows.append(comparison_row(recipe, chip_name, run.final["test_accuracy"], report))
+        rows.append(comparison_row(recipe, chip_name, runs[recipe].final["test_accuracy"], report))
         reports.append(report)
-    table = comparison_table(rows, baseline=0)
+    table = comparison_table(rows, baseline=0, baseline_name=job.baseline_chip)
     _write_csv(table, out / "main_job.csv")
     main_job_figure(table, reports, out / "main_job.png")
     return table

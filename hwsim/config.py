@@ -33,55 +33,76 @@ ENERGY_TABLES = ("7nm", "45nm")
 
 def _range(path: str, value, ok: bool, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{path} = {value!r} is out of range: allowed {allowed}")
+        shown = value.item() if hasattr(value, "item") else value
+        raise ConfigError(f"{path} = {shown!r} is out of range: allowed {allowed}")
+
+
+class _Section:
+    """Type checks of a config section's fields (ints are not bools; floats accept ints)."""
+
+    PATH: typing.ClassVar[str] = "config"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, typ = getattr(self, f.name), hints[f.name]
+            ok = {
+                int: isinstance(value, int) and not isinstance(value, bool),
+                float: isinstance(value, int | float) and not isinstance(value, bool),
+                bool: isinstance(value, bool),
+                str: isinstance(value, str),
+                dict: isinstance(value, dict),
+            }.get(typing.get_origin(typ) or typ, True)
+            if not ok:
+                raise ConfigError(f"{self.PATH}.{f.name} = {value!r}: expected {getattr(typ, '__name__', typ)}")
+            if typ is float:
+                object.__setattr__(self, f.name, float(value))
 
 
 @dataclass(frozen=True)
-class ChipInfo:
+class ChipInfo(_Section):
     """Name and description of the design (free text)."""
 
+    PATH = "chip"
     name: str = "chip"
     description: str = ""
-    technology_nm: int = 7
-    cores: int = 1
 
     def check(self, p: str) -> None:
-        _range(f"{p}.technology_nm", self.technology_nm, self.technology_nm > 0, "> 0")
-        _range(f"{p}.cores", self.cores, self.cores >= 1, ">= 1")
+        pass
 
 
 @dataclass(frozen=True)
-class ArrayConfig:
+class ArrayConfig(_Section):
     """The systolic PE array.
 
     ``macs_per_pe`` is p, the products a PE reduces per cycle in its 4-bit modes (4 for the
     4-way INT4 x FP4 inner-product unit of Sun et al. 2020, section 6); a PE loads its p
     stationary values in one cycle. ``overlap_fill_drain`` lets each fold start while its
-    predecessor drains (off by default). ``pe_area_um2`` is the area of one PE with all its units.
+    predecessor drains (off by default).
     """
 
+    PATH = "array"
     rows: int = 32
     cols: int = 32
     dataflow: str = "ws"
     clock_hz: float = 1.0e9
     macs_per_pe: int = 4
     overlap_fill_drain: bool = False
-    pe_area_um2: float = 267.0
 
     def check(self, p: str) -> None:
         _range(f"{p}.rows", self.rows, self.rows >= 1, "an integer >= 1")
         _range(f"{p}.cols", self.cols, self.cols >= 1, "an integer >= 1")
         _range(f"{p}.dataflow", self.dataflow, self.dataflow in DATAFLOWS, f"one of {DATAFLOWS}")
-        _range(f"{p}.clock_hz", self.clock_hz, math.isfinite(self.clock_hz) and self.clock_hz > 0, "a finite number > 0")
+        _range(f"{p}.clock_hz", self.clock_hz, 1e3 <= self.clock_hz <= 1e12, "1e3 to 1e12 (Hz)")
         _range(f"{p}.macs_per_pe", self.macs_per_pe, self.macs_per_pe >= 1, "an integer >= 1")
-        _range(f"{p}.pe_area_um2", self.pe_area_um2, self.pe_area_um2 > 0, "> 0")
 
 
 @dataclass(frozen=True)
-class UnitConfig:
+class UnitConfig(_Section):
     """One PE unit: products per PE per cycle (0: ``array.macs_per_pe``) and the format its
     accumulator adds round to."""
 
+    PATH = "units.<kind>"
     macs_per_pe: int = 0
     accumulator: str = "fp16"
 
@@ -93,10 +114,11 @@ class UnitConfig:
 
 
 @dataclass(frozen=True)
-class LogPathConfig:
+class LogPathConfig(_Section):
     """The log-domain gradient path: radix r = 2^b and exponent bits e of its FP4 operands; the
     shift-add product is 4 + b*(2^e - 2) bits wide (design.md section 5)."""
 
+    PATH = "log_path"
     radix: int = 4
     exponent_bits: int = 3
 
@@ -117,46 +139,46 @@ class LogPathConfig:
 
 
 @dataclass(frozen=True)
-class SramConfig:
+class SramConfig(_Section):
     """On-chip buffers for ifmap (operand a), filter (operand b) and ofmap (accumulators and
     results). With ``double_buffered`` each buffer is split in two halves, one filled by the DMA
-    while the array works on the other. ``*_bits_per_cycle`` is a buffer's port width."""
+    while the array works on the other."""
 
+    PATH = "sram"
     ifmap_bytes: int = 65536
     filter_bytes: int = 65536
     ofmap_bytes: int = 65536
     double_buffered: bool = True
-    ifmap_bits_per_cycle: int = 4096
-    filter_bits_per_cycle: int = 4096
-    ofmap_bits_per_cycle: int = 4096
 
     def check(self, p: str) -> None:
-        for name in ("ifmap_bytes", "filter_bytes", "ofmap_bytes", "ifmap_bits_per_cycle",
-                     "filter_bits_per_cycle", "ofmap_bits_per_cycle"):
+        for name in ("ifmap_bytes", "filter_bytes", "ofmap_bytes"):
             v = getattr(self, name)
             _range(f"{p}.{name}", v, v >= 1, "an integer >= 1")
 
 
 @dataclass(frozen=True)
-class DramConfig:
+class DramConfig(_Section):
     """Off-chip memory: one shared channel of ``bandwidth_bytes_per_s`` (``inf``: unlimited) and
-    a fixed ``latency_cycles`` per transfer (pipelined: it does not hold the channel)."""
+    a fixed ``latency_cycles`` per transfer (pipelined: it does not hold the channel); ``kind``
+    picks the energy per bit."""
 
+    PATH = "dram"
     bandwidth_bytes_per_s: float = 6.4e10
     latency_cycles: int = 100
     kind: str = "lpddr4"
 
     def check(self, p: str) -> None:
         bw = self.bandwidth_bytes_per_s
-        _range(f"{p}.bandwidth_bytes_per_s", bw, bw > 0 and not math.isnan(bw), "> 0 (inf: unlimited)")
+        _range(f"{p}.bandwidth_bytes_per_s", bw, bw >= 1.0, ">= 1 (bytes/s; inf: unlimited)")
         _range(f"{p}.latency_cycles", self.latency_cycles, self.latency_cycles >= 0, "an integer >= 0")
         _range(f"{p}.kind", self.kind, self.kind in DRAM_KINDS, f"one of {DRAM_KINDS}")
 
 
 @dataclass(frozen=True)
-class DmaConfig:
+class DmaConfig(_Section):
     """The DMA engine: ``setup_cycles`` per transfer (descriptor handling)."""
 
+    PATH = "dma"
     setup_cycles: int = 0
 
     def check(self, p: str) -> None:
@@ -164,24 +186,25 @@ class DmaConfig:
 
 
 @dataclass(frozen=True)
-class ScalingConfig:
+class ScalingConfig(_Section):
     """The scaling/vector unit on the array's output path: ``lanes`` elementary ops per cycle
-    (``inf``: free); ``area_um2_per_lane``."""
+    (``inf``: free)."""
 
+    PATH = "scaling"
     lanes: float = 32.0
-    area_um2_per_lane: float = 150.0
 
     def check(self, p: str) -> None:
-        _range(f"{p}.lanes", self.lanes, self.lanes > 0 and not math.isnan(self.lanes), "> 0 (inf: free)")
-        _range(f"{p}.area_um2_per_lane", self.area_um2_per_lane, self.area_um2_per_lane >= 0, ">= 0")
+        _range(f"{p}.lanes", self.lanes, self.lanes >= 1, ">= 1 (ops per cycle; inf: free)")
 
 
 @dataclass(frozen=True)
-class EnergyConfig:
+class EnergyConfig(_Section):
     """Energy model: ``table`` (``7nm``: reference/hardware.md section 6, default; ``45nm``:
     Horowitz ISSCC 2014), ``leakage_fraction`` of peak dynamic power, ``gate_zeros`` (a product
-    with a zero operand costs no MAC energy), and ``overrides`` of single table entries (pJ)."""
+    with a zero operand costs no MAC energy), and ``overrides`` of single table entries (pJ; from
+    the command line ``--set energy.overrides.mac.int4=0.02``)."""
 
+    PATH = "energy"
     table: str = "7nm"
     leakage_fraction: float = 0.1
     gate_zeros: bool = False
@@ -191,7 +214,14 @@ class EnergyConfig:
         _range(f"{p}.table", self.table, self.table in ENERGY_TABLES, f"one of {ENERGY_TABLES}")
         _range(f"{p}.leakage_fraction", self.leakage_fraction, 0 <= self.leakage_fraction <= 1, "in [0, 1]")
         for k, v in self.overrides.items():
-            _range(f"{p}.overrides.{k}", v, isinstance(v, int | float) and v >= 0, "a number >= 0 (pJ)")
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    pass
+                self.overrides[k] = v
+            _range(f"{p}.overrides.{k}", v, isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+                   "a number >= 0 (pJ)")
 
 
 @dataclass(frozen=True)
@@ -269,6 +299,9 @@ class ChipConfig:
             return self
         data = self.to_dict()
         for dotted, value in overrides.items():
+            if str(dotted).startswith("energy.overrides."):  # event names contain dots
+                data.setdefault("energy", {}).setdefault("overrides", {})[str(dotted)[17:]] = value
+                continue
             *parents, leaf = str(dotted).split(".")
             node = data
             for part in parents:  # unknown names are reported by from_dict, with the fields
@@ -297,7 +330,12 @@ def _convert(value, typ, path: str):
             try:
                 return int(value)
             except ValueError:
-                pass
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = math.nan
+                if math.isfinite(f) and f.is_integer():
+                    return int(f)
         elif isinstance(value, int) and not isinstance(value, bool):
             return value
         elif isinstance(value, float) and value.is_integer():
@@ -350,7 +388,7 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
     path = Path(name)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise ConfigError(f"chip file {path} does not exist")
+            raise ConfigError(f"chip file {path} is not a file" if path.exists() else f"chip file {path} does not exist")
         text, source = path.read_text(encoding="utf-8"), str(path)
     else:
         res = resources.files("hwsim").joinpath("configs", f"{name}.toml")

@@ -55,7 +55,11 @@ def _peak_pj_per_cycle(chip: ChipConfig, table: dict) -> float:
     return best * chip.array.rows * chip.array.cols
 
 
-def _jobs(trace: Trace, chip: ChipConfig, table: dict) -> tuple[list[_Job], list]:
+MAX_TILES = 20_000_000
+"""Tiles one simulation may walk (about an hour of simulation); a larger GEMM is refused."""
+
+
+def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> tuple[list[_Job], list]:
     ops = trace.ops
     fused: dict[tuple[str, str], list] = {}
     passes: dict[tuple[str, str], list] = {}
@@ -67,13 +71,28 @@ def _jobs(trace: Trace, chip: ChipConfig, table: dict) -> tuple[list[_Job], list
             passes.setdefault(key, []).append((r.op, int(r.elements), r.in_format, r.out_format))
     jobs = []
     a = chip.array
-    for row in trace.gemms.to_dict("records"):
+    rows = trace.gemms.to_dict("records")
+    fwd = [r["layer"] for r in rows if r["phase"] == "fwd"]
+    input_layer = fwd[0] if fwd else None
+    total_tiles = 0
+    for row in rows:
+        if not input_grad and row["phase"] == "bwd_data" and row["layer"] == input_layer:
+            fused.pop((row["layer"], row["phase"]), None)
+            passes.pop((row["layer"], row["phase"]), None)
+            continue  # training never needs the gradient of the input data
         unit = select_unit(chip, row["a_format"], row["b_format"])
         psum = _PSUM_BYTES[unit.accumulator]
         plan = plan_gemm(int(row["M"]), int(row["N"]), int(row["K"]), int(row["groups"]),
                          a.rows, a.cols, unit.macs_per_pe, a.dataflow, unit.a_bits / 8,
                          unit.b_bits / 8, psum, chip.sram.ifmap_bytes, chip.sram.filter_bytes,
                          chip.sram.ofmap_bytes, a.overlap_fill_drain)
+        total_tiles += plan.tiles
+        if total_tiles > MAX_TILES:
+            raise SimulationError(
+                f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}) brings the "
+                f"step to {total_tiles:,} tiles on this chip, more than {MAX_TILES:,} (hours of "
+                f"simulation); use a larger array or larger SRAM buffers"
+            )
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
@@ -196,7 +215,8 @@ class _Runner:
         )
 
 
-def simulate(trace: Trace, chip: ChipConfig, step: int | None = None) -> SimReport:
+def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
+             input_grad: bool = False) -> SimReport:
     """Simulate one training step of ``trace`` on ``chip``.
 
     Parameters
@@ -206,6 +226,9 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None) -> SimRepo
     chip : ChipConfig
     step : int, optional
         The recorded step to simulate (default: the last one).
+    input_grad : bool
+        Also simulate ``bwd_data`` of the input layer (the gradient of the data, which training
+        never needs; the trace records it for completeness). Default False.
 
     Returns
     -------
@@ -216,13 +239,14 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None) -> SimRepo
     ConfigError
         A GEMM whose formats no unit of the chip supports, or a buffer too small for a tile.
     SimulationError
-        The processes deadlocked (the message names the GEMM and the blocks' states).
+        The processes deadlocked (the message names the GEMM and the blocks' states), or the step
+        has more than `MAX_TILES` tiles on this chip.
     TraceError
         The step was not recorded.
     """
     t = trace.step(step)
     table = energy_table(chip.energy.table, chip.energy.overrides)
-    jobs, leftovers = _jobs(t, chip, table)
+    jobs, leftovers = _jobs(t, chip, table, input_grad)
     env = simpy.Environment()
     runner = _Runner(env, chip, table)
     top = env.process(runner.run(jobs, leftovers))

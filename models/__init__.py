@@ -10,3 +10,7 @@ import os as _os
 # BLAS threads of the next matmul (measured: float32 matmul 1.8 ms alone, 4.8 ms right after a
 # Numba kernel). Passive waiting must be set before the OpenMP runtime loads.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from models.train import Run, TrainConfig, train  # noqa: E402
+
+__all__ = ["Run", "TrainConfig", "train"]

@@ -182,6 +182,99 @@ def round_float_array(x, out, frac_bits, emin, subnormals, ties_away, max_value,
 
 
 # ---------------------------------------------------------------------------------------------
+# stochastic rounding: counter-based random bits (no state: results do not depend on threads)
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def mix64(z):
+    """SplitMix64's finaliser (Steele, Lea and Flood, OOPSLA 2014): a bijective 64-bit mix."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def counter_bits(seed, step, tensor_id, index):
+    """64 random bits keyed by (seed, step, tensor id, element index)."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    z = mix64(np.uint64(seed) * golden + np.uint64(1))
+    z = mix64(z ^ (np.uint64(step) * golden + np.uint64(2)))
+    z = mix64(z ^ (np.uint64(tensor_id) * golden + np.uint64(3)))
+    return mix64(z ^ (np.uint64(index) * golden + np.uint64(4)))
+
+
+@njit(cache=True)
+def round_float_stochastic(x, rbits, frac_bits, emin, subnormals, max_value, flush_below, saturate):
+    """Stochastic rounding of float64 ``x`` onto a binary format: between the neighbours lo < x <
+    hi it returns hi with probability (x - lo)/(hi - lo), decided by comparing the discarded
+    bits with the 64 random bits ``rbits`` (exact to 2^-64). Representable values never move;
+    formats without subnormals flush |x| < ``flush_below``; overflow as in `round_float`.
+    Returns (value, overflowed, underflowed)."""
+    if x != x:
+        return x, False, False
+    bits = float_bits(x)
+    neg = bits < 0
+    mag = bits & _ABS64
+    if mag == 0:
+        return x, False, False
+    ef = (mag >> 52) & 0x7FF
+    if ef == 0x7FF:
+        if saturate:
+            return -max_value if neg else max_value, True, False
+        return x, False, False
+    if not subnormals and bits_float(mag) < flush_below:
+        return (-0.0 if neg else 0.0), False, True
+    if ef == 0:
+        m = mag & _FRAC64
+        e_unit = -1074
+        lead = e_unit + 63
+        while lead > e_unit and (m >> (lead - e_unit)) == 0:
+            lead -= 1
+    else:
+        m = (mag & _FRAC64) | (np.int64(1) << 52)
+        e_unit = ef - 1075
+        lead = ef - 1023
+    q = max(lead, emin) - frac_bits
+    s = q - e_unit
+    if s <= 0:
+        r = bits_float(mag)
+    else:
+        if s >= 64:
+            n = np.int64(0)
+            rem = np.uint64(m)
+            thresh = rem >> np.uint64(s - 64) if s < 128 else np.uint64(0)
+        else:
+            n = m >> s
+            rem = np.uint64(m - (n << s))
+            thresh = rem << np.uint64(64 - s)
+        if rbits < thresh:
+            n += 1
+        r = float(n) * pow2(q)
+    over = False
+    if r > max_value:
+        over = True
+        r = max_value if saturate else np.inf
+    return (-r if neg else r), over, r == 0.0
+
+
+@njit(cache=True, parallel=True)
+def round_float_stochastic_array(x, out, seed, step, tensor_id, frac_bits, emin, subnormals,
+                                 max_value, flush_below, saturate, counts):
+    """Elementwise `round_float_stochastic` of flat ``x`` with the bits of element i keyed by
+    (seed, step, tensor_id, i); counts as `round_float_array`."""
+    n = x.size
+    over = np.zeros(n, np.bool_)
+    under = np.zeros(n, np.bool_)
+    for i in prange(n):
+        r, o, u = round_float_stochastic(x[i], counter_bits(seed, step, tensor_id, i), frac_bits,
+                                         emin, subnormals, max_value, flush_below, saturate)
+        out[i] = r
+        over[i] = o
+        under[i] = u and x[i] != 0.0
+    counts[0] += over.sum()
+    counts[1] += under.sum()
+
+
+# ---------------------------------------------------------------------------------------------
 # error-free summation (Shewchuk expansions) with round-to-odd and round-to-nearest read-out
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
@@ -252,13 +345,15 @@ def expansion_value(partials, n, odd):
 @njit(cache=True, parallel=True)
 def scan_operand(x):
     """One pass over a flat float array: (NaN count, inf count, count of values not exact in
-    fp32, smallest binary exponent of the lowest set bit of a non-zero value, max |x|).
+    fp32, smallest binary exponent of the lowest set bit of a non-zero value, max |x|, count of
+    non-zero values that are not +-powers of two).
 
     Every finite value of ``x`` is an integer multiple of 2^low; (low, high) bound what exact
     lane arithmetic needs (`models.numerics`)."""
     nan = 0
     inf = 0
     inexact = 0
+    not_pow2 = 0
     low = 100000
     high = 0.0
     for i in prange(x.size):
@@ -275,11 +370,13 @@ def scan_operand(x):
             m = bits & _FRAC64
             if ef != 0:
                 m |= np.int64(1) << 52
-            lowbit = float(m & -m)  # a power of two, exact
-            lowexp = ((float_bits(lowbit) >> 52) & 0x7FF) - 1023 + max(ef, 1) - 1075
+            lowbit = m & -m
+            if lowbit != m:
+                not_pow2 += 1
+            lowexp = ((float_bits(float(lowbit)) >> 52) & 0x7FF) - 1023 + max(ef, 1) - 1075
             low = min(low, lowexp)
             high = max(high, abs(v))
-    return nan, inf, inexact, low, high
+    return nan, inf, inexact, low, high, not_pow2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +508,8 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
     wrapper checks all three. A row in which an accumulator value exceeds the format's largest
     value (overflow: it should have become +-inf) is marked in ``overflow_rows`` and must be
     recomputed by `gemm_general`. ``check_groups=False`` skips the test inside chunks of full
-    4-way groups: the wrapper passes it when no chunk sum can reach the format's largest value.
+    4-way groups: the wrapper passes it when no group or chunk sum can exceed the format's
+    largest value.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -436,9 +534,10 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
                     if check_groups:  # two loops: a test inside would stop LLVM vectorising
                         for n in range(N):
                             gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                            v = round_lane(cs[n] + round_lane(gs, h, c, t, s, am), h, c, t, s, am)
+                            gr = round_lane(gs, h, c, t, s, am)
+                            v = round_lane(cs[n] + gr, h, c, t, s, am)
                             cs[n] = v
-                            flag[n] |= over_bits(v, am, oc)
+                            flag[n] |= over_bits(v, am, oc) | over_bits(gr, am, oc)
                     else:
                         for n in range(N):
                             gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
@@ -451,9 +550,10 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
                         for n in range(N):
                             g[n] += av * b[k, n]
                     for n in range(N):
-                        v = round_lane(cs[n] + round_lane(g[n], h, c, t, s, am), h, c, t, s, am)
+                        gr = round_lane(g[n], h, c, t, s, am)
+                        v = round_lane(cs[n] + gr, h, c, t, s, am)
                         cs[n] = v
-                        flag[n] |= over_bits(v, am, oc)
+                        flag[n] |= over_bits(v, am, oc) | over_bits(gr, am, oc)
                 k0 = k1
             for n in range(N):
                 v = round_lane(tot[n] + cs[n], h, c, t, s, am)
@@ -523,6 +623,79 @@ def gemm_general(a, b, out, rows, group, chunk, exact, frac_bits, emin, subnorma
             out[m, n] = tot
         counts[i, 0] = nover
         counts[i, 1] = nunder
+
+
+@njit(cache=True)
+def round_int_scaled(s, e0, frac_bits, emin, subnormals, ties_away, max_value, flush_below):
+    """Round the exact value s * 2^e0 (s an int64) onto a float format; as `round_float`.
+
+    Integers beyond 2^53 are first read out rounded to odd (the discarded bits force the last
+    bit to 1), which keeps the second rounding, to at most 24 significant bits, correct."""
+    if s == 0:
+        return 0.0, False, False
+    x = float(s)
+    if s > 9007199254740992 or s < -9007199254740992:
+        back = np.int64(x)
+        if back != s and (float_bits(x) & 1) == 0:
+            x = np.nextafter(x, np.inf if s > back else -np.inf)
+    return round_float(x * pow2(e0), frac_bits, emin, subnormals, ties_away, max_value,
+                       flush_below, False)
+
+
+@njit(cache=True, parallel=True)
+def gemm_shift_add(ai, shift, sign, out, group, chunk, e0, frac_bits, emin, subnormals,
+                   ties_away, max_value, flush_below, counts):
+    """The INT x log-FP shift-add GEMM: out = ai @ (sign * 2^(shift + e0)), exactly as the
+    shift-add PE array computes it (Sun et al. 2020, section 6; IBM US 12,443,841 B2 claim 1).
+
+    ``ai`` (M, K) int64 integer operand; ``shift`` (K, N) int64 shift amounts >= 0 and ``sign``
+    (K, N) int64 in {-1, 0, 1} (0 for a zero value) of the log operand. Each product is the
+    integer shifted left, a group sum is an exact int64 (product width + log2(group) <= 62 bits,
+    checked by the wrapper), rounded once into the format (`round_int_scaled`); group and chunk
+    sums accumulate with one correctly rounded add each. counts[m] = (overflows, underflows).
+    """
+    M, K = ai.shape
+    N = shift.shape[1]
+    for m in prange(M):
+        acc = np.zeros(N, np.int64)
+        cs = np.zeros(N)
+        tot = np.zeros(N)
+        nover = 0
+        nunder = 0
+        for c0 in range(0, K, chunk):
+            c1 = min(c0 + chunk, K)
+            for n in range(N):
+                cs[n] = 0.0
+            for g0 in range(c0, c1, group):
+                g1 = min(g0 + group, c1)
+                for n in range(N):
+                    acc[n] = 0
+                for k in range(g0, g1):
+                    av = ai[m, k]
+                    if av == 0:
+                        continue
+                    for n in range(N):
+                        acc[n] += (av * sign[k, n]) << shift[k, n]
+                for n in range(N):
+                    gr, o, u = round_int_scaled(acc[n], e0, frac_bits, emin, subnormals, ties_away,
+                                                max_value, flush_below)
+                    nover += o
+                    nunder += u and acc[n] != 0
+                    t = cs[n] + gr
+                    cs[n], o, u = round_float(t, frac_bits, emin, subnormals, ties_away, max_value,
+                                              flush_below, False)
+                    nover += o
+                    nunder += u and t != 0.0
+            for n in range(N):
+                t = tot[n] + cs[n]
+                tot[n], o, u = round_float(t, frac_bits, emin, subnormals, ties_away, max_value,
+                                           flush_below, False)
+                nover += o
+                nunder += u and t != 0.0
+        for n in range(N):
+            out[m, n] = tot[n]
+        counts[m, 0] = nover
+        counts[m, 1] = nunder
 
 
 # ---------------------------------------------------------------------------------------------

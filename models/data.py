@@ -7,10 +7,11 @@ train/test split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from traces.errors import ConfigError
+from traces.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "Dataset", "load_dataset"]
 
@@ -51,8 +52,11 @@ DATASETS = {"digits": digits}
 def load_dataset(name: str, data_dir=None) -> Dataset:
     """Load data set ``name`` (files from ``data_dir`` where the set needs them).
 
-    Raises ConfigError for an unknown name (the message lists the known ones).
+    Raises ConfigError for an unknown name (the message lists the known ones), DataError when
+    ``data_dir`` is given and is not a directory.
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {str(data_dir)!r} is not a directory")
     return DATASETS[name](data_dir)

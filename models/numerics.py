@@ -279,24 +279,44 @@ def _float_params(fmt: FloatFormat) -> tuple:
             fmt.min_normal)
 
 
-def quantize_float(x, fmt, saturate: bool | None = None) -> tuple[np.ndarray, QuantStats]:
-    """Round ``x`` to the nearest value of a float format (fp8_e4m3, fp8_e5m2, fp16, dlfloat16,
-    fp32), with the format's tie rule.
+def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "nearest",
+                   key: tuple[int, int, int] | None = None) -> tuple[np.ndarray, QuantStats]:
+    """Round ``x`` onto a float format (fp8_e4m3, fp8_e5m2, fp16, dlfloat16, fp32).
 
-    Overflow saturates to +-max for the FP8 formats (ml_dtypes ``float8_e4m3fn`` would give NaN;
-    design.md section 3) and goes to +-inf for the others unless ``saturate`` says otherwise.
-    Returns float64 values (shape of x) and statistics (``clipped`` counts overflows).
+    ``rounding="nearest"`` uses the format's tie rule (ties to even; DLFloat16 ties away);
+    ``rounding="stochastic"`` rounds up with probability equal to the distance from the value
+    below, in units of the gap (unbiased; Gupta et al., ICML 2015), with counter-based random bits
+    keyed by ``key = (seed, step, tensor_id)`` and the element index, so results do not depend
+    on thread count. Overflow saturates to +-max for the FP8 formats (ml_dtypes
+    ``float8_e4m3fn`` would give NaN; design.md section 3) and goes to +-inf for the others unless
+    ``saturate`` says otherwise. Returns float64 values (shape of x) and statistics (``clipped``
+    counts overflows, ``flushed`` non-zero values that became zero).
+
+    Raises
+    ------
+    NumericsError
+        NaN input, an unknown ``rounding``, stochastic rounding without a ``key``.
+    FormatError
+        ``fmt`` is not a float format.
     """
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(fmt, FloatFormat):
         raise FormatError(f"quantize_float takes a float format, got {fmt.name!r}")
     if saturate is None:
         saturate = fmt.name.startswith("fp8")
+    _option(rounding, "rounding", ("nearest", "stochastic"))
     arr = _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     out = np.empty_like(flat)
     counts = np.zeros(2, np.int64)
-    K.round_float_array(flat, out, *_float_params(fmt), bool(saturate), counts)
+    if rounding == "nearest":
+        K.round_float_array(flat, out, *_float_params(fmt), bool(saturate), counts)
+    else:
+        if key is None or len(key) != 3 or any(int(k) < 0 for k in key):
+            raise NumericsError("stochastic rounding needs key=(seed, step, tensor_id), non-negative integers")
+        frac, emin, sub, _, mx, flush = _float_params(fmt)
+        K.round_float_stochastic_array(flat, out, *(int(k) for k in key), frac, emin, sub, mx,
+                                       flush, bool(saturate), counts)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
     return out.reshape(arr.shape), stats
 
@@ -320,6 +340,7 @@ class _Operand:
     integer: bool
     low: int  # every value is an integer multiple of 2^low
     high: float  # max |value| (0.0 when all zero)
+    pow2: bool = False  # every non-zero value is +-2^e (a log-format operand)
 
     def as_lane(self, dtype) -> np.ndarray:
         return np.ascontiguousarray(self.array, dtype=dtype)
@@ -330,10 +351,11 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
         high = float(np.abs(x).max(initial=0))
         if high >= 2.0**24:
             raise NumericsError(f"{name} holds integers beyond 2^24, not exact in fp32")
-        return _Operand(x, True, 0, high)
+        mags = np.abs(x.astype(np.int64))
+        return _Operand(x, True, 0, high, bool(np.all((mags & (mags - 1)) == 0)))
     if x.dtype.kind != "f":
         raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    nan, inf, inexact, low, high = K.scan_operand(np.ascontiguousarray(x).ravel())
+    nan, inf, inexact, low, high, not_pow2 = K.scan_operand(np.ascontiguousarray(x).ravel())
     if nan or inf:
         raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
     if inexact:
@@ -342,7 +364,20 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
             f"values of formats up to fp32 (round them with a quantizer first)"
         )
     integer = bool(high == 0.0 or low >= 0)
-    return _Operand(x, integer, int(low) if high else 0, float(high))
+    return _Operand(x, integer, int(low) if high else 0, float(high), not_pow2 == 0)
+
+
+def _log_side(a: _Operand, b: _Operand, group: int = 4) -> str | None:
+    """Which operand ("b" first, then "a") is +-powers of two while the other holds small
+    integers, such that every group sum of shifted integers is exact in int64; None if neither:
+    then the shift-add kernel does not apply."""
+    for side, log, other in (("b", b, a), ("a", a, b)):
+        if log.pow2 and other.integer and log.high > 0 and other.high > 0:
+            span = int(np.log2(log.high)) - log.low  # shift range in bits
+            bits = int(other.high).bit_length() + span + int(np.ceil(np.log2(max(group, 1))))
+            if bits <= 62:
+                return side
+    return None
 
 
 def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
@@ -360,14 +395,14 @@ def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
     fmt = acc.value_format
     hg = acc.group * a.high * b.high  # bound on |product| and |group sum|
     smallest = fmt.min_normal if fmt.subnormals else np.nextafter(fmt.min_normal, np.inf)
-    if hg > fmt.max_value or 2.0**low < smallest:
-        return "general"
+    if 2.0**low < smallest:
+        return "shift_add" if _log_side(a, b, acc.group) else "general"
     p = fmt.precision
     if 2 * p + 2 <= 24 and hg < 2.0 ** (low + 24):
         return "fast32"
     if 2 * p + 2 <= 53 and hg < 2.0 ** (low + 53):
         return "fast64"
-    return "general"
+    return "shift_add" if _log_side(a, b, acc.group) else "general"
 
 
 def _check_operands(a, b, acc: Accumulator) -> tuple[_Operand, _Operand]:
@@ -417,7 +452,8 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         # |chunk sum| <= chunk * max|a| * max|b| * (1 + 2^-p)^(roundings): below the format's
         # largest value, no overflow can happen inside a chunk and the kernel skips that test
         growth = (1.0 + 2.0**-fmt.precision) ** (chunk // acc.group + 2)
-        check = min(chunk, kk) * a.high * b.high * growth * (1 + 1e-9) > fmt.max_value
+        bound = max(min(chunk, kk) * growth, acc.group * (1.0 + 2.0**-fmt.precision)) * (1 + 1e-9)
+        check = bound * a.high * b.high > fmt.max_value
         K.gemm_fast(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk,
                     K.lane_params(dt, fmt.mantissa_bits, fmt.ties == "away", fmt.max_value),
                     check, bad)
@@ -428,6 +464,8 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
     elif path == "general":
         out = np.empty((m, n), np.float64)
         over, under = _general(a, b, acc, out, np.arange(m))
+    elif path == "shift_add":
+        out, over, under = _shift_add(a, b, acc)
     else:
         raise NumericsError(f"unknown GEMM path {path!r}")
     nonfinite = int(np.count_nonzero(~np.isfinite(out)))
@@ -443,6 +481,31 @@ def _general(a: _Operand, b: _Operand, acc: Accumulator, out: np.ndarray, rows: 
     K.gemm_general(a.as_lane(np.float64), b.as_lane(np.float64), out, rows.astype(np.int64),
                    acc.group, chunk, exact, *params, counts)
     return int(counts[:, 0].sum()), int(counts[:, 1].sum())
+
+
+def _shift_add(a: _Operand, b: _Operand, acc: Accumulator) -> tuple[np.ndarray, int, int]:
+    """Run the shift-add kernel with the integer operand on the left (a transposed product
+    keeps the k order, so the sums are the same)."""
+    side = _log_side(a, b, acc.group)
+    if side is None or acc.format in ("exact", "int32"):
+        raise NumericsError("the shift_add path needs a +-2^e operand, a small-integer operand and a rounding accumulator")
+    transposed = side == "a"
+    ints, logs = (b.array.T, a.array.T) if transposed else (a.array, b.array)
+    lv = np.asarray(logs, np.float64)
+    exps = np.frexp(np.abs(lv))[1] - 1
+    e0 = int(np.min(exps[lv != 0]))
+    shift = np.where(lv != 0, exps - e0, 0).astype(np.int64)
+    sign = np.sign(lv).astype(np.int64)
+    m, kk = ints.shape
+    out = np.empty((m, lv.shape[1]), np.float64)
+    counts = np.zeros((m, 2), np.int64)
+    chunk = kk if acc.chunk is None else int(acc.chunk)
+    K.gemm_shift_add(np.ascontiguousarray(ints, np.int64), np.ascontiguousarray(shift),
+                     np.ascontiguousarray(sign), out, acc.group, chunk, e0,
+                     *_float_params(acc.value_format), counts)
+    if transposed:
+        out = np.ascontiguousarray(out.T)
+    return out, int(counts[:, 0].sum()), int(counts[:, 1].sum())
 
 
 def gemm_with_stats(a, b, accumulator: Accumulator, *, path: str | None = None) -> tuple[np.ndarray, GemmStats]:

@@ -15,13 +15,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from models.data import Dataset, load_dataset
-from models.layers import Context, Linear, Sequential, softmax_xent
+from models.layers import Context, Sequential, softmax_xent
 from models.quantizers import GradScale
 from models.recipes import Recipe, get_recipe
 from models.recorder import Recorder
 from models.zoo import build_model
 from traces import schema
-from traces.errors import ConfigError, TrainingError
+from traces.errors import ConfigError, NumericsError, TrainingError
 from traces.io import Trace
 
 __all__ = ["Run", "TrainConfig", "evaluate", "train"]
@@ -114,6 +114,23 @@ def _sgd(net: Sequential, velocity: dict[str, np.ndarray], lr: float, cfg: Train
         p.grad[...] = 0
 
 
+def _step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, step: int, epoch: int,
+          cfg: TrainConfig) -> float:
+    """Forward, loss and backward of one batch; returns the loss. Divergence is an error."""
+    diverged = (f"at step {step} (epoch {epoch + 1}); training diverged (try a smaller lr than {cfg.lr})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        try:
+            logits = net.forward(x, ctx)
+            loss, dlogits = softmax_xent(logits, y)
+            ctx.recorder.op("softmax_xent", logits.size, "fp32", "fp32")
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss is {loss} {diverged}")
+            net.backward(dlogits, ctx)
+        except NumericsError as exc:  # NaN or inf reached a quantizer or a GEMM
+            raise TrainingError(f"non-finite values {diverged}: {exc}") from exc
+    return loss
+
+
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
 
@@ -170,9 +187,6 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} samples)")
     total = cfg.epochs * steps_per_epoch
     net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
-    for layer in net.layers:
-        if isinstance(layer, Linear) and rec_obj.precision(layer.role).act == "uint4_pact":
-            pass  # the clip alpha is a parameter of the layer (trained, L2-regularised)
     scales = _grad_scales(net, rec_obj)
     recorder = Recorder()
     ctx = Context(rec_obj, recorder)
@@ -189,15 +203,14 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
             record = step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0)
             if record:
                 recorder.start(step)
-            logits = net.forward(ds.x_train[idx], ctx)
-            loss, dlogits = softmax_xent(logits, ds.y_train[idx])
-            recorder.op("softmax_xent", logits.size, "fp32", "fp32")
-            if not math.isfinite(loss):
-                raise TrainingError(f"loss is {loss} at step {step} (epoch {epoch}); training diverged "
-                                    f"(try a smaller lr than {cfg.lr})")
-            net.backward(dlogits, ctx)
+            loss = _step(net, ctx, ds.x_train[idx], ds.y_train[idx], step, epoch, cfg)
             recorder.stop()
-            _sgd(net, velocity, _lr_at(cfg, step, total), cfg)
+            with np.errstate(over="ignore", invalid="ignore"):
+                _sgd(net, velocity, _lr_at(cfg, step, total), cfg)
+            bad = [p.name for p in net.params() if not np.isfinite(p.value).all()]
+            if bad:
+                raise TrainingError(f"parameter {bad[0]} became non-finite at step {step} (epoch {epoch + 1}); "
+                                    f"training diverged (try a smaller lr than {cfg.lr})")
             for s in scales:
                 s.update_global() if rec_obj.grad_scaling == "global" else s.update()
             epoch_loss += loss

@@ -141,8 +141,10 @@ def _read_meta(path: Path) -> dict:
     try:
         with open(f, encoding="utf-8") as fh:
             meta = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TraceError(f"{f}: unreadable ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise TraceError(f"{f}: expected a JSON object with schema_version and tables, got {type(meta).__name__}")
     version = str(meta.get("schema_version", ""))
     major = version.split(".")[0]
     if major != schema.SCHEMA_VERSION.split(".")[0]:

@@ -66,3 +66,58 @@ def test_unwritable_out_exits_2(tmp_path, target):
     assert res.returncode == 2
     assert "--out" in res.stderr and "not a writable directory" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_same_recipe_on_two_chips_trains_once_and_keeps_both_rows(tmp_path):
+    from analysis.run import main_job
+
+    table = main_job(recipe="int4", baseline="int4", epochs=1, out=str(tmp_path / "o"), progress=False)
+    assert list(table.chip) == ["fp16", "fourbit"]
+    assert table.cycles_per_step[1] < table.cycles_per_step[0]  # fourbit is the faster chip
+    assert table.test_accuracy_pct[0] == table.test_accuracy_pct[1]
+
+
+def test_ratio_columns_name_the_baseline_chip(tmp_path):
+    from analysis.run import main_job
+
+    table = main_job(recipe="fp32", baseline="int4", chip="fp16", baseline_chip="fourbit", epochs=1,
+                     out=str(tmp_path / "o"), progress=False)
+    assert "speedup_vs_fourbit" in table.columns and "energy_ratio_vs_fourbit" in table.columns
+
+
+def test_bad_recipe_fails_before_any_training(tmp_path):
+    res = fourbit("run", "--recipe", "nope", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "unknown recipe 'nope'" in res.stderr
+    assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_train_refuses_to_overwrite_and_honours_lr_zero_check(tmp_path):
+    out = tmp_path / "r"
+    assert fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
+                   "--out", str(out), "--quiet").returncode == 0
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
+                  "--out", str(out), "--quiet")
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--lr", "0",
+                  "--out", str(tmp_path / "z"), "--quiet")
+    assert res.returncode == 2 and "lr must be a finite number > 0, got 0.0" in res.stderr
+
+
+def test_divergence_is_one_clear_line(tmp_path):
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--lr", "1e10",
+                  "--epochs", "1", "--out", str(tmp_path / "d"), "--quiet")
+    assert res.returncode == 2 and "training diverged" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
+    path = digits_runs["int4"].trace.write(tmp_path / "run")
+    res = fourbit("simulate", str(path), "--chip", "fourbit", "--set", "energy.overrides.mac.int4=0.02",
+                  "--set", "sram.ifmap_bytes=1e6", "--out", str(tmp_path / "s"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "s" / "simulation.csv").is_file()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    piped = subprocess.run(f"{sys.executable} -m analysis.cli simulate {path} --chip fourbit | head -1",
+                           shell=True, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert "Traceback" not in piped.stderr
+    assert piped.stdout.strip().startswith("layer")

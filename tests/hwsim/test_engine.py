@@ -33,3 +33,34 @@ def test_four_bit_chip_beats_fp16_chip_on_the_same_trace(digits_runs):
     assert 3.0 < ratio <= 4.0
     assert fast.energy_mac_pj[four].sum() < slow.energy_mac_pj[four].sum() / 10
     assert fast.energy_pj.sum() < slow.energy_pj.sum()
+
+
+def test_a_gigantic_gemm_is_refused_not_hung(digits_runs):
+    import pytest
+
+    from traces.errors import SimulationError
+
+    trace = digits_runs["int4"].trace
+    g = trace.gemms.copy()
+    g.loc[g.index[1], "M"] = 10**12
+    big = type(trace)(trace.meta, g, trace.ops, trace.metrics)
+    with pytest.raises(SimulationError, match="tiles on this chip"):
+        simulate(big, load_chip("fourbit"))
+
+
+def test_config_types_and_ranges_name_the_field():
+    import pytest
+
+    from hwsim.config import ArrayConfig
+    from traces.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"array.rows = 2.5: expected int"):
+        ArrayConfig(rows=2.5)
+    with pytest.raises(ConfigError, match=r"dram.bandwidth_bytes_per_s = 1e-300 is out of range"):
+        load_chip("fourbit", {"dram.bandwidth_bytes_per_s": "1e-300"})
+    with pytest.raises(ConfigError, match=r"scaling.lanes = 0.5 is out of range: allowed >= 1"):
+        load_chip("fourbit", {"scaling.lanes": 0.5})
+    with pytest.raises(ConfigError, match=r"unknown field array.rowz"):
+        load_chip("fourbit", {"array.rowz": 3})
+    chip = load_chip("fourbit", {"energy.overrides.mac.int4": "0.02", "sram.ifmap_bytes": "1e6"})
+    assert chip.energy.overrides == {"mac.int4": 0.02} and chip.sram.ifmap_bytes == 1_000_000

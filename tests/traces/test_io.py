@@ -28,3 +28,10 @@ def test_checksum_mismatch_is_refused(tmp_path, digits_runs):
         f.write(b"junk")
     with pytest.raises(TraceError, match="table gemms: checksum mismatch"):
         read(path)
+
+
+def test_meta_that_is_not_an_object_is_refused(tmp_path, digits_runs):
+    path = digits_runs["fp32"].trace.write(tmp_path / "run")
+    (path / "meta.json").write_text("[]")
+    with pytest.raises(TraceError, match="expected a JSON object"):
+        read(path)

@@ -1,0 +1,121 @@
+"""``fourbit bench``: the software's own speed, as ratios measured side by side in one run.
+
+Machines are noisy, so each benchmark times its subject and its reference alternately, several
+times, and reports the ratio of medians (and the medians themselves). Records are
+``{"benchmark", "metric", "value", "unit", "target"}``; ``--json`` prints them as a JSON list.
+Targets come from the issues that set them; a target of ``null`` means "reported, no target".
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["BENCHMARKS", "run_benchmarks", "side_by_side"]
+
+
+def side_by_side(subject: Callable[[], object], reference: Callable[[], object], repeats: int = 7,
+                 warmup: int = 1) -> tuple[float, float]:
+    """Median seconds of ``subject`` and ``reference``, timed alternately (perf_counter)."""
+    for _ in range(warmup):
+        subject()
+        reference()
+    ts, tr = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subject()
+        t1 = time.perf_counter()
+        reference()
+        t2 = time.perf_counter()
+        ts.append(t1 - t0)
+        tr.append(t2 - t1)
+    return statistics.median(ts), statistics.median(tr)
+
+
+def _record(benchmark: str, metric: str, value: float, unit: str, target: float | None) -> dict:
+    return {"benchmark": benchmark, "metric": metric, "value": float(value), "unit": unit, "target": target}
+
+
+def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) -> list[dict]:
+    """The GEMM kernels on one shape, each against numpy's float32 matmul of that shape."""
+    from models.numerics import gemm_with_stats, quantize_fp4
+    from traces.formats import Accumulator
+
+    tag = f"{m}x{n}x{k}"
+    af = rng.standard_normal((m, k)).astype(np.float32)
+    bf = rng.standard_normal((k, n)).astype(np.float32)
+    act = rng.integers(0, 16, (m, k)).astype(np.uint8)      # uint4 PACT codes
+    wgt = rng.integers(-7, 8, (k, n)).astype(np.int8)       # int4 SAWB codes
+    grad = quantize_fp4(rng.standard_normal((m, k)) * 8)    # radix-4 FP4 values (even phase)
+    grad16 = quantize_fp4(rng.standard_normal((m, k)) * 2.0**rng.integers(-12, 12, (m, k)), 16, 3)
+    fp16 = Accumulator("fp16", 4, 64)
+    cases = [
+        ("int4xint4_int32_exact", act, wgt, Accumulator("int32"), None, 2.0),
+        ("int4xint4_int32_int_kernel", act, wgt, Accumulator("int32"), "int", None),
+        ("fp4xint4_fp16_g4_c64_shift_add", grad, wgt, fp16, None, 8.0),
+        ("fp4xint4_dlfloat16_g4_c64", grad, wgt, Accumulator("dlfloat16", 4, 64), None, None),
+        ("fp4xint4_fp32_g4_c64", grad, wgt, Accumulator("fp32", 4, 64), None, None),
+        ("fp4r16xint4_fp16_g4_c64_int_shift_kernel", grad16, wgt, fp16, "shift_add", None),
+    ]
+    if not quick:
+        cases.append(("fp4xint4_fp16_g4_c64_general_kernel", grad, wgt, fp16, "general", None))
+    out = []
+    reference = None
+    for name, a, b, acc, path, target in cases:
+        ts, reference = side_by_side(lambda a=a, b=b, acc=acc, path=path: gemm_with_stats(a, b, acc, path=path),
+                                     lambda: af @ bf, repeats=3 if quick else 7)
+        out.append(_record("numerics", f"{name} {tag} / float32 matmul", ts / reference, "ratio", target))
+        out.append(_record("numerics", f"{name} {tag}", ts * 1e3, "ms", None))
+    out.append(_record("numerics", f"float32 matmul {tag}", reference * 1e3, "ms", None))
+    return out
+
+
+def bench_numerics(quick: bool = False) -> list[dict]:
+    """Each GEMM kernel / numpy float32 matmul of the same shape (M = N = K = 512, and the conv-like
+    M = 3136, N = 64, K = 576), and the quantizers' throughput."""
+    from models.numerics import quantize_fp4, quantize_uint4_pact
+
+    rng = np.random.default_rng(0)
+    out = []
+    for m, n, k in [(512, 512, 512), (3136, 64, 576)]:
+        out += _gemm_ratios(m, n, k, quick, rng)
+    x = rng.standard_normal(1 << 20)
+    ts, _ = side_by_side(lambda: quantize_fp4(x, phase="odd"), lambda: np.abs(x), repeats=5)
+    out.append(_record("numerics", "quantize_fp4 1M elements", (1 << 20) / ts / 1e6, "Melements/s", None))
+    ts, _ = side_by_side(lambda: quantize_uint4_pact(x, 2.0), lambda: np.abs(x), repeats=5)
+    out.append(_record("numerics", "quantize_uint4_pact 1M elements", (1 << 20) / ts / 1e6, "Melements/s", None))
+    return out
+
+
+BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics}
+
+
+def run_benchmarks(names: list[str], quick: bool = False) -> list[dict]:
+    """Run the named benchmarks (all when ``names`` is empty); returns their records."""
+    from traces.errors import ConfigError
+
+    names = names or list(BENCHMARKS)
+    for n in names:
+        if n not in BENCHMARKS:
+            raise ConfigError(f"unknown benchmark {n!r}; benchmarks: {', '.join(BENCHMARKS)}")
+    records = []
+    for n in names:
+        records += BENCHMARKS[n](quick=quick)
+    return records
+
+
+def format_records(records: list[dict], as_json: bool) -> str:
+    """The records as JSON (a list) or as an aligned table with the target and a verdict."""
+    if as_json:
+        return json.dumps(records, indent=1)
+    lines = []
+    for r in records:
+        verdict = ""
+        if r["target"] is not None:
+            verdict = f"  target <= {r['target']:g}: {'met' if r['value'] <= r['target'] else 'NOT met'}"
+        lines.append(f"{r['benchmark']:>9}  {r['metric']:<70} {r['value']:>10.3f} {r['unit']}{verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Accumulator models on hand-computed cases: order effects, overflow, int32, bad input."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from models.numerics import gemm, gemm_with_stats
+from traces.errors import NumericsError
+from traces.formats import Accumulator
+
+ALL_PATHS = ("general", "shift_add", "fast32", "fast64")
+
+
+def dot(products, acc, paths=("general",)):
+    """Products as a 1 x K times K x 1 GEMM (b = 1), through every path asked for."""
+    a = np.array([products], dtype=np.float64)
+    b = np.ones((len(products), 1))
+    outs = {p: gemm_with_stats(a, b, acc, path=p)[0][0, 0] for p in paths}
+    assert len(set(outs.values())) == 1, outs
+    return next(iter(outs.values()))
+
+
+def test_order_effects_in_fp16():
+    # 1024 + 0.25 x 7: exact 1025.75; fp16 has ulp 1 at 1024
+    prods = [1024.0] + [0.25] * 7
+    assert dot(prods, Accumulator("exact")) == 1025.75
+    assert dot(prods, Accumulator("fp16", 1, None)) == 1024.0  # each 0.25 is lost (ties to even)
+    assert dot(prods, Accumulator("fp16", 1, 4)) == 1025.0  # the second chunk sums to 1 first
+    assert dot(prods, Accumulator("fp16", 4, 8), ("general", "fast32")) == 1026.0  # 1024.75 -> 1025, + 1
+    assert dot(prods, Accumulator("fp32", 1, None)) == 1025.75
+
+
+def test_group_rounding_ties_to_even_vs_away():
+    # 2048 + 1 + 1 + 1 = 2051 exactly; fp16 ulp at 2048 is 2: tie between 2050 and 2052
+    prods = [2048.0, 1.0, 1.0, 1.0]
+    assert dot(prods, Accumulator("fp16", 4, 4), ("general", "fast32")) == 2052.0  # even mantissa
+    assert dot(prods, Accumulator("fp16", 1, None)) == 2048.0  # 2049 -> 2048 three times
+    # DLFloat16 (9 fraction bits) ties away from zero: 1024 + 1 = 1025, ulp 2 -> 1026
+    assert dot([1024.0, 1.0], Accumulator("dlfloat16", 2, 2), ("general", "fast32")) == 1026.0
+    assert dot([1024.0, 1.0], Accumulator("fp16", 2, 2)) == 1025.0
+
+
+def test_fp16_overflow_is_counted_not_hidden():
+    a = np.array([[60000.0, 60000.0]])
+    b = np.ones((2, 1))
+    out, st = gemm_with_stats(a, b, Accumulator("fp16", 1, None))
+    assert out[0, 0] == np.inf and st.overflows == 1 and st.nonfinite_outputs == 1
+    out, st = gemm_with_stats(a, b, Accumulator("fp16", 2, 2))
+    assert out[0, 0] == np.inf and st.overflows >= 1
+    # 65519 rounds to 65504 (no overflow); 65520 is the IEEE overflow threshold
+    out, st = gemm_with_stats(np.array([[65519.0 - 2048, 2048.0]]), b, Accumulator("fp16", 2, 2))
+    assert out[0, 0] == 65504.0 and st.overflows == 0
+
+
+def test_fast_path_overflow_rows_fall_back_to_exact_inf_semantics():
+    # INT4 x FP4 operands take the vectorised path; a long K overflows fp16 in some rows only
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random((6, 400)) < 0.5, 15.0, 1.0)
+    a[0] = 1.0  # a row that never overflows
+    b = np.full((400, 3), 64.0)
+    out, st = gemm_with_stats(a, b, Accumulator("fp16", 4, 64))
+    ref, st_ref = gemm_with_stats(a, b, Accumulator("fp16", 4, 64), path="general")
+    assert st.path == "fast32"
+    np.testing.assert_array_equal(out, ref)
+    assert st.overflows == st_ref.overflows > 0 and np.isfinite(out[0]).all()
+
+
+def test_int32_exact_and_overflow_is_an_error():
+    a = np.full((1, 3), 1000, np.int16)
+    b = np.full((3, 1), 1000, np.int16)
+    assert gemm(a, b, Accumulator("int32"))[0, 0] == 3_000_000
+    big = np.full((1, 3000), 2**12, np.int32)
+    with pytest.raises(NumericsError, match="int32 accumulator overflow in row 0"):
+        gemm(big, np.full((3000, 1), 2**12, np.int32), Accumulator("int32"))
+    with pytest.raises(NumericsError, match="integer operands only"):
+        gemm(np.array([[0.5]]), np.array([[1.0]]), Accumulator("int32"))
+
+
+@pytest.mark.parametrize("a, b, message", [
+    (np.zeros((2, 0)), np.zeros((0, 2)), "K = 0"),
+    (np.zeros((2, 3)), np.zeros((4, 2)), "inner dimensions differ"),
+    (np.zeros(3), np.zeros((3, 1)), "must be 2-D"),
+    (np.array([[np.nan]]), np.ones((1, 1)), "NaN"),
+    (np.array([[1 + 2**-30]]), np.ones((1, 1)), "not exact in fp32"),
+])
+def test_bad_gemm_input(a, b, message):
+    with pytest.raises(NumericsError, match=message):
+        gemm(a, b, Accumulator("fp16", 4, 64))
+
+
+def test_unresolved_array_chunk_is_an_error():
+    with pytest.raises(NumericsError, match="unresolved"):
+        gemm(np.ones((1, 4)), np.ones((4, 1)), Accumulator("fp16", 4, "array"))
+
+
+def test_results_do_not_depend_on_thread_count():
+    rng = np.random.default_rng(1)
+    a = rng.integers(-7, 8, (64, 300)).astype(np.float64)
+    b = np.exp2(rng.integers(-7, 7, (300, 48))) * rng.choice([-1.0, 1.0], (300, 48))
+    acc = Accumulator("fp16", 4, 64)
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            outs.append([gemm_with_stats(a, b, acc, path=p)[0] for p in ALL_PATHS])
+    finally:
+        numba.set_num_threads(before)
+    for one, many in zip(outs[0], outs[1], strict=True):
+        np.testing.assert_array_equal(one, many)
