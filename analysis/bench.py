@@ -18,8 +18,8 @@ import numpy as np
 __all__ = ["BENCHMARKS", "run_benchmarks", "side_by_side"]
 
 
-def side_by_side(subject: Callable[[], object], reference: Callable[[], object], repeats: int = 7,
-                 warmup: int = 1) -> tuple[float, float]:
+def side_by_side(subject: Callable[[], object], reference: Callable[[], object], repeats: int = 9,
+                 warmup: int = 2) -> tuple[float, float]:
     """Median seconds of ``subject`` and ``reference``, timed alternately (perf_counter)."""
     for _ in range(warmup):
         subject()
@@ -67,7 +67,7 @@ def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) 
     reference = None
     for name, a, b, acc, path, target in cases:
         ts, reference = side_by_side(lambda a=a, b=b, acc=acc, path=path: gemm_with_stats(a, b, acc, path=path),
-                                     lambda: af @ bf, repeats=3 if quick else 7)
+                                     lambda: af @ bf, repeats=5 if quick else 11)
         out.append(_record("numerics", f"{name} {tag} / float32 matmul", ts / reference, "ratio", target))
         out.append(_record("numerics", f"{name} {tag}", ts * 1e3, "ms", None))
     out.append(_record("numerics", f"float32 matmul {tag}", reference * 1e3, "ms", None))

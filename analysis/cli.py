@@ -15,9 +15,15 @@ Bad input (an unknown name, a value out of range, an unwritable directory) print
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-import pandas as pd
+# before numpy loads: OpenBLAS and Numba's OpenMP threads must not spin between calls on 2 cores
+# (see models/__init__.py; measured: a Numba kernel right after a matmul ran 1.7x slower)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pandas as pd  # noqa: E402
 
 __all__ = ["main"]
 
@@ -208,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         print("fourbit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 

@@ -343,13 +343,15 @@ def expansion_value(partials, n, odd):
 
 
 @njit(cache=True, parallel=True)
-def scan_operand(x):
+def scan_operand(x, copy32):
     """One pass over a flat float array: (NaN count, inf count, count of values not exact in
     fp32, smallest binary exponent of the lowest set bit of a non-zero value, max |x|, count of
-    non-zero values that are not +-powers of two).
+    non-zero values that are not +-powers of two). When ``copy32`` has x's size it receives
+    x as float32 (exact where the count of inexact values is 0), in the same pass.
 
     Every finite value of ``x`` is an integer multiple of 2^low; (low, high) bound what exact
     lane arithmetic needs (`models.numerics`)."""
+    copy = copy32.size == x.size
     nan = 0
     inf = 0
     inexact = 0
@@ -358,6 +360,8 @@ def scan_operand(x):
     high = 0.0
     for i in prange(x.size):
         v = np.float64(x[i])
+        if copy:
+            copy32[i] = np.float32(v)
         if v != v:
             nan += 1
         elif v == np.inf or v == -np.inf:

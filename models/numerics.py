@@ -332,7 +332,7 @@ def to_fp8(x, fmt) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # GEMM
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class _Operand:
     """A validated GEMM operand: the array as given and what exact arithmetic needs of it."""
 
@@ -340,22 +340,32 @@ class _Operand:
     integer: bool
     low: int  # every value is an integer multiple of 2^low
     high: float  # max |value| (0.0 when all zero)
-    pow2: bool = False  # every non-zero value is +-2^e (a log-format operand)
+    _pow2: bool | None = None  # every non-zero value is +-2^e (a log-format operand)
+    _f32: np.ndarray | None = None  # the float32 copy made during the scan
+
+    @property
+    def pow2(self) -> bool:
+        if self._pow2 is None:  # integer arrays: computed only when a plan asks
+            mags = np.abs(self.array.astype(np.int64))
+            self._pow2 = bool(np.all((mags & (mags - 1)) == 0))
+        return self._pow2
 
     def as_lane(self, dtype) -> np.ndarray:
+        if dtype == np.float32 and self._f32 is not None:
+            return self._f32
         return np.ascontiguousarray(self.array, dtype=dtype)
 
 
 def _scan(x: np.ndarray, name: str) -> _Operand:
     if x.dtype.kind in "biu":
-        high = float(np.abs(x).max(initial=0))
+        high = float(max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0)))))
         if high >= 2.0**24:
             raise NumericsError(f"{name} holds integers beyond 2^24, not exact in fp32")
-        mags = np.abs(x.astype(np.int64))
-        return _Operand(x, True, 0, high, bool(np.all((mags & (mags - 1)) == 0)))
+        return _Operand(x, True, 0, high)
     if x.dtype.kind != "f":
         raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    nan, inf, inexact, low, high, not_pow2 = K.scan_operand(np.ascontiguousarray(x).ravel())
+    copy32 = np.empty(x.shape, np.float32)
+    nan, inf, inexact, low, high, not_pow2 = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
     if nan or inf:
         raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
     if inexact:
@@ -364,7 +374,7 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
             f"values of formats up to fp32 (round them with a quantizer first)"
         )
     integer = bool(high == 0.0 or low >= 0)
-    return _Operand(x, integer, int(low) if high else 0, float(high), not_pow2 == 0)
+    return _Operand(x, integer, int(low) if high else 0, float(high), not_pow2 == 0, copy32)
 
 
 def _log_side(a: _Operand, b: _Operand, group: int = 4) -> str | None:

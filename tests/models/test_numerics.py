@@ -103,3 +103,42 @@ def test_pact_exact_codes_and_ties():
     np.testing.assert_array_equal(codes, [0, 2, 2, 4, 14])
     with pytest.raises(ValueError, match="alpha"):
         quantize_uint4_pact(x, 0.0)
+
+
+@pytest.mark.parametrize("radix, ebits, phase", [
+    (r, e, p) for r in (2, 4, 8, 16) for e in (2, 3, 4) for p in ("even", "odd") if p == "even" or r in (4, 16)
+])
+def test_every_threshold_of_every_radix(radix, ebits, phase):
+    """At, just below and just above each threshold (1 + 1/r)/2 * r * v, both tie modes; the
+    expected values come from the level list, not from a second implementation."""
+    b = radix.bit_length() - 1
+    bias = 2 ** (ebits - 1)
+    shift = b // 2 if phase == "odd" else 0
+    levels = [2.0 ** (b * (c - bias) - shift) for c in range(1, 2**ebits)]
+    lower = [levels[0] / radix] + levels[:-1]
+    for i, level in enumerate(levels):
+        t = (radix + 1) / 2 * lower[i]
+        below_value = 0.0 if i == 0 else lower[i]
+        x = np.array([np.nextafter(t, 0), t, np.nextafter(t, np.inf), -t])
+        up = quantize_fp4(x, radix, ebits, phase, "up")
+        down = quantize_fp4(x, radix, ebits, phase, "down")
+        np.testing.assert_array_equal(up, [below_value, level, level, -level])
+        np.testing.assert_array_equal(down, [below_value, below_value, level, -below_value])
+    top = quantize_fp4(np.array([levels[-1] * 1e6, np.inf]), radix, ebits, phase)
+    np.testing.assert_array_equal(top, [levels[-1], levels[-1]])
+
+
+def test_integer_quantizers_are_idempotent():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal(1000)
+    codes, step = quantize_int4_sawb(w)
+    from models.numerics import quantize_float, quantize_uniform
+
+    again, _ = quantize_uniform(codes * step, step, -7, 7)
+    np.testing.assert_array_equal(again, codes)
+    a, pstep = quantize_uint4_pact(np.abs(w), 2.0)
+    np.testing.assert_array_equal(quantize_uint4_pact(a * pstep, 2.0)[0], a)
+    for fmt in ("fp16", "fp8_e4m3", "fp8_e5m2", "dlfloat16"):
+        q, _ = quantize_float(w * 100, fmt)
+        np.testing.assert_array_equal(quantize_float(q, fmt)[0], q)
+        np.testing.assert_array_equal(quantize_float(-w * 100, fmt)[0], -q)
