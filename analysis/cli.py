@@ -5,6 +5,7 @@ Each verb parses its arguments into the objects the Python API takes and calls t
 ``fourbit run``       `analysis.run.main_job`
 ``fourbit train``     `models.train`
 ``fourbit simulate``  `hwsim.simulate`
+``fourbit import-scalesim``  `traces.scalesim.import_topology`
 ``fourbit chip``      `hwsim.load_chip` (prints the resolved chip as TOML)
 ``fourbit bench``     `analysis.bench.run_benchmarks`
 
@@ -120,6 +121,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_scalesim(args: argparse.Namespace) -> int:
+    from analysis.run import check_writable
+    from models.recipes import get_recipe
+    from traces.scalesim import import_topology
+
+    recipe = get_recipe(args.recipe)
+    out = check_writable(args.out)
+    trace = import_topology(args.topology, args.batch, recipe.describe(), batchnorm=not args.no_batchnorm)
+    trace.write(out)
+    g = trace.gemms
+    fwd = g[g.phase == "fwd"]
+    macs = int((fwd.M * fwd.N * fwd.K * fwd.groups).sum())
+    print(f"{trace.meta['model']}: {fwd.shape[0]} layers, {len(g)} GEMM rows, {len(trace.ops)} ops rows; "
+          f"forward {macs / args.batch / 1e9:.4f} GMAC per sample")
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_chip(args: argparse.Namespace) -> int:
     from hwsim import load_chip, preset_names
 
@@ -185,6 +204,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--input-grad", action="store_true", help="also simulate bwd_data of the input layer")
     s.add_argument("--out", default=None, help="write simulation.csv there")
     s.set_defaults(func=_cmd_simulate)
+
+    im = sub.add_parser("import-scalesim", help="a SCALE-Sim topology as a training trace (shapes only)",
+                        formatter_class=fmt)
+    im.add_argument("topology", help="a SCALE-Sim conv or GEMM topology CSV, or a shipped name "
+                    "(resnet18, resnet50, mobilenet_v1, gpt2_small)")
+    im.add_argument("--batch", type=_positive_int, required=True, help="samples per training step")
+    im.add_argument("--recipe", default="int4", help="the recipe whose per-layer formats the trace takes")
+    im.add_argument("--no-batchnorm", action="store_true", help="conv topologies without BatchNorm ops")
+    im.add_argument("--out", required=True)
+    im.set_defaults(func=_cmd_import_scalesim)
 
     c = sub.add_parser("chip", help="list the chip presets, or print one (with --set overrides) as TOML")
     c.add_argument("preset", nargs="?", default=None)

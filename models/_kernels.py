@@ -449,10 +449,34 @@ def _over_bits_py(v, absmask, offset):
                           np.uint64).astype(it.__name__.replace("int", "uint")).view(it))
 
 
+def _narrow_py(v):
+    if np.asarray(v).dtype == np.float32:
+        return np.float32(np.float16(v))
+    return np.float64(np.float32(v))
+
+
 if _DISABLE_JIT:
     round_lane = _round_lane_py
     over_bits = _over_bits_py
+    narrow = _narrow_py
 else:
+
+    @intrinsic
+    def narrow(typingctx, v):
+        """IEEE rounding of a float32 lane to binary16 (or a float64 lane to binary32) and back:
+        LLVM's fptrunc/fpext, which x86 F16C and AVX do in hardware (vcvtps2ph, vcvtpd2ps):
+        round to nearest even, subnormals, overflow to +-inf, vectorised."""
+        if v == types.float32:
+            small, lane = ir.HalfType(), ir.FloatType()
+        elif v == types.float64:
+            small, lane = ir.FloatType(), ir.DoubleType()
+        else:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.fptrunc(args[0], small), lane)
+
+        return v(v), codegen
 
     def _lane(context, builder, fty, width, args):
         ity = ir.IntType(width)
@@ -568,6 +592,51 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
         for n in range(N):
             if flag[n] < 0:
                 overflow_rows[m] = True
+
+
+@njit(cache=True, parallel=True)
+def gemm_fast_ieee(a, b, out, group, chunk):
+    """GEMM with an IEEE binary16 (float32 lanes) or binary32 (float64 lanes) accumulator, every
+    rounding done by `narrow` (hardware fptrunc), vectorised over n.
+
+    Valid when every group sum is exact in the lane type and, for exact underflow statistics, no
+    non-zero value can fall below the format's smallest normal (the wrapper checks both). Overflow
+    needs no test: IEEE rounding gives +-inf, which the accumulator model propagates too; the
+    wrapper recomputes rows with non-finite outputs by `gemm_general` only to count the events.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    for m in prange(M):
+        cs = np.zeros(N, a.dtype)
+        tot = np.zeros(N, a.dtype)
+        g = np.zeros(N, a.dtype)
+        for c0 in range(0, K, chunk):
+            c1 = min(c0 + chunk, K)
+            for n in range(N):
+                cs[n] = 0
+            four = c0 + ((c1 - c0) // 4) * 4 if group == 4 else c0  # full 4-way groups first
+            for k0 in range(c0, four, 4):
+                a0 = a[m, k0]
+                a1 = a[m, k0 + 1]
+                a2 = a[m, k0 + 2]
+                a3 = a[m, k0 + 3]
+                for n in range(N):
+                    gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                    cs[n] = narrow(cs[n] + narrow(gs))
+            for k0 in range(four, c1, group):  # other group sizes, and a partial last group
+                k1 = min(k0 + group, c1)
+                for n in range(N):
+                    g[n] = 0
+                for k in range(k0, k1):
+                    av = a[m, k]
+                    for n in range(N):
+                        g[n] += av * b[k, n]
+                for n in range(N):
+                    cs[n] = narrow(cs[n] + narrow(g[n]))
+            for n in range(N):
+                tot[n] = narrow(tot[n] + cs[n])
+        for n in range(N):
+            out[m, n] = tot[n]
 
 
 @njit(cache=True, parallel=True)

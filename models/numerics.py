@@ -408,6 +408,10 @@ def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
     if 2.0**low < smallest:
         return "shift_add" if _log_side(a, b, acc.group) else "general"
     p = fmt.precision
+    if fmt.name == "fp16" and hg < 2.0 ** (low + 24):
+        return "ieee32"  # binary16 roundings in hardware on float32 lanes
+    if fmt.name == "fp32" and hg < 2.0 ** (low + 53):
+        return "ieee64"  # binary32 roundings in hardware on float64 lanes
     if 2 * p + 2 <= 24 and hg < 2.0 ** (low + 24):
         return "fast32"
     if 2 * p + 2 <= 53 and hg < 2.0 ** (low + 53):
@@ -470,6 +474,17 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         out = lane_out.astype(np.float64)
         rows = np.flatnonzero(bad)
         if rows.size:  # an accumulator overflowed: redo those rows exactly (inf semantics)
+            over, under = _general(a, b, acc, out, rows)
+    elif path in ("ieee32", "ieee64"):
+        dt = np.float32 if path == "ieee32" else np.float64
+        if acc.format != {"ieee32": "fp16", "ieee64": "fp32"}[path]:
+            raise NumericsError(f"path {path!r} computes the {'fp16' if path == 'ieee32' else 'fp32'} accumulator only")
+        lane_out = np.empty((m, n), dt)
+        chunk = kk if acc.chunk is None else int(acc.chunk)
+        K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk)
+        out = lane_out.astype(np.float64)
+        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if rows.size:  # values are already right (IEEE inf/NaN); count the overflow events
             over, under = _general(a, b, acc, out, rows)
     elif path == "general":
         out = np.empty((m, n), np.float64)

@@ -28,7 +28,9 @@ from traces.formats import Accumulator, LogFormat, get_format
 
 __all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe"]
 
-ROLES = ("first", "hidden", "last")
+ROLES = ("first", "hidden", "last", "depthwise")
+WEIGHT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "int4_sawb": "int4"}
+ACT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "uint4_pact": "uint4", "uint4_minmax": "uint4"}
 GRAD_SCALING = ("none", "gradscale", "global")
 
 
@@ -56,6 +58,13 @@ class LayerPrecision:
         return {"fwd": self.acc_fwd, "bwd_data": self.acc_bwd_data,
                 "bwd_weight": self.acc_bwd_weight}[phase]
 
+    def gemm_formats(self, phase: str) -> tuple[str, str, str, str]:
+        """(a_format, b_format, acc_format, out_format) of one GEMM, as the trace names them."""
+        w, x = WEIGHT_FORMATS[self.weight], ACT_FORMATS[self.act]
+        a, b = {"fwd": (x, w), "bwd_data": (self.grad_data, w), "bwd_weight": (self.grad_weight, x)}[phase]
+        acc = self.accumulator(phase)
+        return a, b, "fp32/g1" if acc is None else acc.name, self.out
+
     @property
     def scaled_grads(self) -> bool:
         """Whether the gradient formats need a scale (anything narrower than fp32)."""
@@ -71,13 +80,15 @@ class LayerPrecision:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named precision recipe: a `LayerPrecision` per role and the gradient-scaling policy
-    (``none``, ``gradscale`` per layer, or ``global``: one loss scale for all layers)."""
+    """A named precision recipe: a `LayerPrecision` per role (``first``, ``hidden``, ``last``,
+    ``depthwise``) and the gradient-scaling policy (``none``, ``gradscale`` per layer, or
+    ``global``: one loss scale for all layers)."""
 
     name: str
     first: LayerPrecision
     hidden: LayerPrecision
     last: LayerPrecision
+    depthwise: LayerPrecision
     grad_scaling: str = "none"
     tie: str = "up"
     radix: int | None = None
@@ -96,6 +107,7 @@ class Recipe:
             for ph in ("fwd", "bwd_data", "bwd_weight"):
                 acc = p.accumulator(ph)
                 d[f"acc_{ph}"] = None if acc is None else acc.name
+            d["gemm_formats"] = {ph: list(p.gemm_formats(ph)) for ph in ("fwd", "bwd_data", "bwd_weight")}
             return d
         return {"name": self.name, "grad_scaling": self.grad_scaling, "tie": self.tie,
                 "radix": self.radix, "exponent_bits": self.exponent_bits, "tpr": self.tpr,
@@ -136,7 +148,7 @@ def int4_hidden(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
 
 
 def _fp32() -> Recipe:
-    return Recipe("fp32", FP32, FP32, FP32)
+    return Recipe("fp32", FP32, FP32, FP32, FP32)
 
 
 def _int4(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
@@ -146,8 +158,9 @@ def _int4(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
         raise ConfigError(f"grad_scaling must be one of {GRAD_SCALING}, got {grad_scaling!r}")
     if tie not in ("up", "down"):
         raise ConfigError(f"tie must be 'up' or 'down', got {tie!r}")
+    # depthwise convolutions stay in FP16 ("< 3% of total ops", [P] section 5)
     return Recipe("int4", FP16_LAYER, int4_hidden(radix, exponent_bits, tpr, bwd_acc), FP16_LAYER,
-                  grad_scaling, tie, radix, exponent_bits, tpr)
+                  FP16_LAYER, grad_scaling, tie, radix, exponent_bits, tpr)
 
 
 RECIPES = {"fp32": _fp32, "int4": _int4}

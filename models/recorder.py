@@ -16,14 +16,9 @@ from models.quantizers import QTensor
 from traces import schema
 from traces.formats import LogFormat
 from traces.lowering import GemmShape
+from traces.schema import OP_KINDS
 
-__all__ = ["Recorder", "OP_KINDS"]
-
-OP_KINDS = (
-    "cast", "quantize_uniform", "quantize_log", "maxabs", "moments", "scale", "bias_add",
-    "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum",
-)
-"""Op vocabulary of the ``ops`` table; `hwsim.blocks.scaling_unit` gives each its cost."""
+__all__ = ["Recorder"]
 
 
 def _zero_frac(values: np.ndarray) -> float:

@@ -33,6 +33,7 @@ from traces.formats import Accumulator, get_format
 __all__ = [
     "HIST_BINS",
     "LAYER_TYPES",
+    "OP_KINDS",
     "OP_PHASES",
     "PHASES",
     "SCHEMA_VERSION",
@@ -51,6 +52,13 @@ OP_PHASES = PHASES + ("update",)
 LAYER_TYPES = ("linear", "conv2d", "dwconv2d", "lstm", "embedding", "matmul")
 HIST_BINS = 16
 """Magnitude codes of a log format (exponent bits <= 4): the gradient-code histogram's bins."""
+OP_KINDS = (
+    "cast", "quantize_uniform", "quantize_log", "maxabs", "moments", "scale", "bias_add",
+    "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum", "bn_fwd", "bn_bwd",
+    "col2im_add", "pool_fwd", "pool_bwd", "residual_add", "embedding_bwd", "lstm_cell",
+    "lstm_cell_bwd",
+)
+"""The op vocabulary of the ``ops`` table; `hwsim.blocks.scaling_unit.OPS` gives each its cost."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class Column:
     name: str
     dtype: str
     required: bool
-    check: str  # "", "positive", "nonneg", "fraction", "phase", "op_phase", "format", "acc", "layer_type"
+    check: str  # "", "positive", "nonneg", "fraction", "finite", "phase", "op_phase", "op", "format", "acc", "layer_type"
     doc: str
 
 
@@ -117,7 +125,7 @@ OPS = [
     Column("step", "int64", True, "nonneg", "training step"),
     Column("layer", "string", True, "", "layer whose GEMM output path runs the op"),
     Column("phase", "string", True, "op_phase", f"one of {OP_PHASES}"),
-    Column("op", "string", True, "", "op kind (hwsim.blocks.scaling_unit.OPS)"),
+    Column("op", "string", True, "op", f"one of {OP_KINDS}"),
     Column("elements", "int64", True, "nonneg", "elements the op processes"),
     Column("in_format", "string", True, "format", "format of the op's input"),
     Column("out_format", "string", True, "format", "format of the op's output"),
@@ -254,7 +262,7 @@ def _check_values(table: str, c: Column, col: pd.Series, present: np.ndarray) ->
         if bad.any():
             _fail(table, c.name, idx[bad], what, vals)
         return
-    allowed = {"phase": PHASES, "op_phase": OP_PHASES, "layer_type": LAYER_TYPES}.get(c.check)
+    allowed = {"phase": PHASES, "op_phase": OP_PHASES, "layer_type": LAYER_TYPES, "op": OP_KINDS}.get(c.check)
     present_vals = vals[idx]
     for value in pd.unique(present_vals):  # check each distinct value once
         rows = idx[present_vals == value]

@@ -51,6 +51,19 @@ OPS: dict[str, OpCost] = {
     # SGD with momentum on FP32 master weights: v = m*v + g (+ wd*w); w -= lr*v. Reads and
     # writes the FP32 weight and momentum (8 bytes each way) for every weight.
     "sgd_momentum": OpCost(6, ("op.mul_fp32",) * 3 + ("op.add_fp32",) * 3, 8.0, 8.0),
+    # BatchNorm in FP32 (design.md 3): statistics (2 adds, 1 mul) then normalise (1 mul, 1 add)
+    "bn_fwd": OpCost(5, ("op.add_fp32",) * 3 + ("op.mul_fp32",) * 2),
+    # BN backward: two reductions and the input gradient (3 muls, 3 adds)
+    "bn_bwd": OpCost(6, ("op.add_fp32",) * 3 + ("op.mul_fp32",) * 3),
+    # col2im scatter-add of a convolution's bwd_data columns into the input gradient (per column element)
+    "col2im_add": OpCost(1, ("op.add_fp32",)),
+    "pool_fwd": OpCost(1, ("op.compare",)),
+    "pool_bwd": OpCost(1, ("op.compare",)),
+    "residual_add": OpCost(1, ("op.add_fp32",)),
+    "embedding_bwd": OpCost(1, ("op.add_fp32",)),
+    # LSTM gates per cell element: 3 sigmoids, 1 tanh (~4 mul + 4 add each, ASM) and the state update
+    "lstm_cell": OpCost(20, ("op.mul_fp32",) * 10 + ("op.add_fp32",) * 10),
+    "lstm_cell_bwd": OpCost(24, ("op.mul_fp32",) * 12 + ("op.add_fp32",) * 12),
 }
 
 

@@ -10,7 +10,7 @@ from models.numerics import gemm, gemm_with_stats
 from traces.errors import NumericsError
 from traces.formats import Accumulator
 
-ALL_PATHS = ("general", "shift_add", "fast32", "fast64")
+ALL_PATHS = ("general", "shift_add", "fast32", "fast64", "ieee32")
 
 
 def dot(products, acc, paths=("general",)):
@@ -28,14 +28,14 @@ def test_order_effects_in_fp16():
     assert dot(prods, Accumulator("exact")) == 1025.75
     assert dot(prods, Accumulator("fp16", 1, None)) == 1024.0  # each 0.25 is lost (ties to even)
     assert dot(prods, Accumulator("fp16", 1, 4)) == 1025.0  # the second chunk sums to 1 first
-    assert dot(prods, Accumulator("fp16", 4, 8), ("general", "fast32")) == 1026.0  # 1024.75 -> 1025, + 1
-    assert dot(prods, Accumulator("fp32", 1, None)) == 1025.75
+    assert dot(prods, Accumulator("fp16", 4, 8), ("general", "fast32", "ieee32")) == 1026.0  # 1024.75 -> 1025, + 1
+    assert dot(prods, Accumulator("fp32", 1, None), ("general", "fast64", "ieee64")) == 1025.75
 
 
 def test_group_rounding_ties_to_even_vs_away():
     # 2048 + 1 + 1 + 1 = 2051 exactly; fp16 ulp at 2048 is 2: tie between 2050 and 2052
     prods = [2048.0, 1.0, 1.0, 1.0]
-    assert dot(prods, Accumulator("fp16", 4, 4), ("general", "fast32")) == 2052.0  # even mantissa
+    assert dot(prods, Accumulator("fp16", 4, 4), ("general", "fast32", "ieee32")) == 2052.0  # even mantissa
     assert dot(prods, Accumulator("fp16", 1, None)) == 2048.0  # 2049 -> 2048 three times
     # DLFloat16 (9 fraction bits) ties away from zero: 1024 + 1 = 1025, ulp 2 -> 1026
     assert dot([1024.0, 1.0], Accumulator("dlfloat16", 2, 2), ("general", "fast32")) == 1026.0
@@ -60,11 +60,13 @@ def test_fast_path_overflow_rows_fall_back_to_exact_inf_semantics():
     a = np.where(rng.random((6, 400)) < 0.5, 15.0, 1.0)
     a[0] = 1.0  # a row that never overflows
     b = np.full((400, 3), 64.0)
-    out, st = gemm_with_stats(a, b, Accumulator("fp16", 4, 64))
     ref, st_ref = gemm_with_stats(a, b, Accumulator("fp16", 4, 64), path="general")
-    assert st.path == "fast32"
-    np.testing.assert_array_equal(out, ref)
-    assert st.overflows == st_ref.overflows > 0 and np.isfinite(out[0]).all()
+    out, st = gemm_with_stats(a, b, Accumulator("fp16", 4, 64))
+    assert st.path == "ieee32"
+    for path in ("ieee32", "fast32"):
+        out, st = gemm_with_stats(a, b, Accumulator("fp16", 4, 64), path=path)
+        np.testing.assert_array_equal(out, ref)
+        assert st.overflows == st_ref.overflows > 0 and np.isfinite(out[0]).all()
 
 
 def test_int32_exact_and_overflow_is_an_error():

@@ -109,6 +109,8 @@ def test_gemm_kernels_match_twin(m, k, n, seed, acc, kind, fmt, swap):
         paths.append(plan)
     if numerics._log_side(ao, bo, acc.group) and acc.format != "exact" and "shift_add" not in paths:
         paths.append("shift_add")
+    if plan in ("ieee32", "ieee64"):  # the bit-trick lanes must agree where they are valid too
+        paths.append("fast32" if plan == "ieee32" else "fast64")
     for path in paths:
         got = numerics.gemm_with_stats(a, b, acc, path=path)[0]
         assert same_bits(got, want), (path, got, want)
@@ -129,5 +131,5 @@ def test_fast_paths_agree_on_a_large_shape():
     a, b = _fp4_int4((37, 300, 41), rng)
     acc = Accumulator("fp16", 4, 64)
     ref = numerics.gemm_with_stats(a, b, acc, path="general")[0]
-    for path in ("fast32", "fast64"):
+    for path in ("fast32", "fast64", "ieee32"):
         np.testing.assert_array_equal(numerics.gemm_with_stats(a, b, acc, path=path)[0], ref)
