@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -28,6 +29,15 @@ from traces.errors import TraceError
 __all__ = ["Trace", "read", "write", "package_version"]
 
 META = "meta.json"
+
+_ARROW_OK = {  # schema dtype -> accepted Arrow types of its Parquet column
+    "int64": pa.types.is_int64,
+    "Int64": pa.types.is_int64,
+    "float64": pa.types.is_float64,
+    "Float64": pa.types.is_float64,
+    "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "bool": pa.types.is_boolean,
+}
 
 
 def package_version() -> str:
@@ -167,19 +177,20 @@ def _read_table(path: Path, name: str, entry: dict) -> pd.DataFrame:
         table = pq.read_table(f)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise TraceError(f"table {name}: unreadable Parquet file {f}: {exc}") from exc
-    for col in table.column_names:  # NaN is an error; <NA> means "not recorded"
+    dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
+    for col in table.column_names:
         arr = table.column(col)
-        if arr.type in ("double", "float") and pc.any(pc.is_nan(arr)).as_py():
+        want = dtypes.get(col)
+        if want is not None and not _ARROW_OK[want](arr.type):
+            raise TraceError(f"table {name}, column {col!r}: dtype {arr.type}, expected {want}")
+        if pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py():
+            # NaN is an error; <NA> (null) means "not recorded"
             row = pc.index(pc.is_nan(arr), True).as_py()
             raise TraceError(f"table {name}, column {col!r}, row {row}: NaN (not recorded must be <NA>)")
     df = table.to_pandas()
-    dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
     for col in df.columns:
         if col in dtypes and str(df[col].dtype) != dtypes[col]:
-            try:
-                df[col] = df[col].astype(dtypes[col])
-            except (TypeError, ValueError) as exc:
-                raise TraceError(f"table {name}, column {col!r}: dtype {df[col].dtype}, expected {dtypes[col]}") from exc
+            df[col] = df[col].astype(dtypes[col])  # same Arrow type, pandas' default mapping differs
     schema.validate(name, df)
     if len(df) != entry.get("rows", len(df)):
         raise TraceError(f"table {name}: {len(df)} rows, meta.json says {entry.get('rows')}")

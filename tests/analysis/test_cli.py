@@ -121,3 +121,16 @@ def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
                            shell=True, capture_output=True, text=True, env=env, cwd=ROOT)
     assert "Traceback" not in piped.stderr
     assert piped.stdout.strip().startswith("layer")
+
+
+def test_import_scalesim_cli(tmp_path):
+    res = fourbit("import-scalesim", "resnet18", "--batch", "32", "--recipe", "int4", "--out", str(tmp_path / "r18"))
+    assert res.returncode == 0, res.stderr
+    assert "forward 1.8141 GMAC per sample" in res.stdout
+    from traces import read
+
+    assert len(read(tmp_path / "r18").gemms) == 63
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Layer, M, N, K\nfc, 10, 0, 5\n")
+    res = fourbit("import-scalesim", str(bad), "--batch", "1", "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "line 2: N = 0 must be >= 1" in res.stderr

@@ -1,0 +1,96 @@
+"""SCALE-Sim topologies as training traces."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.recipes import get_recipe
+from traces.errors import TraceError
+from traces.io import read
+from traces.scalesim import import_topology, read_topology, shipped_topologies
+
+INT4 = get_recipe("int4").describe()
+
+
+def test_resnet18_at_batch_32(tmp_path):
+    trace = import_topology("resnet18", 32, INT4)
+    g = trace.gemms
+    layers = g.layer.unique()
+    assert len(layers) == 21  # conv1, 16 3x3 convs, 3 downsample 1x1 convs, fc
+    for name in layers:
+        assert sorted(g[g.layer == name].phase) == ["bwd_data", "bwd_weight", "fwd"]
+    fwd = g[g.phase == "fwd"]
+    gmac = (fwd.M * fwd.N * fwd.K * fwd.groups).sum() / 32 / 1e9
+    assert gmac == pytest.approx(1.814, abs=0.001)  # published: ~1.8 GMAC per 224x224 image
+    conv1 = g[(g.layer == "conv1")].set_index("phase")
+    assert tuple(conv1.loc["fwd", ["M", "N", "K"]]) == (32 * 112 * 112, 64, 147)
+    assert tuple(conv1.loc["bwd_data", ["M", "N", "K"]]) == (32 * 112 * 112, 147, 64)
+    assert tuple(conv1.loc["bwd_weight", ["M", "N", "K"]]) == (64, 147, 32 * 112 * 112)
+    # per-layer formats follow the recipe: first and last FP16, the rest INT4 / FP4
+    assert conv1.loc["fwd", "a_format"] == "fp16"
+    mid = g[(g.layer == "layer2.0.conv1")].set_index("phase")
+    assert (mid.loc["fwd", "a_format"], mid.loc["fwd", "b_format"]) == ("uint4", "int4")
+    assert mid.loc["bwd_data", "a_format"] == "fp4_r4_e3" and mid.loc["bwd_weight", "a_format"] == "fp4_r4_e3_odd"
+    assert g[g.layer == "fc"].a_format.iloc[0] == "fp16"
+    back = read(trace.write(tmp_path / "r18"))
+    assert len(back.gemms) == 63 and back.meta["batch_size"] == 32
+
+
+def test_shipped_topologies_import():
+    assert set(shipped_topologies()) >= {"resnet18", "resnet50", "mobilenet_v1", "gpt2_small"}
+    for name, gmac in (("resnet50", 4.089), ("mobilenet_v1", 0.569)):
+        g = import_topology(name, 1, INT4).gemms
+        fwd = g[g.phase == "fwd"]
+        assert (fwd.M * fwd.N * fwd.K * fwd.groups).sum() / 1e9 == pytest.approx(gmac, abs=0.001)
+    mob = import_topology("mobilenet_v1", 2, INT4).gemms
+    dw = mob[mob.layer == "block1_DP"]
+    assert (dw.groups == 32).all() and (dw.layer_type == "dwconv2d").all()
+    assert dw.a_format.iloc[0] == "fp16"  # depthwise layers stay FP16 ([P] section 5)
+    gpt = import_topology("gpt2_small", 2, INT4).gemms
+    head = gpt[(gpt.layer == "lm_head") & (gpt.phase == "fwd")].iloc[0]
+    assert (head.M, head.N, head.K) == (2 * 1024, 50257, 768)
+
+
+def test_conv_file_quirks(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
+                 "\n  conv_a, 10, 10, 3, 3, 2, 4, 2,   # a comment\n\tconv_DP, 5, 5, 3, 3, 4, 1, 1\n"
+                 "fc, 1, 1, 1, 1, 4, 10, 1,\n")
+    name, layers = read_topology(f)
+    assert name == "t" and [la.kind for la in layers] == ["conv2d", "dwconv2d", "conv2d"]
+    assert layers[1].filters == 4 and layers[1].groups == 4  # Num Filter 1 means multiplier 1
+    g = import_topology(f, 3, INT4).gemms
+    a = g[(g.layer == "conv_a") & (g.phase == "fwd")].iloc[0]
+    assert (a.M, a.N, a.K) == (3 * 4 * 4, 4, 18)  # floor((10 - 3)/2) + 1 = 4
+
+
+@pytest.mark.parametrize("row, message", [
+    ("c1, 10, 10, 3, 3, 2, 4\n", "line 2: 7 fields, expected 8"),
+    ("c1, 10, 10, 3, 3, 2, four, 1\n", "line 2: num filter = 'four' is not a positive integer"),
+    ("c1, 10, 10, 3, 3, 0, 4, 1\n", "line 2: channels = 0 must be >= 1"),
+    ("c1, 10, 10, 3.5, 3, 2, 4, 1\n", "line 2: filter height = '3.5' is not a positive integer"),
+    ("c1, 2, 2, 3, 3, 2, 4, 1\n", "line 2: filter 3x3 is larger than the input 2x2"),
+    ("c_DP, 8, 8, 3, 3, 4, 6, 1\n", "line 2: depthwise layer with 4 channels needs Num Filter = 1 or a multiple of 4"),
+])
+def test_malformed_rows_name_the_line(tmp_path, row, message):
+    f = tmp_path / "bad.csv"
+    f.write_text("Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n" + row)
+    with pytest.raises(TraceError, match=message):
+        read_topology(f)
+
+
+def test_gemm_topology_and_errors(tmp_path):
+    f = tmp_path / "g.csv"
+    f.write_text("Layer, M, N, K\nqkv,128,2304,768\nproj, 128, 768, 768,\n")
+    g = import_topology(f, 4, INT4).gemms
+    assert tuple(g[(g.layer == "qkv") & (g.phase == "fwd")][["M", "N", "K"]].iloc[0]) == (512, 2304, 768)
+    f.write_text("Layer, M, N, K\nqkv,128,-1,768\n")
+    with pytest.raises(TraceError, match="line 2: N = '-1' is not a positive integer"):
+        read_topology(f)
+    f.write_text("Name, Rows\nx, 1\n")
+    with pytest.raises(TraceError, match="line 1: unrecognised header"):
+        read_topology(f)
+    with pytest.raises(TraceError, match="neither a file nor a shipped topology"):
+        read_topology("vgg99")
+    with pytest.raises(TraceError, match="batch must be an integer >= 1"):
+        import_topology("resnet18", 0, INT4)

@@ -1,0 +1,156 @@
+"""Every way a trace can be malformed is a TraceError naming the table, the column and the row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from traces import io, schema
+from traces.errors import TraceError
+from traces.io import Trace, read
+
+
+@pytest.fixture()
+def run_dir(tmp_path, digits_runs):
+    return digits_runs["int4"].trace.write(tmp_path / "run")
+
+
+def _rewrite(path, table: str, df: pd.DataFrame | pa.Table) -> None:
+    """Replace a table behind the trace's back and fix the checksum (a well-formed file with bad
+    content, as another tool might write)."""
+    f = path / f"{table}.parquet"
+    if isinstance(df, pa.Table):
+        pq.write_table(df, f)
+    else:
+        df.to_parquet(f, index=False)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["tables"][table]["sha256"] = io._sha256(f)
+    meta["tables"][table]["rows"] = len(df) if not isinstance(df, pa.Table) else df.num_rows
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def gemms(path) -> pd.DataFrame:
+    return pd.read_parquet(path / "gemms.parquet")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.drop(columns=["K"]), r"table gemms: missing column 'K'"),
+    (lambda g: g.assign(extra=1), r"table gemms: unexpected column 'extra'"),
+    (lambda g: g.assign(M=g.M.astype("float64")), r"table gemms, column 'M': dtype double, expected int64"),
+    (lambda g: g.assign(N=np.where(g.index == 3, 0, g.N)), r"table gemms, column 'N', row 3: must be > 0"),
+    (lambda g: g.assign(phase=np.where(g.index == 2, "bwd", g.phase)), r"table gemms, column 'phase', row 2: unknown value"),
+    (lambda g: g.assign(a_format=np.where(g.index == 5, "fp5", g.a_format)), r"table gemms, column 'a_format', row 5: unknown format"),
+    (lambda g: g.assign(acc_format=np.where(g.index == 1, "fp16/g4/c6", g.acc_format)), r"table gemms, column 'acc_format', row 1: unknown accumulator"),
+    (lambda g: g.assign(a_zero_frac=np.where(g.index == 4, 1.5, g.a_zero_frac)), r"table gemms, column 'a_zero_frac', row 4: must be in \[0, 1\]"),
+    (lambda g: g.assign(layer=np.where(g.index == 0, None, g.layer)), r"table gemms, column 'layer', row 0: missing value in a required column"),
+])
+def test_gemms_failures(run_dir, change, message):
+    _rewrite(run_dir, "gemms", change(gemms(run_dir)))
+    with pytest.raises(TraceError, match=message):
+        read(run_dir)
+
+
+def test_nan_statistic_is_an_error_but_na_is_not(run_dir):
+    g = gemms(run_dir)
+    table = pa.Table.from_pandas(g, preserve_index=False)
+    col = table.column("b_zero_frac").to_pylist()
+    col[6] = None  # not recorded: fine
+    table = table.set_column(table.column_names.index("b_zero_frac"), "b_zero_frac", pa.array(col, pa.float64()))
+    _rewrite(run_dir, "gemms", table)
+    assert read(run_dir).gemms.b_zero_frac.isna().iloc[6]
+    col[7] = float("nan")  # NaN: an error
+    table = table.set_column(table.column_names.index("b_zero_frac"), "b_zero_frac", pa.array(col, pa.float64()))
+    _rewrite(run_dir, "gemms", table)
+    with pytest.raises(TraceError, match=r"table gemms, column 'b_zero_frac', row 7: NaN"):
+        read(run_dir)
+
+
+def test_ops_and_metrics_failures(run_dir):
+    ops = pd.read_parquet(run_dir / "ops.parquet")
+    _rewrite(run_dir, "ops", ops.assign(op=np.where(ops.index == 2, "fft", ops.op)))
+    with pytest.raises(TraceError, match=r"table ops, column 'op', row 2: unknown value"):
+        read(run_dir)
+    _rewrite(run_dir, "ops", ops.assign(elements=np.where(ops.index == 1, -1, ops.elements)))
+    with pytest.raises(TraceError, match=r"table ops, column 'elements', row 1: must be >= 0"):
+        read(run_dir)
+    _rewrite(run_dir, "ops", ops)
+    m = pd.read_parquet(run_dir / "metrics.parquet")
+    _rewrite(run_dir, "metrics", m.assign(value=np.where(m.index == 0, np.inf, m.value)))
+    with pytest.raises(TraceError, match=r"table metrics, column 'value', row 0: must be finite"):
+        read(run_dir)
+
+
+def test_versions(run_dir):
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["schema_version"] = "1.7"  # a newer minor version is read
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    assert read(run_dir).meta["schema_version"] == "1.7"
+    meta["schema_version"] = "2.0"
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TraceError, match=r"schema_version '2.0' has an unknown major version"):
+        read(run_dir)
+
+
+def test_checksum_and_missing_files(run_dir):
+    (run_dir / "ops.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(TraceError, match=r"table ops: checksum mismatch"):
+        read(run_dir)
+    (run_dir / "ops.parquet").unlink()
+    with pytest.raises(TraceError, match=r"table ops: file .* is missing"):
+        read(run_dir)
+    (run_dir / "meta.json").unlink()
+    with pytest.raises(TraceError, match=r"no meta.json; not a run directory"):
+        read(run_dir)
+
+
+def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, monkeypatch):
+    trace = digits_runs["fp32"].trace
+    good = trace.write(tmp_path / "run")
+    before = read(good).gemms
+    calls = {"n": 0}
+    real = pd.DataFrame.to_parquet
+
+    def crash_on_second_table(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", crash_on_second_table)
+    with pytest.raises(OSError, match="disk full"):
+        trace.write(tmp_path / "run")
+    with pytest.raises(OSError, match="disk full"):
+        calls["n"] = 0
+        trace.write(tmp_path / "fresh")
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(read(good).gemms, before)  # the old trace is intact
+    assert not (tmp_path / "fresh").exists()  # nothing half-written under the target name
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary directories left
+
+
+def test_writer_refuses_nan_and_unknown_columns():
+    with pytest.raises(TraceError, match=r"column 'a_zero_frac', row 0: NaN"):
+        schema.from_records("gemms", [{"a_zero_frac": float("nan")}])
+    with pytest.raises(TraceError, match=r"unknown column 'wat'"):
+        schema.from_records("ops", [{"wat": 1}])
+
+
+def test_trace_every_records_statistics_at_every_recorded_step():
+    from models.train import train
+
+    run = train("mlp", "digits", "int4", epochs=1, trace_every=7, progress=False)
+    steps = run.trace.steps
+    assert steps == [0, 7, 14, 21] and run.trace.meta["steps"] == 22  # 1437 // 64 = 22 steps: 0..21
+    g = run.trace.gemms
+    assert (g.groupby("step").size() == 12).all()
+    hidden = g[(g.layer == "fc2") & (g.phase == "bwd_data")]
+    assert hidden.grad_code_03.notna().all() and hidden.grad_scale_log2.notna().all()
+    codes = hidden[[f"grad_code_{i:02d}" for i in range(16)]].sum(axis=1)
+    assert (codes == 64 * 256).all()  # every gradient element has a code
+    assert g.acc_overflows.notna().all() and (g.a_zero_frac.between(0, 1)).all()
+    assert isinstance(run.trace.step(7), Trace) and len(run.trace.step(7).gemms) == 12
