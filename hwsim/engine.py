@@ -55,11 +55,18 @@ def _peak_pj_per_cycle(chip: ChipConfig, table: dict) -> float:
     return best * chip.array.rows * chip.array.cols
 
 
-MAX_TILES = 20_000_000
-"""Tiles one simulation may walk (about an hour of simulation); a larger GEMM is refused."""
+MAX_TILES = 5_000_000
+"""Tiles one simulation may walk one by one (tens of minutes of simulation); more is refused."""
 
 
-def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> tuple[list[_Job], list]:
+def _walked(plan: TilePlan, compress: bool) -> int:
+    """Tiles the simulation handles one by one (silent runs collapse to three when compressed)."""
+    return sum(r if not compress or t.out_elements or t.spill_psum_bytes else min(r, 3)
+               for t, r in plan.runs)
+
+
+def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
+          compress: bool = True) -> tuple[list[_Job], list]:
     ops = trace.ops
     fused: dict[tuple[str, str], list] = {}
     passes: dict[tuple[str, str], list] = {}
@@ -86,12 +93,12 @@ def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> tupl
                          a.rows, a.cols, unit.macs_per_pe, a.dataflow, unit.a_bits / 8,
                          unit.b_bits / 8, psum, chip.sram.ifmap_bytes, chip.sram.filter_bytes,
                          chip.sram.ofmap_bytes, a.overlap_fill_drain)
-        total_tiles += plan.tiles
+        total_tiles += _walked(plan, compress)
         if total_tiles > MAX_TILES:
             raise SimulationError(
                 f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}) brings the "
-                f"step to {total_tiles:,} tiles on this chip, more than {MAX_TILES:,} (hours of "
-                f"simulation); use a larger array or larger SRAM buffers"
+                f"step to {total_tiles:,} tiles to simulate one by one on this chip, more than "
+                f"{MAX_TILES:,}; use a larger array or larger SRAM buffers"
             )
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
@@ -103,79 +110,133 @@ def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> tupl
     return jobs, leftovers
 
 
-def _tiles(plan: TilePlan):
-    for tile, repeat in plan.runs:
-        for _ in range(repeat):
-            yield tile
-
-
-def _vector_pass(env: simpy.Environment, dram: Dram, lanes: float, op: str, elements: int,
-                 in_format: str, out_format: str):
-    """A separate pass of the scaling unit over memory: read, compute, write."""
-    c = op_cost(op)
-    yield from dram.transfer(elements * (get_format(in_format).bytes_per_value + c.extra_read_bytes), write=False)
+def _vector_pass(env: simpy.Environment, dram: Dram, lanes: float, ops: list):
+    """One separate pass of the scaling unit over memory for consecutive unfused ops of a
+    (layer, phase): it reads the first op's input once (plus any op's extra state), runs every
+    op's lane work, and writes what the ops emit."""
+    if not ops:
+        return
+    first_op, first_elements, first_in, _ = ops[0]
+    read = first_elements * get_format(first_in).bytes_per_value
+    lane = write = 0.0
+    for op, elements, _, fout in ops:
+        c = op_cost(op)
+        read += elements * c.extra_read_bytes
+        lane += elements * c.lane_ops
+        write += elements * c.extra_write_bytes + (elements * get_format(fout).bytes_per_value if c.emits else 0)
+    yield from dram.transfer(read, write=False)
     if not math.isinf(lanes):
-        busy = math.ceil(elements * c.lane_ops / lanes - 1e-9)
+        busy = math.ceil(lane / lanes - 1e-9)
         if busy:
             yield env.timeout(busy)
-    out = elements * c.extra_write_bytes + (elements * get_format(out_format).bytes_per_value if c.emits else 0)
-    yield from dram.transfer(out, write=True)
+    yield from dram.transfer(write, write=True)
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """What the discrete-event run of one GEMM (or vector pass) measured."""
+
+    total_cycles: int
+    pass_cycles: int
+    memory_stall_cycles: int
+    dram_read_bytes: float
+    dram_write_bytes: float
+    events: int
+    batches: int
+
+
+def _run_env(env: simpy.Environment, procs: list, what: str, blocks: dict) -> int:
+    """Run ``env`` to the end, counting events; a process still alive then is a deadlock."""
+    events = 0
+    while env.peek() != math.inf:
+        env.step()
+        events += 1
+    if any(p.is_alive for p in procs):
+        sram = blocks.get("sram")
+        state = ""
+        if sram is not None:
+            state = (f" (free input halves {sram.free.level}, tiles loaded {len(sram.loaded.items)}, "
+                     f"outputs waiting {len(sram.outputs.items)})")
+        raise SimulationError(f"deadlock at cycle {env.now} in {what}{state}")
+    return events
+
+
+def _simulate_gemm(job: _Job, chip: ChipConfig, compress: bool) -> _Timing:
+    """One GEMM in a fresh Environment: its separate vector passes, then the DMA, the array and
+    the scaling unit running concurrently over its tiles. GEMMs run one after another and each
+    ends with every block idle, so a GEMM's timing depends on nothing before it."""
+    env = simpy.Environment()
+    dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
+    sram = Sram(env, chip.sram.double_buffered)
+    scaling = ScalingUnit(env, sram, dram, chip.scaling.lanes, job.path)
+    dma = Dma(env, dram, sram, chip.dma.setup_cycles, compress,
+              quiet=lambda: scaling.waiting and not sram.outputs.items and dram.idle())
+    array = MacArray(env, sram)
+    n_out = sum(r for t, r in job.plan.runs if t.out_elements or t.spill_psum_bytes)
+    marks = {}
+
+    def gemm():
+        yield from _vector_pass(env, dram, chip.scaling.lanes, job.passes)
+        marks["passes"] = env.now
+        procs = [env.process(dma.run(job.plan.runs)), env.process(array.run(job.plan.tiles)),
+                 env.process(scaling.run(n_out))]
+        marks["procs"] = procs
+        yield simpy.AllOf(env, procs)
+
+    top = env.process(gemm())
+    what = f"GEMM {job.row['layer']} {job.row['phase']}"
+    events = _run_env(env, [top, *marks.get("procs", [])], what,
+                      {"dma": dma, "array": array, "scaling": scaling, "sram": sram})
+    if array.busy_cycles != job.plan.compute_cycles:
+        raise SimulationError(f"{what}: the array was busy {array.busy_cycles} cycles, the plan has "
+                              f"{job.plan.compute_cycles}")
+    return _Timing(int(env.now), int(marks["passes"]), int(array.operand_wait_cycles), dram.read_bytes,
+                   dram.write_bytes, events, dma.batches)
+
+
+def _simulate_passes(ops: list, chip: ChipConfig) -> _Timing:
+    env = simpy.Environment()
+    dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
+    top = env.process(_vector_pass(env, dram, chip.scaling.lanes, ops))
+    events = _run_env(env, [top], "a vector pass", {})
+    return _Timing(int(env.now), int(env.now), 0, dram.read_bytes, dram.write_bytes, events, 0)
 
 
 class _Runner:
-    """Runs the jobs in order and collects one `GemmResult` per job."""
+    """Simulates the jobs one after another (identical GEMMs once) and collects one
+    `GemmResult` per job."""
 
-    def __init__(self, env: simpy.Environment, chip: ChipConfig, table: dict) -> None:
-        self.env = env
+    def __init__(self, chip: ChipConfig, table: dict, compress: bool) -> None:
         self.chip = chip
         self.table = table
-        self.dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
+        self.compress = compress
         self.results: list[GemmResult] = []
-        self.current: str = ""
-        self.blocks: dict = {}
+        self.events = 0
+        self.batches = 0
+        self._memo: dict = {}
 
-    def run(self, jobs: list[_Job], leftovers: list):
+    def run(self, jobs: list[_Job], leftovers: list) -> None:
         for job in jobs:
-            yield from self._job(job)
+            key = (tuple(job.plan.runs), job.unit, job.path, tuple(job.passes))
+            timing = self._memo.get(key)
+            if timing is None:
+                timing = self._memo[key] = _simulate_gemm(job, self.chip, self.compress)
+                self.events += timing.events
+                self.batches += timing.batches
+            self.results.append(self._result(job, timing))
         for (layer, phase), ops in leftovers:
-            start = self.env.now
-            r0, w0 = self.dram.read_bytes, self.dram.write_bytes
-            for op, elements, fin, fout in ops:
-                yield from _vector_pass(self.env, self.dram, self.chip.scaling.lanes, op, elements, fin, fout)
-            self.results.append(GemmResult.vector(layer, phase, self.env.now - start,
-                                                  self.dram.read_bytes - r0, self.dram.write_bytes - w0,
-                                                  self._pass_energy(ops)))
+            timing = _simulate_passes(ops, self.chip)
+            self.events += timing.events
+            self.results.append(GemmResult.vector(layer, phase, timing.total_cycles, timing.dram_read_bytes,
+                                                  timing.dram_write_bytes, self._pass_energy(ops)))
 
     def _pass_energy(self, ops) -> float:
         return sum(sum(self.table[e] for e in op_cost(op).events) * elements for op, elements, *_ in ops)
 
-    def _job(self, job: _Job):
-        env, chip = self.env, self.chip
-        self.current = f"{job.row['layer']} {job.row['phase']}"
-        start = env.now
-        r0, w0 = self.dram.read_bytes, self.dram.write_bytes
-        for op, elements, fin, fout in job.passes:
-            yield from _vector_pass(env, self.dram, chip.scaling.lanes, op, elements, fin, fout)
-        pass_cycles = env.now - start
-        sram = Sram(env, chip.sram.double_buffered)
-        dma = Dma(env, self.dram, sram, chip.dma.setup_cycles)
-        array = MacArray(env, sram)
-        scaling = ScalingUnit(env, sram, self.dram, chip.scaling.lanes, job.path)
-        n_tiles = job.plan.tiles
-        n_out = sum(r for t, r in job.plan.runs if t.out_elements or t.spill_psum_bytes)
-        self.blocks = {"dma": dma, "array": array, "scaling": scaling, "sram": sram}
-        procs = [env.process(dma.run(_tiles(job.plan))), env.process(array.run(n_tiles)),
-                 env.process(scaling.run(n_out))]
-        yield simpy.AllOf(env, procs)
-        total = env.now - start
-        if array.busy_cycles != job.plan.compute_cycles:
-            raise SimulationError(f"{self.current}: array busy {array.busy_cycles} != plan {job.plan.compute_cycles}")
-        self.results.append(self._result(job, total, pass_cycles, array.operand_wait_cycles,
-                                         self.dram.read_bytes - r0, self.dram.write_bytes - w0))
-
-    def _result(self, job: _Job, total: int, pass_cycles: int, memory_stall: int,
-                dram_read: float, dram_write: float) -> GemmResult:
+    def _result(self, job: _Job, timing: _Timing) -> GemmResult:
         chip, table, plan, unit, row = self.chip, self.table, job.plan, job.unit, job.row
+        total, pass_cycles, memory_stall = timing.total_cycles, timing.pass_cycles, timing.memory_stall_cycles
+        dram_read, dram_write = timing.dram_read_bytes, timing.dram_write_bytes
         macs = plan.macs
         gate = 0.0
         if chip.energy.gate_zeros:
@@ -216,7 +277,7 @@ class _Runner:
 
 
 def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
-             input_grad: bool = False) -> SimReport:
+             input_grad: bool = False, compress: bool = True) -> SimReport:
     """Simulate one training step of ``trace`` on ``chip``.
 
     Parameters
@@ -229,6 +290,9 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
     input_grad : bool
         Also simulate ``bwd_data`` of the input layer (the gradient of the data, which training
         never needs; the trace records it for completeness). Default False.
+    compress : bool
+        Simulate steady-state runs of identical silent tiles as one event (`hwsim.blocks.dma`);
+        False walks every tile. Both give the same counters (tested).
 
     Returns
     -------
@@ -246,16 +310,10 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
     """
     t = trace.step(step)
     table = energy_table(chip.energy.table, chip.energy.overrides)
-    jobs, leftovers = _jobs(t, chip, table, input_grad)
-    env = simpy.Environment()
-    runner = _Runner(env, chip, table)
-    top = env.process(runner.run(jobs, leftovers))
-    env.run()
-    if top.is_alive:
-        sram = runner.blocks.get("sram")
-        state = ""
-        if sram is not None:
-            state = (f" (free input halves {sram.free.level}, tiles loaded {len(sram.loaded.items)}, "
-                     f"outputs waiting {len(sram.outputs.items)})")
-        raise SimulationError(f"deadlock at cycle {env.now} in GEMM {runner.current}{state}")
-    return SimReport(chip, runner.results, dict(trace.meta))
+    jobs, leftovers = _jobs(t, chip, table, input_grad, compress)
+    runner = _Runner(chip, table, compress)
+    runner.run(jobs, leftovers)
+    return SimReport(chip, runner.results, dict(trace.meta),
+                     {"events": runner.events, "steady_state_batches": runner.batches,
+                      "compress": compress, "overlap_fill_drain": chip.array.overlap_fill_drain,
+                      "input_grad": input_grad})

@@ -65,11 +65,13 @@ class GemmResult:
 @dataclass
 class SimReport:
     """The result of `hwsim.simulate`: the chip, one `GemmResult` per trace GEMM (in execution
-    order), and the trace's metadata."""
+    order), the trace's metadata and how the simulation ran (``run_info``: simpy events,
+    steady-state batches, whether folds overlapped fill and drain)."""
 
     chip: object
     results: list[GemmResult] = field(default_factory=list)
     trace_meta: dict = field(default_factory=dict)
+    run_info: dict = field(default_factory=dict)  # events, steady-state batches, options used
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, phase) GEMM, in execution order, with every counter and the

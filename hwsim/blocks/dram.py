@@ -40,6 +40,18 @@ class Dram:
             return 0
         return math.ceil(nbytes / self.bytes_per_cycle - 1e-9)
 
+    def account(self, nbytes: float, count: int, write: bool) -> None:
+        """Count ``count`` transfers of ``nbytes`` that a steady-state batch stands for."""
+        self.busy_cycles += self.cycles(nbytes) * count
+        if write:
+            self.write_bytes += nbytes * count
+        else:
+            self.read_bytes += nbytes * count
+
+    def idle(self) -> bool:
+        """No transfer holds or waits for the channel."""
+        return self.channel.count == 0 and not self.channel.queue
+
     def transfer(self, nbytes: float, write: bool):
         """Move ``nbytes`` over the channel (a generator: ``yield from dram.transfer(...)``)."""
         if nbytes <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import simpy
 
+from hwsim.blocks.dma import Batch
 from hwsim.blocks.sram import Sram
 
 __all__ = ["MacArray"]
@@ -13,7 +14,9 @@ __all__ = ["MacArray"]
 class MacArray:
     """Takes a tile when its operands are in SRAM, computes it for ``tile.compute_cycles``,
     frees its input buffer half and, when the tile finishes outputs or spills partial sums,
-    passes it to the scaling unit (waiting while both output staging halves are full).
+    passes it to the scaling unit (waiting while both output staging halves are full). A
+    `Batch` of k silent tiles is held for (k - 1) periods plus one tile's compute: exactly the
+    span of those k tiles in the tile-by-tile schedule.
 
     Counts busy cycles, cycles spent waiting for operands (memory stall) and cycles spent
     waiting for the scaling unit to take outputs (scaling-unit stall)."""
@@ -28,14 +31,27 @@ class MacArray:
     def run(self, n_tiles: int):
         """The array process over ``n_tiles`` tiles."""
         env = self.env
-        for _ in range(n_tiles):
+        done = 0
+        while done < n_tiles:
             t0 = env.now
-            tile = yield self.sram.loaded.get()
+            item = yield self.sram.loaded.get()
             self.operand_wait_cycles += env.now - t0
+            if isinstance(item, Batch):
+                c = item.tile.compute_cycles
+                span = (item.count - 1) * item.period + c
+                if span:
+                    yield env.timeout(span)
+                self.busy_cycles += item.count * c
+                self.operand_wait_cycles += (item.count - 1) * (item.period - c)
+                done += item.count
+                yield self.sram.free.put(1)
+                continue
+            tile = item
             if tile.compute_cycles:
                 yield env.timeout(tile.compute_cycles)
                 self.busy_cycles += tile.compute_cycles
             yield self.sram.free.put(1)
+            done += 1
             if tile.out_elements or tile.spill_psum_bytes:
                 t0 = env.now
                 yield self.sram.outputs.put(tile)

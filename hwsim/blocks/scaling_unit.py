@@ -122,6 +122,7 @@ class ScalingUnit:
         self.path = path
         self.busy_cycles = 0
         self.elements = 0
+        self.waiting = False  # blocked on an empty output queue: uses no DRAM until fed
 
     def cycles(self, elements: int) -> int:
         if math.isinf(self.lanes) or not elements:
@@ -131,7 +132,9 @@ class ScalingUnit:
     def run(self, n_tiles: int):
         """The scaling-unit process over the ``n_tiles`` tiles the array passes on."""
         for _ in range(n_tiles):
+            self.waiting = True
             tile = yield self.sram.outputs.get()
+            self.waiting = False
             n = tile.out_elements
             if n:
                 if self.path.read_bytes:
@@ -144,3 +147,4 @@ class ScalingUnit:
             out = n * self.path.write_bytes + tile.spill_psum_bytes
             if out:
                 yield from self.dram.transfer(out, write=True)
+        self.waiting = True  # done: it will not use the DRAM again

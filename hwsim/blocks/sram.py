@@ -16,11 +16,12 @@ class Sram:
 
     def __init__(self, env: simpy.Environment, double_buffered: bool) -> None:
         halves = 2 if double_buffered else 1
+        self.halves = halves
         self.free = simpy.Container(env, capacity=halves, init=halves)
         self.loaded = simpy.Store(env)
         self.outputs = simpy.Store(env, capacity=halves)
         self.write_bytes = 0.0
 
-    def fill(self, tile) -> None:
-        """Account the DMA's write of ``tile``'s operands into the buffers."""
-        self.write_bytes += tile.read_bytes
+    def fill(self, tile, count: int = 1) -> None:
+        """Account the DMA's write of ``count`` copies of ``tile``'s operands into the buffers."""
+        self.write_bytes += tile.read_bytes * count

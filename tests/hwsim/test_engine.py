@@ -44,7 +44,7 @@ def test_a_gigantic_gemm_is_refused_not_hung(digits_runs):
     g = trace.gemms.copy()
     g.loc[g.index[1], "M"] = 10**12
     big = type(trace)(trace.meta, g, trace.ops, trace.metrics)
-    with pytest.raises(SimulationError, match="tiles on this chip"):
+    with pytest.raises(SimulationError, match="tiles to simulate one by one on this chip"):
         simulate(big, load_chip("fourbit"))
 
 
