@@ -145,7 +145,16 @@ def _cmd_chip(args: argparse.Namespace) -> int:
     if args.preset is None:
         print("presets: " + ", ".join(preset_names()))
         return 0
-    print(load_chip(args.preset, _overrides(args.set)).to_toml(), end="")
+    chip = load_chip(args.preset, _overrides(args.set))
+    if args.peak:
+        from hwsim.anchors import anchor_table
+        from hwsim.energy import chip_area
+
+        _print_table(anchor_table(chip))
+        print()
+        _print_table(chip_area(chip))
+        return 0
+    print(chip.to_toml(), end="")
     return 0
 
 
@@ -218,6 +227,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("chip", help="list the chip presets, or print one (with --set overrides) as TOML")
     c.add_argument("preset", nargs="?", default=None)
     c.add_argument("--set", action="append", metavar="FIELD=VALUE")
+    c.add_argument("--peak", action="store_true",
+                   help="peak TOPS and modelled TOPS/W per unit (with published figures for rapid) and area per block")
     c.set_defaults(func=_cmd_chip)
 
     b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")

@@ -22,7 +22,7 @@ import tomli_w
 from traces.errors import ConfigError
 from traces.formats import ACCUMULATOR_FORMATS, LogFormat
 
-__all__ = ["ChipConfig", "UNIT_KINDS", "load_chip", "preset_names"]
+__all__ = ["ChipConfig", "UNIT_KINDS", "iso_area", "load_chip", "preset_names"]
 
 DATAFLOWS = ("ws", "os", "is")
 UNIT_KINDS = ("int4", "fp4xint4", "int8", "fp8", "fp16")
@@ -61,14 +61,17 @@ class _Section:
 
 @dataclass(frozen=True)
 class ChipInfo(_Section):
-    """Name and description of the design (free text)."""
+    """Name and description of the design (free text), and the number of identical ``cores``:
+    each has the array, SRAM and scaling unit described below; they share the DRAM channel and
+    split each GEMM's output rows (or columns, when there are more) evenly."""
 
     PATH = "chip"
     name: str = "chip"
     description: str = ""
+    cores: int = 1
 
     def check(self, p: str) -> None:
-        pass
+        _range(f"{p}.cores", self.cores, self.cores >= 1, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class ArrayConfig(_Section):
     ``macs_per_pe`` is p, the products a PE reduces per cycle in its 4-bit modes (4 for the
     4-way INT4 x FP4 inner-product unit of Sun et al. 2020, section 6); a PE loads its p
     stationary values in one cycle. ``overlap_fill_drain`` lets each fold start while its
-    predecessor drains (off by default).
+    predecessor drains (off by default). ``pe_area_um2`` is the area of one PE with all its units
+    (the source of each preset's value is in its TOML file).
     """
 
     PATH = "array"
@@ -88,6 +92,7 @@ class ArrayConfig(_Section):
     clock_hz: float = 1.0e9
     macs_per_pe: int = 4
     overlap_fill_drain: bool = False
+    pe_area_um2: float = 485.0
 
     def check(self, p: str) -> None:
         _range(f"{p}.rows", self.rows, self.rows >= 1, "an integer >= 1")
@@ -95,6 +100,7 @@ class ArrayConfig(_Section):
         _range(f"{p}.dataflow", self.dataflow, self.dataflow in DATAFLOWS, f"one of {DATAFLOWS}")
         _range(f"{p}.clock_hz", self.clock_hz, 1e3 <= self.clock_hz <= 1e12, "1e3 to 1e12 (Hz)")
         _range(f"{p}.macs_per_pe", self.macs_per_pe, self.macs_per_pe >= 1, "an integer >= 1")
+        _range(f"{p}.pe_area_um2", self.pe_area_um2, self.pe_area_um2 > 0, "> 0 (um^2)")
 
 
 @dataclass(frozen=True)
@@ -188,13 +194,15 @@ class DmaConfig(_Section):
 @dataclass(frozen=True)
 class ScalingConfig(_Section):
     """The scaling/vector unit on the array's output path: ``lanes`` elementary ops per cycle
-    (``inf``: free)."""
+    (``inf``: free), ``area_um2_per_lane``."""
 
     PATH = "scaling"
     lanes: float = 32.0
+    area_um2_per_lane: float = 500.0
 
     def check(self, p: str) -> None:
         _range(f"{p}.lanes", self.lanes, self.lanes >= 1, ">= 1 (ops per cycle; inf: free)")
+        _range(f"{p}.area_um2_per_lane", self.area_um2_per_lane, self.area_um2_per_lane >= 0, ">= 0 (um^2)")
 
 
 @dataclass(frozen=True)
@@ -400,3 +408,22 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
     return ChipConfig.from_dict(data, source).with_overrides(overrides)
+
+
+def iso_area(chip: ChipConfig, reference: ChipConfig) -> ChipConfig:
+    """``chip`` with the PE-array area of ``reference`` (design.md section 5): floor(area / PE area)
+    PEs of ``chip``, arranged as square as possible (rows = floor(sqrt(n)), cols = floor(n / rows));
+    everything else of ``chip`` unchanged. The PE areas are the effective ones of
+    `hwsim.energy.chip_area` (the shift-add share scales with radix)."""
+    from hwsim.energy import chip_area
+
+    def pe_area(c: ChipConfig) -> float:
+        return float(chip_area(c).area_mm2[0]) * 1e6 / (c.array.rows * c.array.cols * c.chip.cores)
+
+    area = pe_area(reference) * reference.array.rows * reference.array.cols
+    n = int(area // pe_area(chip))
+    if n < 1:
+        raise ConfigError(f"iso-area: one PE of {chip.chip.name!r} is larger than the whole array of {reference.chip.name!r}")
+    rows = math.isqrt(n)
+    return chip.with_overrides({"array.rows": rows, "array.cols": n // rows,
+                                "chip.name": f"{chip.chip.name}_iso_area_{reference.chip.name}"})

@@ -41,9 +41,10 @@ class _Job:
 
     row: dict
     unit: object
-    plan: TilePlan
+    plan: TilePlan  # of one core's share of the GEMM
     path: OutputPath
     passes: list  # unfused ops: (op, elements, in_format, out_format)
+    cores: int = 1
 
 
 def _peak_pj_per_cycle(chip: ChipConfig, table: dict) -> float:
@@ -60,9 +61,9 @@ MAX_TILES = 5_000_000
 
 
 def _walked(plan: TilePlan, compress: bool) -> int:
-    """Tiles the simulation handles one by one (silent runs collapse to three when compressed)."""
-    return sum(r if not compress or t.out_elements or t.spill_psum_bytes else min(r, 3)
-               for t, r in plan.runs)
+    """Tiles the simulation handles one by one: all of them, or, when silent stretches are
+    batched, about those with outputs."""
+    return plan.tiles if not compress else plan.output_tiles
 
 
 def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
@@ -89,10 +90,14 @@ def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
             continue  # training never needs the gradient of the input data
         unit = select_unit(chip, row["a_format"], row["b_format"])
         psum = _PSUM_BYTES[unit.accumulator]
-        plan = plan_gemm(int(row["M"]), int(row["N"]), int(row["K"]), int(row["groups"]),
+        m, n = int(row["M"]), int(row["N"])
+        cores = chip.chip.cores
+        if cores > 1:  # the cores split the larger output dimension evenly
+            m, n = (-(-m // cores), n) if m >= n else (m, -(-n // cores))
+        plan = plan_gemm(m, n, int(row["K"]), int(row["groups"]),
                          a.rows, a.cols, unit.macs_per_pe, a.dataflow, unit.a_bits / 8,
                          unit.b_bits / 8, psum, chip.sram.ifmap_bytes, chip.sram.filter_bytes,
-                         chip.sram.ofmap_bytes, a.overlap_fill_drain)
+                         chip.sram.ofmap_bytes, a.overlap_fill_drain, chip.bytes_per_cycle / cores)
         total_tiles += _walked(plan, compress)
         if total_tiles > MAX_TILES:
             raise SimulationError(
@@ -105,7 +110,7 @@ def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
         store = "fp16" if unit.kind == "fp16" and row["out_format"] == "fp32" else row["out_format"]
         path = output_path(fused.pop(key, []), out_elems, store, table)
-        jobs.append(_Job(row, unit, plan, path, passes.pop(key, [])))
+        jobs.append(_Job(row, unit, plan, path, passes.pop(key, []), cores))
     leftovers = [(k, v) for k, v in passes.items()] + [(k, [(o, e, "fp32", f) for o, e, f in v]) for k, v in fused.items()]
     return jobs, leftovers
 
@@ -166,19 +171,22 @@ def _simulate_gemm(job: _Job, chip: ChipConfig, compress: bool) -> _Timing:
     the scaling unit running concurrently over its tiles. GEMMs run one after another and each
     ends with every block idle, so a GEMM's timing depends on nothing before it."""
     env = simpy.Environment()
-    dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
+    # one core's share: the cores run in lockstep and split the DRAM channel evenly
+    dram = Dram(env, chip.bytes_per_cycle / job.cores, chip.dram.latency_cycles)
     sram = Sram(env, chip.sram.double_buffered)
     scaling = ScalingUnit(env, sram, dram, chip.scaling.lanes, job.path)
     dma = Dma(env, dram, sram, chip.dma.setup_cycles, compress,
               quiet=lambda: scaling.waiting and not sram.outputs.items and dram.idle())
     array = MacArray(env, sram)
-    n_out = sum(r for t, r in job.plan.runs if t.out_elements or t.spill_psum_bytes)
+    n_out = job.plan.output_tiles
     marks = {}
 
+    share = [(op, -(-elements // job.cores), fin, fout) for op, elements, fin, fout in job.passes]
+
     def gemm():
-        yield from _vector_pass(env, dram, chip.scaling.lanes, job.passes)
+        yield from _vector_pass(env, dram, chip.scaling.lanes, share)
         marks["passes"] = env.now
-        procs = [env.process(dma.run(job.plan.runs)), env.process(array.run(job.plan.tiles)),
+        procs = [env.process(dma.run(job.plan.segments)), env.process(array.run(job.plan.tiles)),
                  env.process(scaling.run(n_out))]
         marks["procs"] = procs
         yield simpy.AllOf(env, procs)
@@ -217,7 +225,7 @@ class _Runner:
 
     def run(self, jobs: list[_Job], leftovers: list) -> None:
         for job in jobs:
-            key = (tuple(job.plan.runs), job.unit, job.path, tuple(job.passes))
+            key = (tuple(job.plan.segments), job.unit, job.path, tuple(job.passes), job.cores)
             timing = self._memo.get(key)
             if timing is None:
                 timing = self._memo[key] = _simulate_gemm(job, self.chip, self.compress)
@@ -236,8 +244,9 @@ class _Runner:
     def _result(self, job: _Job, timing: _Timing) -> GemmResult:
         chip, table, plan, unit, row = self.chip, self.table, job.plan, job.unit, job.row
         total, pass_cycles, memory_stall = timing.total_cycles, timing.pass_cycles, timing.memory_stall_cycles
-        dram_read, dram_write = timing.dram_read_bytes, timing.dram_write_bytes
-        macs = plan.macs
+        cores = job.cores
+        dram_read, dram_write = timing.dram_read_bytes * cores, timing.dram_write_bytes * cores
+        macs = int(row["M"]) * int(row["N"]) * int(row["K"]) * int(row["groups"])
         gate = 0.0
         if chip.energy.gate_zeros:
             za, zb = row.get("a_zero_frac"), row.get("b_zero_frac")
@@ -250,27 +259,28 @@ class _Runner:
         psum_bits = 8 * _PSUM_BYTES[unit.accumulator]
         reg_pj = (macs * (unit.a_bits + unit.b_bits) + adds * 2 * psum_bits) * table["reg.bit"]
         sizes = {"ifmap": chip.sram.ifmap_bytes, "filter": chip.sram.filter_bytes, "ofmap": chip.sram.ofmap_bytes}
-        sram_pj = sum(bits["read"] * sram_pj_per_bit(sizes[b], table) + bits["write"] * sram_pj_per_bit(sizes[b], table, True)
-                      for b, bits in plan.sram_bits.items())
+        sram_pj = cores * sum(bits["read"] * sram_pj_per_bit(sizes[b], table)
+                              + bits["write"] * sram_pj_per_bit(sizes[b], table, True)
+                              for b, bits in plan.sram_bits.items())
         dram_pj = (dram_read + dram_write) * 8 * table[f"dram.bit.{chip.dram.kind}"]
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         scaling_pj = out_elems * job.path.energy_pj + self._pass_energy(job.passes)
-        leak_pj = chip.energy.leakage_fraction * _peak_pj_per_cycle(chip, table) * total
+        leak_pj = chip.energy.leakage_fraction * _peak_pj_per_cycle(chip, table) * cores * total
         compulsory_read = (row["M"] * row["K"] * unit.a_bits / 8 + row["K"] * row["N"] * unit.b_bits / 8) * row["groups"]
         compulsory_read += out_elems * job.path.read_bytes
         compulsory_write = out_elems * job.path.write_bytes
         return GemmResult(
             layer=row["layer"], phase=row["phase"], unit=unit.kind, note=unit.note,
             M=int(row["M"]), N=int(row["N"]), K=int(row["K"]), groups=int(row["groups"]),
-            macs=macs, folds=plan.folds, tiles=plan.tiles, compute_cycles=plan.compute_cycles,
+            macs=macs, folds=plan.folds * cores, tiles=plan.tiles * cores, compute_cycles=plan.compute_cycles,
             total_cycles=int(total), memory_stall_cycles=int(memory_stall),
             scaling_stall_cycles=int(total - plan.compute_cycles - memory_stall),
             vector_pass_cycles=int(pass_cycles),
-            peak_macs_per_cycle=chip.array.rows * chip.array.cols * unit.macs_per_pe,
+            peak_macs_per_cycle=chip.array.rows * chip.array.cols * unit.macs_per_pe * cores,
             dram_read_bytes=float(dram_read), dram_write_bytes=float(dram_write),
             compulsory_read_bytes=float(compulsory_read), compulsory_write_bytes=float(compulsory_write),
-            sram_read_bytes=sum(b["read"] for b in plan.sram_bits.values()) / 8,
-            sram_write_bytes=sum(b["write"] for b in plan.sram_bits.values()) / 8,
+            sram_read_bytes=cores * sum(b["read"] for b in plan.sram_bits.values()) / 8,
+            sram_write_bytes=cores * sum(b["write"] for b in plan.sram_bits.values()) / 8,
             energy_mac_pj=mac_pj, energy_acc_pj=acc_pj, energy_reg_pj=reg_pj, energy_sram_pj=sram_pj,
             energy_dram_pj=dram_pj, energy_scaling_pj=scaling_pj, energy_leakage_pj=leak_pj,
         )

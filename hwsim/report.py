@@ -80,7 +80,7 @@ class SimReport:
         if df.empty:
             return df
         df.insert(df.columns.get_loc("total_cycles"), "stall_cycles", df["total_cycles"] - df["compute_cycles"])
-        denom = (df["total_cycles"] * df["peak_macs_per_cycle"]).where(lambda s: s > 0)
+        denom = (df["total_cycles"] * df["peak_macs_per_cycle"]).where(lambda s: s > 0)  # all cores
         df["utilization"] = (df["macs"] / denom).fillna(0.0)
         df["datapath_energy_pj"] = df[DATAPATH].sum(axis=1)
         df["energy_pj"] = df[_ENERGY].sum(axis=1)
@@ -105,3 +105,9 @@ class SimReport:
     def by_component(self) -> pd.Series:
         """Energy per step by component (pJ)."""
         return self.to_frame()[_ENERGY].sum()
+
+    def area(self) -> pd.DataFrame:
+        """Chip area per block (mm^2) with sources (`hwsim.energy.chip_area`)."""
+        from hwsim.energy import chip_area
+
+        return chip_area(self.chip)

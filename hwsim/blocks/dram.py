@@ -40,13 +40,14 @@ class Dram:
             return 0
         return math.ceil(nbytes / self.bytes_per_cycle - 1e-9)
 
-    def account(self, nbytes: float, count: int, write: bool) -> None:
-        """Count ``count`` transfers of ``nbytes`` that a steady-state batch stands for."""
-        self.busy_cycles += self.cycles(nbytes) * count
+    def account_totals(self, nbytes: float, channel_cycles: int, write: bool) -> None:
+        """Count the transfers a steady-state batch stands for: ``nbytes`` in all, holding the
+        channel ``channel_cycles`` in all."""
+        self.busy_cycles += channel_cycles
         if write:
-            self.write_bytes += nbytes * count
+            self.write_bytes += nbytes
         else:
-            self.read_bytes += nbytes * count
+            self.read_bytes += nbytes
 
     def idle(self) -> bool:
         """No transfer holds or waits for the channel."""

@@ -15,8 +15,8 @@ class MacArray:
     """Takes a tile when its operands are in SRAM, computes it for ``tile.compute_cycles``,
     frees its input buffer half and, when the tile finishes outputs or spills partial sums,
     passes it to the scaling unit (waiting while both output staging halves are full). A
-    `Batch` of k silent tiles is held for (k - 1) periods plus one tile's compute: exactly the
-    span of those k tiles in the tile-by-tile schedule.
+    `Batch` of silent tiles is held for its span: exactly the time those tiles take in the
+    tile-by-tile schedule.
 
     Counts busy cycles, cycles spent waiting for operands (memory stall) and cycles spent
     waiting for the scaling unit to take outputs (scaling-unit stall)."""
@@ -37,12 +37,10 @@ class MacArray:
             item = yield self.sram.loaded.get()
             self.operand_wait_cycles += env.now - t0
             if isinstance(item, Batch):
-                c = item.tile.compute_cycles
-                span = (item.count - 1) * item.period + c
-                if span:
-                    yield env.timeout(span)
-                self.busy_cycles += item.count * c
-                self.operand_wait_cycles += (item.count - 1) * (item.period - c)
+                if item.span:
+                    yield env.timeout(item.span)
+                self.busy_cycles += item.busy
+                self.operand_wait_cycles += item.span - item.busy
                 done += item.count
                 yield self.sram.free.put(1)
                 continue

@@ -20,5 +20,5 @@ from hwsim.mapping import compute_cycles, plan_gemm
 def test_closed_forms_by_hand(df, M, N, K, want):
     assert compute_cycles(M, N, K, 32, 32, 4, df) == want
     plan = plan_gemm(M, N, K, 1, 32, 32, 4, df, 0.5, 0.5, 2, 1 << 20, 1 << 20, 1 << 20)
-    assert sum(t.compute_cycles * r for t, r in plan.runs) == want
+    assert sum(t.compute_cycles * r for t, r in plan.runs()) == want
     assert plan.macs == M * N * K
