@@ -322,7 +322,8 @@ def _stationary_tile_major(plan: TilePlan, L: int, K: int, T: int, R: int, C: in
                         continue
                     last_group = gi == len(m_groups) - 1
 
-                    def tile(k_len, last_k, first_m=first_m, l_len=l_len, t_len=t_len, final=False):
+                    def tile(k_len, last_k, first_m=first_m, l_len=l_len, t_len=t_len, first_t=first_t,
+                             final=False):
                         cyc = R + l_len + (drain if (final or not overlap) else 0)
                         read_x = l_len * k_len * bytes_x if (first_t or not plan.a_resident) else 0.0
                         read_s = k_len * t_len * bytes_s if (first_m or not plan.stationary_resident) else 0.0
@@ -493,7 +494,7 @@ def _output_stationary(plan: TilePlan, M: int, N: int, K: int, R: int, C: int, p
 
     m_total = _ceil(M, R)
     m_index = 0
-    for gi, (m_len, m_count) in enumerate(m_groups):
+    for m_len, m_count in m_groups:
         for first_m, n in ((True, 1), (False, m_count - 1)) if m_index == 0 else ((False, m_count),):
             if n <= 0:
                 continue
