@@ -91,7 +91,52 @@ def bench_numerics(quick: bool = False) -> list[dict]:
     return out
 
 
-BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics}
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_sim(quick: bool = False) -> list[dict]:
+    """Wall time to simulate one ResNet-18 training step (batch 32, all three phases; imported
+    topology, ``int4`` recipe) on the 32 x 32 WS ``fourbit`` chip, simpy events per second, and
+    wall time against the number of tiles walked one by one (batch 4 .. 32, with and without the
+    steady-state batches): a straight line through them shows the cost is linear in tiles."""
+    from hwsim import load_chip, simulate
+    from models.recipes import get_recipe
+    from traces.scalesim import import_topology
+
+    chip = load_chip("fourbit")
+    recipe = get_recipe("int4").describe()
+    out = []
+    points = []
+    batches = [4, 8, 32] if quick else [4, 8, 16, 32]
+    for batch in batches:
+        trace = import_topology("resnet18", batch, recipe)
+        for compress in (True, False):
+            if not compress and batch > 16:
+                continue
+            wall, rep = _timed(lambda trace=trace, compress=compress: simulate(trace, chip, compress=compress))
+            df = rep.to_frame()
+            points.append((rep.run_info["events"], wall))
+            tag = f"batch {batch}{'' if compress else ', tile by tile'}"
+            if batch == 32 and compress:
+                out.append(_record("sim", "resnet18 batch 32 training step on fourbit 32x32 ws", wall, "s", 5.0))
+                out.append(_record("sim", "resnet18 batch 32 simpy events per second",
+                                   rep.run_info["events"] / wall, "events/s", None))
+                out.append(_record("sim", "resnet18 batch 32 tiles (total)", int(df.tiles.sum()), "tiles", None))
+            out.append(_record("sim", f"resnet18 {tag}: simpy events", rep.run_info["events"], "events", None))
+            out.append(_record("sim", f"resnet18 {tag}: wall time", wall, "s", None))
+    ev = np.array([p[0] for p in points], float)
+    wall = np.array([p[1] for p in points], float)
+    slope, intercept = np.polyfit(ev, wall, 1)
+    r2 = 1 - np.sum((wall - (slope * ev + intercept)) ** 2) / max(np.sum((wall - wall.mean()) ** 2), 1e-30)
+    out.append(_record("sim", "wall time per simpy event (linear fit over all runs)", slope * 1e6, "us", None))
+    out.append(_record("sim", "linearity of wall time in events (R^2 of the fit)", r2, "R^2", None))
+    return out
+
+
+BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics, "sim": bench_sim}
 
 
 def run_benchmarks(names: list[str], quick: bool = False) -> list[dict]:

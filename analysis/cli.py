@@ -232,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_chip)
 
     b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")
-    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim")
     b.add_argument("--json", action="store_true", help="print a JSON list of records")
     b.add_argument("--quick", action="store_true", help="fewer repeats, skip the slowest kernels")
     b.set_defaults(func=_cmd_bench)
