@@ -595,14 +595,16 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
 
 
 @njit(cache=True, parallel=True)
-def gemm_fast_ieee(a, b, out, group, chunk):
+def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows):
     """GEMM with an IEEE binary16 (float32 lanes) or binary32 (float64 lanes) accumulator, every
     rounding done by `narrow` (hardware fptrunc), vectorised over n.
 
-    Valid when every group sum is exact in the lane type and, for exact underflow statistics, no
-    non-zero value can fall below the format's smallest normal (the wrapper checks both). Overflow
-    needs no test: IEEE rounding gives +-inf, which the accumulator model propagates too; the
-    wrapper recomputes rows with non-finite outputs by `gemm_general` only to count the events.
+    Valid when every group sum is exact in the lane type (the wrapper checks it). Overflow needs
+    no test: IEEE rounding gives +-inf, which the accumulator model propagates too. A non-zero
+    group sum rounded to zero (the only underflow: sums of grid values never round to zero) marks
+    its row in ``underflow_rows`` (tested only with ``check_underflow``: the wrapper knows when no
+    group sum can be that small); the wrapper recomputes rows with non-finite outputs or
+    underflows by `gemm_general`, only to count those events.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -610,6 +612,7 @@ def gemm_fast_ieee(a, b, out, group, chunk):
         cs = np.zeros(N, a.dtype)
         tot = np.zeros(N, a.dtype)
         g = np.zeros(N, a.dtype)
+        lost = np.zeros(N, a.dtype)
         for c0 in range(0, K, chunk):
             c1 = min(c0 + chunk, K)
             for n in range(N):
@@ -620,9 +623,16 @@ def gemm_fast_ieee(a, b, out, group, chunk):
                 a1 = a[m, k0 + 1]
                 a2 = a[m, k0 + 2]
                 a3 = a[m, k0 + 3]
-                for n in range(N):
-                    gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                    cs[n] = narrow(cs[n] + narrow(gs))
+                if check_underflow:  # two loops: a test inside would stop LLVM vectorising
+                    for n in range(N):
+                        gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                        gr = narrow(gs)
+                        lost[n] += abs(gs) if gr == 0 else 0
+                        cs[n] = narrow(cs[n] + gr)
+                else:
+                    for n in range(N):
+                        gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                        cs[n] = narrow(cs[n] + narrow(gs))
             for k0 in range(four, c1, group):  # other group sizes, and a partial last group
                 k1 = min(k0 + group, c1)
                 for n in range(N):
@@ -632,11 +642,15 @@ def gemm_fast_ieee(a, b, out, group, chunk):
                     for n in range(N):
                         g[n] += av * b[k, n]
                 for n in range(N):
-                    cs[n] = narrow(cs[n] + narrow(g[n]))
+                    gr = narrow(g[n])
+                    lost[n] += abs(g[n]) if gr == 0 else 0
+                    cs[n] = narrow(cs[n] + gr)
             for n in range(N):
                 tot[n] = narrow(tot[n] + cs[n])
         for n in range(N):
             out[m, n] = tot[n]
+            if lost[n] != 0:
+                underflow_rows[m] = True
 
 
 @njit(cache=True, parallel=True)

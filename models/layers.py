@@ -1,9 +1,13 @@
 """Quantized layers: forward and backward side by side, every GEMM through the active recipe's
 numerics (`run_gemm`) and through the one trace recorder.
 
-Tensors are float32 numpy arrays (batch first). Parameters are FP32 master copies (`Param`);
-each step re-quantizes them as the recipe says. Backward returns the gradient of the layer's
-input and accumulates parameter gradients into ``Param.grad``.
+Tensors are float32 numpy arrays, batch first (images NCHW, sequences B x T x features).
+Parameters are FP32 master copies (`Param`); each step re-quantizes them as the recipe says.
+``backward`` returns the gradient of the layer's input and accumulates parameter gradients into
+``Param.grad``. GEMM layers (`Linear`, `Conv2d`, `LSTM`) share `QuantGemmLayer`: quantize the
+input (PACT, or SAWB's signed range for signed inputs) and the weight (SAWB), and on the way back
+scale the output gradient (GradScale), quantize it twice (TPR: the even phase for ``bwd_data``,
+the odd phase for ``bwd_weight``) and unscale the GEMM results.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from models.quantizers import (
 from models.recipes import LayerPrecision, Recipe
 from models.recorder import Recorder
 from traces.formats import Accumulator
-from traces.lowering import GemmShape, linear
+from traces.lowering import GemmShape, conv2d, conv_output_size, linear
 
-__all__ = ["Context", "Layer", "Linear", "Param", "ReLU", "Sequential", "run_gemm", "softmax_xent"]
+__all__ = [
+    "AvgPool2d", "BatchNorm2d", "Context", "Conv2d", "DepthwiseConv2d", "Embedding", "Flatten",
+    "LSTM", "Layer", "Linear", "MaxPool2d", "Param", "QuantGemmLayer", "ReLU", "Residual",
+    "Sequential", "run_gemm", "softmax_xent",
+]
 
 
 @dataclass
@@ -36,7 +44,7 @@ class Param:
     name: str
     value: np.ndarray
     grad: np.ndarray = field(init=False)
-    decay: bool = True  # weight decay applies (not to biases and clip values)
+    decay: bool = True  # weight decay applies (not to biases, BN and clip values)
 
     def __post_init__(self) -> None:
         self.value = np.ascontiguousarray(self.value, dtype=np.float32)
@@ -64,16 +72,26 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     accumulator's result is scaled and then rounded to ``out_format`` (INT4 forward: int32 ->
     FP16); a float accumulator's result is rounded to ``out_format`` and then scaled, so that
     unscaled gradients (x 1/GradScale) stay in FP32 ([P] section 3.2; technique.md 6, item 13).
+    Grouped GEMMs (``shape.groups`` > 1) take a (G, M, K) and b (G, K, N) and return (G, M, N).
     """
-    if a.values.shape != (shape.M, shape.K) or b.values.shape != (shape.K, shape.N):
+    g = shape.groups
+    a_shape = (shape.M, shape.K) if g == 1 else (g, shape.M, shape.K)
+    b_shape = (shape.K, shape.N) if g == 1 else (g, shape.K, shape.N)
+    if a.values.shape != a_shape or b.values.shape != b_shape:
         raise AssertionError(f"{layer.name} {phase}: operands {a.values.shape} x {b.values.shape} "
                              f"do not match the lowering {shape}")
     acc_stats = None
     if acc is None:
-        raw = a.values.astype(np.float32) @ b.values.astype(np.float32)
+        raw = np.matmul(a.values.astype(np.float32), b.values.astype(np.float32))
         acc_name = "fp32/g1"
-    else:
+    elif g == 1:
         raw, acc_stats = numerics.gemm_with_stats(a.values, b.values, acc)
+        acc_name = acc.name
+    else:
+        parts = [numerics.gemm_with_stats(a.values[i], b.values[i], acc) for i in range(g)]
+        raw = np.stack([p[0] for p in parts])
+        acc_stats = numerics.GemmStats(sum(p[1].overflows for p in parts), sum(p[1].underflows for p in parts),
+                                       sum(p[1].nonfinite_outputs for p in parts), parts[0][1].path)
         acc_name = acc.name
     scale = np.float32(a.scale) * np.float32(b.scale) * np.float32(extra_scale)
     integer_acc = acc is not None and acc.format in ("int32", "exact")
@@ -105,6 +123,9 @@ class Layer:
     def params(self) -> list[Param]:
         return []
 
+    def children(self) -> list[Layer]:
+        return []
+
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
@@ -112,57 +133,62 @@ class Layer:
         raise NotImplementedError
 
 
-class Linear(Layer):
-    """Fully connected layer y = x W^T + b (x: (B, I), W: (O, I), y: (B, O)).
+# ---------------------------------------------------------------------------------------------
+# GEMM layers
+# ---------------------------------------------------------------------------------------------
+class QuantGemmLayer(Layer):
+    """What the GEMM layers share: the FP32 master weight (and bias), PACT's trained clip, the
+    GradScale, and the quantization of inputs, weights and output gradients per the recipe's
+    precision for the layer's role."""
 
-    The input is quantized by the role's activation quantizer (PACT keeps a trained clip
-    ``alpha`` per layer), the FP32 master weight by its weight quantizer (SAWB, every step); the
-    three GEMMs are lowered as in `traces.lowering.linear`.
-    """
+    signed_input = False  # inputs can be negative: SAWB's signed range instead of PACT
 
-    layer_type = "linear"
-
-    def __init__(self, name: str, in_features: int, out_features: int, rng: np.random.Generator,
-                 role: str = "hidden", pact_alpha: float = 8.0) -> None:
+    def __init__(self, name: str, weight: np.ndarray, bias: bool, role: str = "hidden",
+                 pact_alpha: float = 8.0) -> None:
         super().__init__(name)
         self.role = role
-        std = np.sqrt(2.0 / in_features)  # He et al. 2015 initialisation for ReLU networks
-        self.weight = Param(f"{name}.weight", rng.standard_normal((out_features, in_features)) * std)
-        self.bias = Param(f"{name}.bias", np.zeros(out_features), decay=False)
+        self.weight = Param(f"{name}.weight", weight)
+        self.bias = Param(f"{name}.bias", np.zeros(weight.shape[0]), decay=False) if bias else None
         self.alpha = Param(f"{name}.pact_alpha", np.array([pact_alpha]), decay=False)
         self.grad_scale: GradScale | None = None
-        self._cache: tuple | None = None
 
     def params(self) -> list[Param]:
-        return [self.weight, self.bias, self.alpha]
+        return [p for p in (self.weight, self.bias, self.alpha) if p is not None]
 
-    def _prec(self, ctx: Context) -> LayerPrecision:
+    def precision(self, ctx: Context) -> LayerPrecision:
         return ctx.recipe.precision(self.role)
 
-    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
-        prec = self._prec(ctx)
-        rec = ctx.recorder
-        batch, in_f = x.shape
-        alpha = float(self.alpha.value[0])
-        xq = quantize_act(x, prec.act, alpha)
-        if prec.act != "fp32":
-            rec.op("quantize_uniform" if prec.act.startswith("uint4") else "cast", x.size, "fp32",
-                   xq.format.name, default=(self.name, "fwd"))
-        wq = quantize_weight(self.weight.value, prec.weight)
-        shapes = linear(batch, in_f, self.weight.value.shape[0])
-        y = run_gemm(ctx, self, "fwd", xq, wq.T, prec.acc_fwd, prec.out, shapes["fwd"])
-        y += self.bias.value
-        rec.op("bias_add", y.size, prec.out, "fp32")
-        self._cache = (x, xq, wq, shapes)
-        return y
+    def quant_input(self, x: np.ndarray, ctx: Context) -> QTensor:
+        prec = self.precision(ctx)
+        method = prec.signed_act if self.signed_input else prec.act
+        q = quantize_act(x, method, float(self.alpha.value[0]))
+        if method != "fp32":
+            ctx.recorder.op("quantize_uniform" if q.format.kind == "int" else "cast", x.size, "fp32",
+                            q.format.name, default=(self.name, "fwd"))
+        return q
 
-    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
-        prec = self._prec(ctx)
+    def input_backward(self, dq: np.ndarray, x: np.ndarray, ctx: Context) -> np.ndarray:
+        """The straight-through gradient of the input quantizer (PACT clips; the others pass)."""
+        if self.signed_input or self.precision(ctx).act != "uint4_pact":
+            return dq
+        dx, dalpha = pact_backward(dq, x, float(self.alpha.value[0]))
+        self.alpha.grad[0] += dalpha
+        ctx.recorder.op("pact_bwd", dx.size, "fp32", "fp32")
+        return dx
+
+    def quant_weight(self, ctx: Context, w: np.ndarray | None = None) -> QTensor:
+        return quantize_weight(self.weight.value if w is None else w, self.precision(ctx).weight)
+
+    def quant_grads(self, dy: np.ndarray, ctx: Context, observe: bool = True) -> tuple[QTensor, QTensor, float]:
+        """Scale the output gradient by GradScale (observing its max), quantize it for
+        ``bwd_weight`` and ``bwd_data`` (the two TPR phases); returns (weight grad operand, data
+        grad operand, 1/scale)."""
+        prec = self.precision(ctx)
         rec = ctx.recorder
-        x, xq, wq, shapes = self._cache
         gs = self.grad_scale
         if gs is not None:
-            gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
+            if observe:
+                gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
             rec.op("maxabs", dy.size, "fp32", "fp32", default=(self.name, "bwd_weight"))
         s = 1.0 if gs is None else gs.scale
         scaled = dy * np.float32(s)
@@ -172,29 +198,314 @@ class Linear(Layer):
             if g.format.name != "fp32":
                 rec.op("quantize_log" if g.codes is not None else "cast", dy.size, "fp32",
                        g.format.name, default=(self.name, "bwd_weight"))
-        inv = 1.0 / s
-        # bwd_weight first: the recorder attributes the next layer's ops to bwd_data's output path
-        dw = run_gemm(ctx, self, "bwd_weight", g_weight.T, xq, prec.acc_bwd_weight, prec.out,
-                      shapes["bwd_weight"], extra_scale=inv, grad_scale=gs)
-        self.weight.grad += dw
-        self.bias.grad += dy.sum(axis=0)
-        rec.op("sgd_momentum", self.weight.value.size, prec.out, "fp32", layer=self.name,
-               phase="bwd_weight")
+        return g_weight, g_data, 1.0 / s
+
+    def update_ops(self, ctx: Context, weights: int) -> None:
+        """The optimizer update on this layer's bwd_weight output path (FP32 master weights and
+        momentum read and written; SAWB's moments and re-quantization for the next step)."""
+        prec = self.precision(ctx)
+        rec = ctx.recorder
+        rec.op("sgd_momentum", weights, prec.output("bwd_weight"), "fp32", layer=self.name, phase="bwd_weight")
         if prec.weight == "int4_sawb":
-            rec.op("moments", self.weight.value.size, "fp32", "fp32", layer=self.name, phase="bwd_weight")
-            rec.op("quantize_uniform", self.weight.value.size, "fp32", "int4", layer=self.name,
-                   phase="bwd_weight")
-        dx = run_gemm(ctx, self, "bwd_data", g_data, wq, prec.acc_bwd_data, prec.out,
-                      shapes["bwd_data"], extra_scale=inv, grad_scale=gs)
-        if prec.act == "uint4_pact":
-            dx, dalpha = pact_backward(dx, x, float(self.alpha.value[0]))
-            self.alpha.grad[0] += dalpha
-            rec.op("pact_bwd", dx.size, "fp32", "fp32")
-        return dx
+            rec.op("moments", weights, "fp32", "fp32", layer=self.name, phase="bwd_weight")
+        if prec.weight != "fp32":
+            q = "quantize_uniform" if prec.weight.startswith("int") else "cast"
+            rec.op(q, weights, "fp32", quantize_weight(np.zeros(1), prec.weight).format.name,
+                   layer=self.name, phase="bwd_weight")
 
 
+class Linear(QuantGemmLayer):
+    """Fully connected layer y = x W^T + b (x: (..., I), W: (O, I), y: (..., O)); leading
+    dimensions are flattened into the batch. GEMMs lowered as in `traces.lowering.linear`."""
+
+    layer_type = "linear"
+
+    def __init__(self, name: str, in_features: int, out_features: int, rng: np.random.Generator,
+                 role: str = "hidden", bias: bool = True, pact_alpha: float = 8.0) -> None:
+        std = np.sqrt(2.0 / in_features)  # He et al. 2015 initialisation for ReLU networks
+        super().__init__(name, rng.standard_normal((out_features, in_features)) * std, bias, role, pact_alpha)
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        prec = self.precision(ctx)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        xq = self.quant_input(x2, ctx)
+        wq = self.quant_weight(ctx)
+        shapes = linear(x2.shape[0], x2.shape[1], self.weight.value.shape[0])
+        y = run_gemm(ctx, self, "fwd", xq, wq.T, prec.acc_fwd, prec.out, shapes["fwd"])
+        if self.bias is not None:
+            y += self.bias.value
+            ctx.recorder.op("bias_add", y.size, prec.out, "fp32")
+        self._cache = (x2, xq, wq, shapes, lead)
+        return y.reshape(*lead, -1)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        prec = self.precision(ctx)
+        x2, xq, wq, shapes, lead = self._cache
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        g_weight, g_data, inv = self.quant_grads(dy2, ctx)
+        # bwd_weight first: the recorder attributes the next layer's ops to bwd_data's output path
+        self.weight.grad += run_gemm(ctx, self, "bwd_weight", g_weight.T, xq, prec.acc_bwd_weight,
+                                     prec.output("bwd_weight"), shapes["bwd_weight"], extra_scale=inv,
+                                     grad_scale=self.grad_scale)
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0)
+        self.update_ops(ctx, self.weight.value.size)
+        dx = run_gemm(ctx, self, "bwd_data", g_data, wq, prec.acc_bwd_data, prec.output("bwd_data"),
+                      shapes["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale)
+        return self.input_backward(dx, x2, ctx).reshape(*lead, -1)
+
+
+def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> tuple[np.ndarray, int, int]:
+    """(B, C, H, W) -> columns (B*P*Q, C*kh*kw), rows in (b, p, q) order, columns in (c, r, s)."""
+    b, c, h, w = x.shape
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    p = conv_output_size(h, kh, stride, padding)
+    q = conv_output_size(w, kw, stride, padding)
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    win = win[:, :, :p, :q]  # (B, C, P, Q, kh, kw)
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(b * p * q, c * kh * kw), p, q
+
+
+def _col2im(cols: np.ndarray, shape: tuple, kh: int, kw: int, stride: int, padding: int,
+            p: int, q: int) -> np.ndarray:
+    """The adjoint of `_im2col`: scatter-add columns back into (B, C, H, W), one kernel offset at
+    a time (a fixed summation order: deterministic)."""
+    b, c, h, w = shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    out = np.zeros((b, c, hp, wp), np.float32)
+    v = cols.reshape(b, p, q, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+    for r in range(kh):
+        for s in range(kw):
+            out[:, :, r:r + stride * p:stride, s:s + stride * q:stride] += v[..., r, s]
+    return out[:, :, padding:padding + h, padding:padding + w]
+
+
+class Conv2d(QuantGemmLayer):
+    """2-D convolution (NCHW) lowered by im2col (`traces.lowering.conv2d`); ``groups`` > 1 runs
+    G independent GEMMs (depthwise: groups = in_channels = out_channels)."""
+
+    layer_type = "conv2d"
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel: int,
+                 rng: np.random.Generator, stride: int = 1, padding: int = 0, groups: int = 1,
+                 role: str = "hidden", bias: bool = False, pact_alpha: float = 8.0) -> None:
+        fan_in = in_channels // groups * kernel * kernel
+        w = rng.standard_normal((out_channels, in_channels // groups, kernel, kernel)) * np.sqrt(2.0 / fan_in)
+        super().__init__(name, w, bias, role, pact_alpha)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel, self.stride, self.padding, self.groups = kernel, stride, padding, groups
+        if groups > 1:
+            self.layer_type = "dwconv2d" if groups == in_channels == out_channels else "conv2d"
+
+    def _geometry(self, x_shape: tuple) -> tuple[dict, dict]:
+        b, c, h, w = x_shape
+        shapes = conv2d(b, c, h, w, self.out_channels, self.kernel, self.kernel, self.stride,
+                        self.padding, self.groups)
+        geometry = {"batch": b, "in_channels": c, "out_channels": self.out_channels, "in_h": h, "in_w": w,
+                    "kernel_h": self.kernel, "kernel_w": self.kernel, "stride": self.stride,
+                    "padding": self.padding}
+        return shapes, geometry
+
+    def _grouped(self, m: np.ndarray, rows: int) -> np.ndarray:
+        """(rows, G * n) -> (G, rows, n) for the grouped GEMMs (no-op for one group)."""
+        if self.groups == 1:
+            return m
+        return np.ascontiguousarray(m.reshape(rows, self.groups, -1).transpose(1, 0, 2))
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        prec = self.precision(ctx)
+        g, f = self.groups, self.out_channels
+        xq = self.quant_input(x, ctx)
+        cols, p, q = _im2col(xq.values, self.kernel, self.kernel, self.stride, self.padding)
+        wq = self.quant_weight(ctx)
+        w2 = wq.values.reshape(f, -1)  # (F, C/G * R * S)
+        shapes, geometry = self._geometry(x.shape)
+        a = QTensor(self._grouped(cols, cols.shape[0]), xq.format, xq.scale, xq.stats)
+        bmat = w2.T if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1).transpose(0, 2, 1))
+        bq = QTensor(bmat, wq.format, wq.scale, wq.stats)
+        y = run_gemm(ctx, self, "fwd", a, bq, prec.acc_fwd, prec.out, shapes["fwd"], geometry=geometry)
+        if g > 1:
+            y = y.transpose(1, 0, 2).reshape(y.shape[1], f)
+        b = x.shape[0]
+        y = np.ascontiguousarray(y.reshape(b, p, q, f).transpose(0, 3, 1, 2))
+        if self.bias is not None:
+            y += self.bias.value[None, :, None, None]
+            ctx.recorder.op("bias_add", y.size, prec.out, "fp32")
+        self._cache = (x, a, w2, wq, shapes, geometry, p, q)
+        return y
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        prec = self.precision(ctx)
+        x, a, w2, wq, shapes, geometry, p, q = self._cache
+        g, f = self.groups, self.out_channels
+        b = x.shape[0]
+        dy2 = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(b * p * q, f)
+        g_weight, g_data, inv = self.quant_grads(dy2, ctx)
+        gw = g_weight.T if g == 1 else QTensor(self._grouped(g_weight.values, b * p * q).transpose(0, 2, 1),
+                                                g_weight.format, g_weight.scale, g_weight.stats,
+                                                None if g_weight.codes is None else
+                                                self._grouped(g_weight.codes, b * p * q).transpose(0, 2, 1))
+        dw = run_gemm(ctx, self, "bwd_weight", gw, a, prec.acc_bwd_weight, prec.output("bwd_weight"),
+                      shapes["bwd_weight"], extra_scale=inv, geometry=geometry, grad_scale=self.grad_scale)
+        self.weight.grad += dw.reshape(self.weight.value.shape)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=(0, 2, 3))
+        self.update_ops(ctx, self.weight.value.size)
+        gd = g_data if g == 1 else QTensor(self._grouped(g_data.values, b * p * q), g_data.format,
+                                           g_data.scale, g_data.stats,
+                                           None if g_data.codes is None else self._grouped(g_data.codes, b * p * q))
+        wmat = w2 if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1))
+        dcols = run_gemm(ctx, self, "bwd_data", gd, QTensor(wmat, wq.format, wq.scale, wq.stats),
+                         prec.acc_bwd_data, prec.output("bwd_data"), shapes["bwd_data"], extra_scale=inv,
+                         geometry=geometry, grad_scale=self.grad_scale)
+        if g > 1:
+            dcols = dcols.transpose(1, 0, 2).reshape(b * p * q, -1)
+        if self.kernel > 1 or self.stride > 1:
+            ctx.recorder.op("col2im_add", dcols.size, prec.output("bwd_data"), "fp32")
+        dx = _col2im(dcols, x.shape, self.kernel, self.kernel, self.stride, self.padding, p, q)
+        return self.input_backward(dx, x, ctx)
+
+
+class DepthwiseConv2d(Conv2d):
+    """Depthwise convolution: one filter per channel (groups = channels); the recipes keep it in
+    FP16 ("< 3% of total ops", [P] section 5), role ``depthwise``."""
+
+    def __init__(self, name: str, channels: int, kernel: int, rng: np.random.Generator, stride: int = 1,
+                 padding: int = 0, pact_alpha: float = 8.0) -> None:
+        super().__init__(name, channels, channels, kernel, rng, stride, padding, groups=channels,
+                         role="depthwise", pact_alpha=pact_alpha)
+
+
+class LSTM(QuantGemmLayer):
+    """One LSTM layer (Hochreiter and Schmidhuber 1997; gates i, f, g, o) over (B, T, I) inputs,
+    returning (B, T, H). Two GEMMs: the input GEMM for all T steps at once (layer ``<name>.ih``:
+    B*T x I by I x 4H) and the recurrent GEMM of each step (``<name>.hh``: B x H by H x 4H, T rows
+    per phase). Inputs are signed: quantized with SAWB's signed range (design.md section 3); the
+    gate nonlinearities and the cell state stay in FP32. One GradScale per layer, observed at
+    every time step of backpropagation through time (the reports sum, like workers')."""
+
+    layer_type = "lstm"
+    signed_input = True
+
+    def __init__(self, name: str, input_size: int, hidden_size: int, rng: np.random.Generator,
+                 role: str = "hidden") -> None:
+        k = 1.0 / np.sqrt(hidden_size)
+        w_ih = rng.uniform(-k, k, (4 * hidden_size, input_size))
+        super().__init__(name, w_ih, True, role)
+        self.weight.name = f"{name}.weight_ih"
+        self.weight_hh = Param(f"{name}.weight_hh", rng.uniform(-k, k, (4 * hidden_size, hidden_size)))
+        self.bias.value[hidden_size:2 * hidden_size] = 1.0  # forget-gate bias 1 (Jozefowicz et al. 2015)
+        self.hidden = hidden_size
+        self.ih = _Named(f"{name}.ih", "lstm")
+        self.hh = _Named(f"{name}.hh", "lstm")
+
+    def params(self) -> list[Param]:
+        return [self.weight, self.weight_hh, self.bias]
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        prec = self.precision(ctx)
+        rec = ctx.recorder
+        b, t, i = x.shape
+        h = self.hidden
+        x2 = x.reshape(b * t, i)
+        xq = self.quant_input(x2, ctx)
+        wq_ih = self.quant_weight(ctx)
+        wq_hh = self.quant_weight(ctx, self.weight_hh.value)
+        sh_ih = linear(b * t, i, 4 * h)
+        gx = run_gemm(ctx, self.ih, "fwd", xq, wq_ih.T, prec.acc_fwd, prec.out, sh_ih["fwd"])
+        gx = gx.reshape(b, t, 4 * h) + self.bias.value
+        sh_hh = linear(b, h, 4 * h)
+        hs = np.zeros((b, t + 1, h), np.float32)
+        cs = np.zeros((b, t + 1, h), np.float32)
+        gates = np.empty((b, t, 4 * h), np.float32)
+        hq_steps = []
+        for step in range(t):
+            hq = self.quant_input(hs[:, step], ctx)
+            hq_steps.append(hq)
+            z = gx[:, step] + run_gemm(ctx, self.hh, "fwd", hq, wq_hh.T, prec.acc_fwd, prec.out, sh_hh["fwd"])
+            ig, fg = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h])
+            gg, og = np.tanh(z[:, 2 * h:3 * h]), _sigmoid(z[:, 3 * h:])
+            cs[:, step + 1] = fg * cs[:, step] + ig * gg
+            hs[:, step + 1] = og * np.tanh(cs[:, step + 1])
+            gates[:, step] = np.concatenate([ig, fg, gg, og], axis=1)
+            rec.op("lstm_cell", b * h, "fp32", "fp32")
+        self._cache = (x2, xq, wq_ih, wq_hh, hq_steps, hs, cs, gates, sh_ih, sh_hh)
+        return hs[:, 1:].copy()
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        prec = self.precision(ctx)
+        rec = ctx.recorder
+        x2, xq, wq_ih, wq_hh, hq_steps, hs, cs, gates, sh_ih, sh_hh = self._cache
+        b, t, _ = dy.shape
+        h = self.hidden
+        dh_next = np.zeros((b, h), np.float32)
+        dc_next = np.zeros((b, h), np.float32)
+        dz_all = np.zeros((b, t, 4 * h), np.float32)
+        gw_steps, gd_steps = [], []
+        for step in reversed(range(t)):
+            ig, fg, gg, og = (gates[:, step, k * h:(k + 1) * h] for k in range(4))
+            dh = dy[:, step] + dh_next
+            tc = np.tanh(cs[:, step + 1])
+            dc = dh * og * (1 - tc * tc) + dc_next
+            dz = np.concatenate([dc * gg * ig * (1 - ig), dc * cs[:, step] * fg * (1 - fg),
+                                 dc * ig * (1 - gg * gg), dh * tc * og * (1 - og)], axis=1).astype(np.float32)
+            rec.op("lstm_cell_bwd", b * h, "fp32", "fp32")
+            dz_all[:, step] = dz
+            g_weight, g_data, inv = self.quant_grads(dz, ctx)
+            gw_steps.append(g_weight)
+            gd_steps.append(g_data)
+            self.weight_hh.grad += run_gemm(ctx, self.hh, "bwd_weight", g_weight.T, hq_steps[step],
+                                            prec.acc_bwd_weight, prec.output("bwd_weight"), sh_hh["bwd_weight"],
+                                            extra_scale=inv, grad_scale=self.grad_scale)
+            dh_next = run_gemm(ctx, self.hh, "bwd_data", g_data, wq_hh, prec.acc_bwd_data, prec.output("bwd_data"),
+                               sh_hh["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale)
+            dc_next = dc * fg
+        self.bias.grad += dz_all.sum(axis=(0, 1))
+        # the input GEMMs take every step's quantized gradient, in (b, t) order
+        order = list(reversed(range(t)))
+        inv = 1.0 / (1.0 if self.grad_scale is None else self.grad_scale.scale)
+        gw = _stack_steps(gw_steps, order, b, t)
+        gd = _stack_steps(gd_steps, order, b, t)
+        self.weight.grad += run_gemm(ctx, self.ih, "bwd_weight", gw.T, xq, prec.acc_bwd_weight,
+                                     prec.output("bwd_weight"), sh_ih["bwd_weight"], extra_scale=inv,
+                                     grad_scale=self.grad_scale)
+        self.update_ops(ctx, self.weight.value.size + self.weight_hh.value.size)
+        dx = run_gemm(ctx, self.ih, "bwd_data", gd, wq_ih, prec.acc_bwd_data, prec.output("bwd_data"),
+                      sh_ih["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale)
+        return dx.reshape(b, t, -1)
+
+
+class _Named:
+    """A name and layer type under which a sub-GEMM of a layer is recorded (LSTM's ih and hh)."""
+
+    def __init__(self, name: str, layer_type: str) -> None:
+        self.name, self.layer_type = name, layer_type
+
+
+def _stack_steps(steps: list[QTensor], order: list[int], b: int, t: int) -> QTensor:
+    """Per-step gradient operands (B x 4H each, in ``order`` of time) as one (B*T) x 4H operand
+    in (b, t) row order."""
+    by_time = [None] * t
+    for q, step in zip(steps, order, strict=True):
+        by_time[step] = q
+    values = np.stack([q.values for q in by_time], axis=1).reshape(b * t, -1)
+    codes = None
+    if by_time[0].codes is not None:
+        codes = np.stack([q.codes for q in by_time], axis=1).reshape(b * t, -1)
+    return QTensor(values, by_time[0].format, by_time[0].scale, by_time[0].stats, codes)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# layers without GEMMs (FP32 in the emulator, design.md section 3)
+# ---------------------------------------------------------------------------------------------
 class ReLU(Layer):
-    """max(x, 0), in FP32 (activation functions stay in high precision, design.md section 3)."""
+    """max(x, 0), in FP32 (activation functions stay in high precision)."""
 
     layer_type = "relu"
 
@@ -208,6 +519,116 @@ class ReLU(Layer):
         return np.where(self._mask, dy, 0.0).astype(np.float32)
 
 
+class BatchNorm2d(Layer):
+    """Batch normalisation over (B, H, W) per channel (Ioffe and Szegedy 2015), FP32; running
+    statistics (momentum 0.1) in evaluation. Its statistics need the whole tensor, so the trace
+    records it as a pass of its own (``fused=False``)."""
+
+    layer_type = "batchnorm"
+
+    def __init__(self, name: str, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(name)
+        self.gamma = Param(f"{name}.gamma", np.ones(channels), decay=False)
+        self.beta = Param(f"{name}.beta", np.zeros(channels), decay=False)
+        self.running_mean = np.zeros(channels, np.float32)
+        self.running_var = np.ones(channels, np.float32)
+        self.eps, self.momentum = eps, momentum
+
+    def params(self) -> list[Param]:
+        return [self.gamma, self.beta]
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return {f"{self.name}.running_mean": self.running_mean, f"{self.name}.running_var": self.running_var}
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        if ctx.training:
+            mean = x.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+            var = x.var(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+            n = x.size / x.shape[1]
+            self.running_mean += np.float32(self.momentum) * (mean - self.running_mean)
+            self.running_var += np.float32(self.momentum) * (var * np.float32(n / max(n - 1, 1)) - self.running_var)
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv = (1.0 / np.sqrt(var + np.float32(self.eps))).astype(np.float32)
+        xhat = (x - mean[None, :, None, None]) * inv[None, :, None, None]
+        self._cache = (xhat, inv)
+        ctx.recorder.op("bn_fwd", x.size, "fp16", "fp32", fused=False)
+        return (xhat * self.gamma.value[None, :, None, None] + self.beta.value[None, :, None, None]).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        xhat, inv = self._cache
+        self.gamma.grad += (dy * xhat).sum(axis=(0, 2, 3))
+        self.beta.grad += dy.sum(axis=(0, 2, 3))
+        dxhat = dy * self.gamma.value[None, :, None, None]
+        mean_d = dxhat.mean(axis=(0, 2, 3), keepdims=True)
+        mean_dx = (dxhat * xhat).mean(axis=(0, 2, 3), keepdims=True)
+        ctx.recorder.op("bn_bwd", dy.size, "fp32", "fp32", fused=False)
+        return ((dxhat - mean_d - xhat * mean_dx) * inv[None, :, None, None]).astype(np.float32)
+
+
+class MaxPool2d(Layer):
+    """Max pooling with a k x k window and stride k (NCHW; rows and columns beyond a multiple of
+    k are dropped). The gradient goes to the first maximum of each window."""
+
+    layer_type = "pool"
+
+    def __init__(self, name: str, kernel: int = 2) -> None:
+        super().__init__(name)
+        self.k = kernel
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        b, c, h, w = x.shape
+        k = self.k
+        hk, wk = h // k, w // k
+        win = x[:, :, :hk * k, :wk * k].reshape(b, c, hk, k, wk, k).transpose(0, 1, 2, 4, 3, 5)
+        win = win.reshape(b, c, hk, wk, k * k)
+        idx = win.argmax(axis=-1)
+        self._cache = (x.shape, idx)
+        ctx.recorder.op("pool_fwd", x.size, "fp32", "fp32")
+        return np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        shape, idx = self._cache
+        b, c, h, w = shape
+        k = self.k
+        hk, wk = h // k, w // k
+        win = np.zeros((b, c, hk, wk, k * k), np.float32)
+        np.put_along_axis(win, idx[..., None], dy[..., None], axis=-1)
+        out = np.zeros(shape, np.float32)
+        out[:, :, :hk * k, :wk * k] = win.reshape(b, c, hk, wk, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hk * k, wk * k)
+        ctx.recorder.op("pool_bwd", out.size, "fp32", "fp32")
+        return out
+
+
+class AvgPool2d(Layer):
+    """Global average pooling: (B, C, H, W) -> (B, C)."""
+
+    layer_type = "pool"
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        self._shape = x.shape
+        ctx.recorder.op("pool_fwd", x.size, "fp32", "fp32")
+        return x.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        b, c, h, w = self._shape
+        ctx.recorder.op("pool_bwd", b * c * h * w, "fp32", "fp32")
+        return np.broadcast_to((dy / np.float32(h * w))[:, :, None, None], self._shape).astype(np.float32)
+
+
+class Flatten(Layer):
+    """(B, ...) -> (B, features)."""
+
+    layer_type = "flatten"
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        return dy.reshape(self._shape)
+
+
 class Sequential(Layer):
     """Layers applied in order; backward in reverse order."""
 
@@ -215,11 +636,27 @@ class Sequential(Layer):
         super().__init__(name)
         self.layers = layers
 
-    def params(self) -> list[Param]:
-        return [p for layer in self.layers for p in layer.params()]
+    def children(self) -> list[Layer]:
+        return self.layers
 
-    def gemm_layers(self) -> list[Layer]:
-        return [layer for layer in self.layers if layer.layer_type in ("linear", "conv2d", "dwconv2d")]
+    def params(self) -> list[Param]:
+        return [p for layer in self.layers for p in [*layer.params(), *_child_params(layer)]]
+
+    def all_layers(self) -> list[Layer]:
+        """Every layer, depth first, in forward order."""
+        out = []
+        for layer in self.layers:
+            out.append(layer)
+            if isinstance(layer, Sequential):
+                out += layer.all_layers()
+            for child in layer.children() if not isinstance(layer, Sequential) else []:
+                out.append(child)
+                if isinstance(child, Sequential):
+                    out += child.all_layers()
+        return out
+
+    def gemm_layers(self) -> list[QuantGemmLayer]:
+        return [layer for layer in self.all_layers() if isinstance(layer, QuantGemmLayer)]
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         for layer in self.layers:
@@ -232,16 +669,75 @@ class Sequential(Layer):
         return dy
 
 
-def softmax_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean softmax cross-entropy (nats per sample) and its gradient wrt the logits.
+def _child_params(layer: Layer) -> list[Param]:
+    if isinstance(layer, Sequential):
+        return []
+    return [p for child in layer.children() for p in child.params()]
 
-    logits: (B, classes) float32; labels: (B,) int. Computed in float64; gradient float32.
+
+class Residual(Layer):
+    """out = main(x) + shortcut(x): the shortcut is the identity or a (downsampling) branch; the
+    addition is full precision (FPSC, [P] section 2)."""
+
+    layer_type = "residual"
+
+    def __init__(self, name: str, main: Sequential, shortcut: Sequential | None = None) -> None:
+        super().__init__(name)
+        self.main, self.shortcut = main, shortcut
+
+    def children(self) -> list[Layer]:
+        return [self.main] + ([self.shortcut] if self.shortcut is not None else [])
+
+    def params(self) -> list[Param]:
+        return []
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        y = self.main.forward(x, ctx)
+        s = x if self.shortcut is None else self.shortcut.forward(x, ctx)
+        ctx.recorder.op("residual_add", y.size, "fp32", "fp32")
+        return (y + s).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        dx = self.main.backward(dy, ctx)
+        ds = dy if self.shortcut is None else self.shortcut.backward(dy, ctx)
+        return (dx + ds).astype(np.float32)
+
+
+class Embedding(Layer):
+    """Token ids (B, T) -> vectors (B, T, D) from an FP32 table (a lookup, not a GEMM)."""
+
+    layer_type = "embedding"
+
+    def __init__(self, name: str, vocab: int, dim: int, rng: np.random.Generator) -> None:
+        super().__init__(name)
+        self.table = Param(f"{name}.weight", rng.standard_normal((vocab, dim)) * 0.1, decay=False)
+        self.role = "first"
+
+    def params(self) -> list[Param]:
+        return [self.table]
+
+    def forward(self, ids: np.ndarray, ctx: Context) -> np.ndarray:
+        self._ids = ids
+        return self.table.value[ids]
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        np.add.at(self.table.grad, self._ids.ravel(), dy.reshape(-1, dy.shape[-1]))
+        ctx.recorder.op("embedding_bwd", dy.size, "fp32", "fp32")
+        return np.zeros(self._ids.shape, np.float32)
+
+
+def softmax_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean softmax cross-entropy (nats per prediction) and its gradient wrt the logits.
+
+    logits: (..., classes) float32; labels: (...) int. Computed in float64; gradient float32.
     """
-    z = logits.astype(np.float64)
+    shape = logits.shape
+    z = logits.reshape(-1, shape[-1]).astype(np.float64)
+    y = labels.reshape(-1)
     z -= z.max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    b = logits.shape[0]
-    loss = float(-logp[np.arange(b), labels].mean())
+    n = z.shape[0]
+    loss = float(-logp[np.arange(n), y].mean())
     grad = np.exp(logp)
-    grad[np.arange(b), labels] -= 1.0
-    return loss, (grad / b).astype(np.float32)
+    grad[np.arange(n), y] -= 1.0
+    return loss, (grad / n).astype(np.float32).reshape(shape)

@@ -404,14 +404,14 @@ def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
         return "blas64" if k * a.high * b.high < 2.0 ** (low + 53) else "general"
     fmt = acc.value_format
     hg = acc.group * a.high * b.high  # bound on |product| and |group sum|
+    if fmt.name == "fp16" and hg < 2.0 ** (low + 24) and low >= -149:
+        return "ieee32"  # binary16 roundings in hardware on float32 lanes
+    if fmt.name == "fp32" and hg < 2.0 ** (low + 53) and low >= -1074:
+        return "ieee64"  # binary32 roundings in hardware on float64 lanes
     smallest = fmt.min_normal if fmt.subnormals else np.nextafter(fmt.min_normal, np.inf)
     if 2.0**low < smallest:
         return "shift_add" if _log_side(a, b, acc.group) else "general"
     p = fmt.precision
-    if fmt.name == "fp16" and hg < 2.0 ** (low + 24):
-        return "ieee32"  # binary16 roundings in hardware on float32 lanes
-    if fmt.name == "fp32" and hg < 2.0 ** (low + 53):
-        return "ieee64"  # binary32 roundings in hardware on float64 lanes
     if 2 * p + 2 <= 24 and hg < 2.0 ** (low + 24):
         return "fast32"
     if 2 * p + 2 <= 53 and hg < 2.0 ** (low + 53):
@@ -480,11 +480,15 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         if acc.format != {"ieee32": "fp16", "ieee64": "fp32"}[path]:
             raise NumericsError(f"path {path!r} computes the {'fp16' if path == 'ieee32' else 'fp32'} accumulator only")
         lane_out = np.empty((m, n), dt)
+        lost = np.zeros(m, np.bool_)
         chunk = kk if acc.chunk is None else int(acc.chunk)
-        K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk)
+        # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
+        # the format's smallest (subnormal) value
+        check = 2.0 ** (a.low + b.low) <= acc.value_format.min_positive / 2
+        K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost)
         out = lane_out.astype(np.float64)
-        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
-        if rows.size:  # values are already right (IEEE inf/NaN); count the overflow events
+        rows = np.flatnonzero(~np.isfinite(out).all(axis=1) | lost)
+        if rows.size:  # values are already right (IEEE inf/NaN, zeros); count the events
             over, under = _general(a, b, acc, out, rows)
     elif path == "general":
         out = np.empty((m, n), np.float64)

@@ -53,9 +53,13 @@ class QTensor:
 # ---------------------------------------------------------------------------------------------
 # weights and activations
 # ---------------------------------------------------------------------------------------------
-WEIGHT_METHODS = ("fp32", "fp16", "int4_sawb")
-ACT_METHODS = ("fp32", "fp16", "uint4_pact", "uint4_minmax")
-GRAD_METHODS = ("fp32", "fp16", "fp4")
+WEIGHT_METHODS = ("fp32", "fp16", "fp8_e4m3", "int4_sawb", "int8_max")
+ACT_METHODS = ("fp32", "fp16", "fp8_e4m3", "uint4_pact", "uint4_minmax", "int4_sawb", "int8_max")
+"""Quantizers by name: a float format is a cast (FP8 saturating); ``int4_sawb`` is SAWB (signed
+-7..7, also the signed activations of embeddings and LSTMs, design.md section 3); ``uint4_pact``
+PACT with the layer's trained clip; ``uint4_minmax`` the per-iteration max baseline; ``int8_max``
+symmetric INT8, step = max|x|/127."""
+FLOAT_METHODS = ("fp32", "fp16", "fp8_e4m3", "fp8_e5m2")
 
 
 def _cast(x: np.ndarray, fmt_name: str) -> QTensor:
@@ -65,21 +69,35 @@ def _cast(x: np.ndarray, fmt_name: str) -> QTensor:
     return QTensor(values.astype(np.float32), get_format(fmt_name), 1.0, stats)
 
 
+def _int_uniform(x: np.ndarray, step: float, lo: int, hi: int, fmt: str, alpha: float) -> QTensor:
+    """Uniform integer codes with their statistics; step 0 (an all-zero tensor) gives zeros."""
+    dtype = np.uint8 if lo >= 0 else np.int8
+    if step == 0.0:
+        return QTensor(np.zeros(np.shape(x), dtype), get_format(fmt), 0.0,
+                       QuantStats(int(np.size(x)), 0, 0, int(np.size(x))))
+    codes, stats = numerics.quantize_uniform(x, step, lo, hi, dtype)
+    clipped = int(np.count_nonzero(np.abs(x) > alpha)) if lo < 0 else int(np.count_nonzero(x > alpha))
+    return QTensor(codes, get_format(fmt), step,
+                   QuantStats(stats.elements, clipped, stats.flushed, stats.zeros))
+
+
+def _int8_max(x: np.ndarray) -> QTensor:
+    top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    return _int_uniform(x, top / 127, -127, 127, "int8", top)
+
+
 def quantize_weight(w: np.ndarray, method: str) -> QTensor:
     """Quantize FP32 master weights (any shape) for the forward and backward-data GEMMs.
 
     ``int4_sawb``: SAWB per tensor, codes -7..7, recomputed every call ("rescaled every
-    iteration", [P] section 2); ``fp16``/``fp32``: a cast.
+    iteration", [P] section 2); ``int8_max``: symmetric INT8; float formats: a cast.
     """
     if method == "int4_sawb":
-        codes, step = numerics.quantize_int4_sawb(w)
-        stats = QuantStats(codes.size, 0, 0, int(np.count_nonzero(codes == 0)))
-        if step:
-            # the clip statistic of SAWB: weights beyond alpha = 7 * step
-            stats = QuantStats(codes.size, int(np.count_nonzero(np.abs(w) > 7 * step)),
-                               int(np.count_nonzero((codes == 0) & (w != 0))), stats.zeros)
-        return QTensor(codes, get_format("int4"), step, stats)
-    if method in ("fp16", "fp32"):
+        alpha = numerics.sawb_alpha(w) if np.size(w) else 0.0
+        return _int_uniform(w, alpha / 7, -7, 7, "int4", alpha)
+    if method == "int8_max":
+        return _int8_max(w)
+    if method in FLOAT_METHODS:
         return _cast(w, method)
     raise ConfigError(f"weight quantizer must be one of {WEIGHT_METHODS}, got {method!r}")
 
@@ -89,7 +107,8 @@ def quantize_act(x: np.ndarray, method: str, alpha: float | None = None) -> QTen
 
     ``uint4_pact``: PACT with the layer's trained clip ``alpha`` (codes 0..15);
     ``uint4_minmax``: per-iteration max scaling (the simple baseline: alpha = max(x));
-    ``fp16``/``fp32``: a cast.
+    ``int4_sawb``: signed inputs (LSTM, embeddings) with the SAWB clip; ``int8_max``; float
+    formats: a cast.
     """
     if method == "uint4_pact":
         codes, step = numerics.quantize_uint4_pact(x, alpha)
@@ -103,7 +122,9 @@ def quantize_act(x: np.ndarray, method: str, alpha: float | None = None) -> QTen
             return QTensor(np.zeros(np.shape(x), np.uint8), get_format("uint4"), 0.0,
                            QuantStats(int(np.size(x)), 0, 0, int(np.size(x))))
         return quantize_act(x, "uint4_pact", top)
-    if method in ("fp16", "fp32"):
+    if method in ("int4_sawb", "int8_max"):
+        return quantize_weight(x, method)
+    if method in FLOAT_METHODS:
         return _cast(x, method)
     raise ConfigError(f"activation quantizer must be one of {ACT_METHODS}, got {method!r}")
 
@@ -124,11 +145,13 @@ def pact_backward(dq: np.ndarray, x: np.ndarray, alpha: float) -> tuple[np.ndarr
 # gradients: FP4 with Two-Phase Rounding, and the casts
 # ---------------------------------------------------------------------------------------------
 def quantize_grad(g_scaled: np.ndarray, fmt_name: str, tie: str = "up") -> QTensor:
-    """Quantize an already scaled gradient onto a gradient format (log FP4, fp16 or fp32).
+    """Quantize an already scaled gradient onto a gradient format: a log format (FP4), a float
+    format (fp16, fp8_e5m2: saturating casts), fp32, or ``int8`` (symmetric, step = max/127).
 
-    The scale of the returned tensor is 1: the GradScale factor is removed by the caller after
-    the GEMM.
+    The GradScale factor stays in the values: the caller removes it after the GEMM.
     """
+    if fmt_name == "int8":
+        return _int8_max(g_scaled)
     fmt = get_format(fmt_name)
     if isinstance(fmt, LogFormat):
         values, codes, stats = numerics.quantize_fp4_codes(g_scaled, fmt, tie)

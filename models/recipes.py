@@ -12,7 +12,8 @@ GEMM                  operands (a x b)              default accumulator of ``int
 ====================  ============================  ==========================================
 
 ``fp32`` is the baseline: FP32 everywhere, GEMMs on the host's float32 BLAS (no accumulator
-model: ``acc=None``). ``int4`` is the paper's recipe: SAWB INT4 weights, PACT INT4 activations,
+model: ``acc=None``). ``fp16``, ``hfp8``, ``int8``, ``int4-fwd`` and ``int4-dw8`` are the other
+columns of the paper's tables (see each builder). ``int4`` is the paper's recipe: SAWB INT4 weights, PACT INT4 activations,
 radix-4 FP4 gradients with Two-Phase Rounding (even phase for ``bwd_data``, odd phase for
 ``bwd_weight``, [P] section 3.3) and per-layer GradScale ([P] section 3.2); the first and last
 layers in FP16 (weights, activations, gradients; FP16 products accumulated in ``fp32``), FP32
@@ -29,8 +30,9 @@ from traces.formats import Accumulator, LogFormat, get_format
 __all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe"]
 
 ROLES = ("first", "hidden", "last", "depthwise")
-WEIGHT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "int4_sawb": "int4"}
-ACT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "uint4_pact": "uint4", "uint4_minmax": "uint4"}
+WEIGHT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "fp8_e4m3": "fp8_e4m3", "int4_sawb": "int4", "int8_max": "int8"}
+ACT_FORMATS = {**WEIGHT_FORMATS, "uint4_pact": "uint4", "uint4_minmax": "uint4"}
+SIGNED_ACT = {"uint4_pact": "int4_sawb", "uint4_minmax": "int4_sawb"}
 GRAD_SCALING = ("none", "gradscale", "global")
 
 
@@ -42,8 +44,13 @@ class LayerPrecision:
     ``int4_sawb``; ``fp32``, ``fp16``, ``uint4_pact``, ``uint4_minmax``); ``grad_data`` and
     ``grad_weight``: format names of the output gradient fed to ``bwd_data`` and ``bwd_weight``;
     ``acc_*``: the accumulator of each GEMM (None: host float32 BLAS, the FP32 baseline);
-    ``out``: the format GEMM results are rounded to.
+    ``out``: the format the forward GEMM's result is rounded to; ``out_bwd`` the backward GEMMs'
+    (default: the same; FP32 where an integer accumulator's result is unscaled gradients).
     """
+
+    def output(self, phase: str) -> str:
+        """The output format of ``phase``'s GEMM."""
+        return self.out if phase == "fwd" or not self.out_bwd else self.out_bwd
 
     weight: str = "fp32"
     act: str = "fp32"
@@ -53,6 +60,7 @@ class LayerPrecision:
     acc_bwd_data: Accumulator | None = None
     acc_bwd_weight: Accumulator | None = None
     out: str = "fp32"
+    out_bwd: str = ""  # the backward GEMMs' output format ("": as ``out``)
 
     def accumulator(self, phase: str) -> Accumulator | None:
         return {"fwd": self.acc_fwd, "bwd_data": self.acc_bwd_data,
@@ -63,18 +71,25 @@ class LayerPrecision:
         w, x = WEIGHT_FORMATS[self.weight], ACT_FORMATS[self.act]
         a, b = {"fwd": (x, w), "bwd_data": (self.grad_data, w), "bwd_weight": (self.grad_weight, x)}[phase]
         acc = self.accumulator(phase)
-        return a, b, "fp32/g1" if acc is None else acc.name, self.out
+        return a, b, "fp32/g1" if acc is None else acc.name, self.output(phase)
+
+    @property
+    def signed_act(self) -> str:
+        """The activation quantizer for signed inputs (LSTM, attention): SAWB's signed range
+        where the recipe uses an unsigned one (design.md section 3)."""
+        return SIGNED_ACT.get(self.act, self.act)
 
     @property
     def scaled_grads(self) -> bool:
-        """Whether the gradient formats need a scale (anything narrower than fp32)."""
-        return self.grad_data != "fp32" or self.grad_weight != "fp32"
+        """Whether the gradient formats need a GradScale (float formats narrower than fp32;
+        INT8 gradients are scaled by their own max)."""
+        return any(g not in ("fp32", "int8") for g in (self.grad_data, self.grad_weight))
 
     def grad_target_max(self) -> float:
         """GradScale's target for max|s*dY|: the largest FP4 value for log formats ([P] 3.2);
         1.0 for fp16 (our choice: 24 binades below, and headroom against FP16 overflow of the
         GEMM result)."""
-        fmt = get_format(self.grad_data)
+        fmt = get_format(self.grad_data if self.grad_data not in ("fp32", "int8") else self.grad_weight)
         return fmt.max_value if isinstance(fmt, LogFormat) else 1.0
 
 
@@ -103,7 +118,7 @@ class Recipe:
     def describe(self) -> dict:
         """A JSON-able description (written to the trace's meta.json)."""
         def lp(p: LayerPrecision) -> dict:
-            d = {k: getattr(p, k) for k in ("weight", "act", "grad_data", "grad_weight", "out")}
+            d = {k: getattr(p, k) for k in ("weight", "act", "grad_data", "grad_weight", "out", "out_bwd")}
             for ph in ("fwd", "bwd_data", "bwd_weight"):
                 acc = p.accumulator(ph)
                 d[f"acc_{ph}"] = None if acc is None else acc.name
@@ -151,6 +166,38 @@ def _fp32() -> Recipe:
     return Recipe("fp32", FP32, FP32, FP32, FP32)
 
 
+def _fp16() -> Recipe:
+    """FP16 everywhere (FP32 accumulation, FP32 master weights) with one global loss scale."""
+    return Recipe("fp16", FP16_LAYER, FP16_LAYER, FP16_LAYER, FP16_LAYER, "global")
+
+
+def _hfp8() -> Recipe:
+    """Hybrid FP8 (Sun et al., NeurIPS 2019): 1-4-3 weights and activations, 1-5-2 gradients,
+    FP16 accumulation in chunks of 64 (Wang et al. 2018), first and last layers FP16, one global
+    loss scale."""
+    acc = Accumulator("fp16", 2, 64)
+    hidden = LayerPrecision(weight="fp8_e4m3", act="fp8_e4m3", grad_data="fp8_e5m2", grad_weight="fp8_e5m2",
+                            acc_fwd=acc, acc_bwd_data=acc, acc_bwd_weight=acc, out="fp16")
+    return Recipe("hfp8", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "global")
+
+
+def _int8() -> Recipe:
+    """INT8 weights, activations and gradients, each scaled by its own max every step (symmetric,
+    -127..127), exact INT32 accumulation; first and last layers FP16."""
+    acc = Accumulator("int32")
+    hidden = LayerPrecision(weight="int8_max", act="int8_max", grad_data="int8", grad_weight="int8",
+                            acc_fwd=acc, acc_bwd_data=acc, acc_bwd_weight=acc, out="fp16", out_bwd="fp32")
+    return Recipe("int8", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
+
+
+def _int4_fwd() -> Recipe:
+    """INT4 forward (SAWB, PACT), FP32 backward (the "INT4 / FP32" column of [P] Tables 1-2):
+    the backward GEMMs multiply FP32 gradients with the forward's INT4 operands on the host."""
+    hidden = replace(int4_hidden(), grad_data="fp32", grad_weight="fp32", acc_bwd_data=None,
+                     acc_bwd_weight=None, out_bwd="fp32")
+    return Recipe("int4-fwd", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
+
+
 def _int4(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
           grad_scaling: str = "gradscale", tie: str = "up",
           bwd_acc: Accumulator = BWD_ACC) -> Recipe:
@@ -163,12 +210,21 @@ def _int4(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
                   FP16_LAYER, grad_scaling, tie, radix, exponent_bits, tpr)
 
 
-RECIPES = {"fp32": _fp32, "int4": _int4}
+def _int4_dw8(radix: int = 4, exponent_bits: int = 3, grad_scaling: str = "gradscale", tie: str = "up",
+              bwd_acc: Accumulator = BWD_ACC) -> Recipe:
+    """INT4 forward; FP4 (even phase) gradients for ``bwd_data`` and FP8 (1-5-2) gradients for
+    ``bwd_weight`` (the "dx(FP4) dW(FP8)" column of [P] Tables 1-3)."""
+    r = _int4(radix, exponent_bits, False, grad_scaling, tie, bwd_acc)
+    return replace(r, hidden=replace(r.hidden, grad_weight="fp8_e5m2"), tpr=None)
+
+
+RECIPES = {"fp32": _fp32, "fp16": _fp16, "hfp8": _hfp8, "int8": _int8, "int4-fwd": _int4_fwd,
+           "int4": _int4, "int4-dw8": _int4_dw8}
 
 
 def get_recipe(name: str, **params) -> Recipe:
     """The recipe called ``name``, with optional parameters (``int4``: radix, exponent_bits,
-    tpr, grad_scaling, tie, bwd_acc).
+    tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but tpr).
 
     Raises
     ------

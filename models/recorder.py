@@ -4,7 +4,9 @@ Layers call `Recorder.gemm` for each of their GEMMs and `Recorder.op` for vector
 recorder keeps rows only while a step is being recorded (`start` / `stop`), so non-recorded
 steps cost nothing. Ops are attributed to the GEMM whose output path runs them (the most recent
 GEMM, ``fused=True``) unless the caller names the layer and phase; an op before any GEMM of the
-step is a separate pass of its own layer (``fused=False``).
+step is a separate pass of its own layer (``fused=False``). An op that needs a pass of its own
+(``fused=False``: BatchNorm needs the statistics of the whole tensor) starts a pass that the
+following ops join; the pass runs before the next GEMM, so it is attributed to that GEMM.
 """
 
 from __future__ import annotations
@@ -34,16 +36,23 @@ class Recorder:
         self.active = False
         self.step = 0
         self._producer: tuple[str, str] | None = None
+        self._pending: list[dict] = []  # a separate pass waiting for the GEMM it precedes
 
     def start(self, step: int) -> None:
         """Record everything until `stop`, as step ``step``."""
         self.active = True
         self.step = int(step)
         self._producer = None
+        self._pending = []
 
     def stop(self) -> None:
+        if self._pending and self._producer is not None:  # a pass after the last GEMM
+            for row in self._pending:
+                row["layer"], row["phase"] = self._producer
+            self.op_rows += self._pending
         self.active = False
         self._producer = None
+        self._pending = []
 
     def gemm(self, layer: str, layer_type: str, phase: str, shape: GemmShape, a: QTensor,
              b: QTensor, acc_format: str, out_format: str, *, acc_stats=None,
@@ -53,6 +62,10 @@ class Recorder:
         if not self.active:
             return
         self._producer = (layer, phase)
+        for pending in self._pending:  # the separate pass runs before this GEMM
+            pending["layer"], pending["phase"] = layer, phase
+        self.op_rows += self._pending
+        self._pending = []
         row = {
             "step": self.step, "layer": layer, "layer_type": layer_type, "phase": phase,
             "M": shape.M, "N": shape.N, "K": shape.K, "groups": shape.groups,
@@ -79,13 +92,19 @@ class Recorder:
         self.gemm_rows.append(row)
 
     def op(self, op: str, elements: int, in_format: str, out_format: str, *, layer: str | None = None,
-           phase: str | None = None, default: tuple[str, str] | None = None) -> None:
+           phase: str | None = None, default: tuple[str, str] | None = None, fused: bool = True) -> None:
         """Record vector work. With ``layer``/``phase`` it is fused into that GEMM's output path;
-        without, into the most recent GEMM's; before any GEMM, a separate pass of ``default``."""
+        without, into the most recent GEMM's; before any GEMM, a separate pass of ``default``;
+        with ``fused=False`` (or while such a pass is open) it joins the pass before the next GEMM."""
         if not self.active:
             return
         if op not in OP_KINDS:
             raise ValueError(f"unknown op {op!r}; known ops: {OP_KINDS}")
+        if layer is None and (not fused or self._pending):
+            self._pending.append({"step": self.step, "layer": None, "phase": None, "op": op,
+                                  "elements": int(elements), "in_format": in_format,
+                                  "out_format": out_format, "fused": False})
+            return
         if layer is not None:
             where, fused = (layer, phase), True
         elif self._producer is not None:

@@ -7,11 +7,15 @@ train`` parses its command line into the same call.
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from models.data import Dataset, load_dataset
@@ -22,7 +26,7 @@ from models.recorder import Recorder
 from models.zoo import build_model
 from traces import schema
 from traces.errors import ConfigError, NumericsError, TrainingError
-from traces.io import Trace
+from traces.io import Trace, replace_dir
 
 __all__ = ["Run", "TrainConfig", "evaluate", "train"]
 
@@ -148,9 +152,78 @@ def evaluate(net: Sequential, recipe: Recipe, x: np.ndarray, y: np.ndarray,
     return float(np.sum(losses) / len(x)), correct / len(x)
 
 
+def _buffers(net: Sequential) -> dict[str, np.ndarray]:
+    """Non-trainable state that a checkpoint must keep (BatchNorm running statistics)."""
+    out = {}
+    for layer in net.all_layers():
+        if hasattr(layer, "buffers"):
+            out.update(layer.buffers())
+    return out
+
+
+CHECKPOINT = "checkpoint"
+
+
+def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
+                     state: dict, recorder: Recorder, metrics: list[dict]) -> None:
+    """Write ``path`` atomically (a temporary directory renamed into place): the parameters,
+    momenta and buffers (npz), the scalar state and the shuffling generator's state (JSON), the
+    trace rows recorded so far (Parquet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        arrays = {f"param/{p.name}": p.value for p in net.params()}
+        arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
+        arrays.update({f"buffer/{k}": v for k, v in _buffers(net).items()})
+        np.savez(tmp / "arrays.npz", **arrays)
+        full = {**state, "grad_scales": [{"exponent": g.exponent, "calibrated": g.calibrated} for g in scales],
+                "shuffle": shuffle.bit_generator.state, "metrics": metrics}
+        (tmp / "state.json").write_text(json.dumps(full, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        gemms, ops = recorder.tables()
+        gemms.to_parquet(tmp / "gemms.parquet", index=False)
+        ops.to_parquet(tmp / "ops.parquet", index=False)
+        replace_dir(tmp, path, marker="state.json", keep=())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
+                     recorder: Recorder, expect: dict) -> dict:
+    """Restore a checkpoint written by `_save_checkpoint`; returns its scalar state.
+
+    Raises ConfigError when there is none or it belongs to another run (names the field)."""
+    if not (path / "state.json").is_file():
+        raise ConfigError(f"--resume: no checkpoint in {path.parent} (runs write one at the end of every epoch)")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        gemms = pd.read_parquet(path / "gemms.parquet")
+        ops = pd.read_parquet(path / "ops.parquet")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({exc})") from exc
+    for key, value in expect.items():
+        if state["run"].get(key) != value:
+            raise ConfigError(f"--resume: the checkpoint in {path.parent} is of another run: {key} is "
+                              f"{state['run'].get(key)!r} there, {value!r} here")
+    for p in net.params():
+        p.value[...] = arrays[f"param/{p.name}"]
+    for k in [k for k in arrays if k.startswith("velocity/")]:
+        velocity[k[9:]] = arrays[k].copy()
+    for k, v in _buffers(net).items():
+        v[...] = arrays[f"buffer/{k}"]
+    for g, saved in zip(scales, state["grad_scales"], strict=True):
+        g.exponent, g.calibrated = int(saved["exponent"]), bool(saved["calibrated"])
+    shuffle.bit_generator.state = state["shuffle"]
+    recorder.gemm_rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in gemms.to_dict("records")]
+    recorder.op_rows = ops.to_dict("records")
+    return state
+
+
 def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: TrainConfig | None = None,
           data_dir: str | None = None, out: str | Path | None = None, progress: bool = True,
-          model_params: dict | None = None, **overrides) -> Run:
+          model_params: dict | None = None, resume: bool = False, **overrides) -> Run:
     """Train ``model`` on ``dataset`` with ``recipe`` and record the trace.
 
     Parameters
@@ -164,7 +237,11 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     config : TrainConfig, optional
         Hyper-parameters; keyword ``overrides`` (epochs=..., seed=...) replace its fields.
     out : path, optional
-        Write the run directory (trace and metrics) there, atomically.
+        The run directory: the trace and metrics are written there at the end, atomically, and a
+        checkpoint (``out/checkpoint``) at the end of every epoch.
+    resume : bool
+        Continue the run whose checkpoint is in ``out`` (same model, data, recipe and
+        hyper-parameters): the result is the same as an uninterrupted run's.
     progress : bool
         Show a tqdm bar.
 
@@ -175,9 +252,12 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     Raises
     ------
     ConfigError
-        Unknown model, data set or recipe; bad hyper-parameters; a batch larger than the data set.
+        Unknown model, data set or recipe; bad hyper-parameters; a batch larger than the data set;
+        ``resume`` without a matching checkpoint.
+    DataError
+        Missing or malformed data files.
     TrainingError
-        The loss became NaN or infinite (the message names the step).
+        The loss or a parameter became NaN or infinite (the message names the step).
     """
     cfg = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
     rec_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -185,6 +265,8 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     steps_per_epoch = len(ds.x_train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} samples)")
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: the run directory that holds the checkpoint")
     total = cfg.epochs * steps_per_epoch
     net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
     scales = _grad_scales(net, rec_obj)
@@ -193,9 +275,18 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     velocity: dict[str, np.ndarray] = {}
     shuffle = np.random.default_rng([cfg.seed, 1])
     metrics: list[dict] = []
-    bar = tqdm(total=total, desc=f"{model}/{ds.name}/{rec_obj.name}", disable=not progress, unit="step")
-    step = 0
-    for epoch in range(cfg.epochs):
+    run_id = {"model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "train_config": asdict(cfg),
+              "model_params": model_params or {}}
+    first_epoch = 0
+    ckpt = Path(out) / CHECKPOINT if out is not None else None
+    if resume:
+        state = _load_checkpoint(ckpt, net, velocity, scales, shuffle, recorder,
+                                 json.loads(json.dumps(run_id)))
+        first_epoch, metrics = int(state["epoch"]), state["metrics"]
+    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=f"{model}/{ds.name}/{rec_obj.name}",
+               disable=not progress, unit="step")
+    step = first_epoch * steps_per_epoch
+    for epoch in range(first_epoch, cfg.epochs):
         order = shuffle.permutation(len(ds.x_train))
         epoch_loss = 0.0
         for i in range(steps_per_epoch):
@@ -223,13 +314,17 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
             {"step": step, "epoch": epoch + 1, "split": "test", "metric": "loss", "value": test_loss},
             {"step": step, "epoch": epoch + 1, "split": "test", "metric": "accuracy", "value": test_acc},
         ]
+        if ckpt is not None:
+            _save_checkpoint(ckpt, net, velocity, scales, shuffle, {"run": run_id, "epoch": epoch + 1},
+                             recorder, metrics)
     bar.close()
     gemms, ops = recorder.tables()
-    final = {"test_accuracy": test_acc, "test_loss": test_loss, "train_loss": epoch_loss / steps_per_epoch}
+    last = {m["metric"] + "_" + m["split"]: m["value"] for m in metrics if m["epoch"] == cfg.epochs}
+    final = {"test_accuracy": last["accuracy_test"], "test_loss": last["loss_test"], "train_loss": last["loss_train"]}
     meta = {
         "model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "seed": cfg.seed,
         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": total,
-        "train_config": asdict(cfg), "final": final,
+        "train_config": asdict(cfg), "model_params": model_params or {}, "final": final,
     }
     trace = Trace(meta, gemms, ops, schema.from_records("metrics", metrics))
     path = None

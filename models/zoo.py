@@ -1,25 +1,42 @@
 """The model zoo: builders that return a `models.layers.Sequential` for an input shape.
 
-Layer roles follow the recipes: the first GEMM layer is ``first``, the last ``last``, the rest
-``hidden`` (the 4-bit recipes keep first and last in FP16, [P] section 2 / technique.md 1.3).
+Layer roles follow the recipes (design.md section 3): the first layer that sees the data is
+``first`` (a GEMM layer, or an embedding table), the last GEMM layer is ``last`` (the 4-bit
+recipes keep both in FP16), depthwise convolutions are ``depthwise``, the rest ``hidden``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from models.layers import Layer, Linear, ReLU, Sequential
+from models.layers import (
+    LSTM,
+    AvgPool2d,
+    BatchNorm2d,
+    Conv2d,
+    Embedding,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Residual,
+    Sequential,
+)
 from traces.errors import ConfigError
 
 __all__ = ["MODELS", "build_model"]
 
 
-def _assign_roles(layers: list[Layer]) -> None:
-    gemm = [layer for layer in layers if layer.layer_type in ("linear", "conv2d")]
+def _assign_roles(net: Sequential) -> Sequential:
+    gemm = net.gemm_layers()
     for layer in gemm:
-        layer.role = "hidden"
-    gemm[0].role = "first"
+        if layer.role != "depthwise":
+            layer.role = "hidden"
+    if not isinstance(net.layers[0], Embedding):  # an embedding table is the first layer itself
+        gemm[0].role = "first"
     gemm[-1].role = "last"
+    return net
 
 
 def mlp(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator,
@@ -32,23 +49,113 @@ def mlp(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator,
     if not hidden:
         raise ConfigError("mlp needs at least one hidden layer (hidden=())")
     sizes = [int(np.prod(input_shape)), *hidden, n_classes]
-    layers: list[Layer] = []
+    layers: list[Layer] = [Flatten("flatten")] if len(input_shape) > 1 else []
     for i in range(len(sizes) - 1):
         layers.append(Linear(f"fc{i + 1}", sizes[i], sizes[i + 1], rng))
         if i < len(sizes) - 2:
             layers.append(ReLU(f"relu{i + 1}"))
-    _assign_roles(layers)
-    return Sequential("mlp", layers)
+    return _assign_roles(Sequential("mlp", layers))
 
 
-MODELS = {"mlp": mlp}
+def lenet5(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator) -> Sequential:
+    """LeNet-5 (LeCun et al. 1998) for 1 x 28 x 28 images without padding: conv 5x5 6, max pool,
+    conv 5x5 16, max pool, fc 120, fc 84, fc classes (ReLU activations)."""
+    c, h, w = _image_shape(input_shape, "lenet5")
+    side = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    if min(side) < 1:
+        raise ConfigError(f"lenet5 needs images of at least 16 x 16, got {h} x {w}")
+    layers = [
+        Conv2d("conv1", c, 6, 5, rng), ReLU("relu1"), MaxPool2d("pool1"),
+        Conv2d("conv2", 6, 16, 5, rng), ReLU("relu2"), MaxPool2d("pool2"), Flatten("flatten"),
+        Linear("fc1", 16 * side[0] * side[1], 120, rng), ReLU("relu3"),
+        Linear("fc2", 120, 84, rng), ReLU("relu4"),
+        Linear("fc3", 84, n_classes, rng),
+    ]
+    return _assign_roles(Sequential("lenet5", layers))
+
+
+def _conv_bn_relu(name: str, cin: int, cout: int, rng, stride: int = 1) -> list[Layer]:
+    return [Conv2d(f"{name}.conv", cin, cout, 3, rng, stride=stride, padding=1), BatchNorm2d(f"{name}.bn", cout),
+            ReLU(f"{name}.relu")]
+
+
+def resnet(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator, depth: int = 8,
+           width: int = 16) -> Sequential:
+    """CIFAR-style ResNet-(6n+2) (He et al., CVPR 2016, section 4.2): a 3x3 conv of ``width``
+    channels, three stages of n basic blocks (``width``, 2x, 4x channels; stride 2 at the second
+    and third), global average pooling and a classifier. Shortcuts are identities or 1x1
+    convolutions with BatchNorm where the shape changes; the additions are full precision."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ConfigError(f"resnet depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth}")
+    c, _, _ = _image_shape(input_shape, "resnet")
+    n = (depth - 2) // 6
+    layers: list[Layer] = _conv_bn_relu("stem", c, width, rng)
+    cin = width
+    for stage, cout in enumerate((width, 2 * width, 4 * width)):
+        for block in range(n):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"stage{stage + 1}.{block}"
+            main = Sequential(f"{name}.main", [
+                *_conv_bn_relu(f"{name}.a", cin, cout, rng, stride),
+                Conv2d(f"{name}.b.conv", cout, cout, 3, rng, padding=1), BatchNorm2d(f"{name}.b.bn", cout)])
+            shortcut = None
+            if stride != 1 or cin != cout:
+                shortcut = Sequential(f"{name}.shortcut", [Conv2d(f"{name}.shortcut.conv", cin, cout, 1, rng, stride=stride),
+                                                           BatchNorm2d(f"{name}.shortcut.bn", cout)])
+            layers += [Residual(name, main, shortcut), ReLU(f"{name}.relu")]
+            cin = cout
+    layers += [AvgPool2d("pool"), Linear("fc", cin, n_classes, rng)]
+    return _assign_roles(Sequential(f"resnet{depth}", layers))
+
+
+def speech(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator,
+           channels: tuple[int, int, int] = (8, 16, 32)) -> Sequential:
+    """A small CNN for log-mel spectrograms (1 x mels x frames): three 3x3 conv + BatchNorm +
+    ReLU blocks (max pooling after the first two), global average pooling, a classifier. Sized
+    to train on spoken digits in minutes (a raw-audio M5 would need ~500 GMAC per epoch)."""
+    c, _, _ = _image_shape(input_shape, "speech")
+    c1, c2, c3 = channels
+    layers = [*_conv_bn_relu("block1", c, c1, rng), MaxPool2d("pool1"),
+              *_conv_bn_relu("block2", c1, c2, rng), MaxPool2d("pool2"),
+              *_conv_bn_relu("block3", c2, c3, rng), AvgPool2d("pool3"), Linear("fc", c3, n_classes, rng)]
+    return _assign_roles(Sequential("speech", layers))
+
+
+def lstm(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator, embed: int = 64,
+         hidden: int = 128, layers: int = 2) -> Sequential:
+    """A character-level language model: an embedding, ``layers`` LSTM layers and a classifier
+    over the vocabulary at every position (the paper's 2-layer LSTM, [P] Table 3). Input (B, T)
+    token ids; output (B, T, vocab) logits."""
+    if layers < 1:
+        raise ConfigError(f"lstm needs at least one layer, got {layers}")
+    stack: list[Layer] = [Embedding("embed", n_classes, embed, rng)]
+    size = embed
+    for i in range(layers):
+        stack.append(LSTM(f"lstm{i + 1}", size, hidden, rng))
+        size = hidden
+    stack.append(Linear("fc", size, n_classes, rng))
+    return _assign_roles(Sequential("lstm", stack))
+
+
+def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"{model} takes images (channels, height, width), got inputs of shape {input_shape}")
+    return input_shape
+
+
+MODELS = {"mlp": mlp, "lenet5": lenet5, "resnet": resnet, "speech": speech, "lstm": lstm}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, seed: int, **params) -> Sequential:
     """Build model ``name`` with weights drawn from ``numpy.random.default_rng(seed)``.
 
-    Raises ConfigError for an unknown model (the message lists the known ones).
+    Raises ConfigError for an unknown model (the message lists the known ones), inputs of the
+    wrong shape or bad parameters.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    return MODELS[name](tuple(input_shape), n_classes, np.random.default_rng(seed), **params)
+    try:
+        return MODELS[name](tuple(input_shape), n_classes, np.random.default_rng(seed), **params)
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from exc
+

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from traces import schema
 from traces.errors import TraceError
 
-__all__ = ["Trace", "read", "write", "package_version"]
+__all__ = ["Trace", "read", "replace_dir", "write", "package_version"]
 
 META = "meta.json"
 
@@ -117,7 +117,7 @@ def write(trace: Trace, path: str | os.PathLike) -> Path:
         with open(tmp / META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -131,14 +131,22 @@ def _json_default(obj):
     raise TypeError(f"meta value of type {type(obj).__name__} is not JSON-serialisable")
 
 
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished directory ``tmp`` to ``path``, replacing an older trace there."""
+def replace_dir(tmp: Path, path: Path, marker: str = META, keep: tuple[str, ...] = ("checkpoint",)) -> None:
+    """Move the finished directory ``tmp`` to ``path`` atomically, replacing an older one there.
+
+    The older directory must hold ``marker`` or nothing but the entries named in ``keep``
+    (nothing else is ever replaced); those entries (a training checkpoint) move into the new one.
+    """
     if path.exists():
-        if not (path / META).exists() and any(path.iterdir()):
+        entries = {p.name for p in path.iterdir()}
+        if marker not in entries and not entries <= set(keep):
             raise TraceError(f"{path} exists and is not a run directory; refusing to replace it")
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
         os.replace(path, old / "trace")
         os.replace(tmp, path)
+        for name in keep:
+            if (old / "trace" / name).exists() and not (path / name).exists():
+                os.replace(old / "trace" / name, path / name)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
