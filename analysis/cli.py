@@ -84,13 +84,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from models.train import TrainConfig, train
     from traces.errors import ConfigError
 
-    if Path(args.out, "meta.json").exists() and not args.overwrite:
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: one continues the run at --out, the other replaces it")
+    if Path(args.out, "meta.json").exists() and not (args.overwrite or args.resume):
         raise ConfigError(f"--out {args.out!r} already holds a run directory; pass --overwrite to replace it")
     check_writable(args.out)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                       trace_every=args.trace_every, **({"lr": args.lr} if args.lr is not None else {}))
     run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
-                out=args.out, progress=not args.quiet)
+                out=args.out, progress=not args.quiet, resume=args.resume)
     print(f"test accuracy: {100 * run.final['test_accuracy']:.2f} %")
     print(f"test loss: {run.final['test_loss']:.4f}  train loss: {run.final['train_loss']:.4f}")
     print(f"wrote {run.path}")
@@ -200,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None)
     t.add_argument("--out", required=True)
     t.add_argument("--overwrite", action="store_true", help="replace a run directory already at --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run at --out from its last epoch checkpoint (same arguments)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
 

@@ -346,7 +346,7 @@ def expansion_value(partials, n, odd):
 def scan_operand(x, copy32):
     """One pass over a flat float array: (NaN count, inf count, count of values not exact in
     fp32, smallest binary exponent of the lowest set bit of a non-zero value, max |x|, count of
-    non-zero values that are not +-powers of two). When ``copy32`` has x's size it receives
+    non-zero values that are not +-powers of two, widest significand in bits). When ``copy32`` has x's size it receives
     x as float32 (exact where the count of inexact values is 0), in the same pass.
 
     Every finite value of ``x`` is an integer multiple of 2^low; (low, high) bound what exact
@@ -358,6 +358,7 @@ def scan_operand(x, copy32):
     not_pow2 = 0
     low = 100000
     high = 0.0
+    width = 0
     for i in prange(x.size):
         v = np.float64(x[i])
         if copy:
@@ -377,10 +378,11 @@ def scan_operand(x, copy32):
             lowbit = m & -m
             if lowbit != m:
                 not_pow2 += 1
-            lowexp = ((float_bits(float(lowbit)) >> 52) & 0x7FF) - 1023 + max(ef, 1) - 1075
-            low = min(low, lowexp)
+            lowpos = ((float_bits(float(lowbit)) >> 52) & 0x7FF) - 1023  # bit index in m
+            low = min(low, lowpos + max(ef, 1) - 1075)
             high = max(high, abs(v))
-    return nan, inf, inexact, low, high, not_pow2
+            width = max(width, (52 if ef != 0 else 0) - lowpos + 1)
+    return nan, inf, inexact, low, high, not_pow2, width
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +529,25 @@ else:
 
 
 @njit(cache=True, parallel=True)
+def narrow_array(x, out, counts):
+    """IEEE round-to-nearest-even of flat float32 ``x`` to binary16 (float64 ``x``: to binary32)
+    by `narrow`, into ``out`` (same lane type): the same values as `round_float_array` for those
+    formats, in hardware. counts[0] += overflows (finite -> inf), counts[1] += underflows
+    (non-zero -> zero)."""
+    n = x.size
+    over = 0
+    under = 0
+    for i in prange(n):
+        v = x[i]
+        r = narrow(v)
+        out[i] = r
+        over += 1 if (r - r != 0) and (v - v == 0) else 0  # r infinite, v finite
+        under += 1 if (r == 0) and (v != 0) else 0
+    counts[0] += over
+    counts[1] += under
+
+
+@njit(cache=True, parallel=True)
 def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
     """GEMM with a rounding accumulator, vectorised over n (float32 or float64 lanes).
 
@@ -594,10 +615,19 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
                 overflow_rows[m] = True
 
 
+@njit(cache=True, inline="always")
+def _acc_round(x, native):
+    """The accumulator's rounding of a lane value: `narrow`, or nothing when the lane type is the
+    accumulator format itself (``native``: binary32 on float32 lanes, each lane op one IEEE op)."""
+    return x if native else narrow(x)
+
+
 @njit(cache=True, parallel=True)
-def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows):
-    """GEMM with an IEEE binary16 (float32 lanes) or binary32 (float64 lanes) accumulator, every
-    rounding done by `narrow` (hardware fptrunc), vectorised over n.
+def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows, native=False):
+    """GEMM with an IEEE binary16 (float32 lanes) or binary32 (float64 lanes, or float32 lanes
+    with ``native``) accumulator, every rounding done by `narrow` (hardware fptrunc) or by the
+    lane arithmetic itself, vectorised over n (no FMA contraction: Numba does not allow it
+    without fastmath).
 
     Valid when every group sum is exact in the lane type (the wrapper checks it). Overflow needs
     no test: IEEE rounding gives +-inf, which the accumulator model propagates too. A non-zero
@@ -626,13 +656,26 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows):
                 if check_underflow:  # two loops: a test inside would stop LLVM vectorising
                     for n in range(N):
                         gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                        gr = narrow(gs)
+                        gr = _acc_round(gs, native)
                         lost[n] += abs(gs) if gr == 0 else 0
-                        cs[n] = narrow(cs[n] + gr)
+                        cs[n] = _acc_round(cs[n] + gr, native)
                 else:
                     for n in range(N):
                         gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                        cs[n] = narrow(cs[n] + narrow(gs))
+                        cs[n] = _acc_round(cs[n] + _acc_round(gs, native), native)
+            if group == 1:  # one product per group: one pass over n per k
+                for k in range(c0, c1):
+                    av = a[m, k]
+                    if check_underflow:
+                        for n in range(N):
+                            pr = av * b[k, n]
+                            gr = _acc_round(pr, native)
+                            lost[n] += abs(pr) if gr == 0 else 0
+                            cs[n] = _acc_round(cs[n] + gr, native)
+                    else:
+                        for n in range(N):
+                            cs[n] = _acc_round(cs[n] + _acc_round(av * b[k, n], native), native)
+                four = c1
             for k0 in range(four, c1, group):  # other group sizes, and a partial last group
                 k1 = min(k0 + group, c1)
                 for n in range(N):
@@ -642,11 +685,11 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows):
                     for n in range(N):
                         g[n] += av * b[k, n]
                 for n in range(N):
-                    gr = narrow(g[n])
+                    gr = _acc_round(g[n], native)
                     lost[n] += abs(g[n]) if gr == 0 else 0
-                    cs[n] = narrow(cs[n] + gr)
+                    cs[n] = _acc_round(cs[n] + gr, native)
             for n in range(N):
-                tot[n] = narrow(tot[n] + cs[n])
+                tot[n] = _acc_round(tot[n] + cs[n], native)
         for n in range(N):
             out[m, n] = tot[n]
             if lost[n] != 0:

@@ -175,8 +175,8 @@ def fsdd(data_dir=None) -> Dataset:
         raise DataError(f"{path}: audio {audio.shape}, labels {labels.shape} and is_test {is_test.shape} do not match")
     feats = log_mel(audio.astype(np.float32) / 32768.0)
     test = is_test.astype(bool)
-    mean = feats[~test].mean(axis=(0, 2), keepdims=True)
-    std = feats[~test].std(axis=(0, 2), keepdims=True) + 1e-6
+    mean = feats[~test].mean(axis=(0, 2), keepdims=True, dtype=np.float64)
+    std = feats[~test].std(axis=(0, 2), keepdims=True, dtype=np.float64) + 1e-6
     feats = ((feats - mean) / std)[:, None].astype(np.float32)
     y = labels.astype(np.int64)
     return Dataset("fsdd", feats[~test], y[~test], feats[test], y[test], 10)

@@ -63,8 +63,10 @@ class Context:
 def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
              acc: Accumulator | None, out_format: str, shape: GemmShape, *,
              extra_scale: float = 1.0, geometry: dict | None = None,
-             grad_scale: GradScale | None = None) -> np.ndarray:
+             grad_scale: GradScale | None = None, compute: bool = True) -> np.ndarray | None:
     """One GEMM of a layer, as the chip computes it; returns the real-valued result (float32).
+    ``compute=False`` records the GEMM without computing it (the data gradient of the network's
+    input layer, which training discards; no accumulator events are recorded) and returns None.
 
     The raw sum r = a.values @ b.values uses the accumulator model (`numerics.gemm_with_stats`;
     ``acc=None`` is the host's float32 BLAS of the FP32 baseline). The scale
@@ -81,6 +83,11 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         raise AssertionError(f"{layer.name} {phase}: operands {a.values.shape} x {b.values.shape} "
                              f"do not match the lowering {shape}")
     acc_stats = None
+    if not compute:
+        ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b,
+                          "fp32/g1" if acc is None else acc.name, out_format, geometry=geometry,
+                          grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
+        return None
     if acc is None:
         raw = np.matmul(a.values.astype(np.float32), b.values.astype(np.float32))
         acc_name = "fp32/g1"
@@ -97,8 +104,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     integer_acc = acc is not None and acc.format in ("int32", "exact")
     if integer_acc:
         out = _round_to(raw.astype(np.float32) * scale, out_format)
-    else:
-        out = _round_to(raw, out_format).astype(np.float32) * scale
+    else:  # float accumulator values up to fp32 are exact in float32
+        out = _round_to(raw.astype(np.float32), out_format) * scale
     ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format,
                       acc_stats=acc_stats, geometry=geometry,
                       grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
@@ -108,7 +115,7 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
 def _round_to(x: np.ndarray, fmt: str) -> np.ndarray:
     if fmt == "fp32":
         return np.asarray(x, np.float32)
-    return numerics.quantize_float(x, fmt)[0].astype(np.float32)
+    return numerics.quantize_float(x, fmt, dtype=np.float32)[0]
 
 
 class Layer:
@@ -142,6 +149,7 @@ class QuantGemmLayer(Layer):
     precision for the layer's role."""
 
     signed_input = False  # inputs can be negative: SAWB's signed range instead of PACT
+    needs_input_grad = True  # False for the network's input layer: bwd_data is recorded, not run
 
     def __init__(self, name: str, weight: np.ndarray, bias: bool, role: str = "hidden",
                  pact_alpha: float = 8.0) -> None:
@@ -252,7 +260,10 @@ class Linear(QuantGemmLayer):
             self.bias.grad += dy2.sum(axis=0)
         self.update_ops(ctx, self.weight.value.size)
         dx = run_gemm(ctx, self, "bwd_data", g_data, wq, prec.acc_bwd_data, prec.output("bwd_data"),
-                      shapes["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale)
+                      shapes["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
+                      compute=self.needs_input_grad)
+        if dx is None:
+            return None
         return self.input_backward(dx, x2, ctx).reshape(*lead, -1)
 
 
@@ -359,7 +370,9 @@ class Conv2d(QuantGemmLayer):
         wmat = w2 if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1))
         dcols = run_gemm(ctx, self, "bwd_data", gd, QTensor(wmat, wq.format, wq.scale, wq.stats),
                          prec.acc_bwd_data, prec.output("bwd_data"), shapes["bwd_data"], extra_scale=inv,
-                         geometry=geometry, grad_scale=self.grad_scale)
+                         geometry=geometry, grad_scale=self.grad_scale, compute=self.needs_input_grad)
+        if dcols is None:
+            return None
         if g > 1:
             dcols = dcols.transpose(1, 0, 2).reshape(b * p * q, -1)
         if self.kernel > 1 or self.stride > 1:
@@ -473,8 +486,9 @@ class LSTM(QuantGemmLayer):
                                      grad_scale=self.grad_scale)
         self.update_ops(ctx, self.weight.value.size + self.weight_hh.value.size)
         dx = run_gemm(ctx, self.ih, "bwd_data", gd, wq_ih, prec.acc_bwd_data, prec.output("bwd_data"),
-                      sh_ih["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale)
-        return dx.reshape(b, t, -1)
+                      sh_ih["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
+                      compute=self.needs_input_grad)
+        return None if dx is None else dx.reshape(b, t, -1)
 
 
 class _Named:
@@ -663,9 +677,12 @@ class Sequential(Layer):
             x = layer.forward(x, ctx)
         return x
 
-    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray | None:
+        """The gradient of the input, or None where the input layer does not compute it."""
         for layer in reversed(self.layers):
             dy = layer.backward(dy, ctx)
+            if dy is None:
+                return None
         return dy
 
 

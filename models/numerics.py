@@ -280,7 +280,7 @@ def _float_params(fmt: FloatFormat) -> tuple:
 
 
 def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "nearest",
-                   key: tuple[int, int, int] | None = None) -> tuple[np.ndarray, QuantStats]:
+                   key: tuple[int, int, int] | None = None, dtype=np.float64) -> tuple[np.ndarray, QuantStats]:
     """Round ``x`` onto a float format (fp8_e4m3, fp8_e5m2, fp16, dlfloat16, fp32).
 
     ``rounding="nearest"`` uses the format's tie rule (ties to even; DLFloat16 ties away);
@@ -289,8 +289,10 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     keyed by ``key = (seed, step, tensor_id)`` and the element index, so results do not depend
     on thread count. Overflow saturates to +-max for the FP8 formats (ml_dtypes
     ``float8_e4m3fn`` would give NaN; design.md section 3) and goes to +-inf for the others unless
-    ``saturate`` says otherwise. Returns float64 values (shape of x) and statistics (``clipped``
-    counts overflows, ``flushed`` non-zero values that became zero).
+    ``saturate`` says otherwise. Returns the values (shape of x; ``dtype`` float64, or float32,
+    which holds every format up to fp32 exactly) and statistics (``clipped`` counts overflows,
+    ``flushed`` non-zero values that became zero). A float32 ``x`` rounded to nearest fp16 goes
+    through the CPU's own conversion (F16C), which gives the same values as the reference.
 
     Raises
     ------
@@ -305,6 +307,11 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     if saturate is None:
         saturate = fmt.name.startswith("fp8")
     _option(rounding, "rounding", ("nearest", "stochastic"))
+    if dtype not in (np.float64, np.float32):
+        raise NumericsError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}")
+    if (rounding == "nearest" and not saturate and fmt.name in ("fp16", "fp32")
+            and isinstance(x, np.ndarray) and x.dtype == np.float32):
+        return _cast_float32(x, fmt, dtype)
     arr = _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     out = np.empty_like(flat)
@@ -318,7 +325,22 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
         K.round_float_stochastic_array(flat, out, *(int(k) for k in key), frac, emin, sub, mx,
                                        flush, bool(saturate), counts)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
-    return out.reshape(arr.shape), stats
+    return out.reshape(arr.shape).astype(dtype, copy=False), stats
+
+
+def _cast_float32(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, QuantStats]:
+    """`quantize_float` of a float32 array to nearest fp16 (hardware conversion) or fp32 (no-op)."""
+    if np.isnan(x).any():
+        raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
+    flat = np.ascontiguousarray(x).ravel()
+    counts = np.zeros(2, np.int64)
+    if fmt.name == "fp16":
+        out = np.empty_like(flat)
+        K.narrow_array(flat, out, counts)
+    else:
+        out = flat
+    stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
+    return out.reshape(x.shape).astype(dtype, copy=out is flat), stats
 
 
 def to_fp8(x, fmt) -> np.ndarray:
@@ -342,6 +364,7 @@ class _Operand:
     high: float  # max |value| (0.0 when all zero)
     _pow2: bool | None = None  # every non-zero value is +-2^e (a log-format operand)
     _f32: np.ndarray | None = None  # the float32 copy made during the scan
+    width: int = 53  # widest significand of a value, in bits (fp16 values: <= 11)
 
     @property
     def pow2(self) -> bool:
@@ -361,11 +384,11 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
         high = float(max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0)))))
         if high >= 2.0**24:
             raise NumericsError(f"{name} holds integers beyond 2^24, not exact in fp32")
-        return _Operand(x, True, 0, high)
+        return _Operand(x, True, 0, high, width=int(high).bit_length())
     if x.dtype.kind != "f":
         raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
     copy32 = np.empty(x.shape, np.float32)
-    nan, inf, inexact, low, high, not_pow2 = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
+    nan, inf, inexact, low, high, not_pow2, width = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
     if nan or inf:
         raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
     if inexact:
@@ -374,7 +397,7 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
             f"values of formats up to fp32 (round them with a quantizer first)"
         )
     integer = bool(high == 0.0 or low >= 0)
-    return _Operand(x, integer, int(low) if high else 0, float(high), not_pow2 == 0, copy32)
+    return _Operand(x, integer, int(low) if high else 0, float(high), not_pow2 == 0, copy32, int(width))
 
 
 def _log_side(a: _Operand, b: _Operand, group: int = 4) -> str | None:
@@ -406,6 +429,9 @@ def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
     hg = acc.group * a.high * b.high  # bound on |product| and |group sum|
     if fmt.name == "fp16" and hg < 2.0 ** (low + 24) and low >= -149:
         return "ieee32"  # binary16 roundings in hardware on float32 lanes
+    exact32 = hg < 2.0 ** (low + 24) or (acc.group == 1 and a.width + b.width <= 24)
+    if fmt.name == "fp32" and exact32 and low >= -149:
+        return "native32"  # float32 lane arithmetic is the binary32 accumulator (products exact)
     if fmt.name == "fp32" and hg < 2.0 ** (low + 53) and low >= -1074:
         return "ieee64"  # binary32 roundings in hardware on float64 lanes
     smallest = fmt.min_normal if fmt.subnormals else np.nextafter(fmt.min_normal, np.inf)
@@ -468,16 +494,22 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         growth = (1.0 + 2.0**-fmt.precision) ** (chunk // acc.group + 2)
         bound = max(min(chunk, kk) * growth, acc.group * (1.0 + 2.0**-fmt.precision)) * (1 + 1e-9)
         check = bound * a.high * b.high > fmt.max_value
-        K.gemm_fast(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk,
-                    K.lane_params(dt, fmt.mantissa_bits, fmt.ties == "away", fmt.max_value),
-                    check, bad)
+        params = K.lane_params(dt, fmt.mantissa_bits, fmt.ties == "away", fmt.max_value)
+        if _narrow_n(m, n, check):
+            lane_t, bad_t = np.empty((n, m), dt), np.zeros(n, np.bool_)
+            K.gemm_fast(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, params, False, bad_t)
+            lane_out = lane_t.T
+            bad[:] = bad_t.any()  # a flagged column: redo every row
+        else:
+            K.gemm_fast(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, params, check, bad)
         out = lane_out.astype(np.float64)
         rows = np.flatnonzero(bad)
         if rows.size:  # an accumulator overflowed: redo those rows exactly (inf semantics)
             over, under = _general(a, b, acc, out, rows)
-    elif path in ("ieee32", "ieee64"):
-        dt = np.float32 if path == "ieee32" else np.float64
-        if acc.format != {"ieee32": "fp16", "ieee64": "fp32"}[path]:
+    elif path in ("ieee32", "ieee64", "native32"):
+        dt = np.float64 if path == "ieee64" else np.float32
+        native = path == "native32"
+        if acc.format != ("fp16" if path == "ieee32" else "fp32"):
             raise NumericsError(f"path {path!r} computes the {'fp16' if path == 'ieee32' else 'fp32'} accumulator only")
         lane_out = np.empty((m, n), dt)
         lost = np.zeros(m, np.bool_)
@@ -485,7 +517,13 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
         # the format's smallest (subnormal) value
         check = 2.0 ** (a.low + b.low) <= acc.value_format.min_positive / 2
-        K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost)
+        if _narrow_n(m, n, check):
+            lane_t, lost_t = np.empty((n, m), dt), np.zeros(n, np.bool_)
+            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, False, lost_t, native)
+            lane_out = lane_t.T
+            lost[:] = lost_t.any()
+        else:
+            K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, native)
         out = lane_out.astype(np.float64)
         rows = np.flatnonzero(~np.isfinite(out).all(axis=1) | lost)
         if rows.size:  # values are already right (IEEE inf/NaN, zeros); count the events
@@ -499,6 +537,18 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         raise NumericsError(f"unknown GEMM path {path!r}")
     nonfinite = int(np.count_nonzero(~np.isfinite(out)))
     return out, GemmStats(int(over), int(under), nonfinite, path)
+
+
+def _narrow_n(m: int, n: int, check: bool) -> bool:
+    """Run a lane kernel on the transposed problem (C^T = B^T A^T) when N is too narrow to fill
+    the SIMD lanes and M is wider. The sum of every output keeps its k order, so the result is
+    bit-identical. Events flag columns there, so any event recomputes every row: only problems
+    where events are impossible or rare (``check`` off) are transposed."""
+    return not check and n < 8 and m > n  # rows with events are then found by recomputing all
+
+
+def _transposed_lanes(a: _Operand, b: _Operand, dt) -> tuple[np.ndarray, np.ndarray]:
+    return np.ascontiguousarray(b.as_lane(dt).T), np.ascontiguousarray(a.as_lane(dt).T)
 
 
 def _general(a: _Operand, b: _Operand, acc: Accumulator, out: np.ndarray, rows: np.ndarray) -> tuple[int, int]:

@@ -141,15 +141,16 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 def evaluate(net: Sequential, recipe: Recipe, x: np.ndarray, y: np.ndarray,
              batch_size: int = 256) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``net`` on (x, y) with the recipe's forward numerics."""
+    """(mean loss in nats per prediction, accuracy) of ``net`` on (x, y) with the recipe's forward
+    numerics; for sequence targets y (N, T) every position is a prediction."""
     ctx = Context(recipe, Recorder(), training=False)
     losses, correct = [], 0
     for i in range(0, len(x), batch_size):
         logits = net.forward(x[i:i + batch_size], ctx)
         loss, _ = softmax_xent(logits, y[i:i + batch_size])
         losses.append(loss * len(logits))
-        correct += int(np.count_nonzero(logits.argmax(axis=1) == y[i:i + batch_size]))
-    return float(np.sum(losses) / len(x)), correct / len(x)
+        correct += int(np.count_nonzero(logits.argmax(axis=-1) == y[i:i + batch_size]))
+    return float(np.sum(losses) / len(x)), correct / y.size
 
 
 def _buffers(net: Sequential) -> dict[str, np.ndarray]:

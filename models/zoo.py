@@ -36,6 +36,9 @@ def _assign_roles(net: Sequential) -> Sequential:
     if not isinstance(net.layers[0], Embedding):  # an embedding table is the first layer itself
         gemm[0].role = "first"
     gemm[-1].role = "last"
+    leading = [layer for layer in net.layers if not isinstance(layer, Flatten)]
+    if leading and leading[0] is gemm[0]:  # it sees the data: its bwd_data is recorded, not run
+        gemm[0].needs_input_grad = False
     return net
 
 

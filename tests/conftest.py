@@ -21,3 +21,24 @@ def digits_runs():
     from models.train import train
 
     return {r: train("mlp", "digits", r, epochs=2, progress=False) for r in ("fp32", "int4")}
+
+
+def _shared_data_dir():
+    from pathlib import Path
+
+    env = os.environ.get("FOURBIT_DATA_DIR")
+    for d in ([Path(env)] if env else []) + [Path(__file__).resolve().parents[2] / "shared" / "data"]:
+        if (d / "mnist").is_dir() and (d / "fsdd.npz").is_file():
+            return d
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The real data sets (MNIST, spoken digits, tiny-shakespeare): $FOURBIT_DATA_DIR or the
+    ``shared/data`` directory next to the repository."""
+    d = _shared_data_dir()
+    if d is None:
+        pytest.skip("real data sets not found: set FOURBIT_DATA_DIR to a directory with mnist/, fsdd.npz "
+                    "and tinyshakespeare.txt")
+    return d

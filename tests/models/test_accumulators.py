@@ -29,7 +29,16 @@ def test_order_effects_in_fp16():
     assert dot(prods, Accumulator("fp16", 1, None)) == 1024.0  # each 0.25 is lost (ties to even)
     assert dot(prods, Accumulator("fp16", 1, 4)) == 1025.0  # the second chunk sums to 1 first
     assert dot(prods, Accumulator("fp16", 4, 8), ("general", "fast32", "ieee32")) == 1026.0  # 1024.75 -> 1025, + 1
-    assert dot(prods, Accumulator("fp32", 1, None), ("general", "fast64", "ieee64")) == 1025.75
+    assert dot(prods, Accumulator("fp32", 1, None), ("general", "fast64", "ieee64", "native32")) == 1025.75
+
+
+def test_fp32_accumulator_in_float32_lanes():
+    # 1 + 2^-24 is a tie in binary32: ties to even keep 1.0 four times over (native float32 adds
+    # are the accumulator's roundings); exact sum 1 + 2^-22; with groups of 4 the sum is exact
+    prods = [1.0] + [2.0**-24] * 4
+    assert dot(prods, Accumulator("exact")) == 1 + 2.0**-22
+    assert dot(prods, Accumulator("fp32", 1, None), ("general", "ieee64", "native32")) == 1.0
+    assert dot(prods[1:] + prods[:1], Accumulator("fp32", 4, None), ("general", "ieee64", "native32")) == 1 + 2.0**-22
 
 
 def test_group_rounding_ties_to_even_vs_away():

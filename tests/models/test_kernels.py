@@ -110,6 +110,8 @@ def test_gemm_kernels_match_twin(m, k, n, seed, acc, kind, fmt, swap):
     if numerics._log_side(ao, bo, acc.group) and acc.format != "exact" and "shift_add" not in paths:
         paths.append("shift_add")
     fmt_acc = acc.value_format if acc.format != "exact" else None
+    if plan == "native32":  # the float64-lane kernel must agree too
+        paths.append("ieee64")
     if plan in ("ieee32", "ieee64") and 2.0 ** (ao.low + bo.low) >= fmt_acc.min_normal:
         # the bit-trick lanes must agree where they are valid too (no subnormal group sums)
         paths.append("fast32" if plan == "ieee32" else "fast64")
@@ -135,3 +137,43 @@ def test_fast_paths_agree_on_a_large_shape():
     ref = numerics.gemm_with_stats(a, b, acc, path="general")[0]
     for path in ("fast32", "fast64", "ieee32"):
         np.testing.assert_array_equal(numerics.gemm_with_stats(a, b, acc, path=path)[0], ref)
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=300),
+       st.sampled_from(["fp16", "fp32"]))
+def test_hardware_float32_cast_matches_the_reference(xs, fmt):
+    """float32 inputs to fp16/fp32 take the CPU's conversion: same values and statistics."""
+    x32 = np.array(xs, np.float32)
+    got, got_stats = numerics.quantize_float(x32, fmt, dtype=np.float32)
+    want, want_stats = numerics.quantize_float(x32.astype(np.float64), fmt)
+    assert got.dtype == np.float32
+    assert same_bits(got.astype(np.float64), want)
+    assert got_stats == want_stats
+
+
+def test_hardware_cast_exact_values():
+    # 65520 is the fp16 overflow threshold (ties to even onto 2^16); 2^-25 ties to zero, 3 * 2^-26 up
+    x = np.array([65519.0, 65520.0, -np.inf, 2.0**-25, 3 * 2.0**-26, 1 + 2.0**-11, 1 + 3 * 2.0**-11], np.float32)
+    got, stats = numerics.quantize_float(x, "fp16", dtype=np.float32)
+    np.testing.assert_array_equal(got, [65504.0, np.inf, -np.inf, 0.0, 2.0**-24, 1.0, 1 + 2.0**-9])
+    assert (stats.clipped, stats.flushed) == (1, 1)
+
+
+@pytest.mark.parametrize("acc", [Accumulator("fp32", 1, None), Accumulator("fp16", 4, 64), Accumulator("fp16", 1, 8)])
+def test_narrow_outputs_run_transposed_with_the_same_bits(acc):
+    """N < 8 runs the lane kernels on C^T = B^T A^T; every output keeps its k order."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((300, 25)).astype(np.float16).astype(np.float64)
+    b = rng.standard_normal((25, 6)).astype(np.float16).astype(np.float64)
+    ref, ref_stats = numerics.gemm_with_stats(a, b, acc, path="general")
+    for path in ("fast32", "ieee32") if acc.format == "fp16" else ("ieee64", "fast64", "native32"):
+        got, stats = numerics.gemm_with_stats(a, b, acc, path=path)
+        assert same_bits(got, ref) and (stats.overflows, stats.underflows) == (ref_stats.overflows, ref_stats.underflows)
+    # integers: no underflow check, so the transposed run is taken; fp16 accumulators overflow
+    # in some outputs, and every row is recomputed to count the events
+    a = rng.integers(-2047, 2048, (300, 25)).astype(np.float64)
+    b = rng.integers(-15, 16, (25, 6)).astype(np.float64)
+    ref, ref_stats = numerics.gemm_with_stats(a, b, acc, path="general")
+    got, stats = numerics.gemm_with_stats(a, b, acc)
+    assert same_bits(got, ref) and stats.overflows == ref_stats.overflows
+    assert (ref_stats.overflows > 0) == (acc.format == "fp16")
