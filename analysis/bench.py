@@ -136,11 +136,78 @@ def bench_sim(quick: bool = False) -> list[dict]:
     return out
 
 
-BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics, "sim": bench_sim}
+def _step_fn(model: str, ds, recipe: str, batch: int, seed: int = 0) -> Callable[[], float]:
+    """A closure running one training step of ``model`` on successive batches of ``ds``."""
+    from models.layers import Context
+    from models.recipes import get_recipe
+    from models.recorder import Recorder
+    from models.train import TrainConfig, grad_scales, train_step
+    from models.zoo import build_model
+
+    cfg = TrainConfig(batch_size=batch, seed=seed, lr=0.02)
+    rec = get_recipe(recipe)
+    net = build_model(model, ds.input_shape, ds.n_classes, seed)
+    scales = grad_scales(net, rec)
+    ctx = Context(rec, Recorder())
+    velocity: dict = {}
+    state = {"i": 0}
+    batches = len(ds.x_train) // batch
+
+    def step() -> float:
+        i = state["i"] % batches
+        state["i"] += 1
+        sl = slice(i * batch, (i + 1) * batch)
+        return train_step(net, ctx, ds.x_train[sl], ds.y_train[sl], velocity, scales, cfg.lr, cfg, i)[0]
+
+    return step
 
 
-def run_benchmarks(names: list[str], quick: bool = False) -> list[dict]:
-    """Run the named benchmarks (all when ``names`` is empty); returns their records."""
+def _bench_data(data_dir):
+    """MNIST from ``data_dir`` (or $FOURBIT_DATA_DIR); random 1 x 28 x 28 images when neither is
+    given (the step-time ratio does not depend on pixel values; no epoch time then)."""
+    import os
+
+    from models.data import Dataset, load_dataset
+
+    if data_dir is not None or os.environ.get("FOURBIT_DATA_DIR"):
+        return load_dataset("mnist", data_dir), True
+    rng = np.random.default_rng(0)
+    x = rng.random((1024, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 1024)
+    return Dataset("random-mnist-shape", x, y, x[:256], y[:256], 10), False
+
+
+def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
+    """One ``int4`` training step of ``lenet5`` at batch 64 / one ``fp32`` step (numpy float32
+    BLAS), timed alternately (target <= 3, issue 4); and the wall time of one MNIST epoch at
+    ``int4`` (all 937 steps and the test-set evaluation; with ``--quick``, 937 x the median step)."""
+    from models.train import TrainConfig, train
+
+    ds, real = _bench_data(data_dir)
+    int4, fp32 = _step_fn("lenet5", ds, "int4", 64), _step_fn("lenet5", ds, "fp32", 64)
+    ts, tr = side_by_side(int4, fp32, repeats=9 if quick else 25, warmup=3)
+    out = [_record("train", "lenet5 batch 64 step: int4 / fp32", ts / tr, "ratio", 3.0),
+           _record("train", "lenet5 batch 64 int4 step", ts * 1e3, "ms", None),
+           _record("train", "lenet5 batch 64 fp32 step", tr * 1e3, "ms", None)]
+    steps = len(ds.x_train) // 64
+    if real and quick:
+        out.append(_record("train", f"mnist epoch at int4 (estimate: {steps} x median step)", steps * ts, "s", None))
+    elif real:
+        t0 = time.perf_counter()
+        run = train("lenet5", ds, "int4", config=TrainConfig(epochs=1, batch_size=64), progress=False)
+        wall = time.perf_counter() - t0
+        out.append(_record("train", f"mnist epoch at int4 ({steps} steps + test evaluation)", wall, "s", None))
+        out.append(_record("train", "mnist test accuracy after that epoch", 100 * run.final["test_accuracy"], "%", None))
+    return out
+
+
+BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics, "sim": bench_sim,
+                                                    "train": bench_train}
+
+
+def run_benchmarks(names: list[str], quick: bool = False, data_dir=None) -> list[dict]:
+    """Run the named benchmarks (all when ``names`` is empty); returns their records.
+    ``data_dir`` holds the MNIST files for ``train``."""
     from traces.errors import ConfigError
 
     names = names or list(BENCHMARKS)
@@ -149,7 +216,7 @@ def run_benchmarks(names: list[str], quick: bool = False) -> list[dict]:
             raise ConfigError(f"unknown benchmark {n!r}; benchmarks: {', '.join(BENCHMARKS)}")
     records = []
     for n in names:
-        records += BENCHMARKS[n](quick=quick)
+        records += BENCHMARKS[n](quick=quick, **({"data_dir": data_dir} if n == "train" else {}))
     return records
 
 

@@ -160,10 +160,23 @@ def _cmd_chip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from analysis.ablation import DEFAULT_VARIANTS, Ablation, ablation
+
+    variants = tuple((spec, spec) for spec in args.recipe) if args.recipe else DEFAULT_VARIANTS
+    job = Ablation(model=args.model, dataset=args.dataset, data_dir=args.data_dir, variants=variants,
+                   seeds=tuple(args.seeds), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   out=args.out)
+    table = ablation(job, progress=not args.quiet)
+    _print_table(table)
+    print(f"\nwrote {args.out}/ablation.csv, {args.out}/ablation_runs.csv and the run directories in {args.out}/runs")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from analysis.bench import format_records, run_benchmarks
 
-    records = run_benchmarks(args.names, quick=args.quick)
+    records = run_benchmarks(args.names, quick=args.quick, data_dir=args.data_dir)
     print(format_records(records, args.json))
     return 0
 
@@ -235,8 +248,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="peak TOPS and modelled TOPS/W per unit (with published figures for rapid) and area per block")
     c.set_defaults(func=_cmd_chip)
 
+    a = sub.add_parser("ablation", help="the FP4 ablation: log base, TPR, GradScale vs global scale, over seeds",
+                       formatter_class=fmt)
+    a.add_argument("--model", default="lenet5")
+    a.add_argument("--dataset", default="mnist")
+    a.add_argument("--data-dir", default=None)
+    a.add_argument("--recipe", action="append", metavar="SPEC",
+                   help="a recipe spec to compare, e.g. int4:radix=2,tpr=off (repeatable; default: the paper's variants)")
+    a.add_argument("--seeds", type=_nonneg_int, nargs="+", default=[0, 1])
+    a.add_argument("--epochs", type=_positive_int, default=1)
+    a.add_argument("--batch-size", type=_positive_int, default=64)
+    a.add_argument("--lr", type=float, default=0.1)
+    a.add_argument("--out", default="ablation-out")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_cmd_ablation)
+
     b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")
-    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim, train")
+    b.add_argument("--data-dir", default=None, help="MNIST files for the train benchmark (default $FOURBIT_DATA_DIR)")
     b.add_argument("--json", action="store_true", help="print a JSON list of records")
     b.add_argument("--quick", action="store_true", help="fewer repeats, skip the slowest kernels")
     b.set_defaults(func=_cmd_bench)

@@ -26,7 +26,7 @@ from models.train import TrainConfig, train
 from models.zoo import build_model
 from traces.errors import ConfigError
 
-__all__ = ["MainJob", "check_writable", "main_job"]
+__all__ = ["MainJob", "check_writable", "main_job", "write_csv"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def check_writable(out: str | Path) -> Path:
     return path
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` atomically (a temporary file renamed into place)."""
     tmp = path.with_name(path.name + ".tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
@@ -98,10 +99,10 @@ def main_job(job: MainJob | None = None, *, progress: bool = True, **params) -> 
             runs[recipe] = train(job.model, dataset, recipes[recipe], config=cfg,
                                  out=out / "runs" / recipe, progress=progress)
         report = simulate(runs[recipe].trace, chips[chip_name])
-        _write_csv(report.to_frame(), out / f"sim_{recipe}_{chip_name}.csv")
+        write_csv(report.to_frame(), out / f"sim_{recipe}_{chip_name}.csv")
         rows.append(comparison_row(recipe, chip_name, runs[recipe].final["test_accuracy"], report))
         reports.append(report)
     table = comparison_table(rows, baseline=0, baseline_name=job.baseline_chip)
-    _write_csv(table, out / "main_job.csv")
+    write_csv(table, out / "main_job.csv")
     main_job_figure(table, reports, out / "main_job.png")
     return table

@@ -106,6 +106,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         out = _round_to(raw.astype(np.float32) * scale, out_format)
     else:  # float accumulator values up to fp32 are exact in float32
         out = _round_to(raw.astype(np.float32), out_format) * scale
+    if grad_scale is not None and not np.isfinite(out).all():  # the sums or their output format
+        grad_scale.overflowed = True  # overflowed: the trainer skips the step and halves this scale
     ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format,
                       acc_stats=acc_stats, geometry=geometry,
                       grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))

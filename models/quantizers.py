@@ -173,6 +173,8 @@ class GradScale:
     finite; an all-zero gradient reports 0. Reports of data-parallel workers are summed; s doubles
     on a positive sum and halves on a negative one, clamped to [2^-64, 2^64], and the new s
     applies from the next step. ``target_max`` is the largest FP4 value (64 for radix-4 FP4).
+    A step whose backward GEMM results overflow (FP16 accumulation of large sums) is skipped by
+    the trainer and that layer's s halves (`back_off`).
     One shared object for all layers is the global loss scale the paper compares with.
     """
 
@@ -181,6 +183,7 @@ class GradScale:
     calibrated: bool = False
     pending: list[int] = field(default_factory=list)
     observed_max: float = 0.0  # max|dY| (unscaled) seen since the last update, for the global mode
+    overflowed: bool = False  # a backward GEMM of this step gave a non-finite (overflowed) result
 
     MIN_EXPONENT = -64
     MAX_EXPONENT = 64
@@ -229,6 +232,14 @@ class GradScale:
         step = (total > 0) - (total < 0)
         self.exponent = self._clamp(self.exponent + step)
         return step
+
+    def back_off(self) -> int:
+        """After a step whose gradients overflowed (and was skipped, as dynamic loss scaling does,
+        Micikevicius et al., ICLR 2018): halve s if this scale's own GEMM overflowed, else keep it
+        (its reports saw the overflow's aftermath, not its own range); returns the change."""
+        self.pending = [-1] if self.overflowed else []
+        self.overflowed = False
+        return self.update()
 
     def update_global(self) -> int:
         """Global loss scale: one report on the largest max|dY| over all layers of the step."""

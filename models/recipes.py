@@ -22,12 +22,13 @@ master weights.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 from traces.errors import ConfigError, FormatError
 from traces.formats import Accumulator, LogFormat, get_format
 
-__all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe"]
+__all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "parse_recipe"]
 
 ROLES = ("first", "hidden", "last", "depthwise")
 WEIGHT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "fp8_e4m3": "fp8_e4m3", "int4_sawb": "int4", "int8_max": "int8"}
@@ -222,19 +223,59 @@ RECIPES = {"fp32": _fp32, "fp16": _fp16, "hfp8": _hfp8, "int8": _int8, "int4-fwd
            "int4": _int4, "int4-dw8": _int4_dw8}
 
 
+def _parse_value(key: str, text: str):
+    """A recipe parameter from its command-line text: bool, int, accumulator or string."""
+    low = text.strip().lower()
+    if key == "tpr":
+        if low in ("true", "on", "yes", "1"):
+            return True
+        if low in ("false", "off", "no", "0"):
+            return False
+        raise ConfigError(f"recipe parameter tpr must be on or off, got {text!r}")
+    if key in ("radix", "exponent_bits"):
+        try:
+            return int(low)
+        except ValueError:
+            raise ConfigError(f"recipe parameter {key} must be an integer, got {text!r}") from None
+    if key == "bwd_acc":
+        try:
+            return Accumulator.parse(text.strip())
+        except (ValueError, FormatError) as exc:
+            raise ConfigError(f"recipe parameter bwd_acc: {exc}") from exc
+    return text.strip()
+
+
+def parse_recipe(spec: str) -> tuple[str, dict]:
+    """Split ``"int4:radix=2,tpr=off"`` into the name and its parameters (values typed)."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"recipe {spec!r}: parameters are key=value pairs separated by commas, got {item!r}")
+        params[key.strip()] = _parse_value(key.strip(), value)
+    return name.strip(), params
+
+
 def get_recipe(name: str, **params) -> Recipe:
     """The recipe called ``name``, with optional parameters (``int4``: radix, exponent_bits,
-    tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but tpr).
+    tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but tpr). ``name`` may carry them
+    itself, as on the command line: ``"int4:radix=2,tpr=off,grad_scaling=global"``; the recipe's
+    name is then that whole spec (traces and tables tell the variants apart).
 
     Raises
     ------
     ConfigError
-        Unknown recipe name (the message lists the known ones) or bad parameters.
+        Unknown recipe name (the message lists the known ones) or bad parameters (the message
+        names the parameter and what it allows).
     """
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
-    try:
-        recipe = RECIPES[name](**params)
-    except TypeError as exc:
-        raise ConfigError(f"recipe {name!r}: {exc}") from exc
-    return replace(recipe, name=name)
+    base, spec_params = parse_recipe(name)
+    if base not in RECIPES:
+        raise ConfigError(f"unknown recipe {base!r}; known recipes: {', '.join(RECIPES)}")
+    allowed = list(inspect.signature(RECIPES[base]).parameters)
+    for key in {**spec_params, **params}:
+        if key not in allowed:
+            raise ConfigError(f"recipe {base!r} has no parameter {key!r}; its parameters: "
+                              f"{', '.join(allowed) or 'none'}")
+    recipe = RECIPES[base](**{**spec_params, **params})
+    return replace(recipe, name=name if spec_params else base)

@@ -28,7 +28,7 @@ from traces import schema
 from traces.errors import ConfigError, NumericsError, TrainingError
 from traces.io import Trace, replace_dir
 
-__all__ = ["Run", "TrainConfig", "evaluate", "train"]
+__all__ = ["Run", "TrainConfig", "evaluate", "grad_scales", "train", "train_step"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Run:
     path: Path | None = None
 
 
-def _grad_scales(net: Sequential, recipe: Recipe) -> list[GradScale]:
+def grad_scales(net: Sequential, recipe: Recipe) -> list[GradScale]:
     """Attach GradScale objects to the layers whose gradient formats need one."""
     layers = [layer for layer in net.gemm_layers() if recipe.precision(layer.role).scaled_grads]
     if recipe.grad_scaling == "none" or not layers:
@@ -135,6 +135,38 @@ def _step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, step: int
     return loss
 
 
+def train_step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, velocity: dict,
+               scales: list[GradScale], lr: float, cfg: TrainConfig, step: int = 0,
+               epoch: int = 0) -> tuple[float, bool]:
+    """One training step: forward, loss, backward, SGD update of the FP32 master weights and
+    the GradScale updates; returns (loss, skipped).
+
+    A step in which a scaled backward GEMM overflowed its accumulator is skipped (no update;
+    the overflowing layers' GradScale halves), as dynamic loss scaling does. Raises
+    TrainingError on divergence (names the step)."""
+    try:
+        loss = _step(net, ctx, x, y, step, epoch, cfg)
+    except TrainingError:
+        if not any(s.overflowed for s in scales):
+            raise
+        loss = float("nan")  # the overflow's aftermath reached a quantizer
+    if any(s.overflowed for s in scales):
+        for p in net.params():
+            p.grad[...] = 0
+        for s in scales:
+            s.back_off()
+        return loss, True
+    with np.errstate(over="ignore", invalid="ignore"):
+        _sgd(net, velocity, lr, cfg)
+    bad = [p.name for p in net.params() if not np.isfinite(p.value).all()]
+    if bad:
+        raise TrainingError(f"parameter {bad[0]} became non-finite at step {step} (epoch {epoch + 1}); "
+                            f"training diverged (try a smaller lr than {cfg.lr})")
+    for s in scales:
+        s.update_global() if ctx.recipe.grad_scaling == "global" else s.update()
+    return loss, False
+
+
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
 
@@ -163,6 +195,7 @@ def _buffers(net: Sequential) -> dict[str, np.ndarray]:
 
 
 CHECKPOINT = "checkpoint"
+MAX_SKIPS = 32  # consecutive overflow-skipped steps before the run is declared diverged
 
 
 def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
@@ -270,7 +303,7 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
         raise ConfigError("--resume needs --out: the run directory that holds the checkpoint")
     total = cfg.epochs * steps_per_epoch
     net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
-    scales = _grad_scales(net, rec_obj)
+    scales = grad_scales(net, rec_obj)
     recorder = Recorder()
     ctx = Context(rec_obj, recorder)
     velocity: dict[str, np.ndarray] = {}
@@ -287,31 +320,32 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=f"{model}/{ds.name}/{rec_obj.name}",
                disable=not progress, unit="step")
     step = first_epoch * steps_per_epoch
+    run_of_skips = 0
     for epoch in range(first_epoch, cfg.epochs):
         order = shuffle.permutation(len(ds.x_train))
-        epoch_loss = 0.0
+        epoch_loss, skipped = 0.0, 0
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             record = step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0)
             if record:
                 recorder.start(step)
-            loss = _step(net, ctx, ds.x_train[idx], ds.y_train[idx], step, epoch, cfg)
+            loss, skip = train_step(net, ctx, ds.x_train[idx], ds.y_train[idx], velocity, scales,
+                                    _lr_at(cfg, step, total), cfg, step, epoch)
             recorder.stop()
-            with np.errstate(over="ignore", invalid="ignore"):
-                _sgd(net, velocity, _lr_at(cfg, step, total), cfg)
-            bad = [p.name for p in net.params() if not np.isfinite(p.value).all()]
-            if bad:
-                raise TrainingError(f"parameter {bad[0]} became non-finite at step {step} (epoch {epoch + 1}); "
-                                    f"training diverged (try a smaller lr than {cfg.lr})")
-            for s in scales:
-                s.update_global() if rec_obj.grad_scaling == "global" else s.update()
-            epoch_loss += loss
+            run_of_skips = run_of_skips + 1 if skip else 0
+            if run_of_skips > MAX_SKIPS:
+                raise TrainingError(f"the backward GEMMs overflowed their accumulators {run_of_skips} steps in a row "
+                                    f"up to step {step} (epoch {epoch + 1}), at every gradient scale tried")
+            skipped += skip
+            epoch_loss += 0.0 if skip else loss
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)
         test_loss, test_acc = evaluate(net, rec_obj, ds.x_test, ds.y_test)
         metrics += [
-            {"step": step, "epoch": epoch + 1, "split": "train", "metric": "loss", "value": epoch_loss / steps_per_epoch},
+            {"step": step, "epoch": epoch + 1, "split": "train", "metric": "loss",
+             "value": epoch_loss / max(steps_per_epoch - skipped, 1)},
+            {"step": step, "epoch": epoch + 1, "split": "train", "metric": "skipped_steps", "value": float(skipped)},
             {"step": step, "epoch": epoch + 1, "split": "test", "metric": "loss", "value": test_loss},
             {"step": step, "epoch": epoch + 1, "split": "test", "metric": "accuracy", "value": test_acc},
         ]
@@ -321,7 +355,8 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     bar.close()
     gemms, ops = recorder.tables()
     last = {m["metric"] + "_" + m["split"]: m["value"] for m in metrics if m["epoch"] == cfg.epochs}
-    final = {"test_accuracy": last["accuracy_test"], "test_loss": last["loss_test"], "train_loss": last["loss_train"]}
+    final = {"test_accuracy": last["accuracy_test"], "test_loss": last["loss_test"], "train_loss": last["loss_train"],
+             "skipped_steps": int(sum(m["value"] for m in metrics if m["metric"] == "skipped_steps"))}
     meta = {
         "model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "seed": cfg.seed,
         "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": total,

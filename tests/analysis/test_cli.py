@@ -134,3 +134,80 @@ def test_import_scalesim_cli(tmp_path):
     bad.write_text("Layer, M, N, K\nfc, 10, 0, 5\n")
     res = fourbit("import-scalesim", str(bad), "--batch", "1", "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "line 2: N = 0 must be >= 1" in res.stderr
+
+
+def test_train_resume_continues_a_killed_run(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from analysis.cli import main
+    from traces import read
+
+    train_mod = importlib.import_module("models.train")
+    args = ["train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--epochs", "3", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    real_save, saves = train_mod._save_checkpoint, []
+
+    def dies_after_epoch_2(*a, **k):
+        real_save(*a, **k)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", dies_after_epoch_2)
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume", "--overwrite"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert len(saves) == 3
+    whole, cut = read(tmp_path / "whole"), read(tmp_path / "cut")
+    pd.testing.assert_frame_equal(whole.metrics, cut.metrics, check_exact=True)
+    pd.testing.assert_frame_equal(whole.gemms, cut.gemms, check_exact=True)
+    assert main([*args, "--epochs", "4", "--out", str(tmp_path / "cut"), "--resume"]) == 2
+    assert "is of another run: train_config" in capsys.readouterr().err
+
+
+def test_recipe_specs_on_the_command_line(tmp_path):
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4:radix=16,grad_scaling=global",
+                  "--epochs", "1", "--out", str(tmp_path / "r16"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    from traces import read
+
+    meta = read(tmp_path / "r16").meta
+    assert meta["recipe"]["name"] == "int4:radix=16,grad_scaling=global"
+    assert meta["recipe"]["hidden"]["grad_weight"] == "fp4_r16_e3_odd"
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4:radix=3",
+                  "--out", str(tmp_path / "bad"), "--quiet")
+    assert res.returncode == 2 and "radix" in res.stderr and not (tmp_path / "bad" / "meta.json").exists()
+
+
+def test_ablation_table_and_resume(tmp_path):
+    args = ["ablation", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--recipe",
+            "int4:radix=2,tpr=off", "--seeds", "0", "1", "--epochs", "1", "--out", str(tmp_path / "abl"), "--quiet"]
+    res = fourbit(*args)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "abl" / "ablation.csv")
+    assert table.recipe.tolist() == ["int4", "int4:radix=2,tpr=off"]
+    assert table.seeds.tolist() == [2, 2] and table.radix.tolist() == [4, 2]
+    assert table.tpr.tolist() == [True, False]
+    runs = pd.read_csv(tmp_path / "abl" / "ablation_runs.csv")
+    assert len(runs) == 4 and runs.train_seconds.notna().all()
+    means = runs.groupby("recipe", sort=False).test_accuracy_pct.mean()
+    assert means.tolist() == pytest.approx(table.test_accuracy_pct.tolist())
+    again = fourbit(*args)  # every run is finished: read back, not trained again
+    assert again.returncode == 0, again.stderr
+    assert pd.read_csv(tmp_path / "abl" / "ablation_runs.csv").train_seconds.isna().all()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "abl" / "ablation.csv"), table)
+
+
+@pytest.mark.slow
+def test_train_lenet5_on_mnist_end_to_end(tmp_path, data_dir):
+    """The issue's MNIST row, one epoch: INT4 LeNet-5 on the real 60k/10k split."""
+    res = fourbit("train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(data_dir / "mnist"),
+                  "--recipe", "int4", "--epochs", "1", "--out", str(tmp_path / "m"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    from traces import read
+
+    trace = read(tmp_path / "m")
+    assert trace.meta["final"]["test_accuracy"] > 0.97
+    assert trace.meta["steps"] == 937 and set(trace.gemms.phase) == {"fwd", "bwd_data", "bwd_weight"}

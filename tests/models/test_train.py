@@ -1,0 +1,177 @@
+"""The trainer: determinism, checkpoint/resume, overflow skipping, bad input, the zoo."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.data import Dataset, load_dataset
+from models.layers import Context
+from models.recipes import get_recipe
+from models.recorder import Recorder
+from models.train import TrainConfig, grad_scales, train, train_step
+from models.zoo import build_model
+from traces.errors import ConfigError, DataError
+from traces.io import read
+
+train_mod = importlib.import_module("models.train")  # the package re-exports train(), shadowing it
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    """scikit-learn digits as 1 x 8 x 8 images (real data, small enough for conv nets in tests)."""
+    ds = load_dataset("digits")
+    return Dataset("digits-images", ds.x_train.reshape(-1, 1, 8, 8), ds.y_train,
+                   ds.x_test.reshape(-1, 1, 8, 8), ds.y_test, 10)
+
+
+def _same_trace(a, b):
+    pd.testing.assert_frame_equal(a.gemms, b.gemms, check_exact=True)
+    pd.testing.assert_frame_equal(a.ops, b.ops, check_exact=True)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
+
+
+def test_same_seed_same_bits(digit_images):
+    runs = [train("resnet", digit_images, "int4", epochs=1, batch_size=32, trace_every=10, seed=3,
+                  progress=False, model_params={"width": 4}) for _ in range(2)]
+    _same_trace(runs[0].trace, runs[1].trace)
+    assert runs[0].trace.steps == [0, 10, 20, 30, 40, 43]  # every 10th and the last of 44
+    for p, q in zip(runs[0].net.params(), runs[1].net.params(), strict=True):
+        assert p.value.tobytes() == q.value.tobytes()
+    other = train("resnet", digit_images, "int4", epochs=1, batch_size=32, seed=4, progress=False,
+                  model_params={"width": 4})
+    assert other.final != runs[0].final
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(digit_images, tmp_path, monkeypatch):
+    kw = dict(epochs=3, batch_size=32, seed=1, trace_every=15, progress=False, model_params={"width": 4})
+    whole = train("resnet", digit_images, "int4", out=tmp_path / "whole", **kw)
+
+    saves = []
+    real_save = train_mod._save_checkpoint
+
+    def killed_after_first_epoch(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 1:
+            raise KeyboardInterrupt  # the process dies right after the checkpoint of epoch 1
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train("resnet", digit_images, "int4", out=tmp_path / "cut", **kw)
+    assert not (tmp_path / "cut" / "meta.json").exists()  # nothing final written half-way
+    resumed = train("resnet", digit_images, "int4", out=tmp_path / "cut", resume=True, **kw)
+    assert len(saves) == 3  # epochs 2 and 3 ran again after the resume
+    assert resumed.final == whole.final
+    _same_trace(resumed.trace, whole.trace)
+    _same_trace(read(tmp_path / "cut"), read(tmp_path / "whole"))
+    for p, q in zip(resumed.net.params(), whole.net.params(), strict=True):
+        assert p.value.tobytes() == q.value.tobytes()
+
+
+def test_resume_refuses_another_run_or_no_checkpoint(digit_images, tmp_path):
+    with pytest.raises(ConfigError, match="--resume: no checkpoint"):
+        train("mlp", "digits", "int4", epochs=1, out=tmp_path / "none", resume=True, progress=False)
+    train("mlp", "digits", "int4", epochs=1, out=tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="checkpoint in .* is of another run: train_config"):
+        train("mlp", "digits", "int4", epochs=2, out=tmp_path / "a", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="is of another run: recipe"):
+        train("mlp", "digits", "fp32", epochs=1, out=tmp_path / "a", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="--resume needs --out"):
+        train("mlp", "digits", "int4", epochs=1, resume=True, progress=False)
+
+
+def test_bad_input_is_named_and_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("FOURBIT_DATA_DIR", raising=False)
+    out = tmp_path / "run"
+    cases = [
+        (dict(model="mlp", dataset="digits", recipe="int4", batch_size=5000), ConfigError,
+         "batch_size 5000 is larger than the training set"),
+        (dict(model="vgg", dataset="digits", recipe="int4"), ConfigError, "unknown model 'vgg'; known models: mlp"),
+        (dict(model="mlp", dataset="digits", recipe="int5"), ConfigError, "unknown recipe 'int5'"),
+        (dict(model="lenet5", dataset="digits", recipe="int4"), ConfigError, "lenet5 takes images"),
+        (dict(model="mlp", dataset="mnist", recipe="int4"), DataError, "dataset 'mnist' needs --data-dir"),
+        (dict(model="mlp", dataset="mnist", recipe="int4", data_dir=str(tmp_path / "nope")), DataError,
+         "is not a directory"),
+        (dict(model="mlp", dataset="digits", recipe="int4:radix=8,tpr=on"), ConfigError, "radix 8 has no odd phase"),
+        (dict(model="mlp", dataset="digits", recipe="int4", lr=-1.0), ConfigError, "lr must be a finite number > 0"),
+    ]
+    for kw, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            train(**kw, epochs=1, out=out, progress=False)
+        assert not out.exists()
+
+
+def test_overflowing_backward_gemm_skips_the_step_and_halves_the_scale():
+    ds = load_dataset("digits")
+    net = build_model("mlp", (64,), 10, 0, hidden=(32, 32))
+    recipe = get_recipe("int4")
+    scales = grad_scales(net, recipe)
+    ctx = Context(recipe, Recorder())
+    cfg = TrainConfig(batch_size=256, lr=0.1)
+    # one sample 256 times: every bwd_weight sum over the batch adds 256 equal products
+    x, y = np.repeat(ds.x_train[:1], 256, axis=0), np.repeat(ds.y_train[:1], 256)
+    train_step(net, ctx, x, y, {}, scales, 0.1, cfg)  # calibrates every scale
+    victim = net.gemm_layers()[1]  # fc2, the hidden layer
+    victim.grad_scale.exponent += 24  # s*dY saturates FP4 (64)
+    victim.alpha.value[0] = 1e-3  # and PACT clips every positive input to code 15: 256 x 64 x 15 > 65504
+    before = {p.name: p.value.copy() for p in net.params()}
+    exps = {id(s): s.exponent for s in scales}
+    velocity: dict = {}
+    loss, skipped = train_step(net, ctx, x, y, velocity, scales, 0.1, cfg, step=1)
+    assert skipped and np.isfinite(loss)
+    assert all((p.value == before[p.name]).all() and not p.grad.any() for p in net.params())
+    assert victim.grad_scale.exponent == exps[id(victim.grad_scale)] - 1
+    others = [s for s in scales if s is not victim.grad_scale]
+    assert all(s.exponent == exps[id(s)] for s in others)
+
+
+def test_overflow_skips_are_counted_in_the_metrics(digit_images, monkeypatch):
+    real = train_mod.train_step
+    calls = []
+
+    def first_two_overflow(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            return 1.0, True
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", first_two_overflow)
+    run = train("mlp", "digits", "int4", epochs=1, progress=False)
+    assert run.final["skipped_steps"] == 2
+    m = run.trace.metrics
+    assert m[m.metric == "skipped_steps"].value.tolist() == [2.0]
+
+    monkeypatch.setattr(train_mod, "train_step", lambda *a, **k: (1.0, True))
+    with pytest.raises(train_mod.TrainingError, match="overflowed their accumulators 33 steps in a row"):
+        train("mlp", "digits", "int4", epochs=2, progress=False)
+
+
+@pytest.mark.parametrize("model, params, shape", [
+    ("mlp", {}, (64,)), ("lenet5", {}, (1, 28, 28)), ("resnet", {"depth": 14, "width": 4}, (3, 16, 16)),
+    ("speech", {}, (1, 40, 61)),
+])
+def test_zoo_roles_and_shapes(model, params, shape):
+    net = build_model(model, shape, 10, 0, **params)
+    gemm = net.gemm_layers()
+    assert gemm[0].role == "first" and gemm[-1].role == "last"
+    assert {layer.role for layer in gemm[1:-1]} <= {"hidden", "depthwise"}
+    assert not gemm[0].needs_input_grad and all(layer.needs_input_grad for layer in gemm[1:])
+    x = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    assert net.forward(x, Context(get_recipe("int4"))).shape == (2, 10)
+
+
+def test_lstm_language_model_trains_on_text(data_dir):
+    ds = load_dataset("shakespeare", data_dir)
+    small = Dataset("shakespeare", ds.x_train[:256, :16], ds.y_train[:256, :16], ds.x_test[:64, :16],
+                    ds.y_test[:64, :16], ds.n_classes, ds.vocab)
+    run = train("lstm", small, "int4", epochs=2, batch_size=32, progress=False,
+                model_params={"embed": 16, "hidden": 32, "layers": 2})
+    assert run.net.gemm_layers()[0].needs_input_grad  # its input gradient feeds the embedding
+    assert run.final["test_loss"] < np.log(ds.n_classes)  # better than uniform over 65 characters
+    g = run.trace.gemms
+    assert set(g.layer) == {"lstm1.ih", "lstm1.hh", "lstm2.ih", "lstm2.hh", "fc"}
+    assert (g[g.layer == "lstm1.hh"].groupby("phase").size() == 16).all()  # one per time step
