@@ -103,6 +103,7 @@ def bench_sim(quick: bool = False) -> list[dict]:
     wall time against the number of tiles walked one by one (batch 4 .. 32, with and without the
     steady-state batches): a straight line through them shows the cost is linear in tiles."""
     from hwsim import load_chip, simulate
+    from hwsim.engine import clear_timing_cache
     from models.recipes import get_recipe
     from traces.scalesim import import_topology
 
@@ -116,6 +117,7 @@ def bench_sim(quick: bool = False) -> list[dict]:
         for compress in (True, False):
             if not compress and batch > 16:
                 continue
+            clear_timing_cache()  # cold: every GEMM simulated, none taken from an earlier run
             wall, rep = _timed(lambda trace=trace, compress=compress: simulate(trace, chip, compress=compress))
             df = rep.to_frame()
             points.append((rep.run_info["events"], wall))

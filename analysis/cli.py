@@ -173,6 +173,56 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from analysis.plots import sweep_figures
+    from analysis.sweep import Source, SweepSpec, load_spec, parse_grid, sweep
+
+    given = {k: v for k, v in (("out", args.out), ("workers", args.workers), ("scheduler", args.scheduler),
+                                ("chip", args.chip), ("recipe", args.recipe)) if v is not None}
+    if args.spec:
+        spec = load_spec(args.spec, **given)
+        if args.grid:
+            spec = replace(spec, grid=spec.grid + parse_grid(args.grid))
+    else:
+        source = Source(trace=args.trace, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        spec = SweepSpec(source=source, grid=parse_grid(args.grid or []), **given)
+    if args.data_dir and spec.source.data_dir is None:
+        spec = replace(spec, source=replace(spec.source, data_dir=args.data_dir))
+    table = sweep(spec, progress=not args.quiet)
+    figures = sweep_figures(table, spec.out)
+    failed = int((table.status != "ok").sum())
+    shown = [c for c in table.columns if c in {f for ax in spec.grid for f in ax.fields}] + [
+        c for c in ("recipe_name", "tpr", "status", "total_cycles", "energy_pj", "utilization", "test_accuracy_pct")
+        if c in table.columns]
+    _print_table(table[shown])
+    print(f"\n{len(table)} points ({failed} failed); wrote {spec.out}/results.parquet, {spec.out}/results.csv"
+          f" and {len(figures)} figures (PNG and SVG); `fourbit report {spec.out}` makes an HTML page")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import compare
+    from analysis.sweep import Source
+
+    source = Source(trace=args.trace, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    table = compare(source, chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
+                    workers=args.workers, scheduler=args.scheduler, progress=not args.quiet)
+    _print_table(table)
+    print(f"\nwrote {args.out}/compare.csv")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    print(f"wrote {write_report(args.directory)}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from analysis.bench import format_records, run_benchmarks
 
@@ -262,6 +312,50 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="ablation-out")
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=_cmd_ablation)
+
+    w = sub.add_parser("sweep", help="a grid over chip fields and recipe parameters: simulate (and train) every point",
+                       formatter_class=fmt)
+    w.add_argument("--trace", default=None, help="a run or imported trace directory (chip-only sweeps)")
+    w.add_argument("--model", default=None, help="train this model for every distinct recipe of the grid")
+    w.add_argument("--dataset", default=None)
+    w.add_argument("--data-dir", default=None)
+    w.add_argument("--epochs", type=_positive_int, default=1)
+    w.add_argument("--batch-size", type=_positive_int, default=64)
+    w.add_argument("--lr", type=float, default=0.1)
+    w.add_argument("--seed", type=_nonneg_int, default=0)
+    w.add_argument("--grid", action="append", metavar="FIELD[,FIELD]=V1,V2,...",
+                   help="an axis: chip fields (array.rows, array.dataflow, log_path.radix, ...), chip, recipe, "
+                        "recipe.<param> (radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc); repeatable")
+    w.add_argument("--spec", default=None, help="a TOML sweep spec ([source], [[grid]], ...); flags override it")
+    w.add_argument("--chip", default=None, help="the base chip (preset or TOML; default fourbit)")
+    w.add_argument("--recipe", default=None, help="the base recipe (default: the trace's, or int4)")
+    w.add_argument("--out", default=None, help="output directory (default sweep-out)")
+    w.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default 1)")
+    w.add_argument("--scheduler", default=None, help="a dask.distributed scheduler address, tcp://HOST:PORT")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=_cmd_sweep)
+
+    cm = sub.add_parser("compare", help="the 4-bit chip vs FP16, INT8 and HFP8 chips, iso-array and iso-area",
+                        formatter_class=fmt)
+    cm.add_argument("--trace", default=None, help="a run or imported trace directory")
+    cm.add_argument("--model", default=None, help="train this model with each chip's recipe")
+    cm.add_argument("--dataset", default=None)
+    cm.add_argument("--data-dir", default=None)
+    cm.add_argument("--epochs", type=_positive_int, default=1)
+    cm.add_argument("--batch-size", type=_positive_int, default=64)
+    cm.add_argument("--lr", type=float, default=0.1)
+    cm.add_argument("--seed", type=_nonneg_int, default=0)
+    cm.add_argument("--chips", default="fourbit,fp16,int8,hfp8", help="chip presets, comma separated")
+    cm.add_argument("--baseline", default="fp16")
+    cm.add_argument("--out", default="compare-out")
+    cm.add_argument("--workers", type=_positive_int, default=1)
+    cm.add_argument("--scheduler", default=None)
+    cm.add_argument("--quiet", action="store_true")
+    cm.set_defaults(func=_cmd_compare)
+
+    rp = sub.add_parser("report", help="one static HTML page of a sweep's (or compare's) tables and figures")
+    rp.add_argument("directory")
+    rp.set_defaults(func=_cmd_report)
 
     b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")
     b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim, train")

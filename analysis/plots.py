@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 
 from hwsim.report import SimReport  # noqa: E402
 
-__all__ = ["main_job_figure"]
+__all__ = ["main_job_figure", "sweep_figures"]
 
 _COMPONENTS = {
     "energy_mac_pj": "MAC", "energy_acc_pj": "accumulate", "energy_reg_pj": "registers",
@@ -48,3 +48,126 @@ def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as PNG and SVG (atomically, temporary names renamed into place)."""
+    import os
+
+    paths = []
+    for ext in ("png", "svg"):
+        path = out / f"{stem}.{ext}"
+        tmp = out / f".{stem}.tmp.{ext}"
+        fig.savefig(tmp, dpi=120, format=ext)
+        os.replace(tmp, path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _pes(table: pd.DataFrame) -> pd.Series:
+    return table["array"].str.split("x").map(lambda rc: int(rc[0]) * int(rc[1]))
+
+
+def _label(row, keys) -> str:
+    return ", ".join(f"{k}={row[k]}" for k in keys)
+
+
+def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
+    """The figures of a sweep (`analysis.sweep`), PNG and SVG in ``out/figures``; those the
+    table has the axes for:
+
+    - ``speedup_energy_vs_array``: speed-up over the smallest array and energy per step (uJ)
+      against the number of PEs, a line per (radix, dataflow);
+    - ``accuracy_vs_radix``: test accuracy of the trained recipes against the log base;
+    - ``energy_breakdown``: energy per step by component (stacked bars), one bar per point;
+    - ``utilization_per_layer``: MAC utilization per GEMM (layer and phase) of the first point,
+      one line per array size among the points that differ from it only in the array.
+    """
+    out = Path(out) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    ok = table[table.status == "ok"].copy()
+    if ok.empty:
+        return []
+    ok["pes"] = _pes(ok)
+    ok["radix_label"] = ok["radix"].map(lambda r: "no FP4" if pd.isna(r) else f"radix {int(r)}")
+    paths: list[Path] = []
+    if ok["pes"].nunique() > 1:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for (radix, flow), g in ok.groupby(["radix_label", "dataflow"], sort=True):
+            g = g.groupby("pes", as_index=False)[["time_s", "energy_pj"]].mean().sort_values("pes")
+            ax1.plot(g.pes, g.time_s.iloc[0] / g.time_s, marker="o", label=f"{radix}, {flow.upper()}")
+            ax2.plot(g.pes, g.energy_pj * 1e-6, marker="o", label=f"{radix}, {flow.upper()}")
+        for ax, title, ylabel in ((ax1, "Speed-up over the smallest array", "speed-up (x)"),
+                                  (ax2, "Energy per training step", "uJ")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("PEs (rows x cols)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        ax2.set_yscale("log")
+        ax1.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        paths += _save(fig, out, "speedup_energy_vs_array")
+    acc = ok.dropna(subset=["test_accuracy_pct"])
+    if not acc.empty and acc["radix"].nunique() > 1:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        per = acc.groupby(["radix", "tpr"], dropna=False, as_index=False).test_accuracy_pct.first()
+        for tpr, g in per.groupby("tpr", dropna=False):
+            ax.plot(g.radix, g.test_accuracy_pct, marker="o", linestyle="none" if len(g) == 1 else "-",
+                    label="TPR" if tpr is True else "single phase")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(per.radix.unique()), [str(int(r)) for r in sorted(per.radix.unique())])
+        ax.set_xlabel("FP4 log base (radix)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("Accuracy vs log base")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths += _save(fig, out, "accuracy_vs_radix")
+    keys = [c for c in table.columns[: list(table.columns).index("point_id")]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(ok) + 2), 5))
+    labels = [_label(r, keys) for _, r in ok.iterrows()]
+    bottom = pd.Series(0.0, index=ok.index)
+    for key, name in _COMPONENTS.items():
+        if key in ok:
+            ax.bar(range(len(ok)), ok[key] * 1e-6, bottom=bottom, label=name)
+            bottom += ok[key] * 1e-6
+    ax.set_xticks(range(len(ok)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("uJ per training step")
+    ax.set_title("Energy by component")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    paths += _save(fig, out, "energy_breakdown")
+    paths += _utilization_figure(ok, keys, Path(out).parent / "points", out)
+    return paths
+
+
+def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Path) -> list[Path]:
+    first = ok.iloc[0]
+    others = [k for k in keys if not k.startswith("array.") and k != "array"]
+    same = ok[(ok[others] == first[others]).all(axis=1)] if others else ok
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    drawn = 0
+    for _, row in same.drop_duplicates("array").iterrows():
+        path = points / f"{row.point_id}.layers.parquet"
+        if not path.is_file():
+            continue
+        df = pd.read_parquet(path)
+        df = df[df.macs > 0]
+        util = df.macs / (df.total_cycles * df.peak_macs_per_cycle).clip(lower=1)
+        ax.plot(range(len(df)), util, marker=".", label=f"{row['array']}")
+        names = [f"{lay} {ph}" for lay, ph in zip(df.layer, df.phase, strict=True)]
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return []
+    step = max(1, len(names) // 40)
+    ax.set_xticks(range(0, len(names), step), names[::step], rotation=90, fontsize=6)
+    ax.set_ylabel("MAC utilization")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Utilization per GEMM (" + (_label(first, others) or "first point") + ")")
+    ax.legend(title="array", fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out, "utilization_per_layer")

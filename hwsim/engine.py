@@ -12,6 +12,7 @@ whole periods of an exactly periodic schedule (tested equal to tile-by-tile simu
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import simpy
@@ -210,9 +211,30 @@ def _simulate_passes(ops: list, chip: ChipConfig) -> _Timing:
     return _Timing(int(env.now), int(env.now), 0, dram.read_bytes, dram.write_bytes, events, 0)
 
 
+_TIMINGS: OrderedDict = OrderedDict()
+"""GEMM timings already simulated in this process, keyed by everything a timing depends on
+(`_timing_key`): identical GEMMs in one step, and in the points of a sweep that change only
+energy or numerics (log base, energy table), are simulated once. Least recently used first out."""
+_TIMINGS_MAX = 50_000
+
+
+def clear_timing_cache() -> None:
+    """Forget the GEMM timings simulated so far (benchmarks time cold simulations)."""
+    _TIMINGS.clear()
+
+
+def _timing_key(job: _Job, chip: ChipConfig, compress: bool) -> tuple:
+    """What `_simulate_gemm` reads: the tile plan, the unit, the output path, the vector passes,
+    the cores, and the chip's DRAM, SRAM, DMA and scaling-unit timing fields."""
+    plan = job.plan
+    return (tuple(plan.segments), plan.tiles, plan.output_tiles, plan.compute_cycles, job.unit, job.path,
+            tuple(job.passes), job.cores, compress, chip.bytes_per_cycle, chip.dram.latency_cycles,
+            chip.sram.double_buffered, chip.scaling.lanes, chip.dma.setup_cycles)
+
+
 class _Runner:
-    """Simulates the jobs one after another (identical GEMMs once) and collects one
-    `GemmResult` per job."""
+    """Simulates the jobs one after another (a GEMM whose timing is known, once) and collects
+    one `GemmResult` per job."""
 
     def __init__(self, chip: ChipConfig, table: dict, compress: bool) -> None:
         self.chip = chip
@@ -221,16 +243,19 @@ class _Runner:
         self.results: list[GemmResult] = []
         self.events = 0
         self.batches = 0
-        self._memo: dict = {}
 
     def run(self, jobs: list[_Job], leftovers: list) -> None:
         for job in jobs:
-            key = (tuple(job.plan.segments), job.unit, job.path, tuple(job.passes), job.cores)
-            timing = self._memo.get(key)
+            key = _timing_key(job, self.chip, self.compress)
+            timing = _TIMINGS.get(key)
             if timing is None:
-                timing = self._memo[key] = _simulate_gemm(job, self.chip, self.compress)
+                timing = _TIMINGS[key] = _simulate_gemm(job, self.chip, self.compress)
                 self.events += timing.events
                 self.batches += timing.batches
+                if len(_TIMINGS) > _TIMINGS_MAX:
+                    _TIMINGS.popitem(last=False)
+            else:
+                _TIMINGS.move_to_end(key)
             self.results.append(self._result(job, timing))
         for (layer, phase), ops in leftovers:
             timing = _simulate_passes(ops, self.chip)

@@ -623,7 +623,7 @@ def _acc_round(x, native):
 
 
 @njit(cache=True, parallel=True)
-def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows, native=False):
+def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, native=False):
     """GEMM with an IEEE binary16 (float32 lanes) or binary32 (float64 lanes, or float32 lanes
     with ``native``) accumulator, every rounding done by `narrow` (hardware fptrunc) or by the
     lane arithmetic itself, vectorised over n (no FMA contraction: Numba does not allow it
@@ -631,10 +631,10 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows, nat
 
     Valid when every group sum is exact in the lane type (the wrapper checks it). Overflow needs
     no test: IEEE rounding gives +-inf, which the accumulator model propagates too. A non-zero
-    group sum rounded to zero (the only underflow: sums of grid values never round to zero) marks
-    its row in ``underflow_rows`` (tested only with ``check_underflow``: the wrapper knows when no
-    group sum can be that small); the wrapper recomputes rows with non-finite outputs or
-    underflows by `gemm_general`, only to count those events.
+    group sum rounded to zero is the only underflow (sums of grid values never round to zero):
+    ``underflow_counts[m]`` receives their number in row m (tested only with ``check_underflow``:
+    the wrapper knows when no group sum can be that small). The wrapper recomputes rows with
+    non-finite outputs by `gemm_general`, only to count their overflows.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -657,7 +657,7 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows, nat
                     for n in range(N):
                         gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
                         gr = _acc_round(gs, native)
-                        lost[n] += abs(gs) if gr == 0 else 0
+                        lost[n] += 1 if (gr == 0) & (gs != 0) else 0
                         cs[n] = _acc_round(cs[n] + gr, native)
                 else:
                     for n in range(N):
@@ -670,7 +670,7 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows, nat
                         for n in range(N):
                             pr = av * b[k, n]
                             gr = _acc_round(pr, native)
-                            lost[n] += abs(pr) if gr == 0 else 0
+                            lost[n] += 1 if (gr == 0) & (pr != 0) else 0
                             cs[n] = _acc_round(cs[n] + gr, native)
                     else:
                         for n in range(N):
@@ -686,14 +686,15 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_rows, nat
                         g[n] += av * b[k, n]
                 for n in range(N):
                     gr = _acc_round(g[n], native)
-                    lost[n] += abs(g[n]) if gr == 0 else 0
+                    lost[n] += 1 if (gr == 0) & (g[n] != 0) else 0
                     cs[n] = _acc_round(cs[n] + gr, native)
             for n in range(N):
                 tot[n] = _acc_round(tot[n] + cs[n], native)
+        under = 0
         for n in range(N):
             out[m, n] = tot[n]
-            if lost[n] != 0:
-                underflow_rows[m] = True
+            under += int(lost[n])
+        underflow_counts[m] = under
 
 
 @njit(cache=True, parallel=True)

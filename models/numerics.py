@@ -512,22 +512,27 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         if acc.format != ("fp16" if path == "ieee32" else "fp32"):
             raise NumericsError(f"path {path!r} computes the {'fp16' if path == 'ieee32' else 'fp32'} accumulator only")
         lane_out = np.empty((m, n), dt)
-        lost = np.zeros(m, np.bool_)
         chunk = kk if acc.chunk is None else int(acc.chunk)
         # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
         # the format's smallest (subnormal) value
         check = 2.0 ** (a.low + b.low) <= acc.value_format.min_positive / 2
-        if _narrow_n(m, n, check):
-            lane_t, lost_t = np.empty((n, m), dt), np.zeros(n, np.bool_)
-            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, False, lost_t, native)
+        transposed = _narrow_n(m, n)
+        lost = np.zeros(n if transposed else m, np.int64)
+        if transposed:
+            lane_t = np.empty((n, m), dt)
+            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, check, lost, native)
             lane_out = lane_t.T
-            lost[:] = lost_t.any()
         else:
             K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, native)
         out = lane_out.astype(np.float64)
-        rows = np.flatnonzero(~np.isfinite(out).all(axis=1) | lost)
-        if rows.size:  # values are already right (IEEE inf/NaN, zeros); count the events
-            over, under = _general(a, b, acc, out, rows)
+        bad = ~np.isfinite(out).all(axis=1)
+        if transposed and bad.any():  # counts are per column there: recount every row
+            bad[:] = True
+        under = int(lost.sum()) if not bad.any() else (0 if transposed else int(lost[~bad].sum()))
+        rows = np.flatnonzero(bad)
+        if rows.size:  # values are already right (IEEE inf/NaN); count those rows' events
+            over, under_rows = _general(a, b, acc, out, rows)
+            under += under_rows
     elif path == "general":
         out = np.empty((m, n), np.float64)
         over, under = _general(a, b, acc, out, np.arange(m))
@@ -539,12 +544,12 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
     return out, GemmStats(int(over), int(under), nonfinite, path)
 
 
-def _narrow_n(m: int, n: int, check: bool) -> bool:
+def _narrow_n(m: int, n: int, check: bool = False) -> bool:
     """Run a lane kernel on the transposed problem (C^T = B^T A^T) when N is too narrow to fill
     the SIMD lanes and M is wider. The sum of every output keeps its k order, so the result is
-    bit-identical. Events flag columns there, so any event recomputes every row: only problems
-    where events are impossible or rare (``check`` off) are transposed."""
-    return not check and n < 8 and m > n  # rows with events are then found by recomputing all
+    bit-identical. Overflow flags then mark columns, so an overflow recomputes every row: the
+    `gemm_fast` kernel is transposed only when it cannot overflow (``check`` off)."""
+    return not check and n < 8 and m > n
 
 
 def _transposed_lanes(a: _Operand, b: _Operand, dt) -> tuple[np.ndarray, np.ndarray]:

@@ -115,9 +115,11 @@ def test_gemm_kernels_match_twin(m, k, n, seed, acc, kind, fmt, swap):
     if plan in ("ieee32", "ieee64") and 2.0 ** (ao.low + bo.low) >= fmt_acc.min_normal:
         # the bit-trick lanes must agree where they are valid too (no subnormal group sums)
         paths.append("fast32" if plan == "ieee32" else "fast64")
+    ref_stats = numerics.gemm_with_stats(a, b, acc, path="general")[1]
     for path in paths:
-        got = numerics.gemm_with_stats(a, b, acc, path=path)[0]
+        got, stats = numerics.gemm_with_stats(a, b, acc, path=path)
         assert same_bits(got, want), (path, got, want)
+        assert (stats.overflows, stats.underflows) == (ref_stats.overflows, ref_stats.underflows), path
 
 
 @given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 4), st.integers(0, 2**31))

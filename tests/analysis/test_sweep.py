@@ -1,0 +1,192 @@
+"""Sweeps: grid expansion, linked log base, resume after a kill, failures, Dask, bad specs, CLI."""
+
+from __future__ import annotations
+
+import importlib
+
+import pandas as pd
+import pytest
+
+from analysis.sweep import Axis, Source, SweepSpec, parse_grid, sweep
+from models.recipes import get_recipe
+from traces.errors import ConfigError
+from traces.scalesim import import_topology
+
+sweep_mod = importlib.import_module("analysis.sweep")
+
+TOPOLOGY = """Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
+conv1, 18, 18, 3, 3, 3, 16, 1,
+conv2, 16, 16, 3, 3, 16, 32, 2,
+fc, 1, 1, 1, 1, 1568, 10, 1,
+"""
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory):
+    """A three-layer SCALE-Sim topology imported at batch 8 with the int4 recipe."""
+    d = tmp_path_factory.mktemp("topo")
+    (d / "small.csv").write_text(TOPOLOGY)
+    path = d / "trace"
+    import_topology(d / "small.csv", 8, get_recipe("int4").describe()).write(path)
+    return str(path)
+
+
+GRID = ("array.rows,array.cols=8,16", "log_path.radix=2,4", "array.dataflow=ws,os")
+
+
+def _spec(trace, out, grid=GRID, **kw):
+    return SweepSpec(Source(trace=trace), parse_grid(list(grid)), out=str(out), **kw)
+
+
+def test_grid_table_columns_and_linked_log_base(small_trace, tmp_path):
+    table = sweep(_spec(small_trace, tmp_path / "s"), progress=False)
+    assert len(table) == 8 and (table.status == "ok").all()
+    assert list(table.columns[:4]) == ["array.rows", "array.cols", "log_path.radix", "array.dataflow"]
+    assert table["array.rows"].tolist() == [8, 8, 8, 8, 16, 16, 16, 16]
+    assert (table["array.rows"] == table["array.cols"]).all()
+    # radix 2 has no odd phase: the recipe follows the datapath's log base, single phase
+    r2 = table[table["log_path.radix"] == 2]
+    assert set(r2.recipe_name) == {"int4:radix=2,tpr=off"} and not r2.tpr.any() and (r2.radix == 2).all()
+    r4 = table[table["log_path.radix"] == 4]
+    assert set(r4.recipe_name) == {"int4:radix=4"} and r4.tpr.all()
+    # a bigger array is faster; the log base changes energy, not the array's work (TPR's second
+    # gradient quantization adds a little vector work)
+    t = table.set_index(["array.rows", "log_path.radix", "array.dataflow"])
+    assert t.loc[(16, 4, "ws"), "total_cycles"] < t.loc[(8, 4, "ws"), "total_cycles"]
+    assert t.loc[(8, 2, "os"), "compute_cycles"] == t.loc[(8, 4, "os"), "compute_cycles"]
+    assert t.loc[(8, 2, "os"), "total_cycles"] < t.loc[(8, 4, "os"), "total_cycles"]
+    assert t.loc[(8, 2, "ws"), "energy_pj"] != t.loc[(8, 4, "ws"), "energy_pj"]
+    saved = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    pd.testing.assert_frame_equal(saved, table)
+    assert (tmp_path / "s" / "results.csv").is_file()
+    assert len(list((tmp_path / "s" / "traces").iterdir())) == 1  # radix 2 re-imported; radix 4 is the given trace
+
+
+def test_killed_sweep_resumes_without_repeating_a_point(small_trace, tmp_path, monkeypatch):
+    real = sweep_mod.run_point
+    calls = []
+
+    def dies_at_the_fourth(*args):
+        calls.append(args[0].index)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(sweep_mod, "run_point", dies_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(_spec(small_trace, tmp_path / "k"), progress=False)
+    assert len(list((tmp_path / "k" / "points").glob("*[0-9a-f].parquet"))) == 3
+    calls.clear()
+    monkeypatch.setattr(sweep_mod, "run_point", lambda *a: (calls.append(a[0].index), real(*a))[1])
+    table = sweep(_spec(small_trace, tmp_path / "k"), progress=False)
+    assert sorted(calls) == [3, 4, 5, 6, 7]  # only the missing points ran
+    assert len(table) == 8 and table.point_id.is_unique and (table.status == "ok").all()
+    whole = sweep(_spec(small_trace, tmp_path / "w"), progress=False)
+    pd.testing.assert_frame_equal(table, whole)
+
+
+def test_a_failing_point_is_recorded_and_retried(small_trace, tmp_path, monkeypatch):
+    real = sweep_mod.run_point
+
+    def breaks_os(point, *args):
+        if point.values["array.dataflow"] == "os" and point.values["array.rows"] == 16:
+            raise RuntimeError("simulated fault")
+        return real(point, *args)
+
+    monkeypatch.setattr(sweep_mod, "run_point", breaks_os)
+    table = sweep(_spec(small_trace, tmp_path / "f"), progress=False)
+    bad = table[table.status == "error"]
+    assert len(bad) == 2 and bad.error.str.contains("RuntimeError: simulated fault").all()
+    assert bad.total_cycles.isna().all() and (table.status == "ok").sum() == 6
+    monkeypatch.setattr(sweep_mod, "run_point", real)
+    again = sweep(_spec(small_trace, tmp_path / "f"), progress=False)
+    assert (again.status == "ok").all()
+
+
+def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
+    from dask.distributed import LocalCluster
+
+    local = sweep(_spec(small_trace, tmp_path / "local"), progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        remote = sweep(_spec(small_trace, tmp_path / "dask", scheduler=cluster.scheduler_address), progress=False)
+    pd.testing.assert_frame_equal(local, remote)
+
+
+@pytest.mark.parametrize("grid, message", [
+    (["array.depth=4,8"], r"unknown field array.depth; fields of \[array\]: rows, cols"),
+    (["array.rows=0,8"], "array.rows = 0 is out of range"),
+    (["array.dataflow=ws,rs"], "array.dataflow = 'rs' is out of range"),
+    (["recipe.radix=3"], "radix"),
+    (["recipe.colour=1"], "unknown grid field 'recipe.colour'"),
+    (["recipe.radix=8", "recipe.tpr=on"], "radix 8 has no odd phase"),
+    (["array.rows=8", "array.rows=16"], "grid field 'array.rows' appears on two axes"),
+    ([], "the grid is empty"),
+])
+def test_bad_specs_are_rejected_before_any_work(small_trace, tmp_path, grid, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep(_spec(small_trace, tmp_path / "bad", grid=grid), progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bad_grid_syntax_and_sources(small_trace, tmp_path):
+    with pytest.raises(ConfigError, match="expected FIELD"):
+        parse_grid(["array.rows"])
+    with pytest.raises(ConfigError, match="has no values"):
+        parse_grid(["array.rows="])
+    with pytest.raises(ConfigError, match="exactly one source"):
+        sweep(SweepSpec(Source(), (Axis(("array.rows",), (8,)),), out=str(tmp_path / "x")), progress=False)
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        sweep(SweepSpec(Source(model="vgg", dataset="digits"), (Axis(("array.rows",), (8,)),),
+                        out=str(tmp_path / "x")), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_training_sweep_trains_once_per_recipe(tmp_path):
+    spec = SweepSpec(Source(model="mlp", dataset="digits", epochs=1),
+                     parse_grid(["recipe.radix=2,4", "array.rows,array.cols=8,16"]), out=str(tmp_path / "t"))
+    table = sweep(spec, progress=False)
+    assert len(table) == 4 and (table.status == "ok").all()
+    assert len(list((tmp_path / "t" / "runs").iterdir())) == 2
+    assert table.test_accuracy_pct.between(50, 100).all()
+    acc = table.groupby("recipe.radix").test_accuracy_pct.nunique()
+    assert (acc == 1).all()  # one training per recipe, shared by its chips
+    assert (table[table["recipe.radix"] == 2].tpr == False).all()  # noqa: E712
+
+
+def test_toml_spec_and_cli_with_report(small_trace, tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'chip = "fourbit"\n[source]\ntrace = "{small_trace}"\n'
+                    '[[grid]]\nfields = ["array.rows", "array.cols"]\nvalues = [8, 16]\n'
+                    '[[grid]]\nfields = "array.dataflow"\nvalues = ["ws", "is"]\n')
+    from tests.analysis.test_cli import fourbit
+
+    out = tmp_path / "cli"
+    res = fourbit("sweep", "--spec", str(spec), "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 4 and table["array.dataflow"].tolist() == ["ws", "is", "ws", "is"]
+    for fig in ("speedup_energy_vs_array", "energy_breakdown", "utilization_per_layer"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+        assert (out / "figures" / f"{fig}.svg").is_file()
+    res = fourbit("report", str(out))
+    assert res.returncode == 0, res.stderr
+    page = (out / "report.html").read_text()
+    assert "Sweep results" in page and "figures/speedup_energy_vs_array.png" in page
+    res = fourbit("sweep", "--trace", small_trace, "--grid", "sram.ifmap_bytes=-1", "--out", str(tmp_path / "b"))
+    assert res.returncode == 2 and "sram.ifmap_bytes" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
+    from analysis.compare import compare
+
+    table = compare(Source(trace=small_trace), out=tmp_path / "c", progress=False)
+    assert len(table) == 8 and (table.status == "ok").all()
+    assert table["mode"].tolist() == ["iso-array"] * 4 + ["iso-area"] * 4
+    base = table[table.chip == "fp16"]
+    assert (base.speedup_vs_fp16 == 1).all() and (base.energy_ratio_vs_fp16 == 1).all()
+    four = table[table.chip == "fourbit"].set_index("mode")
+    assert four.loc["iso-array", "array"] == "32x32" and four.loc["iso-area", "array"] == "43x43"
+    assert four.loc["iso-area", "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0]
+    assert (four.speedup_vs_fp16 > 1).all() and (four.energy_ratio_vs_fp16 < 1).all()
+    assert (tmp_path / "c" / "compare.csv").is_file()
