@@ -94,24 +94,20 @@ def ablation(job: Ablation | None = None, *, progress: bool = True, **params) ->
     cfg = TrainConfig(epochs=job.epochs, batch_size=job.batch_size, lr=job.lr)
     rows = []
     pairs = [(label, spec, seed) for label, spec in job.variants for seed in job.seeds]
+    finished = {}
+    for _, spec, seed in pairs:  # runs already in out must be of this ablation: checked up front
+        path = out / "runs" / f"{_slug(spec)}-s{seed}"
+        if (path / "meta.json").is_file():
+            finished[path] = _check_finished(path, job, ds.name, spec, seed)
     for label, spec, seed in tqdm(pairs, desc="ablation", unit="run", disable=not progress):
         path = out / "runs" / f"{_slug(spec)}-s{seed}"
         wall = None
-        if (path / "meta.json").is_file():
-            meta = read(path).meta
-            want = {"model": job.model, "dataset": ds.name, "recipe": get_recipe(spec).name, "epochs": job.epochs,
-                    "batch_size": job.batch_size, "lr": job.lr, "seed": seed}
-            have = {"model": meta["model"], "dataset": meta["dataset"], "recipe": meta["recipe"]["name"],
-                    **{k: meta["train_config"][k] for k in ("epochs", "batch_size", "lr", "seed")}}
-            if have != want:
-                diff = next(k for k in want if have[k] != want[k])
-                raise ConfigError(f"{path} holds a run with {diff} = {have[diff]!r}, not {want[diff]!r}; "
-                                  f"use another --out")
-            final = meta["final"]
-        else:
+        if path in finished:
+            final = finished[path]
+        else:  # a run killed mid-way continues from its last epoch checkpoint
             t0 = time.perf_counter()
             run = train(job.model, ds, spec, config=cfg, seed=seed, out=path, progress=False,
-                        model_params=job.model_params)
+                        model_params=job.model_params, resume=(path / "checkpoint" / "state.json").is_file())
             final, wall = run.final, time.perf_counter() - t0
         rows.append(_run_row(label, spec, seed, final, wall))
     runs = pd.DataFrame(rows)
@@ -121,6 +117,19 @@ def ablation(job: Ablation | None = None, *, progress: bool = True, **params) ->
     return table
 
 
+def _check_finished(path, job: Ablation, dataset: str, spec: str, seed: int) -> dict:
+    """The final metrics of a finished run in ``path``; ConfigError if it is another run's."""
+    meta = read(path).meta
+    want = {"model": job.model, "dataset": dataset, "recipe": get_recipe(spec).name, "epochs": job.epochs,
+            "batch_size": job.batch_size, "lr": job.lr, "seed": seed}
+    have = {"model": meta["model"], "dataset": meta["dataset"], "recipe": meta["recipe"]["name"],
+            **{k: meta["train_config"][k] for k in ("epochs", "batch_size", "lr", "seed")}}
+    if have != want:
+        diff = next(k for k in want if have[k] != want[k])
+        raise ConfigError(f"{path} holds a run with {diff} = {have[diff]!r}, not {want[diff]!r}; use another --out")
+    return meta["final"]
+
+
 def _summary(runs: pd.DataFrame) -> pd.DataFrame:
     keys = ["variant", "recipe", "radix", "tpr", "grad_scaling"]
     g = runs.groupby(keys, sort=False, dropna=False)
@@ -128,4 +137,5 @@ def _summary(runs: pd.DataFrame) -> pd.DataFrame:
                   test_accuracy_std=("test_accuracy_pct", lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else np.nan),
                   test_accuracy_min=("test_accuracy_pct", "min"), test_accuracy_max=("test_accuracy_pct", "max"),
                   test_loss=("test_loss", "mean"), skipped_steps=("skipped_steps", "sum")).reset_index()
+    table["radix"] = table["radix"].astype("Int64")  # none for recipes without FP4 gradients
     return table

@@ -81,11 +81,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from analysis.run import check_writable
+    from models.recipes import get_recipe
     from models.train import TrainConfig, train
+    from models.zoo import MODELS
     from traces.errors import ConfigError
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: one continues the run at --out, the other replaces it")
+    get_recipe(args.recipe)  # a bad recipe or model is named before anything about --out
+    if args.model not in MODELS:
+        raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(MODELS)}")
     if Path(args.out, "meta.json").exists() and not (args.overwrite or args.resume):
         raise ConfigError(f"--out {args.out!r} already holds a run directory; pass --overwrite to replace it")
     check_writable(args.out)
@@ -109,7 +114,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         from analysis.run import check_writable
 
         out = check_writable(args.out)
-    report = simulate(read(args.run_dir), chip, step=args.step, input_grad=args.input_grad)
+    report = simulate(read(args.run_dir), chip, step=args.step, input_grad=args.input_grad,
+                      extrapolate=args.extrapolate)
     df = report.to_frame()
     cols = ["layer", "phase", "unit", "macs", "compute_cycles", "stall_cycles", "total_cycles",
             "utilization", "dram_read_bytes", "dram_write_bytes", "energy_pj"]
@@ -173,6 +179,12 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_flags(args: argparse.Namespace) -> dict:
+    """The trace-source flags given on the command line (None: not given)."""
+    names = ("trace", "model", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed")
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -181,25 +193,31 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in (("out", args.out), ("workers", args.workers), ("scheduler", args.scheduler),
                                 ("chip", args.chip), ("recipe", args.recipe)) if v is not None}
-    if args.spec:
+    if args.exact:
+        given["extrapolate"] = False
+    flags = _source_flags(args)
+    if args.spec:  # flags given on the command line override the spec's
         spec = load_spec(args.spec, **given)
         if args.grid:
             spec = replace(spec, grid=spec.grid + parse_grid(args.grid))
+        if flags:
+            spec = replace(spec, source=replace(spec.source, **flags))
     else:
-        source = Source(trace=args.trace, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-        spec = SweepSpec(source=source, grid=parse_grid(args.grid or []), **given)
-    if args.data_dir and spec.source.data_dir is None:
-        spec = replace(spec, source=replace(spec.source, data_dir=args.data_dir))
+        spec = SweepSpec(source=Source(**flags), grid=parse_grid(args.grid or []), **given)
     table = sweep(spec, progress=not args.quiet)
     figures = sweep_figures(table, spec.out)
-    failed = int((table.status != "ok").sum())
+    failed = table[table.status != "ok"]
     shown = [c for c in table.columns if c in {f for ax in spec.grid for f in ax.fields}] + [
         c for c in ("recipe_name", "tpr", "status", "total_cycles", "energy_pj", "utilization", "test_accuracy_pct")
         if c in table.columns]
     _print_table(table[shown])
-    print(f"\n{len(table)} points ({failed} failed); wrote {spec.out}/results.parquet, {spec.out}/results.csv"
+    print(f"\n{len(table)} points ({len(failed)} failed); wrote {spec.out}/results.parquet, {spec.out}/results.csv"
           f" and {len(figures)} figures (PNG and SVG); `fourbit report {spec.out}` makes an HTML page")
+    if len(failed):
+        for row in failed.itertuples():
+            print(f"point {row.point_id} failed: {row.error}", file=sys.stderr)
+        print("run the same command again to retry the failed points", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -231,8 +249,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None (the help text then says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     p = argparse.ArgumentParser(prog="fourbit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -278,6 +303,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a chip field, e.g. array.rows=64 (`fourbit chip PRESET` shows all fields)")
     s.add_argument("--step", type=_nonneg_int, default=None, help="recorded step (default: the last)")
     s.add_argument("--input-grad", action="store_true", help="also simulate bwd_data of the input layer")
+    s.add_argument("--extrapolate", action="store_true",
+                   help="measure long GEMMs on short probes and extend them by their steady-state increments "
+                        "(fast; the stall's split between memory and scaling unit may differ)")
     s.add_argument("--out", default=None, help="write simulation.csv there")
     s.set_defaults(func=_cmd_simulate)
 
@@ -319,19 +347,21 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--model", default=None, help="train this model for every distinct recipe of the grid")
     w.add_argument("--dataset", default=None)
     w.add_argument("--data-dir", default=None)
-    w.add_argument("--epochs", type=_positive_int, default=1)
-    w.add_argument("--batch-size", type=_positive_int, default=64)
-    w.add_argument("--lr", type=float, default=0.1)
-    w.add_argument("--seed", type=_nonneg_int, default=0)
+    w.add_argument("--epochs", type=_positive_int, default=None, help="training epochs per recipe (default 1)")
+    w.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default 64)")
+    w.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1)")
+    w.add_argument("--seed", type=_nonneg_int, default=None, help="training seed (default 0)")
     w.add_argument("--grid", action="append", metavar="FIELD[,FIELD]=V1,V2,...",
                    help="an axis: chip fields (array.rows, array.dataflow, log_path.radix, ...), chip, recipe, "
                         "recipe.<param> (radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc); repeatable")
-    w.add_argument("--spec", default=None, help="a TOML sweep spec ([source], [[grid]], ...); flags override it")
+    w.add_argument("--spec", default=None, help="a TOML sweep spec ([source], [[grid]], ...); flags given override it")
     w.add_argument("--chip", default=None, help="the base chip (preset or TOML; default fourbit)")
     w.add_argument("--recipe", default=None, help="the base recipe (default: the trace's, or int4)")
     w.add_argument("--out", default=None, help="output directory (default sweep-out)")
     w.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default 1)")
     w.add_argument("--scheduler", default=None, help="a dask.distributed scheduler address, tcp://HOST:PORT")
+    w.add_argument("--exact", action="store_true",
+                   help="simulate every GEMM in full (default: long GEMMs extrapolated from probes)")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=_cmd_sweep)
 

@@ -38,9 +38,14 @@ def compare(source: Source, *, chips: tuple[str, ...] = ("fourbit", "fp16", "int
     Raises
     ------
     ConfigError
-        A chip without a known recipe (see `CHIP_RECIPES`), a baseline not among the chips, or
+        A chip without a known recipe (see `CHIP_RECIPES`), a chip named twice, a baseline not
+        among the chips, or
         anything `analysis.sweep.sweep` rejects; before any work.
     """
+    chips = tuple(c.strip() for c in chips)
+    baseline = baseline.strip()
+    if len(set(chips)) != len(chips):
+        raise ConfigError(f"compare: chips {chips} name a chip twice")
     for c in chips:
         if c not in CHIP_RECIPES:
             raise ConfigError(f"compare: chip {c!r} has no recipe; chips: {', '.join(CHIP_RECIPES)}")

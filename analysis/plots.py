@@ -78,14 +78,18 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     table has the axes for:
 
     - ``speedup_energy_vs_array``: speed-up over the smallest array and energy per step (uJ)
-      against the number of PEs, a line per (radix, dataflow);
+      against the number of PEs, a line per (chip, radix, dataflow);
     - ``accuracy_vs_radix``: test accuracy of the trained recipes against the log base;
     - ``energy_breakdown``: energy per step by component (stacked bars), one bar per point;
     - ``utilization_per_layer``: MAC utilization per GEMM (layer and phase) of the first point,
       one line per array size among the points that differ from it only in the array.
+
+    Figures of an earlier table in ``out/figures`` are removed first.
     """
     out = Path(out) / "figures"
     out.mkdir(parents=True, exist_ok=True)
+    for stale in (*out.glob("*.png"), *out.glob("*.svg")):  # figures of an earlier table
+        stale.unlink()
     ok = table[table.status == "ok"].copy()
     if ok.empty:
         return []
@@ -94,10 +98,12 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     paths: list[Path] = []
     if ok["pes"].nunique() > 1:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-        for (radix, flow), g in ok.groupby(["radix_label", "dataflow"], sort=True):
+        several_chips = ok["chip_name"].nunique() > 1
+        for (chip, radix, flow), g in ok.groupby(["chip_name", "radix_label", "dataflow"], sort=True):
             g = g.groupby("pes", as_index=False)[["time_s", "energy_pj"]].mean().sort_values("pes")
-            ax1.plot(g.pes, g.time_s.iloc[0] / g.time_s, marker="o", label=f"{radix}, {flow.upper()}")
-            ax2.plot(g.pes, g.energy_pj * 1e-6, marker="o", label=f"{radix}, {flow.upper()}")
+            label = (f"{chip}, " if several_chips else "") + f"{radix}, {flow.upper()}"
+            ax1.plot(g.pes, g.time_s.iloc[0] / g.time_s, marker="o", label=label)
+            ax2.plot(g.pes, g.energy_pj * 1e-6, marker="o", label=label)
         for ax, title, ylabel in ((ax1, "Speed-up over the smallest array", "speed-up (x)"),
                                   (ax2, "Energy per training step", "uJ")):
             ax.set_xscale("log", base=2)

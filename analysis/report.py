@@ -22,7 +22,7 @@ _TABLES = (
     ("main_job.csv", "Main job", "int4 on the 4-bit chip vs fp32 on the FP16 chip"),
 )
 _SHOWN = ("array.rows", "array.cols", "array.dataflow", "log_path.radix", "recipe_name", "tpr", "status",
-          "total_cycles", "time_s", "energy_pj", "utilization", "dram_read_bytes", "test_accuracy_pct")
+          "total_cycles", "time_s", "energy_pj", "utilization", "dram_read_bytes", "test_accuracy_pct", "error")
 
 
 def _table_html(df: pd.DataFrame, limit: int = 200) -> str:
@@ -34,7 +34,7 @@ def _table_html(df: pd.DataFrame, limit: int = 200) -> str:
 def write_report(directory: str | Path) -> Path:
     """Write ``directory/report.html`` from the CSV tables and ``figures/*.png`` found there.
 
-    Raises ConfigError when the directory holds none of them."""
+    Raises ConfigError when the directory holds none of them or a table is not readable CSV."""
     d = Path(directory)
     if not d.is_dir():
         raise ConfigError(f"{directory}: not a directory")
@@ -44,7 +44,10 @@ def write_report(directory: str | Path) -> Path:
         path = d / name
         if not path.is_file():
             continue
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a readable CSV table ({exc})") from exc
         if name == "results.csv":
             extra = [c for c in df.columns[: list(df.columns).index("point_id")] if c not in _SHOWN] \
                 if "point_id" in df.columns else []

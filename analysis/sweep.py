@@ -21,8 +21,9 @@ the other chip fields modify); ``recipe`` (a recipe spec, e.g. ``int8``); ``reci
 (``radix``, ``exponent_bits``, ``tpr``, ``grad_scaling``, ``tie``, ``bwd_acc``, e.g.
 ``fp16/g4/c32`` for the accumulator chunk). The log base is one thing in hardware and numerics:
 ``log_path.radix`` and ``recipe.radix`` (likewise ``exponent_bits``) follow each other when only
-one is swept, and a radix without an odd phase (2, 8) runs single phase unless ``recipe.tpr`` is
-swept too (the ``tpr`` column says which).
+one is swept, and a radix without an odd phase (2, 8) runs single phase even where ``recipe.tpr``
+is on (the ``tpr`` column says which ran). A ``recipe`` value with several parameters separates
+them with ``+`` (``int4:radix=16+grad_scaling=global``), since commas separate grid values.
 
 Execution: ``workers=1`` runs the points in this process; ``workers > 1`` starts a
 `dask.distributed.LocalCluster` of that many single-threaded worker processes; ``scheduler``
@@ -106,6 +107,7 @@ class SweepSpec:
     workers: int = 1
     scheduler: str | None = None
     input_grad: bool = False
+    extrapolate: bool = True  # steady-state extrapolation of long GEMMs (`hwsim.simulate`)
     table_name: str = "results"  # out/<table_name>.parquet and .csv
 
 
@@ -134,9 +136,12 @@ def parse_grid(items: list[str]) -> tuple[Axis, ...]:
         fields = tuple(f.strip() for f in names.split(","))
         if not eq or not all(fields):
             raise ConfigError(f"--grid {item!r}: expected FIELD[,FIELD...]=V1,V2,...")
-        vals = tuple(_typed(v) for v in values.split(",") if v.strip())
-        if not vals:
+        parts = [v.strip() for v in values.split(",")]
+        if not any(parts):
             raise ConfigError(f"--grid {item!r}: the axis {','.join(fields)} has no values")
+        if not all(parts):
+            raise ConfigError(f"--grid {item!r}: an empty value between commas")
+        vals = tuple(_typed(v) for v in parts)
         axes.append(Axis(fields, vals))
     return tuple(axes)
 
@@ -151,21 +156,40 @@ def load_spec(path: str | Path, **overrides) -> SweepSpec:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
-    known = {"source", "grid", "chip", "recipe", "out", "workers", "scheduler", "input_grad"}
+    known = {"source", "grid", "chip", "recipe", "out", "workers", "scheduler", "input_grad", "extrapolate"}
     for key in data:
         if key not in known:
             raise ConfigError(f"sweep spec {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
-    try:
-        source = Source(**data.get("source", {}))
-    except TypeError as exc:
-        raise ConfigError(f"sweep spec {path}: [source]: {exc}") from exc
+    types = {"chip": str, "recipe": str, "out": str, "workers": int, "scheduler": str, "input_grad": bool,
+             "extrapolate": bool}
+    for key, typ in types.items():
+        if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
+            raise ConfigError(f"sweep spec {path}: {key} must be a {typ.__name__}, got {data[key]!r}")
+    src = data.get("source", {})
+    if not isinstance(src, dict):
+        raise ConfigError(f"sweep spec {path}: [source] must be a table")
+    src_types = {"trace": str, "model": str, "dataset": str, "data_dir": str, "epochs": int, "batch_size": int,
+                 "lr": (int, float), "seed": int, "model_params": dict}
+    for key, value in src.items():
+        if key not in src_types:
+            raise ConfigError(f"sweep spec {path}: unknown key source.{key}; known: {', '.join(src_types)}")
+        if not isinstance(value, src_types[key]) or isinstance(value, bool):
+            raise ConfigError(f"sweep spec {path}: source.{key} has the wrong type ({value!r})")
+    source = Source(**src)
+    grid = data.get("grid", [])
+    if not isinstance(grid, list):
+        raise ConfigError(f"sweep spec {path}: grid must be an array of tables ([[grid]])")
     axes = []
-    for i, ax in enumerate(data.get("grid", [])):
-        if set(ax) != {"fields", "values"}:
+    for i, ax in enumerate(grid):
+        if not isinstance(ax, dict) or set(ax) != {"fields", "values"}:
             raise ConfigError(f"sweep spec {path}: grid[{i}] needs exactly the keys fields and values")
-        fields = (ax["fields"],) if isinstance(ax["fields"], str) else tuple(ax["fields"])
-        axes.append(Axis(fields, tuple(tuple(v) if isinstance(v, list) else v for v in ax["values"])))
-    top = {k: data[k] for k in ("chip", "recipe", "out", "workers", "scheduler", "input_grad") if k in data}
+        fields = (ax["fields"],) if isinstance(ax["fields"], str) else ax["fields"]
+        if not isinstance(fields, list | tuple) or not fields or not all(isinstance(f, str) and f for f in fields):
+            raise ConfigError(f"sweep spec {path}: grid[{i}].fields must be a field name or a non-empty list of them")
+        if not isinstance(ax["values"], list) or not ax["values"]:
+            raise ConfigError(f"sweep spec {path}: grid[{i}].values must be a non-empty list")
+        axes.append(Axis(tuple(fields), tuple(tuple(v) if isinstance(v, list) else v for v in ax["values"])))
+    top = {k: data[k] for k in types if k in data}
     return SweepSpec(source=source, grid=tuple(axes), **{**top, **overrides})
 
 
@@ -185,8 +209,9 @@ class Point:
     group: str = ""  # points with the same timing-relevant chip fields (run on one worker)
 
 
-def _points(spec: SweepSpec, base_recipe: str) -> list[Point]:
-    """Expand and resolve the grid; every error names the field."""
+def _points(spec: SweepSpec, base_recipe: str, source_key: str = "") -> list[Point]:
+    """Expand and resolve the grid; every error names the field. ``source_key`` identifies the
+    workload (a point of another trace or training is another point)."""
     if not spec.grid:
         raise ConfigError("the grid is empty: give at least one --grid FIELD=V1,V2,...")
     for ax in spec.grid:
@@ -205,11 +230,11 @@ def _points(spec: SweepSpec, base_recipe: str) -> list[Point]:
         for ax, v in zip(spec.grid, combo, strict=True):
             parts = v if isinstance(v, tuple) else (v,) * len(ax.fields)
             values.update(zip(ax.fields, parts, strict=True))
-        points.append(_resolve(spec, base_recipe, index, values))
+        points.append(_resolve(spec, base_recipe, index, values, source_key))
     return points
 
 
-def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> Point:
+def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source_key: str = "") -> Point:
     chip_name = str(values.get("chip", spec.chip))
     recipe_name, params = parse_recipe(str(values.get("recipe", base_recipe)))
     chip_over = {}
@@ -230,7 +255,7 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> Poi
         elif key in params and chip_f not in chip_over:
             chip_over[chip_f] = params[key]
     radix = params.get("radix")
-    if radix in (2, 8) and "tpr" not in params and _has_param(recipe_name, "tpr"):
+    if radix in (2, 8) and _has_param(recipe_name, "tpr"):
         params["tpr"] = False  # no odd phase: single-phase rounding (the tpr column says so)
     spec_text = recipe_name + (":" + ",".join(f"{k}={_text(v)}" for k, v in params.items()) if params else "")
     where = f"grid point {index} ({', '.join(f'{k}={v}' for k, v in values.items())})"
@@ -243,7 +268,9 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> Poi
     for section in ("log_path", "energy"):  # energy and numerics only: the same GEMM timings
         timing.pop(section, None)
     timing["chip"] = {"cores": chip.chip.cores}
-    pid = _digest({"values": values, "chip": chip_name, "over": chip_over, "recipe": spec_text})
+    pid = _digest({"values": values, "chip": chip_name, "over": chip_over, "recipe": spec_text,
+                   "source": source_key, "input_grad": spec.input_grad,
+                   "extrapolate": spec.extrapolate})
     return Point(index, values, chip_name, chip_over, spec_text, pid, _digest(timing))
 
 
@@ -282,8 +309,7 @@ def _trace_jobs(spec: SweepSpec, recipes: list[str], out: Path) -> tuple[dict[st
     """One job per distinct recipe, and the base recipe; checks the source."""
     src = spec.source
     if src.trace is not None:
-        given = read(src.trace)
-        meta = given.meta
+        meta = read(src.trace).meta
         own = meta.get("recipe", {}).get("name") if isinstance(meta.get("recipe"), dict) else None
         base = spec.recipe or own or "int4"
         jobs = {}
@@ -351,13 +377,15 @@ def _load(path: str) -> Trace:
 # ---------------------------------------------------------------------------------------------
 # running points
 # ---------------------------------------------------------------------------------------------
-def run_point(point: Point, trace_path: str, input_grad: bool = False) -> tuple[dict, pd.DataFrame]:
-    """Simulate one point (in a worker): (its row, its per-layer table)."""
+def run_point(point: Point, trace_path: str, input_grad: bool = False,
+              extrapolate: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Simulate one point (in a worker): (its row, its per-layer table); ``extrapolate`` as in
+    `hwsim.simulate`."""
     from hwsim import simulate
 
     trace = _load(trace_path)
     chip = load_chip(point.chip_name, point.chip_overrides)
-    report = simulate(trace, chip, input_grad=input_grad)
+    report = simulate(trace, chip, input_grad=input_grad, extrapolate=extrapolate)
     totals = report.totals()
     row = {k: float(totals[k]) for k in TOTALS}
     for k in totals.index:
@@ -482,17 +510,29 @@ def sweep(spec: SweepSpec | None = None, *, progress: bool = True, **params) -> 
     spec = spec or SweepSpec(**params)
     if spec.workers < 1:
         raise ConfigError(f"workers must be >= 1, got {spec.workers}")
-    if (spec.source.trace is None) == (spec.source.model is None):
-        raise ConfigError("the sweep needs exactly one source: --trace RUN_DIR, or --model and --dataset")
-    base = spec.recipe
-    if base is None and spec.source.trace is not None:
-        meta = read(spec.source.trace).meta
-        base = meta.get("recipe", {}).get("name") if isinstance(meta.get("recipe"), dict) else None
-    points = _points(spec, base or "int4")
+    src = spec.source
+    if (src.trace is None) == (src.model is None) or (src.model is None) != (src.dataset is None):
+        raise ConfigError("the sweep needs one source: --trace RUN_DIR, or --model M with --dataset D (not both)")
+    base, given = spec.recipe, None
+    if src.trace is not None:
+        given = read(src.trace)
+        if base is None and isinstance(given.meta.get("recipe"), dict):
+            base = given.meta["recipe"].get("name")
+        source_key = _digest({k: v for k, v in given.meta.items() if k != "package_version"})
+    else:
+        source_key = _digest({"model": src.model, "dataset": src.dataset, "epochs": src.epochs,
+                              "batch_size": src.batch_size, "lr": src.lr, "seed": src.seed,
+                              "model_params": src.model_params})
+    base = base or "int4"
+    get_recipe(base)  # the base chip and recipe themselves, before any grid point
+    load_chip(spec.chip)
+    points = _points(spec, base, source_key)
     recipes = list(dict.fromkeys(p.recipe for p in points))
     jobs, _ = _trace_jobs(spec, recipes, Path(spec.out))
     if any(j.kind == "train" for j in jobs.values()):
         _check_training(spec, jobs)
+    if given is not None:
+        _check_mapping(given, points, spec.input_grad)
     out = check_writable(spec.out)  # everything checked: the first write
     points_dir = out / "points"
     points_dir.mkdir(exist_ok=True)
@@ -525,9 +565,29 @@ def sweep(spec: SweepSpec | None = None, *, progress: bool = True, **params) -> 
         with tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="point",
                   disable=not progress) as bar:
             bar.update(len(todo) - len(runnable))
-            ex.map(run_point, [(p.point_id, (p, jobs[p.recipe].path, spec.input_grad)) for p in runnable],
+            ex.map(run_point, [(p.point_id, (p, jobs[p.recipe].path, spec.input_grad, spec.extrapolate)) for p in runnable],
                    point_done, bar, groups=[p.group for p in runnable])
     return _collect(spec, points, points_dir, out)
+
+
+def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
+    """Map every GEMM of ``trace`` on each distinct chip of the grid (buffers too small for a
+    tile, formats no unit computes): a ConfigError naming the point, before any simulation."""
+    from hwsim.energy import energy_table
+    from hwsim.engine import _jobs
+
+    seen = set()
+    step = trace.step(None)
+    for p in points:
+        if p.group in seen:
+            continue
+        seen.add(p.group)
+        chip = load_chip(p.chip_name, p.chip_overrides)
+        try:
+            _jobs(step, chip, energy_table(chip.energy.table, chip.energy.overrides), input_grad, True)
+        except ConfigError as exc:
+            where = ", ".join(f"{k}={v}" for k, v in p.values.items())
+            raise ConfigError(f"grid point {p.index} ({where}): {exc}") from None
 
 
 def _check_training(spec: SweepSpec, jobs: dict) -> None:

@@ -5,8 +5,12 @@ GEMMs run one after another in trace order (forward layers, then the backward la
 a GEMM the DMA, the MAC array and the scaling unit are concurrent processes wired by the SRAM's
 Stores and Containers and sharing the DRAM channel. Events, not cycles: one event per tile
 movement or tile computation, so the cost of a simulation grows with the number of tiles. A
-run of identical tiles is simulated tile by tile unless ``compress`` lets `_steady_state` skip
-whole periods of an exactly periodic schedule (tested equal to tile-by-tile simulation).
+run of identical tiles is simulated tile by tile unless ``compress``: then silent stretches are
+one event each (`hwsim.blocks.dma`), tested equal to tile-by-tile simulation. With
+``extrapolate`` (sweeps use it), long runs and repeated segments are measured on short probes and
+extended by their steady-state increments (`_extended`): total cycles, DRAM bytes and energy are
+tested equal to the full simulation; how the stall splits between memory and scaling unit may
+differ where the blocks settle into their period later than the probes reach.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from hwsim.energy import energy_table, sram_pj_per_bit
 from hwsim.mapping import TilePlan, plan_gemm
 from hwsim.report import GemmResult, SimReport
 from hwsim.units import add_energy_pj, mac_energy_pj, select_unit
-from traces.errors import SimulationError
+from traces.errors import ConfigError, SimulationError
 from traces.formats import get_format
 from traces.io import Trace
 
@@ -61,10 +65,11 @@ MAX_TILES = 5_000_000
 """Tiles one simulation may walk one by one (tens of minutes of simulation); more is refused."""
 
 
-def _walked(plan: TilePlan, compress: bool) -> int:
-    """Tiles the simulation handles one by one: all of them, or, when silent stretches are
-    batched, about those with outputs."""
-    return plan.tiles if not compress else plan.output_tiles
+def _too_many(row: dict, tiles: int, what: str) -> SimulationError:
+    return SimulationError(
+        f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}) brings {what} to "
+        f"{tiles:,} tiles to simulate one by one on this chip, more than {MAX_TILES:,}; use a larger "
+        "array, larger SRAM buffers or steady-state extrapolation (--extrapolate)")
 
 
 def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
@@ -99,13 +104,10 @@ def _jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
                          a.rows, a.cols, unit.macs_per_pe, a.dataflow, unit.a_bits / 8,
                          unit.b_bits / 8, psum, chip.sram.ifmap_bytes, chip.sram.filter_bytes,
                          chip.sram.ofmap_bytes, a.overlap_fill_drain, chip.bytes_per_cycle / cores)
-        total_tiles += _walked(plan, compress)
-        if total_tiles > MAX_TILES:
-            raise SimulationError(
-                f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}) brings the "
-                f"step to {total_tiles:,} tiles to simulate one by one on this chip, more than "
-                f"{MAX_TILES:,}; use a larger array or larger SRAM buffers"
-            )
+        if not compress:  # every tile walked: refuse a step that would take tens of minutes
+            total_tiles += plan.tiles
+            if total_tiles > MAX_TILES:
+                raise _too_many(row, total_tiles, "the step")
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
@@ -203,6 +205,121 @@ def _simulate_gemm(job: _Job, chip: ChipConfig, compress: bool) -> _Timing:
                    dram.write_bytes, events, dma.batches)
 
 
+# ---------------------------------------------------------------------------------------------
+# steady state: long runs and many repetitions measured on a few, then extended exactly
+# ---------------------------------------------------------------------------------------------
+PROBE = 4
+"""Tiles per run and repetitions per segment that the probe simulations keep (then 8, 16, 32)."""
+EXTEND_ABOVE = 4096
+"""Plans with more output tiles than this are extended from probes; others simulated whole."""
+MAX_PROBE = 32
+"""The longest probe; a plan whose increments do not settle by then is simulated tile by tile."""
+MAX_INCREMENTS = 8
+"""Most runs and repeated segments a plan may have for probing to pay off."""
+
+
+@dataclass(frozen=True)
+class _PlanView:
+    """A tile plan with other run counts and repeats (what `_simulate_gemm` reads of a plan)."""
+
+    segments: list
+
+    def _sum(self, value) -> int:
+        return int(sum(sum(value(t) * k for t, k in pat) * r for pat, r in self.segments))
+
+    @property
+    def tiles(self) -> int:
+        return self._sum(lambda t: 1)
+
+    @property
+    def output_tiles(self) -> int:
+        return self._sum(lambda t: 0 if t.silent else 1)
+
+    @property
+    def compute_cycles(self) -> int:
+        return self._sum(lambda t: t.compute_cycles)
+
+
+def _counters(t: _Timing) -> tuple:
+    return (t.total_cycles, t.memory_stall_cycles, t.dram_read_bytes, t.dram_write_bytes)
+
+
+def _probe(job: _Job, chip: ChipConfig, compress: bool, counts: list, repeats: list) -> tuple:
+    segments = [(tuple((tile, counts[s][j]) for j, (tile, _) in enumerate(pat)), repeats[s])
+                for s, (pat, _) in enumerate(job.plan.segments)]
+    view = _Job(job.row, job.unit, _PlanView(segments), job.path, job.passes, job.cores)
+    t = _simulate_gemm(view, chip, compress)
+    return _counters(t), t
+
+
+def _extended(job: _Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -> _Timing | None:
+    """The timing of ``job`` from probe simulations in which every run keeps at most ``probe``
+    tiles and every segment at most ``probe`` repetitions, or None when it does not apply.
+
+    A pipeline of finite buffers fed identical tiles settles into a period: once there, one more
+    tile of a run (or one more repetition of a segment) adds the same amount to every counter.
+    Each such increment is measured at +1 and checked at +2, +``probe`` and +2 * ``probe``, for
+    every counter (cycles, memory stall, DRAM bytes); then
+
+        T = T(probe) + sum_s [(R_s - r_s) * dRep_s + R_s * sum_j (k_sj - r_sj) * dRun_sj]
+
+    where r = min(count, probe). Otherwise a longer probe is tried (8, 16, 32); past that, None (the
+    caller simulates every tile). Tests check the result equals the full simulation."""
+    if job.plan.output_tiles <= EXTEND_ABOVE:
+        return None  # silent stretches are batched anyway: few tiles walked, no probes needed
+    segs = job.plan.segments
+    base_counts = [[min(k, probe) for _, k in pat] for pat, _ in segs]
+    base_reps = [min(r, probe) for _, r in segs]
+    increments = sum(r > br for (_, r), br in zip(segs, base_reps, strict=True)) + sum(
+        k > kk for (pat, _), row in zip(segs, base_counts, strict=True) for (_, k), kk in zip(pat, row, strict=True))
+    if increments > MAX_INCREMENTS:
+        return None  # many short segments: two probes each would cost more than the walk
+    if all(k == kk for (pat, _), row in zip(segs, base_counts, strict=True)
+           for (_, k), kk in zip(pat, row, strict=True)) and base_reps == [r for _, r in segs]:
+        return None  # nothing to extend
+    base, t0 = _probe(job, chip, compress, base_counts, base_reps)
+    total = list(base)
+    events, batches = t0.events, t0.batches
+
+    def increment(counts, reps) -> tuple | None:
+        """The increment of one more tile or repetition, or None unless T(base + n) equals
+        T(base) + n * increment for n = 1, 2, ``probe`` and 2 * ``probe`` (a transient still
+        in the probe shows as a mismatch at one of them)."""
+        nonlocal events, batches
+        steps = (1, 2, probe, 2 * probe)
+        probes = [_probe(job, chip, compress, counts(n), reps(n)) for n in steps]
+        for _, t in probes:
+            events += t.events
+            batches += t.batches
+        d = [b - a for a, b in zip(base, probes[0][0], strict=True)]
+        for n, (c, _) in zip(steps, probes, strict=True):
+            if any(abs(a + n * x - b) > 1e-9 * max(1.0, abs(b)) for a, x, b in zip(base, d, c, strict=True)):
+                return None
+        return tuple(d)
+
+    for s, (pat, repeat) in enumerate(segs):
+        if repeat > base_reps[s]:
+            d = increment(lambda n, s=s: base_counts,
+                          lambda n, s=s: [r + n if i == s else r for i, r in enumerate(base_reps)])
+            if d is None:
+                return _extended(job, chip, compress, probe * 2) if probe < MAX_PROBE else None
+            total = [t + (repeat - base_reps[s]) * x for t, x in zip(total, d, strict=True)]
+        for j, (_, k) in enumerate(pat):
+            if k > base_counts[s][j]:
+                d = increment(lambda n, s=s, j=j: [[c + n if (i, jj) == (s, j) else c for jj, c in enumerate(row)]
+                                                     for i, row in enumerate(base_counts)],
+                              lambda n: base_reps)
+                # the probe added one tile to this run in each of its base_reps[s] repetitions:
+                # the cycle counts must split evenly between them
+                if d is None or d[0] % base_reps[s] or d[1] % base_reps[s]:
+                    return _extended(job, chip, compress, probe * 2) if probe < MAX_PROBE else None
+                per_tile = [x / base_reps[s] for x in d]
+                extra = repeat * (k - base_counts[s][j])
+                total = [t + extra * x for t, x in zip(total, per_tile, strict=True)]
+    cycles, stall, read, write = total
+    return _Timing(int(round(cycles)), t0.pass_cycles, int(round(stall)), float(read), float(write), events, batches)
+
+
 def _simulate_passes(ops: list, chip: ChipConfig) -> _Timing:
     env = simpy.Environment()
     dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
@@ -236,20 +353,28 @@ class _Runner:
     """Simulates the jobs one after another (a GEMM whose timing is known, once) and collects
     one `GemmResult` per job."""
 
-    def __init__(self, chip: ChipConfig, table: dict, compress: bool) -> None:
+    def __init__(self, chip: ChipConfig, table: dict, compress: bool, extrapolate: bool) -> None:
         self.chip = chip
         self.table = table
         self.compress = compress
+        self.extrapolate = extrapolate
+        self.extrapolated = 0
         self.results: list[GemmResult] = []
         self.events = 0
         self.batches = 0
 
     def run(self, jobs: list[_Job], leftovers: list) -> None:
         for job in jobs:
-            key = _timing_key(job, self.chip, self.compress)
+            key = (*_timing_key(job, self.chip, self.compress), self.extrapolate)
             timing = _TIMINGS.get(key)
             if timing is None:
-                timing = _TIMINGS[key] = _simulate_gemm(job, self.chip, self.compress)
+                timing = _extended(job, self.chip, self.compress) if self.extrapolate else None
+                self.extrapolated += timing is not None
+                if timing is None:
+                    if self.compress and job.plan.output_tiles > MAX_TILES:
+                        raise _too_many(job.row, job.plan.output_tiles, "it")
+                    timing = _simulate_gemm(job, self.chip, self.compress)
+                _TIMINGS[key] = timing
                 self.events += timing.events
                 self.batches += timing.batches
                 if len(_TIMINGS) > _TIMINGS_MAX:
@@ -312,7 +437,7 @@ class _Runner:
 
 
 def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
-             input_grad: bool = False, compress: bool = True) -> SimReport:
+             input_grad: bool = False, compress: bool = True, extrapolate: bool = False) -> SimReport:
     """Simulate one training step of ``trace`` on ``chip``.
 
     Parameters
@@ -328,6 +453,12 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
     compress : bool
         Simulate steady-state runs of identical silent tiles as one event (`hwsim.blocks.dma`);
         False walks every tile. Both give the same counters (tested).
+    extrapolate : bool
+        Measure GEMMs of more than `EXTEND_ABOVE` output tiles on short probes and extend them
+        by their steady-state increments (`_extended`); needs ``compress``. Total cycles, DRAM
+        bytes and energy equal the full simulation (property-tested); the split of the stall
+        between ``memory_stall_cycles`` and ``scaling_stall_cycles`` may differ when the blocks
+        settle into their period later than the longest probe. Default False (exact).
 
     Returns
     -------
@@ -338,17 +469,20 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
     ConfigError
         A GEMM whose formats no unit of the chip supports, or a buffer too small for a tile.
     SimulationError
-        The processes deadlocked (the message names the GEMM and the blocks' states), or the step
-        has more than `MAX_TILES` tiles on this chip.
+        The processes deadlocked (the message names the GEMM and the blocks' states), or a GEMM
+        (the step, without ``compress``) has more than `MAX_TILES` tiles to walk on this chip.
     TraceError
         The step was not recorded.
     """
     t = trace.step(step)
     table = energy_table(chip.energy.table, chip.energy.overrides)
     jobs, leftovers = _jobs(t, chip, table, input_grad, compress)
-    runner = _Runner(chip, table, compress)
+    if extrapolate and not compress:
+        raise ConfigError("extrapolate needs compress: the probes batch silent stretches like the full run")
+    runner = _Runner(chip, table, compress, extrapolate)
     runner.run(jobs, leftovers)
     return SimReport(chip, runner.results, dict(trace.meta),
                      {"events": runner.events, "steady_state_batches": runner.batches,
-                      "compress": compress, "overlap_fill_drain": chip.array.overlap_fill_drain,
+                      "compress": compress, "extrapolate": extrapolate,
+                      "extrapolated_gemms": runner.extrapolated, "overlap_fill_drain": chip.array.overlap_fill_drain,
                       "input_grad": input_grad})

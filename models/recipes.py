@@ -246,14 +246,19 @@ def _parse_value(key: str, text: str):
 
 
 def parse_recipe(spec: str) -> tuple[str, dict]:
-    """Split ``"int4:radix=2,tpr=off"`` into the name and its parameters (values typed)."""
+    """Split ``"int4:radix=2,tpr=off"`` into the name and its parameters (values typed); ``+``
+    separates parameters too (``int4:radix=2+tpr=off``, for grids whose values are comma
+    separated). A parameter given twice is an error."""
     name, _, rest = spec.partition(":")
     params = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+    for item in filter(None, (part.strip() for part in rest.replace("+", ",").split(","))):
         key, eq, value = item.partition("=")
-        if not eq or not key.strip():
+        key = key.strip()
+        if not eq or not key:
             raise ConfigError(f"recipe {spec!r}: parameters are key=value pairs separated by commas, got {item!r}")
-        params[key.strip()] = _parse_value(key.strip(), value)
+        if key in params:
+            raise ConfigError(f"recipe {spec!r}: parameter {key!r} is given twice")
+        params[key] = _parse_value(key, value)
     return name.strip(), params
 
 

@@ -222,6 +222,15 @@ def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         raise
 
 
+def _first_difference(key: str, a, b) -> tuple[str, object, object]:
+    """The dotted name and values of the first difference between two JSON-like values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(dict.fromkeys([*a, *b])):
+            if a.get(k) != b.get(k):
+                return _first_difference(f"{key}.{k}", a.get(k), b.get(k))
+    return key, a, b
+
+
 def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
                      recorder: Recorder, expect: dict) -> dict:
     """Restore a checkpoint written by `_save_checkpoint`; returns its scalar state.
@@ -239,8 +248,9 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({exc})") from exc
     for key, value in expect.items():
         if state["run"].get(key) != value:
-            raise ConfigError(f"--resume: the checkpoint in {path.parent} is of another run: {key} is "
-                              f"{state['run'].get(key)!r} there, {value!r} here")
+            where, there, here = _first_difference(key, state["run"].get(key), value)
+            raise ConfigError(f"--resume: the checkpoint in {path.parent} is of another run: {where} is "
+                              f"{there!r} there, {here!r} here")
     for p in net.params():
         p.value[...] = arrays[f"param/{p.name}"]
     for k in [k for k in arrays if k.startswith("velocity/")]:

@@ -103,6 +103,31 @@ def test_a_failing_point_is_recorded_and_retried(small_trace, tmp_path, monkeypa
     assert (again.status == "ok").all()
 
 
+def test_cli_names_failed_points_and_exits_nonzero(small_trace, tmp_path, monkeypatch, capsys):
+    from analysis.cli import main
+
+    real = sweep_mod.run_point
+
+    def breaks_is(point, *args):
+        if point.values["array.dataflow"] == "is":
+            raise RuntimeError("simulated fault")
+        return real(point, *args)
+
+    monkeypatch.setattr(sweep_mod, "run_point", breaks_is)
+    argv = ["sweep", "--trace", small_trace, "--grid", "array.dataflow=ws,is", "--out", str(tmp_path / "c"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "failed: RuntimeError: simulated fault" in err and "run the same command again" in err
+    monkeypatch.setattr(sweep_mod, "run_point", real)
+    assert main(argv) == 0
+
+
+def test_radix_without_odd_phase_runs_single_phase(small_trace, tmp_path):
+    table = sweep(_spec(small_trace, tmp_path / "r", grid=["recipe.radix=4,8", "recipe.tpr=on"]), progress=False)
+    assert (table.status == "ok").all()
+    assert table.set_index("recipe.radix").tpr.to_dict() == {4: True, 8: False}
+
+
 def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
     from dask.distributed import LocalCluster
 
@@ -119,7 +144,6 @@ def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
     (["array.dataflow=ws,rs"], "array.dataflow = 'rs' is out of range"),
     (["recipe.radix=3"], "radix"),
     (["recipe.colour=1"], "unknown grid field 'recipe.colour'"),
-    (["recipe.radix=8", "recipe.tpr=on"], "radix 8 has no odd phase"),
     (["array.rows=8", "array.rows=16"], "grid field 'array.rows' appears on two axes"),
     ([], "the grid is empty"),
 ])
@@ -134,7 +158,7 @@ def test_bad_grid_syntax_and_sources(small_trace, tmp_path):
         parse_grid(["array.rows"])
     with pytest.raises(ConfigError, match="has no values"):
         parse_grid(["array.rows="])
-    with pytest.raises(ConfigError, match="exactly one source"):
+    with pytest.raises(ConfigError, match="the sweep needs one source"):
         sweep(SweepSpec(Source(), (Axis(("array.rows",), (8,)),), out=str(tmp_path / "x")), progress=False)
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
         sweep(SweepSpec(Source(model="vgg", dataset="digits"), (Axis(("array.rows",), (8,)),),
@@ -173,6 +197,12 @@ def test_toml_spec_and_cli_with_report(small_trace, tmp_path):
     assert res.returncode == 0, res.stderr
     page = (out / "report.html").read_text()
     assert "Sweep results" in page and "figures/speedup_energy_vs_array.png" in page
+    res = fourbit("sweep", "--spec", str(spec), "--trace", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "missing" in res.stderr  # a flag given overrides the spec's source
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00broken")
+    (tmp_path / "bad.csv").rename(tmp_path / "results.csv")
+    res = fourbit("report", str(tmp_path))
+    assert res.returncode == 2 and "not a readable CSV table" in res.stderr
     res = fourbit("sweep", "--trace", small_trace, "--grid", "sram.ifmap_bytes=-1", "--out", str(tmp_path / "b"))
     assert res.returncode == 2 and "sram.ifmap_bytes" in res.stderr and "Traceback" not in res.stderr
 
@@ -190,3 +220,5 @@ def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     assert four.loc["iso-area", "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0]
     assert (four.speedup_vs_fp16 > 1).all() and (four.energy_ratio_vs_fp16 < 1).all()
     assert (tmp_path / "c" / "compare.csv").is_file()
+    with pytest.raises(ConfigError, match="name a chip twice"):
+        compare(Source(trace=small_trace), chips=("fourbit", " fourbit", "fp16"), out=tmp_path / "d", progress=False)

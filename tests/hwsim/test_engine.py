@@ -35,7 +35,7 @@ def test_four_bit_chip_beats_fp16_chip_on_the_same_trace(digits_runs):
     assert fast.energy_pj.sum() < slow.energy_pj.sum()
 
 
-def test_a_gigantic_gemm_is_refused_not_hung(digits_runs):
+def test_a_gigantic_gemm_is_extended_or_refused_never_hung(digits_runs):
     import pytest
 
     from traces.errors import SimulationError
@@ -45,7 +45,13 @@ def test_a_gigantic_gemm_is_refused_not_hung(digits_runs):
     g.loc[g.index[1], "M"] = 10**12
     big = type(trace)(trace.meta, g, trace.ops, trace.metrics)
     with pytest.raises(SimulationError, match="tiles to simulate one by one on this chip"):
+        simulate(big, load_chip("fourbit"), compress=False)
+    with pytest.raises(SimulationError, match="steady-state extrapolation"):
         simulate(big, load_chip("fourbit"))
+    # its 3e10 tiles are one steady run: a few short probes give the whole GEMM
+    row = simulate(big, load_chip("fourbit"), extrapolate=True).to_frame().iloc[1]
+    assert row.M == 10**12 and row.tiles > 10**10
+    assert row.total_cycles >= row.compute_cycles > 10**10
 
 
 def test_config_types_and_ranges_name_the_field():
