@@ -210,7 +210,7 @@ def _simulate_gemm(job: _Job, chip: ChipConfig, compress: bool) -> _Timing:
 # ---------------------------------------------------------------------------------------------
 PROBE = 4
 """Tiles per run and repetitions per segment that the probe simulations keep (then 8, 16, 32)."""
-EXTEND_ABOVE = 4096
+EXTEND_ABOVE = 1024
 """Plans with more output tiles than this are extended from probes; others simulated whole."""
 MAX_PROBE = 32
 """The longest probe; a plan whose increments do not settle by then is simulated tile by tile."""
@@ -257,19 +257,26 @@ def _extended(job: _Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -
     tiles and every segment at most ``probe`` repetitions, or None when it does not apply.
 
     A pipeline of finite buffers fed identical tiles settles into a period: once there, one more
-    tile of a run (or one more repetition of a segment) adds the same amount to every counter.
-    Each such increment is measured at +1 and checked at +2, +``probe`` and +2 * ``probe``, for
-    every counter (cycles, memory stall, DRAM bytes); then
+    period of a run (or of a segment's repetitions) adds the same amount to every counter.
+    Each such increment is measured over a period of 1 or 2 tiles and checked at 2, ``probe``
+    and 2 * ``probe`` periods, for every counter (cycles, memory stall, DRAM bytes); then
 
-        T = T(probe) + sum_s [(R_s - r_s) * dRep_s + R_s * sum_j (k_sj - r_sj) * dRun_sj]
+        T = T(probe) + sum_s [Rep_s(R_s - r_s) + R_s / r_s * sum_j Run_sj(k_sj - r_sj)]
 
-    where r = min(count, probe). Otherwise a longer probe is tried (8, 16, 32); past that, None (the
-    caller simulates every tile). Tests check the result equals the full simulation."""
+    where Rep_s(n) is what n more repetitions of segment s add and Run_sj(n) what n more tiles
+    in run j of each of its r_s probed repetitions add, and r = the count, or ``probe`` (+1 when
+    that leaves an odd number to extend: a period of 2 then keeps its phase). Otherwise a
+    longer probe is tried (8, 16, 32); past that, None (the caller simulates every tile). Tests
+    check the totals equal the full simulation; a transient longer than the checks can shift
+    the stall's split between memory and scaling unit (`simulate`, ``extrapolate``)."""
     if job.plan.output_tiles <= EXTEND_ABOVE:
         return None  # silent stretches are batched anyway: few tiles walked, no probes needed
     segs = job.plan.segments
-    base_counts = [[min(k, probe) for _, k in pat] for pat, _ in segs]
-    base_reps = [min(r, probe) for _, r in segs]
+    def kept(count: int) -> int:  # at most about ``probe``, leaving an even number to extend:
+        return count if count <= probe else probe + (count - probe) % 2  # periods of 2 stay in phase
+
+    base_counts = [[kept(k) for _, k in pat] for pat, _ in segs]
+    base_reps = [kept(r) for _, r in segs]
     increments = sum(r > br for (_, r), br in zip(segs, base_reps, strict=True)) + sum(
         k > kk for (pat, _), row in zip(segs, base_counts, strict=True) for (_, k), kk in zip(pat, row, strict=True))
     if increments > MAX_INCREMENTS:
@@ -281,41 +288,53 @@ def _extended(job: _Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -
     total = list(base)
     events, batches = t0.events, t0.batches
 
-    def increment(counts, reps) -> tuple | None:
-        """The increment of one more tile or repetition, or None unless T(base + n) equals
-        T(base) + n * increment for n = 1, 2, ``probe`` and 2 * ``probe`` (a transient still
-        in the probe shows as a mismatch at one of them)."""
-        nonlocal events, batches
-        steps = (1, 2, probe, 2 * probe)
-        probes = [_probe(job, chip, compress, counts(n), reps(n)) for n in steps]
-        for _, t in probes:
-            events += t.events
-            batches += t.batches
-        d = [b - a for a, b in zip(base, probes[0][0], strict=True)]
-        for n, (c, _) in zip(steps, probes, strict=True):
-            if any(abs(a + n * x - b) > 1e-9 * max(1.0, abs(b)) for a, x, b in zip(base, d, c, strict=True)):
-                return None
-        return tuple(d)
+    def increment(counts, reps):
+        """``grow(n)``, what ``n`` more tiles (or repetitions) add to every counter, or None.
+
+        The schedule may settle into a period of q = 1 or 2 tiles: d = T(base + q) - T(base)
+        must give T(base + m*q) = T(base) + m*d for m = 2, ``probe`` and 2 * ``probe`` (a
+        transient still in the probe shows as a mismatch); then T(base + a*q + b) = T(base + b)
+        + a*d."""
+        seen = {0: base}
+
+        def at(n: int) -> tuple:
+            nonlocal events, batches
+            if n not in seen:
+                c, t = _probe(job, chip, compress, counts(n), reps(n))
+                seen[n] = c
+                events += t.events
+                batches += t.batches
+            return seen[n]
+
+        def close(x: float, y: float) -> bool:
+            return abs(x - y) <= 1e-9 * max(1.0, abs(y))
+
+        for q in (1, 2):
+            d = [b - a for a, b in zip(base, at(q), strict=True)]
+            if all(close(a + m * x, b) for m in (2, probe, 2 * probe)
+                   for a, x, b in zip(base, d, at(m * q), strict=True)):
+                part = {b: [y - a for a, y in zip(base, at(b), strict=True)] for b in range(q)}
+                return lambda n, d=d, q=q, part=part: [n // q * x + y for x, y in zip(d, part[n % q], strict=True)]
+        return None
 
     for s, (pat, repeat) in enumerate(segs):
         if repeat > base_reps[s]:
-            d = increment(lambda n, s=s: base_counts,
-                          lambda n, s=s: [r + n if i == s else r for i, r in enumerate(base_reps)])
-            if d is None:
+            grow = increment(lambda n, s=s: base_counts,
+                             lambda n, s=s: [r + n if i == s else r for i, r in enumerate(base_reps)])
+            if grow is None:
                 return _extended(job, chip, compress, probe * 2) if probe < MAX_PROBE else None
-            total = [t + (repeat - base_reps[s]) * x for t, x in zip(total, d, strict=True)]
+            total = [t + x for t, x in zip(total, grow(repeat - base_reps[s]), strict=True)]
         for j, (_, k) in enumerate(pat):
             if k > base_counts[s][j]:
-                d = increment(lambda n, s=s, j=j: [[c + n if (i, jj) == (s, j) else c for jj, c in enumerate(row)]
-                                                     for i, row in enumerate(base_counts)],
-                              lambda n: base_reps)
-                # the probe added one tile to this run in each of its base_reps[s] repetitions:
-                # the cycle counts must split evenly between them
-                if d is None or d[0] % base_reps[s] or d[1] % base_reps[s]:
+                grow = increment(lambda n, s=s, j=j: [[c + n if (i, jj) == (s, j) else c for jj, c in enumerate(row)]
+                                                        for i, row in enumerate(base_counts)],
+                                 lambda n: base_reps)
+                # the probes grew this run in each of its base_reps[s] repetitions: scaled to
+                # all ``repeat`` of them, the cycle counts must stay whole
+                d = [x * repeat / base_reps[s] for x in grow(k - base_counts[s][j])] if grow else None
+                if d is None or any(abs(x - round(x)) > 1e-6 for x in d[:2]):
                     return _extended(job, chip, compress, probe * 2) if probe < MAX_PROBE else None
-                per_tile = [x / base_reps[s] for x in d]
-                extra = repeat * (k - base_counts[s][j])
-                total = [t + extra * x for t, x in zip(total, per_tile, strict=True)]
+                total = [t + x for t, x in zip(total, d, strict=True)]
     cycles, stall, read, write = total
     return _Timing(int(round(cycles)), t0.pass_cycles, int(round(stall)), float(read), float(write), events, batches)
 
