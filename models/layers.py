@@ -102,16 +102,29 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         acc_name = acc.name
     scale = np.float32(a.scale) * np.float32(b.scale) * np.float32(extra_scale)
     integer_acc = acc is not None and acc.format in ("int32", "exact")
+    if grad_scale is not None:  # the sums overflowed (inf, or inf - inf = NaN inside them)
+        raw = _overflow_to_zero(raw, grad_scale)
     if integer_acc:
         out = _round_to(raw.astype(np.float32) * scale, out_format)
     else:  # float accumulator values up to fp32 are exact in float32
         out = _round_to(raw.astype(np.float32), out_format) * scale
-    if grad_scale is not None and not np.isfinite(out).all():  # the sums or their output format
-        grad_scale.overflowed = True  # overflowed: the trainer skips the step and halves this scale
+    if grad_scale is not None:  # or their output format did
+        out = _overflow_to_zero(out, grad_scale)
     ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format,
                       acc_stats=acc_stats, geometry=geometry,
                       grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
     return out.astype(np.float32, copy=False)
+
+
+def _overflow_to_zero(x: np.ndarray, grad_scale: GradScale) -> np.ndarray:
+    """``x`` with its non-finite values (an overflowed scaled gradient GEMM) set to zero, and
+    ``grad_scale.overflowed`` set: the trainer skips the step and halves this scale. The rest of
+    the skipped step runs on finite values, so its trace records every GEMM."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    grad_scale.overflowed = True
+    return np.where(bad, np.zeros((), x.dtype), x)
 
 
 def _round_to(x: np.ndarray, fmt: str) -> np.ndarray:

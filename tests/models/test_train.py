@@ -175,3 +175,35 @@ def test_lstm_language_model_trains_on_text(data_dir):
     g = run.trace.gemms
     assert set(g.layer) == {"lstm1.ih", "lstm1.hh", "lstm2.ih", "lstm2.hh", "fc"}
     assert (g[g.layer == "lstm1.hh"].groupby("phase").size() == 16).all()  # one per time step
+
+
+def test_inf_minus_inf_in_a_backward_gemm_is_an_overflow_not_a_crash():
+    """Radix-16 FP4 gradients reach 16^4 = 65536 > 65504: two group sums of opposite sign
+    overflow the FP16 accumulator to +inf and -inf, their sum is NaN. The GEMM flags the overflow (the
+    trainer skips the step) and returns zeros there, so the rest of the step still runs and
+    is recorded."""
+    from models.layers import run_gemm
+    from models.quantizers import QTensor
+    from traces.formats import Accumulator, get_format
+    from traces.lowering import GemmShape
+
+    net = build_model("mlp", (64,), 10, 0, hidden=(32, 32))
+    ctx = Context(get_recipe("int4:radix=16"), Recorder())
+    grad_scales(net, ctx.recipe)
+    layer = net.gemm_layers()[1]
+    ctx.recorder.start(0)
+    gs = layer.grad_scale
+    big = 16.0**4  # group sums are rounded to FP16 once per 4 products: +inf, then -inf
+    a = QTensor(np.array([[big, 0, 0, 0, -big, 0, 0, 0], [1, 0, 0, 0, 16, 0, 0, 0]]), get_format("fp4_r16_e3"))
+    b = QTensor(np.ones((8, 1)), get_format("int4"))
+    out = run_gemm(ctx, layer, "bwd_data", a, b, Accumulator("fp16", 4, 64), "fp16", GemmShape(2, 1, 8),
+                   grad_scale=gs)
+    assert gs.overflowed
+    assert out.tolist() == [[0.0], [17.0]]
+    assert len(ctx.recorder.gemm_rows) == 1
+
+
+@pytest.mark.parametrize("radix, target", [(2, 8.0), (4, 64.0), (8, 64.0), (16, 16.0)])
+def test_gradscale_target_is_the_largest_fp4_value_up_to_the_cap(radix, target):
+    spec = f"int4:radix={radix}" + (",tpr=off" if radix in (2, 8) else "")
+    assert get_recipe(spec).hidden.grad_target_max() == target
