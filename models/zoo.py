@@ -112,10 +112,13 @@ def resnet(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generato
 
 
 def speech(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator,
-           channels: tuple[int, int, int] = (8, 16, 32)) -> Sequential:
+           channels: tuple[int, int, int] = (16, 32, 64)) -> Sequential:
     """A small CNN for log-mel spectrograms (1 x mels x frames): three 3x3 conv + BatchNorm +
     ReLU blocks (max pooling after the first two), global average pooling, a classifier. Sized
-    to train on spoken digits in minutes (a raw-audio M5 would need ~500 GMAC per epoch)."""
+    to train on spoken digits in minutes (a raw-audio M5 would need ~500 GMAC per epoch). The
+    default width is what 4-bit training needs: with channels (8, 16, 32), 20 epochs of `int4`
+    reached 89.0 % against 94.3 % for `fp32`; with (16, 32, 64), 94.3 % against 97.0 % (fsdd,
+    batch 32, seed 0)."""
     c, _, _ = _image_shape(input_shape, "speech")
     c1, c2, c3 = channels
     layers = [*_conv_bn_relu("block1", c, c1, rng), MaxPool2d("pool1"),
