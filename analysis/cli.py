@@ -16,6 +16,7 @@ Bad input (an unknown name, a value out of range, an unwritable directory) print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -65,6 +66,26 @@ def _print_table(df: pd.DataFrame) -> None:
         print(df.to_string(index=False))
 
 
+@contextlib.contextmanager
+def _removed_if_empty_on_failure(out: str):
+    """Remove ``out`` (and empty directories in it) when the command fails before writing
+    anything there and the directory did not exist before."""
+    from pathlib import Path
+
+    path = Path(out)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir():
+            for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty: anything written stays
+        raise
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from analysis.run import MainJob, main_job
 
@@ -93,11 +114,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(MODELS)}")
     if Path(args.out, "meta.json").exists() and not (args.overwrite or args.resume):
         raise ConfigError(f"--out {args.out!r} already holds a run directory; pass --overwrite to replace it")
-    check_writable(args.out)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                      trace_every=args.trace_every, **({"lr": args.lr} if args.lr is not None else {}))
-    run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
-                out=args.out, progress=not args.quiet, resume=args.resume)
+    if Path(args.out, "checkpoint").exists() and not (args.overwrite or args.resume):
+        raise ConfigError(f"--out {args.out!r} holds the checkpoint of an unfinished run; pass --resume to "
+                          "continue it or --overwrite to start again")
+    with _removed_if_empty_on_failure(args.out):
+        check_writable(args.out)
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                          trace_every=args.trace_every, **({"lr": args.lr} if args.lr is not None else {}))
+        run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
+                    out=args.out, progress=not args.quiet, resume=args.resume)
     print(f"test accuracy: {100 * run.final['test_accuracy']:.2f} %")
     print(f"test loss: {run.final['test_loss']:.4f}  train loss: {run.final['train_loss']:.4f}")
     print(f"wrote {run.path}")
@@ -198,10 +223,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     flags = _source_flags(args)
     if args.spec:  # flags given on the command line override the spec's
         spec = load_spec(args.spec, **given)
-        if args.grid:
-            spec = replace(spec, grid=spec.grid + parse_grid(args.grid))
-        if flags:
-            spec = replace(spec, source=replace(spec.source, **flags))
+        if args.grid:  # an axis given replaces the spec's axes that share a field with it
+            axes = parse_grid(args.grid)
+            fields = {f for ax in axes for f in ax.fields}
+            spec = replace(spec, grid=tuple(ax for ax in spec.grid if not fields & set(ax.fields)) + axes)
+        if "trace" in flags:  # another kind of source replaces the spec's
+            spec = replace(spec, source=Source(**flags))
+        elif flags:
+            spec = replace(spec, source=replace(spec.source, trace=None if "model" in flags else spec.source.trace,
+                                                **flags))
     else:
         spec = SweepSpec(source=Source(**flags), grid=parse_grid(args.grid or []), **given)
     table = sweep(spec, progress=not args.quiet)
@@ -227,8 +257,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     source = Source(trace=args.trace, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    table = compare(source, chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
-                    workers=args.workers, scheduler=args.scheduler, progress=not args.quiet)
+    with _removed_if_empty_on_failure(args.out):
+        table = compare(source, chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
+                        workers=args.workers, scheduler=args.scheduler, progress=not args.quiet)
     _print_table(table)
     print(f"\nwrote {args.out}/compare.csv")
     return 0
@@ -361,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default 1)")
     w.add_argument("--scheduler", default=None, help="a dask.distributed scheduler address, tcp://HOST:PORT")
     w.add_argument("--exact", action="store_true",
-                   help="simulate every GEMM in full (default: long GEMMs extrapolated from probes)")
+                   help="simulate every GEMM in full, instead of extrapolating long GEMMs from probes")
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=_cmd_sweep)
 

@@ -250,6 +250,11 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source
             chip_over[f] = v
     for key in LINKED:  # one log base for the datapath and the numerics
         chip_f = f"log_path.{key}"
+        if isinstance(params.get(key), str) and params[key].strip().isdigit():
+            params[key] = int(params[key])  # as on the command line (a TOML string "8")
+        if chip_f in chip_over and key in params and str(chip_over[chip_f]) != str(params[key]):
+            raise ConfigError(f"grid point {index}: {chip_f} = {chip_over[chip_f]} and recipe.{key} = {params[key]} "
+                              "differ; they are one setting (sweep either)")
         if chip_f in chip_over and key not in params and _has_param(recipe_name, key):
             params[key] = chip_over[chip_f]
         elif key in params and chip_f not in chip_over:
@@ -512,7 +517,7 @@ def sweep(spec: SweepSpec | None = None, *, progress: bool = True, **params) -> 
         raise ConfigError(f"workers must be >= 1, got {spec.workers}")
     src = spec.source
     if (src.trace is None) == (src.model is None) or (src.model is None) != (src.dataset is None):
-        raise ConfigError("the sweep needs one source: --trace RUN_DIR, or --model M with --dataset D (not both)")
+        raise ConfigError("one source is needed: --trace RUN_DIR, or --model M with --dataset D (not both)")
     base, given = spec.recipe, None
     if src.trace is not None:
         given = read(src.trace)
@@ -593,13 +598,14 @@ def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
 def _check_training(spec: SweepSpec, jobs: dict) -> None:
     """Fail before any work when a training source is wrong (model, data set, hyper-parameters)."""
     from models.data import load_dataset
-    from models.train import TrainConfig
+    from models.train import TrainConfig, check_model_data
     from models.zoo import build_model
 
     job = next(j for j in jobs.values() if j.kind == "train")
     a = job.args
     TrainConfig(**a["config"])
     ds = load_dataset(a["dataset"], a["data_dir"])
+    check_model_data(a["model"], ds)
     build_model(a["model"], ds.input_shape, ds.n_classes, 0, **a["model_params"])
     if len(ds.x_train) < a["config"]["batch_size"]:
         raise ConfigError(f"batch_size {a['config']['batch_size']} is larger than the training set ({len(ds.x_train)})")

@@ -167,6 +167,22 @@ def train_step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, velo
     return loss, False
 
 
+SEQUENCE_MODELS = ("lstm",)
+"""Models of token sequences (a data set with a vocabulary); the others classify tensors."""
+
+
+def check_model_data(model: str, ds) -> None:
+    """Raise ConfigError when ``model`` cannot take data set ``ds``: a sequence model on
+    feature tensors or a classifier on token sequences."""
+    tokens = ds.vocab is not None
+    if model in SEQUENCE_MODELS and not tokens:
+        raise ConfigError(f"{model} models character sequences (data set shakespeare); data set {ds.name!r} "
+                          f"holds feature tensors of shape {ds.input_shape}")
+    if model not in SEQUENCE_MODELS and tokens:
+        raise ConfigError(f"{model} classifies feature tensors; data set {ds.name!r} holds character sequences "
+                          f"(models: {', '.join(SEQUENCE_MODELS)})")
+
+
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
 
@@ -312,6 +328,7 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     if resume and out is None:
         raise ConfigError("--resume needs --out: the run directory that holds the checkpoint")
     total = cfg.epochs * steps_per_epoch
+    check_model_data(model, ds)
     net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
     scales = grad_scales(net, rec_obj)
     recorder = Recorder()

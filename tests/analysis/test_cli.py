@@ -103,6 +103,21 @@ def test_train_refuses_to_overwrite_and_honours_lr_zero_check(tmp_path):
     assert res.returncode == 2 and "lr must be a finite number > 0, got 0.0" in res.stderr
 
 
+@pytest.mark.parametrize("model, dataset, message", [
+    ("lstm", "digits", "lstm models character sequences (data set shakespeare); data set 'digits' holds feature"),
+    ("mlp", "shakespeare", "mlp classifies feature tensors; data set 'shakespeare' holds character sequences"),
+])
+def test_a_model_on_the_wrong_kind_of_data_is_refused_and_leaves_nothing(tmp_path, data_dir, model, dataset,
+                                                                        message):
+    res = fourbit("train", "--model", model, "--dataset", dataset, "--data-dir", str(data_dir), "--recipe",
+                  "int4", "--out", str(tmp_path / "w"), "--quiet")
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "w").exists()
+    res = fourbit("sweep", "--model", model, "--dataset", dataset, "--data-dir", str(data_dir), "--grid",
+                  "array.rows=16", "--out", str(tmp_path / "s"), "--quiet")
+    assert res.returncode == 2 and message in res.stderr and not (tmp_path / "s").exists()
+
+
 def test_divergence_is_one_clear_line(tmp_path):
     res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--lr", "1e10",
                   "--epochs", "1", "--out", str(tmp_path / "d"), "--quiet")
@@ -158,6 +173,8 @@ def test_train_resume_continues_a_killed_run(tmp_path, monkeypatch, capsys):
     assert "interrupted" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume", "--overwrite"]) == 2
     assert "exclude each other" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 2  # the checkpoint is not thrown away
+    assert "checkpoint of an unfinished run; pass --resume" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert len(saves) == 3
     whole, cut = read(tmp_path / "whole"), read(tmp_path / "cut")

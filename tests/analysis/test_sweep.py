@@ -145,6 +145,7 @@ def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
     (["recipe.radix=3"], "radix"),
     (["recipe.colour=1"], "unknown grid field 'recipe.colour'"),
     (["array.rows=8", "array.rows=16"], "grid field 'array.rows' appears on two axes"),
+    (["log_path.radix=2", "recipe.radix=16"], "log_path.radix = 2 and recipe.radix = 16 differ"),
     ([], "the grid is empty"),
 ])
 def test_bad_specs_are_rejected_before_any_work(small_trace, tmp_path, grid, message):
@@ -158,7 +159,7 @@ def test_bad_grid_syntax_and_sources(small_trace, tmp_path):
         parse_grid(["array.rows"])
     with pytest.raises(ConfigError, match="has no values"):
         parse_grid(["array.rows="])
-    with pytest.raises(ConfigError, match="the sweep needs one source"):
+    with pytest.raises(ConfigError, match="one source is needed"):
         sweep(SweepSpec(Source(), (Axis(("array.rows",), (8,)),), out=str(tmp_path / "x")), progress=False)
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
         sweep(SweepSpec(Source(model="vgg", dataset="digits"), (Axis(("array.rows",), (8,)),),
@@ -197,6 +198,9 @@ def test_toml_spec_and_cli_with_report(small_trace, tmp_path):
     assert res.returncode == 0, res.stderr
     page = (out / "report.html").read_text()
     assert "Sweep results" in page and "figures/speedup_energy_vs_array.png" in page
+    res = fourbit("sweep", "--spec", str(spec), "--grid", "array.dataflow=os", "--out", str(tmp_path / "g"), "--quiet")
+    assert res.returncode == 0, res.stderr  # the given axis replaces the spec's array.dataflow axis
+    assert pd.read_csv(tmp_path / "g" / "results.csv")["array.dataflow"].tolist() == ["os", "os"]
     res = fourbit("sweep", "--spec", str(spec), "--trace", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "missing" in res.stderr  # a flag given overrides the spec's source
     (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00broken")
