@@ -255,10 +255,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import compare
     from analysis.sweep import Source
 
-    source = Source(trace=args.trace, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     with _removed_if_empty_on_failure(args.out):
-        table = compare(source, chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
+        table = compare(Source(**_source_flags(args)), chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
                         workers=args.workers, scheduler=args.scheduler, progress=not args.quiet)
     _print_table(table)
     print(f"\nwrote {args.out}/compare.csv")
@@ -278,6 +276,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     records = run_benchmarks(args.names, quick=args.quick, data_dir=args.data_dir)
     print(format_records(records, args.json))
     return 0
+
+
+def _add_source_args(p: argparse.ArgumentParser, model_help: str) -> None:
+    """The flags naming a sweep's (or compare's) traces: a trace directory, or a model to train
+    (None: not given, `analysis.sweep.Source`'s default applies)."""
+    p.add_argument("--trace", default=None, help="a run or imported trace directory (chip-only)")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs per recipe (default 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="training seed (default 0)")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -374,14 +385,7 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="a grid over chip fields and recipe parameters: simulate (and train) every point",
                        formatter_class=fmt)
-    w.add_argument("--trace", default=None, help="a run or imported trace directory (chip-only sweeps)")
-    w.add_argument("--model", default=None, help="train this model for every distinct recipe of the grid")
-    w.add_argument("--dataset", default=None)
-    w.add_argument("--data-dir", default=None)
-    w.add_argument("--epochs", type=_positive_int, default=None, help="training epochs per recipe (default 1)")
-    w.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default 64)")
-    w.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1)")
-    w.add_argument("--seed", type=_nonneg_int, default=None, help="training seed (default 0)")
+    _add_source_args(w, "train this model for every distinct recipe of the grid")
     w.add_argument("--grid", action="append", metavar="FIELD[,FIELD]=V1,V2,...",
                    help="an axis: chip fields (array.rows, array.dataflow, log_path.radix, ...), chip, recipe, "
                         "recipe.<param> (radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc); repeatable")
@@ -398,14 +402,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser("compare", help="the 4-bit chip vs FP16, INT8 and HFP8 chips, iso-array and iso-area",
                         formatter_class=fmt)
-    cm.add_argument("--trace", default=None, help="a run or imported trace directory")
-    cm.add_argument("--model", default=None, help="train this model with each chip's recipe")
-    cm.add_argument("--dataset", default=None)
-    cm.add_argument("--data-dir", default=None)
-    cm.add_argument("--epochs", type=_positive_int, default=1)
-    cm.add_argument("--batch-size", type=_positive_int, default=64)
-    cm.add_argument("--lr", type=float, default=0.1)
-    cm.add_argument("--seed", type=_nonneg_int, default=0)
+    _add_source_args(cm, "train this model with each chip's recipe")
     cm.add_argument("--chips", default="fourbit,fp16,int8,hfp8", help="chip presets, comma separated")
     cm.add_argument("--baseline", default="fp16")
     cm.add_argument("--out", default="compare-out")
