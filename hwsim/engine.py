@@ -272,6 +272,7 @@ def _extended(job: _Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -
     if job.plan.output_tiles <= EXTEND_ABOVE:
         return None  # silent stretches are batched anyway: few tiles walked, no probes needed
     segs = job.plan.segments
+
     def kept(count: int) -> int:  # at most about ``probe``, leaving an even number to extend:
         return count if count <= probe else probe + (count - probe) % 2  # periods of 2 stay in phase
 
@@ -280,7 +281,7 @@ def _extended(job: _Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -
     increments = sum(r > br for (_, r), br in zip(segs, base_reps, strict=True)) + sum(
         k > kk for (pat, _), row in zip(segs, base_counts, strict=True) for (_, k), kk in zip(pat, row, strict=True))
     if increments > MAX_INCREMENTS:
-        return None  # many short segments: two probes each would cost more than the walk
+        return None  # many short segments: several probes each would cost more than the walk
     if all(k == kk for (pat, _), row in zip(segs, base_counts, strict=True)
            for (_, k), kk in zip(pat, row, strict=True)) and base_reps == [r for _, r in segs]:
         return None  # nothing to extend
