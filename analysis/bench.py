@@ -203,8 +203,61 @@ def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
     return out
 
 
+def _large_trace(rows: int, rng: np.random.Generator):
+    """An imported ResNet-18 training step (batch 32, ``int4``) repeated over steps until the
+    ``gemms`` table has ``rows`` rows, with every statistics column filled (fractions, code
+    histograms, scales): the widest trace the trainer writes."""
+    import pandas as pd
+
+    from models.recipes import get_recipe
+    from traces.io import Trace
+    from traces.scalesim import import_topology
+
+    one = import_topology("resnet18", 32, get_recipe("int4").describe())
+    reps = -(-rows // len(one.gemms))
+    g = pd.concat([one.gemms.assign(step=s) for s in range(reps)], ignore_index=True).iloc[:rows].copy()
+    for col in g.columns:
+        if col.endswith("_frac"):
+            g[col] = pd.array(rng.random(rows), dtype="Float64")
+        elif col.startswith("grad_code_") or col in ("acc_overflows", "acc_underflows"):
+            g[col] = pd.array(rng.integers(0, 10_000, rows), dtype="Int64")
+        elif col.endswith("_scale") or col == "grad_scale_log2":
+            g[col] = pd.array(rng.integers(-20, 20, rows).astype(float), dtype="Float64")
+    o = pd.concat([one.ops.assign(step=s) for s in range(reps)], ignore_index=True)
+    return Trace(dict(one.meta), g, o, one.metrics)
+
+
+def bench_trace(quick: bool = False) -> list[dict]:
+    """Wall time of `traces.read` (checksums and full validation) on a run directory whose
+    ``gemms`` table has 100,000 rows with every statistics column filled (target under 2 s,
+    issue 5), side by side with pandas reading the same Parquet files without validation."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    from traces.io import read
+
+    rows = 100_000
+    trace = _large_trace(rows, np.random.default_rng(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = trace.write(Path(tmp) / "run")
+        parquet = sorted(path.glob("*.parquet"))
+        back = read(path)
+        if len(back.gemms) != rows:
+            raise AssertionError(f"read {len(back.gemms)} gemms rows, wrote {rows}")
+        ts, tr = side_by_side(lambda: read(path), lambda: [pd.read_parquet(f) for f in parquet],
+                              repeats=3 if quick else 7, warmup=1)
+        size = sum(f.stat().st_size for f in parquet)
+    return [_record("trace", f"read a {rows:,}-row trace (validated)", ts, "s", 2.0),
+            _record("trace", "pandas.read_parquet of the same tables (no validation)", tr, "s", None),
+            _record("trace", "validated read / plain read", ts / tr, "ratio", None),
+            _record("trace", "rows in ops table", len(trace.ops), "rows", None),
+            _record("trace", "parquet bytes on disk", size, "bytes", None)]
+
+
 BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics, "sim": bench_sim,
-                                                    "train": bench_train}
+                                                    "train": bench_train, "trace": bench_trace}
 
 
 def run_benchmarks(names: list[str], quick: bool = False, data_dir=None) -> list[dict]:

@@ -416,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_cmd_report)
 
     b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")
-    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim, train")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim, train, trace")
     b.add_argument("--data-dir", default=None, help="MNIST files for the train benchmark (default $FOURBIT_DATA_DIR)")
     b.add_argument("--json", action="store_true", help="print a JSON list of records")
     b.add_argument("--quick", action="store_true", help="fewer repeats, skip the slowest kernels")

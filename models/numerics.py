@@ -600,6 +600,27 @@ def gemm_with_stats(a, b, accumulator: Accumulator, *, path: str | None = None) 
     (K < 159,783 for uint4 x int4 codes, |product| <= 105), float64 BLAS for ``exact`` while all
     partial sums are exact in float64, vectorised lane kernels when group sums are exact in the
     lane type, else the general error-free kernel.
+
+    Parameters
+    ----------
+    a : array_like, shape (M, K); b : array_like, shape (K, N)
+        Exact operand values, as for `gemm`.
+    accumulator : Accumulator
+    path : str, optional
+        ``"general"``, ``"shift_add"``, ``"fast32"``, ``"fast64"``, ``"ieee32"``, ``"ieee64"``,
+        ``"native32"``, ``"int"``, ``"blas32"`` or ``"blas64"``.
+
+    Returns
+    -------
+    out : ndarray of float64, shape (M, N)
+    stats : GemmStats
+        Counts of accumulator events (overflows to +-inf, underflows to zero), non-finite
+        outputs, and the kernel that ran.
+
+    Raises
+    ------
+    NumericsError
+        As `gemm`; also a forced ``path`` that does not compute this accumulator.
     """
     ao, bo = _check_operands(a, b, accumulator)
     chosen = path or _plan(ao, bo, ao.array.shape[1], accumulator)

@@ -91,6 +91,10 @@ def quantize_weight(w: np.ndarray, method: str) -> QTensor:
 
     ``int4_sawb``: SAWB per tensor, codes -7..7, recomputed every call ("rescaled every
     iteration", [P] section 2); ``int8_max``: symmetric INT8; float formats: a cast.
+
+    Returns a `QTensor`: codes (int8, the shape of ``w``; float64 values for float formats), the
+    format, the step (real value of one code) and the clip/flush statistics. Raises ConfigError
+    for an unknown ``method`` and NumericsError for NaN weights.
     """
     if method == "int4_sawb":
         alpha = numerics.sawb_alpha(w) if np.size(w) else 0.0
@@ -109,6 +113,10 @@ def quantize_act(x: np.ndarray, method: str, alpha: float | None = None) -> QTen
     ``uint4_minmax``: per-iteration max scaling (the simple baseline: alpha = max(x));
     ``int4_sawb``: signed inputs (LSTM, embeddings) with the SAWB clip; ``int8_max``; float
     formats: a cast.
+
+    Returns a `QTensor` (codes uint8 of the shape of ``x`` for PACT; the step is alpha/15).
+    Raises ConfigError for an unknown ``method`` and NumericsError for NaN input or a PACT
+    ``alpha`` that is not finite and positive.
     """
     if method == "uint4_pact":
         codes, step = numerics.quantize_uint4_pact(x, alpha)
@@ -149,6 +157,10 @@ def quantize_grad(g_scaled: np.ndarray, fmt_name: str, tie: str = "up") -> QTens
     format (fp16, fp8_e5m2: saturating casts), fp32, or ``int8`` (symmetric, step = max/127).
 
     The GradScale factor stays in the values: the caller removes it after the GEMM.
+
+    Returns a `QTensor`: float64 values of the shape of ``g_scaled`` (for log formats also the
+    uint8 codes and the clip/flush statistics, [P] section 3). Raises FormatError for an unknown
+    format and NumericsError for NaN input.
     """
     if fmt_name == "int8":
         return _int8_max(g_scaled)

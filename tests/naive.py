@@ -57,6 +57,50 @@ def round_float(x: float, fmt_name: str, saturate: bool = False) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# stochastic rounding: SplitMix64 counters in Python integers, the choice decided on Fractions
+# ---------------------------------------------------------------------------------------------
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix64(z: int) -> int:
+    """SplitMix64's finaliser on a Python integer (mod 2^64)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def counter_bits(seed: int, step: int, tensor_id: int, index: int) -> int:
+    """64 random bits keyed by (seed, step, tensor id, element index)."""
+    z = mix64((seed * _GOLDEN + 1) & _M64)
+    for k, v in ((2, step), (3, tensor_id), (4, index)):
+        z = mix64(z ^ ((v * _GOLDEN + k) & _M64))
+    return z
+
+
+def round_stochastic(x: float, rbits: int, fmt_name: str, saturate: bool) -> float:
+    """Between the neighbours lo <= |x| < hi of ``fmt``, hi when rbits < floor(2^64 (|x| - lo) /
+    (hi - lo)), else lo; formats without subnormals flush below their smallest normal."""
+    fmt = get_format(fmt_name)
+    if math.isinf(x):
+        return math.copysign(fmt.max_value, x) if saturate else x
+    a = abs(Fraction(x))
+    if a == 0 or (not fmt.subnormals and a < Fraction(fmt.min_normal)):
+        return math.copysign(0.0, x)
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    unit = Fraction(2) ** (max(e, fmt.emin) - fmt.mantissa_bits)
+    n = math.floor(a / unit)
+    if rbits < math.floor((a / unit - n) * 2**64):
+        n += 1
+    r = n * unit
+    if r > Fraction(fmt.max_value):
+        return math.copysign(fmt.max_value if saturate else math.inf, x)
+    return math.copysign(float(r), x)
+
+
+# ---------------------------------------------------------------------------------------------
 # quantizers
 # ---------------------------------------------------------------------------------------------
 def quantize_log(x: np.ndarray, fmt: LogFormat, tie: str = "up") -> np.ndarray:

@@ -3,8 +3,9 @@
 One module writes and reads (style.md rule 13). Writing is atomic: the directory is built under a
 temporary name next to the target and renamed into place, and ``meta.json`` (written last)
 carries the sha256 of every table, so a crash never leaves a half-written trace that reads as
-valid. Reading checks the schema version (an unknown major version is refused, a newer minor is
-read), every checksum, and every table (`traces.schema.validate`).
+valid. Reading checks the schema version (an unknown major version is refused; a newer minor is read,
+without the columns it added, since a minor version only adds columns), every checksum, and every
+table (`traces.schema.validate`).
 """
 
 from __future__ import annotations
@@ -175,7 +176,15 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _read_table(path: Path, name: str, entry: dict) -> pd.DataFrame:
+def _newer_minor(meta: dict) -> bool:
+    """Whether the trace was written by a newer minor version of the schema than this reader's."""
+    def minor(v: str) -> int:
+        part = v.split(".")[1] if "." in v else "0"
+        return int(part) if part.isdigit() else 0
+    return minor(str(meta.get("schema_version", ""))) > minor(schema.SCHEMA_VERSION)
+
+
+def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False) -> pd.DataFrame:
     f = path / str(entry.get("file", f"{name}.parquet"))
     if not f.is_file():
         raise TraceError(f"table {name}: file {f} is missing")
@@ -186,6 +195,8 @@ def _read_table(path: Path, name: str, entry: dict) -> pd.DataFrame:
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise TraceError(f"table {name}: unreadable Parquet file {f}: {exc}") from exc
     dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
+    if newer_minor:  # a newer minor version only adds columns: read the ones this version knows
+        table = table.select([c for c in table.column_names if c in dtypes])
     for col in table.column_names:
         arr = table.column(col)
         want = dtypes.get(col)
@@ -223,5 +234,5 @@ def read(path: str | os.PathLike) -> Trace:
         entry = meta["tables"].get(name)
         if entry is None:
             raise TraceError(f"{path / META}: table {name!r} is not listed")
-        tables[name] = _read_table(path, name, entry)
+        tables[name] = _read_table(path, name, entry, _newer_minor(meta))
     return Trace(meta, tables["gemms"], tables["ops"], tables["metrics"])

@@ -6,9 +6,9 @@ import numba
 import numpy as np
 import pytest
 
-from models.numerics import gemm, gemm_with_stats
+from models.numerics import gemm, gemm_with_stats, quantize_fp4_codes, quantize_uniform
 from traces.errors import NumericsError
-from traces.formats import Accumulator
+from traces.formats import Accumulator, LogFormat
 
 ALL_PATHS = ("general", "shift_add", "fast32", "fast64", "ieee32")
 
@@ -106,18 +106,35 @@ def test_unresolved_array_chunk_is_an_error():
         gemm(np.ones((1, 4)), np.ones((4, 1)), Accumulator("fp16", 4, "array"))
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="one thread only: nothing to compare")
 def test_results_do_not_depend_on_thread_count():
+    """Every kernel path, the integer GEMM and the fused quantizers give the same bits (and the
+    same statistics) on 1 thread and on every thread numba has."""
     rng = np.random.default_rng(1)
     a = rng.integers(-7, 8, (64, 300)).astype(np.float64)
     b = np.exp2(rng.integers(-7, 7, (300, 48))) * rng.choice([-1.0, 1.0], (300, 48))
+    acts = rng.integers(0, 16, (64, 300)).astype(np.float64)
+    x = rng.standard_normal(50_000) * np.exp2(rng.integers(-12, 12, 50_000))
     acc = Accumulator("fp16", 4, 64)
+
+    def everything():
+        out = [gemm_with_stats(a, b, acc, path=p) for p in ALL_PATHS]
+        out.append(gemm_with_stats(acts, a.T[:, :48].copy(), Accumulator("int32"), path="int"))
+        out.append(quantize_fp4_codes(x, LogFormat.make(4, 3, "odd"), "up"))
+        out.append(quantize_uniform(x, 0.01, -7, 7))
+        return out
+
     before = numba.get_num_threads()
     try:
-        outs = []
-        for threads in (1, before):
+        runs = []
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
-            outs.append([gemm_with_stats(a, b, acc, path=p)[0] for p in ALL_PATHS])
+            runs.append(everything())
     finally:
         numba.set_num_threads(before)
-    for one, many in zip(outs[0], outs[1], strict=True):
-        np.testing.assert_array_equal(one, many)
+    for one, many in zip(*runs, strict=True):
+        for u, v in zip(one, many, strict=True):
+            if isinstance(u, np.ndarray):
+                np.testing.assert_array_equal(u, v)
+            else:
+                assert u == v

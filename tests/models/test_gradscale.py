@@ -70,3 +70,18 @@ def test_global_scale_reports_on_the_largest_layer():
     for layer_max in (1.0, 50.0, 3.0):  # one shared scale, three layers
         g.observe(layer_max)
     assert g.update_global() == 0 and g.exponent == 0  # max 50 is in (32, 64]
+
+
+@pytest.mark.parametrize("recipe, target", [
+    ("int4", 64.0),                      # radix 4: the largest FP4 value, as in [P] 3.2
+    ("int4:radix=2,tpr=off", 8.0),       # radix 2, 3 exponent bits: 2^3 is the largest value
+    ("int4:radix=8,tpr=off", 64.0),      # radix 8 reaches 8^3 = 512: capped at 64
+    ("int4:radix=16", 16.0),             # radix 16 reaches 4096; the largest value <= 64 is 16
+    ("int4:exponent_bits=4", 64.0),      # radix 4 with 4 exponent bits reaches 4^7: capped
+    ("hfp8", 1.0),                       # float gradients: 1.0, headroom against FP16 overflow
+])
+def test_gradscale_target_is_the_largest_fp4_value_up_to_the_cap(recipe, target):
+    from models.recipes import GRAD_TARGET_CAP, get_recipe
+
+    assert GRAD_TARGET_CAP == 64.0
+    assert get_recipe(recipe).hidden.grad_target_max() == target

@@ -179,3 +179,34 @@ def test_narrow_outputs_run_transposed_with_the_same_bits(acc):
     got, stats = numerics.gemm_with_stats(a, b, acc)
     assert same_bits(got, ref) and stats.overflows == ref_stats.overflows
     assert (ref_stats.overflows > 0) == (acc.format == "fp16")
+
+
+FINITE = st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e6, max_value=1e6)
+STEPS = st.floats(min_value=2.0**-20, max_value=1e3, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(FINITE, min_size=1, max_size=40), STEPS, st.sampled_from([(-7, 7), (0, 15), (-128, 127)]))
+def test_uniform_kernel_matches_twin(xs, step, bounds):
+    x = np.array(xs)
+    lo, hi = bounds
+    codes, stats = numerics.quantize_uniform(x, step, lo, hi, np.int16)
+    want = naive.quantize_uniform(x, step, lo, hi)
+    np.testing.assert_array_equal(codes, want)
+    assert stats.clipped == int(np.count_nonzero((x / step < lo) | (x / step > hi)))
+    assert stats.flushed == int(np.count_nonzero((want == 0) & (x != 0)))
+    if lo == -hi:  # the symmetric (SAWB) range: sign symmetric
+        np.testing.assert_array_equal(numerics.quantize_uniform(-x, step, lo, hi, np.int16)[0], -codes)
+    again = numerics.quantize_uniform(codes * step, step, lo, hi, np.int16)[0]
+    np.testing.assert_array_equal(again, codes)  # idempotent on its own grid
+
+
+@given(st.lists(FINITE, min_size=1, max_size=40), STEPS)
+def test_pact_and_sawb_match_their_twins(xs, alpha):
+    x = np.array(xs)
+    codes, step = numerics.quantize_uint4_pact(x, alpha)
+    np.testing.assert_array_equal(codes, naive.pact_codes(x, alpha))
+    assert step == alpha / 15
+    w_codes, w_step = numerics.quantize_int4_sawb(x)
+    if w_step:
+        np.testing.assert_array_equal(w_codes, naive.quantize_uniform(x, w_step, -7, 7))
+        np.testing.assert_array_equal(numerics.quantize_int4_sawb(-x)[0], -w_codes)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.numerics import quantize_float
 from tests import naive
@@ -59,3 +61,16 @@ def test_subnormal_range_and_saturation():
 def test_stochastic_needs_a_key():
     with pytest.raises(ValueError, match="key"):
         quantize_float(np.ones(3), "fp16", rounding="stochastic")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=30),
+       st.sampled_from(["fp16", "fp32", "fp8_e5m2", "fp8_e4m3", "dlfloat16"]),
+       st.tuples(*[st.integers(0, 2**40)] * 3))
+def test_stochastic_kernel_matches_twin(xs, fmt, key):
+    """Bit for bit against the twin: the same counter bits and the exact up/down decision."""
+    sat = fmt.startswith("fp8")
+    got, _ = quantize_float(np.array(xs), fmt, rounding="stochastic", key=key)
+    want = [naive.round_stochastic(x, naive.counter_bits(*key, i), fmt, sat) for i, x in enumerate(xs)]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

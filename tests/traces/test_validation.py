@@ -43,6 +43,12 @@ def gemms(path) -> pd.DataFrame:
     (lambda g: g.assign(extra=1), r"table gemms: unexpected column 'extra'"),
     (lambda g: g.assign(M=g.M.astype("float64")), r"table gemms, column 'M': dtype double, expected int64"),
     (lambda g: g.assign(N=np.where(g.index == 3, 0, g.N)), r"table gemms, column 'N', row 3: must be > 0"),
+    (lambda g: g.assign(M=np.where(g.index == 2, -4, g.M)), r"table gemms, column 'M', row 2: must be > 0"),
+    (lambda g: g.assign(K=np.where(g.index == 7, 0, g.K)), r"table gemms, column 'K', row 7: must be > 0"),
+    (lambda g: g.assign(layer_type=np.where(g.index == 1, "rnn", g.layer_type)),
+     r"table gemms, column 'layer_type', row 1: unknown value"),
+    (lambda g: g.assign(b_flush_frac=np.where(g.index == 6, -0.25, g.b_flush_frac)),
+     r"table gemms, column 'b_flush_frac', row 6: must be in \[0, 1\]"),
     (lambda g: g.assign(phase=np.where(g.index == 2, "bwd", g.phase)), r"table gemms, column 'phase', row 2: unknown value"),
     (lambda g: g.assign(a_format=np.where(g.index == 5, "fp5", g.a_format)), r"table gemms, column 'a_format', row 5: unknown format"),
     (lambda g: g.assign(acc_format=np.where(g.index == 1, "fp16/g4/c6", g.acc_format)), r"table gemms, column 'acc_format', row 1: unknown accumulator"),
@@ -90,6 +96,13 @@ def test_versions(run_dir):
     meta["schema_version"] = "1.7"  # a newer minor version is read
     (run_dir / "meta.json").write_text(json.dumps(meta))
     assert read(run_dir).meta["schema_version"] == "1.7"
+    _rewrite(run_dir, "gemms", gemms(run_dir).assign(a_new_statistic=0.5))  # what 1.7 may add
+    assert "a_new_statistic" not in read(run_dir).gemms.columns
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["schema_version"] = "1.0"  # at this reader's own version an unknown column is an error
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TraceError, match=r"table gemms: unexpected column 'a_new_statistic'"):
+        read(run_dir)
     meta["schema_version"] = "2.0"
     (run_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TraceError, match=r"schema_version '2.0' has an unknown major version"):
