@@ -100,8 +100,9 @@ def _timed(fn) -> tuple[float, object]:
 def bench_sim(quick: bool = False) -> list[dict]:
     """Wall time to simulate one ResNet-18 training step (batch 32, all three phases; imported
     topology, ``int4`` recipe) on the 32 x 32 WS ``fourbit`` chip, simpy events per second, and
-    wall time against the number of tiles walked one by one (batch 4 .. 32, with and without the
-    steady-state batches): a straight line through them shows the cost is linear in tiles."""
+    wall time against the number of tiles walked one by one (batch 4 .. 16) and against simpy
+    events (also with the steady-state batches, batch 4 .. 32): straight lines through them show
+    the cost is linear in tiles."""
     from hwsim import load_chip, simulate
     from hwsim.engine import clear_timing_cache
     from models.recipes import get_recipe
@@ -110,7 +111,7 @@ def bench_sim(quick: bool = False) -> list[dict]:
     chip = load_chip("fourbit")
     recipe = get_recipe("int4").describe()
     out = []
-    points = []
+    points = []  # (events, tiles, wall, tile by tile)
     batches = [4, 8, 32] if quick else [4, 8, 16, 32]
     for batch in batches:
         trace = import_topology("resnet18", batch, recipe)
@@ -119,23 +120,32 @@ def bench_sim(quick: bool = False) -> list[dict]:
                 continue
             clear_timing_cache()  # cold: every GEMM simulated, none taken from an earlier run
             wall, rep = _timed(lambda trace=trace, compress=compress: simulate(trace, chip, compress=compress))
-            df = rep.to_frame()
-            points.append((rep.run_info["events"], wall))
+            tiles = int(rep.to_frame().tiles.sum())
+            points.append((rep.run_info["events"], tiles, wall, not compress))
             tag = f"batch {batch}{'' if compress else ', tile by tile'}"
             if batch == 32 and compress:
                 out.append(_record("sim", "resnet18 batch 32 training step on fourbit 32x32 ws", wall, "s", 5.0))
                 out.append(_record("sim", "resnet18 batch 32 simpy events per second",
                                    rep.run_info["events"] / wall, "events/s", None))
-                out.append(_record("sim", "resnet18 batch 32 tiles (total)", int(df.tiles.sum()), "tiles", None))
+            out.append(_record("sim", f"resnet18 {tag}: tiles", tiles, "tiles", None))
             out.append(_record("sim", f"resnet18 {tag}: simpy events", rep.run_info["events"], "events", None))
             out.append(_record("sim", f"resnet18 {tag}: wall time", wall, "s", None))
-    ev = np.array([p[0] for p in points], float)
-    wall = np.array([p[1] for p in points], float)
-    slope, intercept = np.polyfit(ev, wall, 1)
-    r2 = 1 - np.sum((wall - (slope * ev + intercept)) ** 2) / max(np.sum((wall - wall.mean()) ** 2), 1e-30)
+    walked = np.array([(p[1], p[2]) for p in points if p[3]], float)
+    slope, r2 = _linear_fit(walked[:, 0], walked[:, 1])
+    out.append(_record("sim", "wall time per tile, tiles walked one by one (linear fit)", slope * 1e6, "us", None))
+    out.append(_record("sim", "linearity of wall time in tiles walked one by one (R^2 of the fit)", r2, "R^2", None))
+    every = np.array([(p[0], p[2]) for p in points], float)
+    slope, r2 = _linear_fit(every[:, 0], every[:, 1])
     out.append(_record("sim", "wall time per simpy event (linear fit over all runs)", slope * 1e6, "us", None))
     out.append(_record("sim", "linearity of wall time in events (R^2 of the fit)", r2, "R^2", None))
     return out
+
+
+def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope of the least-squares line y = a x + b, and its R^2."""
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1 - np.sum((y - (slope * x + intercept)) ** 2) / max(np.sum((y - y.mean()) ** 2), 1e-30)
+    return float(slope), float(r2)
 
 
 def _step_fn(model: str, ds, recipe: str, batch: int, seed: int = 0) -> Callable[[], float]:

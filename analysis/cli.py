@@ -146,7 +146,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "utilization", "dram_read_bytes", "dram_write_bytes", "energy_pj"]
     _print_table(df[cols])
     t = report.totals()
-    print(f"\nper step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
+    info, a = report.run_info, chip.array
+    print(f"\n{chip.chip.name}: {a.rows}x{a.cols} {a.dataflow}, fill/drain overlap "
+          f"{'on' if info['overlap_fill_drain'] else 'off'}, "
+          + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact (every tile)"))
+    print(f"per step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
           f"{t['energy_pj'] * 1e-6:.3f} uJ, {t['tops_per_w']:.3f} TOPS/W")
     if out is not None:
         df.to_csv(out / "simulation.csv", index=False)
@@ -298,9 +302,16 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad arguments reported on one line (exit status 2), pointing at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = _DefaultsFormatter
-    p = argparse.ArgumentParser(prog="fourbit", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="fourbit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     r = sub.add_parser("run", help="the main job: train int4 and fp32, simulate both chips, compare",
@@ -348,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--extrapolate", action="store_true",
                    help="measure long GEMMs on short probes and extend them by their steady-state increments "
                         "(fast; the stall's split between memory and scaling unit may differ)")
-    s.add_argument("--out", default=None, help="write simulation.csv there")
+    s.add_argument("--out", default=None, help="write simulation.csv there (default: print only)")
     s.set_defaults(func=_cmd_simulate)
 
     im = sub.add_parser("import-scalesim", help="a SCALE-Sim topology as a training trace (shapes only)",

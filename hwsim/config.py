@@ -100,7 +100,7 @@ class ArrayConfig(_Section):
         _range(f"{p}.dataflow", self.dataflow, self.dataflow in DATAFLOWS, f"one of {DATAFLOWS}")
         _range(f"{p}.clock_hz", self.clock_hz, 1e3 <= self.clock_hz <= 1e12, "1e3 to 1e12 (Hz)")
         _range(f"{p}.macs_per_pe", self.macs_per_pe, self.macs_per_pe >= 1, "an integer >= 1")
-        _range(f"{p}.pe_area_um2", self.pe_area_um2, self.pe_area_um2 > 0, "> 0 (um^2)")
+        _range(f"{p}.pe_area_um2", self.pe_area_um2, 0 < self.pe_area_um2 < math.inf, "a finite number > 0 (um^2)")
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,8 @@ class ScalingConfig(_Section):
 
     def check(self, p: str) -> None:
         _range(f"{p}.lanes", self.lanes, self.lanes >= 1, ">= 1 (ops per cycle; inf: free)")
-        _range(f"{p}.area_um2_per_lane", self.area_um2_per_lane, self.area_um2_per_lane >= 0, ">= 0 (um^2)")
+        _range(f"{p}.area_um2_per_lane", self.area_um2_per_lane, 0 <= self.area_um2_per_lane < math.inf,
+               "a finite number >= 0 (um^2)")
 
 
 @dataclass(frozen=True)
@@ -228,8 +229,8 @@ class EnergyConfig(_Section):
                 except ValueError:
                     pass
                 self.overrides[k] = v
-            _range(f"{p}.overrides.{k}", v, isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-                   "a number >= 0 (pJ)")
+            _range(f"{p}.overrides.{k}", v, isinstance(v, int | float) and not isinstance(v, bool)
+                   and 0 <= v < math.inf, "a finite number >= 0 (pJ)")
 
 
 @dataclass(frozen=True)

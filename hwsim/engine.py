@@ -267,8 +267,10 @@ def _extended(job: _Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -
     in run j of each of its r_s probed repetitions add, and r = the count, or ``probe`` (+1 when
     that leaves an odd number to extend: a period of 2 then keeps its phase). Otherwise a
     longer probe is tried (8, 16, 32); past that, None (the caller simulates every tile). Tests
-    check the totals equal the full simulation; a transient longer than the checks can shift
-    the stall's split between memory and scaling unit (`simulate`, ``extrapolate``)."""
+    check the totals equal the full simulation on random plans. The checks cannot see what
+    happens past the probes: a transient longer than them can shift the stall's split between
+    memory and scaling unit, and a run whose end meets the other blocks on an irregular beat
+    can move the total by a few cycles (`simulate`, ``extrapolate``)."""
     if job.plan.output_tiles <= EXTEND_ABOVE:
         return None  # silent stretches are batched anyway: few tiles walked, no probes needed
     segs = job.plan.segments
@@ -475,10 +477,13 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
         False walks every tile. Both give the same counters (tested).
     extrapolate : bool
         Measure GEMMs of more than `EXTEND_ABOVE` output tiles on short probes and extend them
-        by their steady-state increments (`_extended`); needs ``compress``. Total cycles, DRAM
-        bytes and energy equal the full simulation (property-tested); the split of the stall
-        between ``memory_stall_cycles`` and ``scaling_stall_cycles`` may differ when the blocks
-        settle into their period later than the longest probe. Default False (exact).
+        by their steady-state increments (`_extended`); needs ``compress``. An approximation:
+        total cycles, DRAM bytes and energy equal the full simulation when the pipeline settles
+        into a period of 1 or 2 tiles that the probes' checks see (property-tested on random
+        GEMMs); a run whose end falls on an irregular beat can be off by a few cycles, and the
+        split of the stall between ``memory_stall_cycles`` and ``scaling_stall_cycles`` may
+        differ when the blocks settle later than the longest probe (both pinned in tests).
+        Default False (exact).
 
     Returns
     -------

@@ -10,9 +10,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-settings.register_profile("ci", deadline=None, max_examples=60,
+# "ci" (the default): the same examples on every run, so a test run is reproducible and CI is
+# never red by chance; "explore" (HYPOTHESIS_PROFILE=explore): fresh random examples, more of them.
+settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ci")
+settings.register_profile("explore", deadline=None, max_examples=500,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 @pytest.mark.parametrize("target", ["/proc/fourbit-out", "FILE/sub"])

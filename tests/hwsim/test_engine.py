@@ -70,3 +70,36 @@ def test_config_types_and_ranges_name_the_field():
         load_chip("fourbit", {"array.rowz": 3})
     chip = load_chip("fourbit", {"energy.overrides.mac.int4": "0.02", "sram.ifmap_bytes": "1e6"})
     assert chip.energy.overrides == {"mac.int4": 0.02} and chip.sram.ifmap_bytes == 1_000_000
+
+
+def test_chip_toml_round_trip(tmp_path):
+    import pytest
+
+    from hwsim.config import preset_names
+
+    for name in preset_names():
+        chip = load_chip(name, {"array.rows": 48, "dram.bandwidth_bytes_per_s": float("inf"),
+                                "energy.overrides.mac.int4": 0.01})
+        path = tmp_path / f"{name}.toml"
+        path.write_text(chip.to_toml())
+        assert load_chip(str(path)) == chip
+    path.write_text(path.read_text().replace("[array]", "[array]\nrowz = 3"))
+    with pytest.raises(Exception, match="rowz"):
+        load_chip(str(path))
+
+
+def test_gate_zeros_removes_mac_energy_of_zero_products(digits_runs):
+    """With gating, a product with a zero operand costs no MAC energy: the MAC energy of a row
+    scales by (1 - P(a = 0 or b = 0)) from the trace's zero fractions; nothing else changes."""
+    import numpy as np
+
+    trace = digits_runs["int4"].trace
+    plain = simulate(trace, load_chip("fourbit")).to_frame()
+    gated = simulate(trace, load_chip("fourbit", {"energy.gate_zeros": True})).to_frame()
+    rows = trace.step().gemms.set_index(["layer", "phase"])
+    za, zb = (rows.loc[list(zip(plain.layer, plain.phase, strict=True)), c].astype(float).fillna(0).to_numpy()
+              for c in ("a_zero_frac", "b_zero_frac"))
+    np.testing.assert_allclose(gated.energy_mac_pj, plain.energy_mac_pj * (1 - (za + zb - za * zb)), rtol=1e-12)
+    assert (gated.energy_mac_pj < plain.energy_mac_pj).any()
+    for col in ("total_cycles", "dram_read_bytes", "energy_sram_pj", "energy_dram_pj"):
+        np.testing.assert_array_equal(gated[col], plain[col])

@@ -1,0 +1,36 @@
+"""`fourbit bench`: the records design.md describes, with targets where an issue sets one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analysis.bench import format_records, run_benchmarks
+from tests.analysis.test_cli import fourbit
+from traces.errors import ConfigError
+
+
+def test_bench_sim_and_trace_json_records():
+    res = fourbit("bench", "sim", "trace", "--quick", "--json")
+    assert res.returncode == 0, res.stderr
+    records = json.loads(res.stdout)
+    assert all(set(r) == {"benchmark", "metric", "value", "unit", "target"} for r in records)
+    by_metric = {r["metric"]: r for r in records}
+    step = by_metric["resnet18 batch 32 training step on fourbit 32x32 ws"]
+    assert step["unit"] == "s" and step["target"] == 5.0 and step["value"] > 0
+    fit = by_metric["linearity of wall time in tiles walked one by one (R^2 of the fit)"]
+    assert 0.0 <= fit["value"] <= 1.0
+    tiles = [r["value"] for r in records if r["metric"].endswith("tile by tile: tiles")]
+    assert tiles == sorted(tiles) and tiles[0] > 0  # batch 4, then 8: more tiles
+    read = by_metric["read a 100,000-row trace (validated)"]
+    assert read["target"] == 2.0 and read["value"] > 0
+
+
+def test_format_and_unknown_benchmark():
+    text = format_records([{"benchmark": "b", "metric": "m", "value": 1.5, "unit": "ratio", "target": 2.0},
+                           {"benchmark": "b", "metric": "n", "value": 3.0, "unit": "ratio", "target": 2.0}],
+                          as_json=False)
+    assert "target <= 2: met" in text.splitlines()[0] and "NOT met" in text.splitlines()[1]
+    with pytest.raises(ConfigError, match="unknown benchmark 'gpu'; benchmarks: numerics, sim, train, trace"):
+        run_benchmarks(["gpu"])
