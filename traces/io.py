@@ -137,6 +137,8 @@ def replace_dir(tmp: Path, path: Path, marker: str = META, keep: tuple[str, ...]
 
     The older directory must hold ``marker`` or nothing but the entries named in ``keep``
     (nothing else is ever replaced); those entries (a training checkpoint) move into the new one.
+    Replacing takes two renames (old aside, new in): a crash between them leaves no directory at
+    ``path`` and the old one at ``.NAME.old-*/trace``, which `read` then points to.
     """
     if path.exists():
         entries = {p.name for p in path.iterdir()}
@@ -227,7 +229,10 @@ def read(path: str | os.PathLike) -> Trace:
     """
     path = Path(path)
     if not path.is_dir():
-        raise TraceError(f"{path}: not a directory (a run directory holds {META} and Parquet tables)")
+        left = sorted(path.parent.glob(f".{path.name}.old-*/trace"))
+        hint = (f"; an overwrite was interrupted between its two renames: the previous run directory "
+                f"is at {left[-1]}") if left else ""
+        raise TraceError(f"{path}: not a directory (a run directory holds {META} and Parquet tables){hint}")
     meta = _read_meta(path)
     tables = {}
     for name in schema.TABLES:

@@ -146,6 +146,29 @@ def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, mon
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary directories left
 
 
+def test_a_crash_between_the_two_renames_points_at_the_old_trace(tmp_path, digits_runs, monkeypatch):
+    from traces import io
+
+    trace = digits_runs["fp32"].trace
+    trace.write(tmp_path / "run")
+    real = io.os.replace
+
+    def crash_on_second_rename(src, dst):
+        if str(dst) == str(tmp_path / "run"):
+            raise OSError("power cut")
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", crash_on_second_rename)
+    with pytest.raises(OSError, match="power cut"):
+        trace.write(tmp_path / "run")
+    monkeypatch.undo()
+    with pytest.raises(TraceError, match=r"interrupted between its two renames: the previous run directory is at "
+                                         r".*\.run\.old-.*/trace"):
+        read(tmp_path / "run")
+    old = next(tmp_path.glob(".run.old-*/trace"))
+    pd.testing.assert_frame_equal(read(old).gemms, trace.gemms)  # nothing lost
+
+
 def test_writer_refuses_nan_and_unknown_columns():
     with pytest.raises(TraceError, match=r"column 'a_zero_frac', row 0: NaN"):
         schema.from_records("gemms", [{"a_zero_frac": float("nan")}])
