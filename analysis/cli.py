@@ -120,7 +120,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with _removed_if_empty_on_failure(args.out):
         check_writable(args.out)
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                          trace_every=args.trace_every, **({"lr": args.lr} if args.lr is not None else {}))
+                          trace_every=args.trace_every, clip_norm=args.clip_norm,
+                          **({"lr": args.lr} if args.lr is not None else {}))
         run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
                     out=args.out, progress=not args.quiet, resume=args.resume)
     print(f"test accuracy: {100 * run.final['test_accuracy']:.2f} %")
@@ -338,6 +339,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=20)
     t.add_argument("--batch-size", type=_positive_int, default=64)
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's 0.1)")
+    t.add_argument("--clip-norm", type=float, default=0.0,
+                   help="clip the global gradient norm to this value (LSTMs; 0: off)")
     t.add_argument("--seed", type=_nonneg_int, default=0)
     t.add_argument("--trace-every", type=_nonneg_int, default=0)
     t.add_argument("--data-dir", default=None)

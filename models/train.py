@@ -38,8 +38,11 @@ class TrainConfig:
     epochs >= 1; batch_size >= 1 (the final partial batch of an epoch is dropped, so every step
     has the same shapes); lr > 0 (peak learning rate of a cosine schedule, Loshchilov and Hutter
     2017); momentum in [0, 1); weight_decay >= 0 (not on biases and PACT clips); pact_l2 >= 0
-    (L2 on PACT's alpha, Choi et al. 2018); trace_every >= 0 (also record every that many steps;
-    0: the last step only); seed: weights, shuffling and everything random.
+    (L2 on PACT's alpha, Choi et al. 2018); clip_norm >= 0 (global gradient-norm clipping,
+    Pascanu et al., ICML 2013, the usual guard of LSTM training: when the L2 norm of all
+    parameter gradients exceeds ``clip_norm`` they are scaled down to it; 0: off); trace_every >=
+    0 (also record every that many steps; 0: the last step only); seed: weights, shuffling and
+    everything random.
     """
 
     epochs: int = 20
@@ -48,6 +51,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     pact_l2: float = 1e-4
+    clip_norm: float = 0.0
     trace_every: int = 0
     seed: int = 0
 
@@ -59,6 +63,7 @@ class TrainConfig:
             "momentum": (self.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
             "weight_decay": (self.weight_decay, lambda v: v >= 0, ">= 0"),
             "pact_l2": (self.pact_l2, lambda v: v >= 0, ">= 0"),
+            "clip_norm": (self.clip_norm, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: off)"),
             "trace_every": (self.trace_every, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
             "seed": (self.seed, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
         }
@@ -118,6 +123,21 @@ def _sgd(net: Sequential, velocity: dict[str, np.ndarray], lr: float, cfg: Train
         p.grad[...] = 0
 
 
+def _clip_grads(net: Sequential, ctx: Context, clip_norm: float) -> None:
+    """Scale all parameter gradients by clip_norm / ||g|| when their global L2 norm ||g|| exceeds
+    ``clip_norm`` (the norm summed in float64 in parameter order, so it is deterministic); the
+    squares and the sum are recorded as a ``grad_norm`` op on each GEMM layer's update path."""
+    params = net.params()
+    norm = math.sqrt(sum(float(np.dot(p.grad.ravel().astype(np.float64), p.grad.ravel())) for p in params))
+    for layer in net.gemm_layers():
+        ctx.recorder.op("grad_norm", sum(p.value.size for p in layer.params()), "fp32", "fp32",
+                        layer=layer.name, phase="bwd_weight")
+    if norm > clip_norm:
+        factor = np.float32(clip_norm / norm)
+        for p in params:
+            p.grad *= factor
+
+
 def _step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, step: int, epoch: int,
           cfg: TrainConfig) -> float:
     """Forward, loss and backward of one batch; returns the loss. Divergence is an error."""
@@ -157,6 +177,8 @@ def train_step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, velo
             s.back_off()
         return loss, True
     with np.errstate(over="ignore", invalid="ignore"):
+        if cfg.clip_norm:
+            _clip_grads(net, ctx, cfg.clip_norm)
         _sgd(net, velocity, lr, cfg)
     bad = [p.name for p in net.params() if not np.isfinite(p.value).all()]
     if bad:

@@ -56,7 +56,7 @@ OP_KINDS = (
     "cast", "quantize_uniform", "quantize_log", "maxabs", "moments", "scale", "bias_add",
     "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum", "bn_fwd", "bn_bwd",
     "col2im_add", "pool_fwd", "pool_bwd", "residual_add", "embedding_bwd", "lstm_cell",
-    "lstm_cell_bwd",
+    "lstm_cell_bwd", "grad_norm",
 )
 """The op vocabulary of the ``ops`` table; `hwsim.blocks.scaling_unit.OPS` gives each its cost."""
 

@@ -64,6 +64,9 @@ OPS: dict[str, OpCost] = {
     # LSTM gates per cell element: 3 sigmoids, 1 tanh (~4 mul + 4 add each, ASM) and the state update
     "lstm_cell": OpCost(20, ("op.mul_fp32",) * 10 + ("op.add_fp32",) * 10),
     "lstm_cell_bwd": OpCost(24, ("op.mul_fp32",) * 12 + ("op.add_fp32",) * 12),
+    # global gradient-norm clipping: square and sum each FP32 weight gradient (the rescale folds
+    # into the SGD update's learning-rate multiply)
+    "grad_norm": OpCost(2, ("op.mul_fp32", "op.add_fp32")),
 }
 
 

@@ -152,7 +152,7 @@ def test_overflow_skips_are_counted_in_the_metrics(digit_images, monkeypatch):
 
 @pytest.mark.parametrize("model, params, shape", [
     ("mlp", {}, (64,)), ("lenet5", {}, (1, 28, 28)), ("resnet", {"depth": 14, "width": 4}, (3, 16, 16)),
-    ("speech", {}, (1, 40, 61)),
+    ("speech", {}, (1, 40, 61)), ("speech", {"head": "flatten"}, (1, 40, 61)),
 ])
 def test_zoo_roles_and_shapes(model, params, shape):
     net = build_model(model, shape, 10, 0, **params)
@@ -207,3 +207,25 @@ def test_inf_minus_inf_in_a_backward_gemm_is_an_overflow_not_a_crash():
 def test_gradscale_target_is_the_largest_fp4_value_up_to_the_cap(radix, target):
     spec = f"int4:radix={radix}" + (",tpr=off" if radix in (2, 8) else "")
     assert get_recipe(spec).hidden.grad_target_max() == target
+
+
+def test_clip_norm_scales_the_gradients_to_the_norm_and_records_the_op():
+    net = build_model("mlp", (64,), 10, 0, hidden=(8,))
+    rec = Recorder()
+    ctx = Context(get_recipe("int4"), rec)
+    params = net.params()
+    for p in params:
+        p.grad[...] = 0
+    params[0].grad.flat[0], params[0].grad.flat[1] = 3.0, 4.0  # global norm 5
+    rec.start(0)
+    train_mod._clip_grads(net, ctx, 10.0)  # below the limit: untouched
+    assert params[0].grad.flat[0] == 3.0 and params[0].grad.flat[1] == 4.0
+    train_mod._clip_grads(net, ctx, 2.5)  # halved, exactly
+    assert params[0].grad.flat[0] == 1.5 and params[0].grad.flat[1] == 2.0
+    rec.stop()
+    _, ops = rec.tables()
+    norm_ops = ops[ops.op == "grad_norm"]
+    assert set(norm_ops.layer) == {layer.name for layer in net.gemm_layers()}
+    assert norm_ops.elements.sum() == 2 * sum(p.value.size for p in params)  # two calls, every parameter
+    with pytest.raises(ConfigError, match=r"clip_norm must be a finite number >= 0 \(0: off\)"):
+        TrainConfig(clip_norm=-1.0)
