@@ -15,6 +15,8 @@ the largest finite value overflow to +-inf (or saturate, if asked).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -615,21 +617,66 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
                 overflow_rows[m] = True
 
 
+LANE_NARROW, LANE_NATIVE, LANE_HALF64 = 0, 1, 2
+"""Rounding modes of `gemm_fast_ieee`: `narrow` (binary16 on float32 lanes, binary32 on float64
+lanes), none (the lane type is the accumulator: binary32 on float32 lanes), `round_half64`
+(binary16 on float64 lanes)."""
+
+_HALF_MAGIC = 2.0**28  # x + 2^28 - 2^28 in float64 rounds |x| < 2^28 to a multiple of 2^-24 (RNE)
+_HALF_MIN_NORMAL = 2.0**-14
+_HALF_MAX = 65504.0
+
+
+def round_half64(x, p):
+    """IEEE binary16 rounding (to nearest even, subnormals, overflow to +-inf) of a float64
+    ``x``, returned as float64, vectorisable: `round_lane` with ``p = lane_params(float64, 10,
+    False, 65504)`` where the result is normal; below 2^-14 the quantum is the fixed 2^-24, which
+    adding and subtracting 2^28 applies in float64's own round-to-nearest-even. A float64 ->
+    float32 -> binary16 cast would round twice. (Compiled for float64 only: on float32 lanes,
+    which `gemm_fast_ieee` never asks it for, it returns ``x`` so that the lane type stays.)"""
+    return _half64(x, p)
+
+
+def _half64(x, p):
+    r = round_lane(x, p[0], p[1], p[2], p[3], p[4])
+    ax = abs(x)
+    sub = math.copysign((ax + _HALF_MAGIC) - _HALF_MAGIC, x)
+    r = sub if ax < _HALF_MIN_NORMAL else r
+    return math.copysign(math.inf, x) if abs(r) > _HALF_MAX else r
+
+
+if not _DISABLE_JIT:
+    from numba.extending import overload
+
+    @overload(round_half64)
+    def _round_half64_lanes(x, p):
+        if x == types.float64:
+            return _half64
+        return lambda x, p: x
+
+
 @njit(cache=True, inline="always")
-def _acc_round(x, native):
-    """The accumulator's rounding of a lane value: `narrow`, or nothing when the lane type is the
-    accumulator format itself (``native``: binary32 on float32 lanes, each lane op one IEEE op)."""
-    return x if native else narrow(x)
+def _acc_round(x, mode, p):
+    """The accumulator's rounding of a lane value, by ``mode`` (`LANE_NARROW`, `LANE_NATIVE`,
+    `LANE_HALF64`)."""
+    if mode == LANE_NATIVE:
+        return x
+    if mode == LANE_HALF64:
+        return round_half64(x, p)
+    return narrow(x)
 
 
 @njit(cache=True, parallel=True)
-def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, native=False):
-    """GEMM with an IEEE binary16 (float32 lanes) or binary32 (float64 lanes, or float32 lanes
-    with ``native``) accumulator, every rounding done by `narrow` (hardware fptrunc) or by the
+def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, mode, p):
+    """GEMM with an IEEE binary16 (float32 lanes, or float64 lanes with ``mode`` `LANE_HALF64`)
+    or binary32 (float64 lanes, or float32 lanes with `LANE_NATIVE`) accumulator, every rounding
+    done by `narrow` (hardware fptrunc), by `round_half64` (``p``: its lane constants) or by the
     lane arithmetic itself, vectorised over n (no FMA contraction: Numba does not allow it
     without fastmath).
 
-    Valid when every group sum is exact in the lane type (the wrapper checks it). Overflow needs
+    Valid when every group sum is exact in the lane type (the wrapper checks it); the sum of two
+    binary16 values is exact in float64, and correctly rounded by float32 lanes before `narrow`
+    (24 >= 2 * 11 + 2). Overflow needs
     no test: IEEE rounding gives +-inf, which the accumulator model propagates too. A non-zero
     group sum rounded to zero is the only underflow (sums of grid values never round to zero):
     ``underflow_counts[m]`` receives their number in row m (tested only with ``check_underflow``:
@@ -656,25 +703,25 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, n
                 if check_underflow:  # two loops: a test inside would stop LLVM vectorising
                     for n in range(N):
                         gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                        gr = _acc_round(gs, native)
+                        gr = _acc_round(gs, mode, p)
                         lost[n] += 1 if (gr == 0) & (gs != 0) else 0
-                        cs[n] = _acc_round(cs[n] + gr, native)
+                        cs[n] = _acc_round(cs[n] + gr, mode, p)
                 else:
                     for n in range(N):
                         gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                        cs[n] = _acc_round(cs[n] + _acc_round(gs, native), native)
+                        cs[n] = _acc_round(cs[n] + _acc_round(gs, mode, p), mode, p)
             if group == 1:  # one product per group: one pass over n per k
                 for k in range(c0, c1):
                     av = a[m, k]
                     if check_underflow:
                         for n in range(N):
                             pr = av * b[k, n]
-                            gr = _acc_round(pr, native)
+                            gr = _acc_round(pr, mode, p)
                             lost[n] += 1 if (gr == 0) & (pr != 0) else 0
-                            cs[n] = _acc_round(cs[n] + gr, native)
+                            cs[n] = _acc_round(cs[n] + gr, mode, p)
                     else:
                         for n in range(N):
-                            cs[n] = _acc_round(cs[n] + _acc_round(av * b[k, n], native), native)
+                            cs[n] = _acc_round(cs[n] + _acc_round(av * b[k, n], mode, p), mode, p)
                 four = c1
             for k0 in range(four, c1, group):  # other group sizes, and a partial last group
                 k1 = min(k0 + group, c1)
@@ -685,11 +732,11 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, n
                     for n in range(N):
                         g[n] += av * b[k, n]
                 for n in range(N):
-                    gr = _acc_round(g[n], native)
+                    gr = _acc_round(g[n], mode, p)
                     lost[n] += 1 if (gr == 0) & (g[n] != 0) else 0
-                    cs[n] = _acc_round(cs[n] + gr, native)
+                    cs[n] = _acc_round(cs[n] + gr, mode, p)
             for n in range(N):
-                tot[n] = _acc_round(tot[n] + cs[n], native)
+                tot[n] = _acc_round(tot[n] + cs[n], mode, p)
         under = 0
         for n in range(N):
             out[m, n] = tot[n]

@@ -219,7 +219,8 @@ def quantize_int4_sawb(w, c1: float = SAWB_C1, c2: float = SAWB_C2) -> tuple[np.
     """INT4 weights by SAWB, per tensor, symmetric codes -7..7 ([P] section 2).
 
     step = alpha/7 with alpha from `sawb_alpha`; codes = rint(clip(w/step, -7, 7)) (round half to
-    even). An all-zero tensor gives all-zero codes and step 0.0 (no NaN).
+    even). An all-zero tensor gives all-zero codes and step 0.0 (no NaN), and so does one whose
+    step alpha/7 underflows to zero in float64 (|w| of a few times 2^-1074).
 
     Parameters
     ----------
@@ -237,10 +238,9 @@ def quantize_int4_sawb(w, c1: float = SAWB_C1, c2: float = SAWB_C2) -> tuple[np.
         Empty or NaN input.
     """
     arr = _as_float_array(w, "w")
-    alpha = sawb_alpha(arr, c1, c2)
-    if alpha == 0.0:
+    step = sawb_alpha(arr, c1, c2) / 7
+    if step == 0.0:  # all zero, or so small (alpha < 7 * 2^-1074) that alpha/7 underflows
         return np.zeros(arr.shape, np.int8), 0.0
-    step = alpha / 7
     codes, _ = quantize_uniform(arr, step, -7, 7, np.int8)
     return codes, step
 
@@ -429,6 +429,8 @@ def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
     hg = acc.group * a.high * b.high  # bound on |product| and |group sum|
     if fmt.name == "fp16" and hg < 2.0 ** (low + 24) and low >= -149:
         return "ieee32"  # binary16 roundings in hardware on float32 lanes
+    if fmt.name == "fp16" and hg < 2.0 ** (low + 53) and low >= -1074:
+        return "half64"  # binary16 roundings on float64 lanes (FP8 x INT4 products span too much for float32)
     exact32 = hg < 2.0 ** (low + 24) or (acc.group == 1 and a.width + b.width <= 24)
     if fmt.name == "fp32" and exact32 and low >= -149:
         return "native32"  # float32 lane arithmetic is the binary32 accumulator (products exact)
@@ -506,11 +508,13 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         rows = np.flatnonzero(bad)
         if rows.size:  # an accumulator overflowed: redo those rows exactly (inf semantics)
             over, under = _general(a, b, acc, out, rows)
-    elif path in ("ieee32", "ieee64", "native32"):
-        dt = np.float64 if path == "ieee64" else np.float32
-        native = path == "native32"
-        if acc.format != ("fp16" if path == "ieee32" else "fp32"):
-            raise NumericsError(f"path {path!r} computes the {'fp16' if path == 'ieee32' else 'fp32'} accumulator only")
+    elif path in ("ieee32", "ieee64", "native32", "half64"):
+        dt = np.float64 if path in ("ieee64", "half64") else np.float32
+        mode = {"native32": K.LANE_NATIVE, "half64": K.LANE_HALF64}.get(path, K.LANE_NARROW)
+        lane_p = K.lane_params(np.float64, 10, False, 65504.0)
+        computes = "fp16" if path in ("ieee32", "half64") else "fp32"
+        if acc.format != computes:
+            raise NumericsError(f"path {path!r} computes the {computes} accumulator only")
         lane_out = np.empty((m, n), dt)
         chunk = kk if acc.chunk is None else int(acc.chunk)
         # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
@@ -520,10 +524,10 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         lost = np.zeros(n if transposed else m, np.int64)
         if transposed:
             lane_t = np.empty((n, m), dt)
-            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, check, lost, native)
+            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, check, lost, mode, lane_p)
             lane_out = lane_t.T
         else:
-            K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, native)
+            K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, mode, lane_p)
         out = lane_out.astype(np.float64)
         bad = ~np.isfinite(out).all(axis=1)
         if transposed and bad.any():  # counts are per column there: recount every row
@@ -608,7 +612,7 @@ def gemm_with_stats(a, b, accumulator: Accumulator, *, path: str | None = None) 
     accumulator : Accumulator
     path : str, optional
         ``"general"``, ``"shift_add"``, ``"fast32"``, ``"fast64"``, ``"ieee32"``, ``"ieee64"``,
-        ``"native32"``, ``"int"``, ``"blas32"`` or ``"blas64"``.
+        ``"half64"``, ``"native32"``, ``"int"``, ``"blas32"`` or ``"blas64"``.
 
     Returns
     -------

@@ -10,7 +10,7 @@ from models.numerics import gemm, gemm_with_stats, quantize_fp4_codes, quantize_
 from traces.errors import NumericsError
 from traces.formats import Accumulator, LogFormat
 
-ALL_PATHS = ("general", "shift_add", "fast32", "fast64", "ieee32")
+ALL_PATHS = ("general", "shift_add", "fast32", "fast64", "ieee32", "half64")
 
 
 def dot(products, acc, paths=("general",)):
@@ -28,7 +28,7 @@ def test_order_effects_in_fp16():
     assert dot(prods, Accumulator("exact")) == 1025.75
     assert dot(prods, Accumulator("fp16", 1, None)) == 1024.0  # each 0.25 is lost (ties to even)
     assert dot(prods, Accumulator("fp16", 1, 4)) == 1025.0  # the second chunk sums to 1 first
-    assert dot(prods, Accumulator("fp16", 4, 8), ("general", "fast32", "ieee32")) == 1026.0  # 1024.75 -> 1025, + 1
+    assert dot(prods, Accumulator("fp16", 4, 8), ("general", "fast32", "ieee32", "half64")) == 1026.0  # 1024.75 -> 1025, + 1
     assert dot(prods, Accumulator("fp32", 1, None), ("general", "fast64", "ieee64", "native32")) == 1025.75
 
 
@@ -44,7 +44,7 @@ def test_fp32_accumulator_in_float32_lanes():
 def test_group_rounding_ties_to_even_vs_away():
     # 2048 + 1 + 1 + 1 = 2051 exactly; fp16 ulp at 2048 is 2: tie between 2050 and 2052
     prods = [2048.0, 1.0, 1.0, 1.0]
-    assert dot(prods, Accumulator("fp16", 4, 4), ("general", "fast32", "ieee32")) == 2052.0  # even mantissa
+    assert dot(prods, Accumulator("fp16", 4, 4), ("general", "fast32", "ieee32", "half64")) == 2052.0  # even mantissa
     assert dot(prods, Accumulator("fp16", 1, None)) == 2048.0  # 2049 -> 2048 three times
     # DLFloat16 (9 fraction bits) ties away from zero: 1024 + 1 = 1025, ulp 2 -> 1026
     assert dot([1024.0, 1.0], Accumulator("dlfloat16", 2, 2), ("general", "fast32")) == 1026.0
@@ -138,3 +138,28 @@ def test_results_do_not_depend_on_thread_count():
                 np.testing.assert_array_equal(u, v)
             else:
                 assert u == v
+
+
+def test_fp16_on_float64_lanes_rounds_subnormals_once():
+    """FP8 (e5m2) x INT4 products span 2^-16 .. 2^15: too wide for exact float32 group sums, so
+    the fp16 accumulator runs on float64 lanes (`half64`), rounding subnormal results itself."""
+    paths = ("general", "half64")
+    # 2^-25 is half the smallest subnormal: ties to even -> 0 (an underflow); 3 * 2^-26 -> 2^-24
+    assert dot([2.0**-25], Accumulator("fp16", 1, None), paths) == 0.0
+    assert dot([3 * 2.0**-26], Accumulator("fp16", 1, None), paths) == 2.0**-24
+    # 2^-14 - 2^-26 lies between the largest subnormal (2^-14 - 2^-24) and 2^-14: nearer 2^-14
+    assert dot([2.0**-14 - 2.0**-26], Accumulator("fp16", 1, None), paths) == 2.0**-14
+    # a group of 4 whose exact sum (2^10 + 3 * 2^-16) needs 27 bits: one rounding to 1024
+    assert dot([1024.0, 2.0**-16, 2.0**-16, 2.0**-16], Accumulator("fp16", 4, 4), paths) == 1024.0
+    # 65520 ties to 2^16 and overflows to inf; 65519 rounds to 65504
+    assert dot([65504.0, 15.0], Accumulator("fp16", 2, 2), paths) == 65504.0
+    assert dot([65504.0, 16.0], Accumulator("fp16", 2, 2), paths) == np.inf
+    a = np.array([[2.0**-16 * 1.5, 57344.0, 2.0**-16, 3.0]])
+    b = np.array([[15.0], [1.0], [1.0], [-7.0]])
+    out, st = gemm_with_stats(a, b, Accumulator("fp16", 4, 64))
+    # exact 57323 + 23 * 2^-16; fp16's quantum there is 32: 57312
+    assert st.path == "half64" and out[0, 0] == 57312.0 == gemm(a, b, Accumulator("fp16", 1, None))[0, 0]
+    out, st = gemm_with_stats(np.array([[2.0**-16, 2.0**-16]]), np.array([[1.0], [-1.0]]), Accumulator("fp16", 1, 8))
+    assert st.underflows == 0 and out[0, 0] == 0.0  # 2^-16 is a subnormal, kept; the sum is exactly 0
+    out, st = gemm_with_stats(np.array([[2.0**-26, 57344.0]]), np.array([[1.0], [0.0]]), Accumulator("fp16", 1, 8))
+    assert st.path == "half64" and st.underflows == 1 and out[0, 0] == 0.0

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from numba import njit
 
+from models import _kernels as K
 from models import numerics
 from tests import naive
 from traces.formats import Accumulator, LogFormat
@@ -210,3 +212,25 @@ def test_pact_and_sawb_match_their_twins(xs, alpha):
     if w_step:
         np.testing.assert_array_equal(w_codes, naive.quantize_uniform(x, w_step, -7, 7))
         np.testing.assert_array_equal(numerics.quantize_int4_sawb(-x)[0], -w_codes)
+
+
+@njit(cache=True)
+def _half64_all(xs, p, out):
+    for i in range(xs.size):
+        out[i] = K.round_half64(xs[i], p)
+
+
+# halfway and near-halfway points around the binary16 grid: subnormals, the normal range, overflow
+_HALF_EDGES = st.builds(lambda m, e, d, s: s * (m * 2.0 + 1) * 2.0 ** (e - 11) + d * 2.0 ** (e - 40),
+                        st.integers(0, 1023), st.integers(-14, 16), st.integers(-2, 2), st.sampled_from([1.0, -1.0]))
+
+
+@given(st.lists(st.one_of(st.floats(allow_nan=False, width=64), _HALF_EDGES), min_size=1, max_size=50))
+def test_binary16_rounding_on_float64_lanes_matches_the_reference(xs):
+    """`round_half64` (the half64 path's rounding) equals the reference `round_float` for
+    binary16 (10 fraction bits, emin -14, subnormals, ties to even, overflow to inf), bit for bit."""
+    x = np.array(xs, np.float64)
+    got = np.empty_like(x)
+    _half64_all(x, K.lane_params(np.float64, 10, False, 65504.0), got)
+    want = np.array([K.round_float(v, 10, -14, True, False, 65504.0, 0.0, False)[0] for v in x])
+    assert same_bits(got, want) and (np.signbit(got) == np.signbit(want)).all(), (x, got, want)

@@ -78,6 +78,9 @@ def test_sawb_exact_codes():
 def test_sawb_all_zero_and_collapse():
     codes, step = quantize_int4_sawb(np.zeros(5))
     assert step == 0.0 and not codes.any()
+    # the smallest subnormal: alpha = max|w| = 2^-1074, alpha/7 underflows to 0 -> zeros, no error
+    codes, step = quantize_int4_sawb(np.array([5e-324, 0.0]))
+    assert step == 0.0 and not codes.any()
     # nearly constant |w|: the published rule collapses alpha to ~0.005|w| (kept, pinned here)
     w = np.array([1.0, -1.0, 1.0, -1.0])
     assert sawb_alpha(w) == pytest.approx(12.035 - 12.03, abs=1e-12)
