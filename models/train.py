@@ -125,10 +125,12 @@ def _sgd(net: Sequential, velocity: dict[str, np.ndarray], lr: float, cfg: Train
 
 def _clip_grads(net: Sequential, ctx: Context, clip_norm: float) -> None:
     """Scale all parameter gradients by clip_norm / ||g|| when their global L2 norm ||g|| exceeds
-    ``clip_norm`` (the norm summed in float64 in parameter order, so it is deterministic); the
-    squares and the sum are recorded as a ``grad_norm`` op on each GEMM layer's update path."""
+    ``clip_norm`` (squares summed in float64 by numpy's pairwise sum, parameter by parameter in
+    order: the same bits whatever the thread count). The squares and the sum are recorded as a
+    ``grad_norm`` op on each GEMM layer's update path (BatchNorm and embedding parameters, a
+    small share, are not recorded)."""
     params = net.params()
-    norm = math.sqrt(sum(float(np.dot(p.grad.ravel().astype(np.float64), p.grad.ravel())) for p in params))
+    norm = math.sqrt(sum(float(np.sum(np.square(p.grad, dtype=np.float64))) for p in params))
     for layer in net.gemm_layers():
         ctx.recorder.op("grad_norm", sum(p.value.size for p in layer.params()), "fp32", "fp32",
                         layer=layer.name, phase="bwd_weight")
