@@ -1,7 +1,7 @@
 """The bit-exact 4-bit training emulator (design.md section 2, ``models/``).
 
 Public API: `models.train` (in `models.train`), the recipes of `models.recipes`, the quantize and
-GEMM functions of `models.numerics`.
+GEMM functions of `models.numerics`, `models.diagnostics.gradient_fidelity`.
 """
 
 import os as _os
