@@ -16,31 +16,22 @@ import pandas as pd
 
 from models.data import Dataset, load_dataset
 from models.layers import Context, Sequential
-from models.recipes import Recipe, get_recipe, parse_recipe
+from models.recipes import Recipe, get_recipe
 from models.recorder import Recorder
-from models.train import TrainConfig, _step, check_model_data, grad_scales
+from models.train import TrainConfig, _buffers, _step, check_model_data, grad_scales
 from models.zoo import build_model
 from traces.errors import ConfigError
 
 __all__ = ["gradient_fidelity"]
 
 
-def _recipe(spec: str | Recipe) -> Recipe:
-    if isinstance(spec, Recipe):
-        return spec
-    name, params = parse_recipe(spec)
-    return get_recipe(name, **params)
-
-
 def _weight_grads(net: Sequential, recipe: Recipe, batches: list[tuple[np.ndarray, np.ndarray]],
                   cfg: TrainConfig) -> dict[str, np.ndarray]:
     """Per GEMM layer, the weight gradients (all weight matrices of the layer, flattened and
-    concatenated; float64) of every batch, stacked: (batches, weights). The weights are not
-    changed; the GradScales are calibrated on the first batch, which is then run again, and
-    updated after every batch as in training."""
+    concatenated; float64) of every batch, stacked: (batches, weights). Fresh GradScales are
+    calibrated on the first batch, which is then run again, and updated after every batch as in
+    training; the caller restores the network's own state."""
     layers = net.gemm_layers()
-    for layer in layers:
-        layer.grad_scale = None
     scales = grad_scales(net, recipe)
     ctx = Context(recipe, Recorder())
     weights = {layer.name: [p for p in layer.params() if p.decay] for layer in layers}
@@ -54,10 +45,6 @@ def _weight_grads(net: Sequential, recipe: Recipe, batches: list[tuple[np.ndarra
                 s.update()
         for name, params in weights.items():
             out[name].append(np.concatenate([p.grad.ravel().astype(np.float64) for p in params]))
-    for p in net.params():
-        p.grad[...] = 0
-    for layer in layers:
-        layer.grad_scale = None
     return {name: np.stack(g) for name, g in out.items()}
 
 
@@ -73,7 +60,7 @@ def gradient_fidelity(model: str, dataset: str | Dataset, recipe: str | Recipe =
     """Compare the weight gradients of ``recipe`` with those of ``reference``, per GEMM layer.
 
     The network is ``model`` built with ``seed`` (at initialisation) or ``net`` (e.g. a trained
-    `Run.net`; its weights are not changed). ``batches`` training batches of ``batch_size``
+    `Run.net`; its weights, BatchNorm statistics and GradScales are left as they were). ``batches`` training batches of ``batch_size``
     samples, drawn without replacement by ``numpy.random.default_rng(seed)``, go through both
     recipes.
 
@@ -92,15 +79,25 @@ def gradient_fidelity(model: str, dataset: str | Dataset, recipe: str | Recipe =
     if batches * batch_size > len(ds.x_train):
         raise ConfigError(f"batches * batch_size = {batches * batch_size} is larger than the training set "
                           f"({len(ds.x_train)} samples)")
-    rec, ref = _recipe(recipe), _recipe(reference)
+    rec, ref = (get_recipe(r) if isinstance(r, str) else r for r in (recipe, reference))
     if net is None:
         check_model_data(model, ds)
         net = build_model(model, ds.input_shape, ds.n_classes, seed, **(model_params or {}))
     idx = np.random.default_rng(seed).choice(len(ds.x_train), batches * batch_size, replace=False)
     data = [(ds.x_train[i], ds.y_train[i]) for i in idx.reshape(batches, batch_size)]
     cfg = TrainConfig(batch_size=batch_size, seed=seed)
-    g_ref = _weight_grads(net, ref, data, cfg)
-    g_rec = _weight_grads(net, rec, data, cfg)
+    saved_buffers = {k: v.copy() for k, v in _buffers(net).items()}
+    saved_scales = [(layer, layer.grad_scale) for layer in net.gemm_layers()]
+    try:
+        g_ref = _weight_grads(net, ref, data, cfg)
+        g_rec = _weight_grads(net, rec, data, cfg)
+    finally:  # the training-mode passes moved the BatchNorm statistics in place
+        for k, v in _buffers(net).items():
+            v[...] = saved_buffers[k]
+        for layer, scale in saved_scales:
+            layer.grad_scale = scale
+        for p in net.params():
+            p.grad[...] = 0
     rows = []
     for name, a in g_ref.items():
         b = g_rec[name]

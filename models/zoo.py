@@ -125,8 +125,9 @@ def speech(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generato
     output gradient that is nearly constant over each sample's positions, and FP4's rounding of
     it leaves a systematic error in block3's bwd_weight ([P] section 4.1, eq. 2): at
     initialisation its cosine with the FP32-backward gradient is 0.51 with ``"avg"`` and 0.87
-    with ``"flatten"`` (`models.diagnostics.gradient_fidelity`, 8 batches of 32). The flatten head closes the `int4` gap (94.0 % for both at seed 0) but
-    `fp32` then overfits (94.0 % against 97.0 %), so ``"avg"`` stays the default.
+    with ``"flatten"`` (`models.diagnostics.gradient_fidelity`, 8 batches of 32). The flatten
+    head closes the `int4` gap (94.0 % for both at seed 0) but `fp32` then overfits (94.0 %
+    against 97.0 %), so ``"avg"`` stays the default.
 
     Raises ConfigError for an unknown ``head``."""
     c, h, w = _image_shape(input_shape, "speech")

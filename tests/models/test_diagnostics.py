@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from models.diagnostics import gradient_fidelity
-from models.zoo import build_model
+from models.train import train
 from traces.errors import ConfigError
+
+train_mod = importlib.import_module("models.train")  # the package re-exports train(), shadowing it
+
 
 
 def test_a_recipe_against_itself_is_exact_and_int4_is_not():
@@ -23,12 +28,18 @@ def test_a_recipe_against_itself_is_exact_and_int4_is_not():
     pd.testing.assert_frame_equal(fp4, gradient_fidelity("mlp", "digits", "int4", "int4-fwd", batches=3))
 
 
-def test_the_network_passed_in_is_not_changed():
-    net = build_model("mlp", (64,), 10, 0, hidden=(16, 16))
+def test_the_network_passed_in_is_not_changed(digit_images):
+    """Weights, BatchNorm running statistics and the trained GradScales stay as they were."""
+    run = train("resnet", digit_images, "int4", epochs=1, batch_size=64, progress=False, model_params={"width": 4})
+    net = run.net
     before = [p.value.copy() for p in net.params()]
-    gradient_fidelity("mlp", "digits", "int4", net=net, batches=2, batch_size=16)
+    stats = {k: v.copy() for k, v in train_mod._buffers(net).items()}
+    scales = [(layer.grad_scale, layer.grad_scale.exponent) for layer in net.gemm_layers()]
+    out = gradient_fidelity("resnet", digit_images, "int4", net=net, batches=2, batch_size=16)
+    assert len(out) == len(net.gemm_layers())
     assert all((p.value == b).all() and not p.grad.any() for p, b in zip(net.params(), before, strict=True))
-    assert all(layer.grad_scale is None for layer in net.gemm_layers())
+    assert all((v == stats[k]).all() for k, v in train_mod._buffers(net).items())
+    assert [(layer.grad_scale, layer.grad_scale.exponent) for layer in net.gemm_layers()] == scales
 
 
 def test_bad_arguments_are_named():

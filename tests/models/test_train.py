@@ -20,13 +20,6 @@ from traces.io import read
 train_mod = importlib.import_module("models.train")  # the package re-exports train(), shadowing it
 
 
-@pytest.fixture(scope="module")
-def digit_images():
-    """scikit-learn digits as 1 x 8 x 8 images (real data, small enough for conv nets in tests)."""
-    ds = load_dataset("digits")
-    return Dataset("digits-images", ds.x_train.reshape(-1, 1, 8, 8), ds.y_train,
-                   ds.x_test.reshape(-1, 1, 8, 8), ds.y_test, 10)
-
 
 def _same_trace(a, b):
     pd.testing.assert_frame_equal(a.gemms, b.gemms, check_exact=True)
