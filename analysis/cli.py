@@ -20,12 +20,7 @@ import contextlib
 import os
 import sys
 
-# before numpy loads: OpenBLAS and Numba's OpenMP threads must not spin between calls on 2 cores
-# (see models/__init__.py; measured: a Numba kernel right after a matmul ran 1.7x slower)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 __all__ = ["main"]
 
