@@ -344,47 +344,86 @@ def expansion_value(partials, n, odd):
     return hi
 
 
+_SCAN_BLOCK = 1 << 14  # elements per task of `scan_operand` and `significand_stats`
+_HIDDEN64 = np.int64(1) << 52
+_TWO53_BITS = np.int64(0x4340000000000000)  # bit pattern of 2.0**53 (bit 52 clear)
+_NOT_LIVE = np.int64(1) << 20  # stands in for the exponent of a zero: above every real one
+
+
 @njit(cache=True, parallel=True)
 def scan_operand(x, copy32):
-    """One pass over a flat float array: (NaN count, inf count, count of values not exact in
-    fp32, smallest binary exponent of the lowest set bit of a non-zero value, max |x|, count of
-    non-zero values that are not +-powers of two, widest significand in bits). When ``copy32`` has x's size it receives
-    x as float32 (exact where the count of inexact values is 0), in the same pass.
+    """One pass over a flat float array ``x`` (float32 or float64) that also writes it, as
+    float32, into ``copy32`` (same size): returns (bad, low, high, not_pow2).
 
-    Every finite value of ``x`` is an integer multiple of 2^low; (low, high) bound what exact
-    lane arithmetic needs (`models.numerics`)."""
-    copy = copy32.size == x.size
-    nan = 0
-    inf = 0
-    inexact = 0
-    not_pow2 = 0
-    low = 100000
-    high = 0.0
-    width = 0
-    for i in prange(x.size):
-        v = np.float64(x[i])
-        if copy:
-            copy32[i] = np.float32(v)
-        if v != v:
-            nan += 1
-        elif v == np.inf or v == -np.inf:
-            inf += 1
-        elif v != 0.0:
-            if np.float64(np.float32(v)) != v:
-                inexact += 1
-            bits = float_bits(v) & _ABS64
-            ef = (bits >> 52) & 0x7FF
-            m = bits & _FRAC64
-            if ef != 0:
-                m |= np.int64(1) << 52
+    bad: count of values that the float32 copy does not hold exactly (NaN, values out of the
+    float32 range or with more than 24 significant bits). high: max |x| (inf or NaN when x holds
+    them). low: the smallest binary exponent of the lowest set bit of a non-zero value, so that
+    every value is an integer multiple of 2^low; valid when bad == 0 and high is finite (100000
+    when x is empty or all zero). not_pow2: count of values whose significand has a fraction (valid
+    values: the non-zero values that are not +-2^e). (low, high) bound what exact lane arithmetic
+    needs (`models.numerics`).
+
+    Blocks of `_SCAN_BLOCK` elements run in parallel; the inner loop has no branch and reduces
+    integers only (a float max reduction does not vectorise: NaN makes it non-associative).
+    """
+    n = x.size
+    blocks = (n + _SCAN_BLOCK - 1) // _SCAN_BLOCK
+    res = np.zeros((blocks, 4), np.int64)
+    for j in prange(blocks):
+        i0 = j * _SCAN_BLOCK
+        i1 = min(i0 + _SCAN_BLOCK, n)
+        bad = 0
+        low = _NOT_LIVE
+        high = 0
+        not_pow2 = 0
+        for i in range(i0, i1):
+            v = np.float64(x[i])
+            c = np.float32(v)
+            copy32[i] = c
+            bad += np.int64(np.float64(c) != v)
+            mag = float_bits(v) & _ABS64
+            high = max(high, mag)  # |x| is ordered as its bit pattern
+            not_pow2 += np.int64(mag & _FRAC64 != 0)
+            ef = mag >> 52
+            m = (mag & _FRAC64) | _HIDDEN64  # the significand (bad values aside: no subnormal)
+            # lowbit, a power of two <= 2^52, ORed into 2^53's bits reads 2^53 + 2 * lowbit
+            # (the ulp of 2^53 is 2): its bit index without an int-to-float conversion
             lowbit = m & -m
-            if lowbit != m:
-                not_pow2 += 1
-            lowpos = ((float_bits(float(lowbit)) >> 52) & 0x7FF) - 1023  # bit index in m
-            low = min(low, lowpos + max(ef, 1) - 1075)
-            high = max(high, abs(v))
-            width = max(width, (52 if ef != 0 else 0) - lowpos + 1)
-    return nan, inf, inexact, low, high, not_pow2, width
+            lowpos = (float_bits(bits_float(_TWO53_BITS | lowbit) - 2.0**53) >> 52) - 1024
+            low = min(low, lowpos + (ef if mag != 0 else _NOT_LIVE))
+        res[j, 0] = bad
+        res[j, 1] = low
+        res[j, 2] = high
+        res[j, 3] = not_pow2
+    top = bits_float(res[:, 2].max()) if blocks else 0.0
+    least = res[:, 1].min() if blocks else _NOT_LIVE
+    return res[:, 0].sum(), (least - 1075 if least < _NOT_LIVE else 100000), top, res[:, 3].sum()
+
+
+@njit(cache=True, parallel=True)
+def significand_stats(x):
+    """(count of non-zero values of flat float ``x`` that are not +-powers of two, widest
+    significand in bits) over its finite values: what the shift-add and float32-lane plans of
+    `models.numerics` ask of an operand, computed only when they ask."""
+    n = x.size
+    blocks = (n + _SCAN_BLOCK - 1) // _SCAN_BLOCK
+    res = np.zeros((blocks, 2), np.int64)
+    for j in prange(blocks):
+        not_pow2 = 0
+        width = 0
+        for i in range(j * _SCAN_BLOCK, min((j + 1) * _SCAN_BLOCK, n)):
+            mag = float_bits(np.float64(x[i])) & _ABS64
+            ef = mag >> 52
+            live = (ef != 0x7FF) & (mag != 0)
+            m = (mag & _FRAC64) | ((ef != 0) * _HIDDEN64)
+            lowbit = m & -m
+            not_pow2 += np.int64(live & (lowbit != m))
+            lowpos = ((float_bits(np.float64(lowbit)) >> 52) & 0x7FF) - 1023
+            toppos = ((float_bits(np.float64(m)) >> 52) & 0x7FF) - 1023
+            width = max(width, toppos - lowpos + 1 if live else 0)
+        res[j, 0] = not_pow2
+        res[j, 1] = width
+    return res[:, 0].sum(), (res[:, 1].max() if blocks else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,6 +673,8 @@ def round_half64(x, p):
     adding and subtracting 2^28 applies in float64's own round-to-nearest-even. A float64 ->
     float32 -> binary16 cast would round twice. (Compiled for float64 only: on float32 lanes,
     which `gemm_fast_ieee` never asks it for, it returns ``x`` so that the lane type stays.)"""
+    if np.asarray(x).dtype != np.float64:  # the plain-Python run (NUMBA_DISABLE_JIT) of that rule
+        return x
     return _half64(x, p)
 
 
@@ -657,17 +698,59 @@ if not _DISABLE_JIT:
 
 @njit(cache=True, inline="always")
 def _acc_round(x, mode, p):
-    """The accumulator's rounding of a lane value, by ``mode`` (`LANE_NARROW`, `LANE_NATIVE`,
-    `LANE_HALF64`)."""
-    if mode == LANE_NATIVE:
-        return x
-    if mode == LANE_HALF64:
-        return round_half64(x, p)
-    return narrow(x)
+    """The accumulator's rounding of a lane value, by ``mode``: `LANE_NARROW` (either lane type),
+    `LANE_NATIVE` (float32 lanes: none) or `LANE_HALF64` (float64 lanes). One test of ``mode``,
+    the same at every call, so that LLVM hoists it out of the loops and vectorises them."""
+    if mode == LANE_NARROW:
+        return narrow(x)
+    return round_half64(x, p)  # float64 lanes: binary16; on float32 lanes it returns x
+
+
+_NO_EXPONENT = 2047  # stands in for the exponent field of a zero in a group's minimum
+
+
+def exact_group_params(left_pow2: bool, right_low: int, right_high: float, precision: int,
+                       quantum_exp: int, max_value: float, group: int = 4) -> np.ndarray:
+    """Constants of `_group_exact` as an int64 array [enabled, x_lo, d_max, x_hi].
+
+    The left operand holds +-2^e (``left_pow2``), the right operand integer multiples of
+    2^right_low with magnitude <= right_high. With x the float64 exponent field of the left
+    values of one group (zeros aside), the group sum is a multiple of 2^(x_min - 1023 +
+    right_low) and at most group * 2^(x_max - 1023) * right_high in magnitude; it is a value of a
+    format with ``precision`` significand bits, smallest quantum 2^quantum_exp and largest value
+    ``max_value`` when x_min >= x_lo, x_max - x_min <= d_max and x_max <= x_hi."""
+    if not left_pow2 or right_high <= 0 or group != 4:
+        return np.zeros(4, np.int64)
+    x_lo = quantum_exp + 1023 - right_low
+    d_max = -1
+    while group * right_high * 2.0 ** (d_max + 1) < 2.0 ** (right_low + precision):
+        d_max += 1
+    x_hi = min(math.frexp(max_value / (group * right_high))[1] - 1 + 1023, 2046)  # floor(log2)
+    while group * right_high * 2.0 ** (x_hi - 1023) > max_value:  # exact products: settle it
+        x_hi -= 1
+    return np.array([1 if d_max >= 0 else 0, x_lo, d_max, x_hi], np.int64)
+
+
+@njit(cache=True, inline="always")
+def _exponent_field(v):
+    return (float_bits(np.float64(v)) >> 52) & 0x7FF
+
+
+@njit(cache=True, inline="always")
+def _group_exact(a0, a1, a2, a3, q):
+    """A 4-way group's sum is a value of the accumulator format (`exact_group_params` ``q``)."""
+    x0, x1, x2, x3 = _exponent_field(a0), _exponent_field(a1), _exponent_field(a2), _exponent_field(a3)
+    hi = max(max(x0, x1), max(x2, x3))
+    lo = min(min(x0 if x0 else _NO_EXPONENT, x1 if x1 else _NO_EXPONENT),
+             min(x2 if x2 else _NO_EXPONENT, x3 if x3 else _NO_EXPONENT))
+    return (lo >= q[1]) & (hi - lo <= q[2]) & (hi <= q[3])
+
+
+_ROWS = 4  # rows of a that `gemm_fast_ieee` runs together, so that each b load serves four
 
 
 @njit(cache=True, parallel=True)
-def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, mode, p):
+def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, mode, p, exact_groups):
     """GEMM with an IEEE binary16 (float32 lanes, or float64 lanes with ``mode`` `LANE_HALF64`)
     or binary32 (float64 lanes, or float32 lanes with `LANE_NATIVE`) accumulator, every rounding
     done by `narrow` (hardware fptrunc), by `round_half64` (``p``: its lane constants) or by the
@@ -676,72 +759,123 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
 
     Valid when every group sum is exact in the lane type (the wrapper checks it); the sum of two
     binary16 values is exact in float64, and correctly rounded by float32 lanes before `narrow`
-    (24 >= 2 * 11 + 2). Overflow needs
-    no test: IEEE rounding gives +-inf, which the accumulator model propagates too. A non-zero
-    group sum rounded to zero is the only underflow (sums of grid values never round to zero):
-    ``underflow_counts[m]`` receives their number in row m (tested only with ``check_underflow``:
-    the wrapper knows when no group sum can be that small). The wrapper recomputes rows with
-    non-finite outputs by `gemm_general`, only to count their overflows.
+    (24 >= 2 * 11 + 2). Overflow needs no test: IEEE rounding gives +-inf, which the accumulator
+    model propagates too. A non-zero group sum rounded to zero is the only underflow (sums of grid
+    values never round to zero): ``underflow_counts[m]`` receives their number in row m (tested
+    only with ``check_underflow``: the wrapper knows when no group sum can be that small). The
+    wrapper recomputes rows with non-finite outputs by `gemm_general`, only to count their
+    overflows.
+
+    Rows run in blocks of `_ROWS`: the full 4-way groups of a block share their loads of b
+    (`_block_groups`), the rest runs row by row (`_row_groups`). ``exact_groups``
+    (`exact_group_params`) lets the block skip the rounding of groups whose sums are provably
+    values of the format: the same result, two conversions fewer.
     """
-    M, K = a.shape
+
+    M = a.shape[0]
     N = b.shape[1]
-    for m in prange(M):
-        cs = np.zeros(N, a.dtype)
-        tot = np.zeros(N, a.dtype)
+    K = a.shape[1]
+    for blk in prange((M + _ROWS - 1) // _ROWS):
+        m0 = blk * _ROWS
+        rows = min(_ROWS, M - m0)
+        cs = np.zeros((_ROWS, N), a.dtype)
+        tot = np.zeros((_ROWS, N), a.dtype)
+        lost = np.zeros((_ROWS, N), a.dtype)
         g = np.zeros(N, a.dtype)
-        lost = np.zeros(N, a.dtype)
+        blocked = rows == _ROWS and group == 4 and not check_underflow
         for c0 in range(0, K, chunk):
             c1 = min(c0 + chunk, K)
-            for n in range(N):
-                cs[n] = 0
+            cs[:, :] = 0
             four = c0 + ((c1 - c0) // 4) * 4 if group == 4 else c0  # full 4-way groups first
-            for k0 in range(c0, four, 4):
-                a0 = a[m, k0]
-                a1 = a[m, k0 + 1]
-                a2 = a[m, k0 + 2]
-                a3 = a[m, k0 + 3]
-                if check_underflow:  # two loops: a test inside would stop LLVM vectorising
-                    for n in range(N):
-                        gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                        gr = _acc_round(gs, mode, p)
-                        lost[n] += 1 if (gr == 0) & (gs != 0) else 0
-                        cs[n] = _acc_round(cs[n] + gr, mode, p)
-                else:
-                    for n in range(N):
-                        gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
-                        cs[n] = _acc_round(cs[n] + _acc_round(gs, mode, p), mode, p)
-            if group == 1:  # one product per group: one pass over n per k
-                for k in range(c0, c1):
-                    av = a[m, k]
-                    if check_underflow:
-                        for n in range(N):
-                            pr = av * b[k, n]
-                            gr = _acc_round(pr, mode, p)
-                            lost[n] += 1 if (gr == 0) & (pr != 0) else 0
-                            cs[n] = _acc_round(cs[n] + gr, mode, p)
-                    else:
-                        for n in range(N):
-                            cs[n] = _acc_round(cs[n] + _acc_round(av * b[k, n], mode, p), mode, p)
-                four = c1
-            for k0 in range(four, c1, group):  # other group sizes, and a partial last group
-                k1 = min(k0 + group, c1)
+            start = c0
+            if blocked:
+                _block_groups(a, b, cs, m0, c0, four, mode, p, exact_groups)
+                start = four
+            if start < c1:  # rows not in a block, or groups not yet added
+                for r in range(rows):
+                    _row_groups(a, b, cs[r], lost[r], g, m0 + r, start, four, c1, group, check_underflow, mode, p)
+            for r in range(rows):
                 for n in range(N):
-                    g[n] = 0
-                for k in range(k0, k1):
-                    av = a[m, k]
-                    for n in range(N):
-                        g[n] += av * b[k, n]
-                for n in range(N):
-                    gr = _acc_round(g[n], mode, p)
-                    lost[n] += 1 if (gr == 0) & (g[n] != 0) else 0
-                    cs[n] = _acc_round(cs[n] + gr, mode, p)
+                    tot[r, n] = _acc_round(tot[r, n] + cs[r, n], mode, p)
+        for r in range(rows):
+            under = 0
             for n in range(N):
-                tot[n] = _acc_round(tot[n] + cs[n], mode, p)
-        under = 0
+                out[m0 + r, n] = tot[r, n]
+                under += int(lost[r, n])
+            underflow_counts[m0 + r] = under
+
+
+@njit(cache=True, inline="always")
+def _block_groups(a, b, cs, m0, k_start, k_end, mode, p, exact_groups):
+    """The full 4-way groups k_start <= k < k_end of rows m0..m0+3 of `gemm_fast_ieee`, added to
+    cs[0..3] (one rounding of each group sum, one of each add); each b load serves four rows. When
+    ``exact_groups`` finds all four group sums exact in the format, their rounding is skipped."""
+    N = b.shape[1]
+    for k0 in range(k_start, k_end, 4):
+        p0, p1, p2, p3 = a[m0, k0], a[m0, k0 + 1], a[m0, k0 + 2], a[m0, k0 + 3]
+        q0, q1, q2, q3 = a[m0 + 1, k0], a[m0 + 1, k0 + 1], a[m0 + 1, k0 + 2], a[m0 + 1, k0 + 3]
+        r0, r1, r2, r3 = a[m0 + 2, k0], a[m0 + 2, k0 + 1], a[m0 + 2, k0 + 2], a[m0 + 2, k0 + 3]
+        s0, s1, s2, s3 = a[m0 + 3, k0], a[m0 + 3, k0 + 1], a[m0 + 3, k0 + 2], a[m0 + 3, k0 + 3]
+        if (exact_groups[0] and _group_exact(p0, p1, p2, p3, exact_groups) and _group_exact(q0, q1, q2, q3, exact_groups)
+                and _group_exact(r0, r1, r2, r3, exact_groups) and _group_exact(s0, s1, s2, s3, exact_groups)):
+            for n in range(N):  # every group sum is a value of the format: no group rounding
+                b0, b1, b2, b3 = b[k0, n], b[k0 + 1, n], b[k0 + 2, n], b[k0 + 3, n]
+                cs[0, n] = _acc_round(cs[0, n] + ((p0 * b0 + p1 * b1) + (p2 * b2 + p3 * b3)), mode, p)
+                cs[1, n] = _acc_round(cs[1, n] + ((q0 * b0 + q1 * b1) + (q2 * b2 + q3 * b3)), mode, p)
+                cs[2, n] = _acc_round(cs[2, n] + ((r0 * b0 + r1 * b1) + (r2 * b2 + r3 * b3)), mode, p)
+                cs[3, n] = _acc_round(cs[3, n] + ((s0 * b0 + s1 * b1) + (s2 * b2 + s3 * b3)), mode, p)
+        else:
+            for n in range(N):
+                b0, b1, b2, b3 = b[k0, n], b[k0 + 1, n], b[k0 + 2, n], b[k0 + 3, n]
+                cs[0, n] = _acc_round(cs[0, n] + _acc_round((p0 * b0 + p1 * b1) + (p2 * b2 + p3 * b3), mode, p), mode, p)
+                cs[1, n] = _acc_round(cs[1, n] + _acc_round((q0 * b0 + q1 * b1) + (q2 * b2 + q3 * b3), mode, p), mode, p)
+                cs[2, n] = _acc_round(cs[2, n] + _acc_round((r0 * b0 + r1 * b1) + (r2 * b2 + r3 * b3), mode, p), mode, p)
+                cs[3, n] = _acc_round(cs[3, n] + _acc_round((s0 * b0 + s1 * b1) + (s2 * b2 + s3 * b3), mode, p), mode, p)
+
+
+@njit(cache=True, inline="always")
+def _row_groups(a, b, cs, lost, g, m, k_start, four, k_end, group, check_underflow, mode, p):
+    """Row m of `gemm_fast_ieee` over one chunk from k_start: its full 4-way groups before
+    ``four``, then (group 1) one product per group, or the other group sizes and a partial last
+    group up to k_end; added to cs with the accumulator's roundings, underflows counted in lost."""
+    N = b.shape[1]
+    for k0 in range(k_start, four, 4):
+        a0, a1, a2, a3 = a[m, k0], a[m, k0 + 1], a[m, k0 + 2], a[m, k0 + 3]
+        if check_underflow:  # two loops: a test inside would stop LLVM vectorising
+            for n in range(N):
+                gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                gr = _acc_round(gs, mode, p)
+                lost[n] += 1 if (gr == 0) & (gs != 0) else 0
+                cs[n] = _acc_round(cs[n] + gr, mode, p)
+        else:
+            for n in range(N):
+                gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
+                cs[n] = _acc_round(cs[n] + _acc_round(gs, mode, p), mode, p)
+    if group == 1:  # one product per group: one pass over n per k
+        for k in range(max(k_start, four), k_end):
+            av = a[m, k]
+            if check_underflow:
+                for n in range(N):
+                    pr = av * b[k, n]
+                    gr = _acc_round(pr, mode, p)
+                    lost[n] += 1 if (gr == 0) & (pr != 0) else 0
+                    cs[n] = _acc_round(cs[n] + gr, mode, p)
+            else:
+                for n in range(N):
+                    cs[n] = _acc_round(cs[n] + _acc_round(av * b[k, n], mode, p), mode, p)
+        return
+    for k0 in range(max(k_start, four), k_end, group):  # other group sizes, and a partial last group
+        k1 = min(k0 + group, k_end)
         for n in range(N):
-            out[m, n] = tot[n]
-            under += int(lost[n])
-        underflow_counts[m] = under
+            g[n] = 0
+        for k in range(k0, k1):
+            av = a[m, k]
+            for n in range(N):
+                g[n] += av * b[k, n]
+        for n in range(N):
+            gr = _acc_round(g[n], mode, p)
+            lost[n] += 1 if (gr == 0) & (g[n] != 0) else 0
+            cs[n] = _acc_round(cs[n] + gr, mode, p)
 
 
 @njit(cache=True, parallel=True)

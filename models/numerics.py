@@ -11,6 +11,7 @@ and `gemm_with_stats` are a contract other code and users rely on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -362,16 +363,28 @@ class _Operand:
     integer: bool
     low: int  # every value is an integer multiple of 2^low
     high: float  # max |value| (0.0 when all zero)
-    _pow2: bool | None = None  # every non-zero value is +-2^e (a log-format operand)
     _f32: np.ndarray | None = None  # the float32 copy made during the scan
-    width: int = 53  # widest significand of a value, in bits (fp16 values: <= 11)
+    _pow2: bool | None = None  # from the scan of a float array; of an integer one, when a plan asks
+    _width: int | None = None
 
     @property
     def pow2(self) -> bool:
-        if self._pow2 is None:  # integer arrays: computed only when a plan asks
+        """Every non-zero value is +-2^e (a log-format operand)."""
+        if self._pow2 is None:  # an integer array (a float one has it from the scan)
             mags = np.abs(self.array.astype(np.int64))
             self._pow2 = bool(np.all((mags & (mags - 1)) == 0))
         return self._pow2
+
+    @property
+    def width(self) -> int:
+        """The widest significand of a value, in bits (fp16 values: <= 11); computed when a plan
+        first asks."""
+        if self._width is None:
+            if self.array.dtype.kind in "biu":
+                self._width = int(self.high).bit_length()
+            else:
+                self._width = int(K.significand_stats(np.ascontiguousarray(self.array).ravel())[1])
+        return self._width
 
     def as_lane(self, dtype) -> np.ndarray:
         if dtype == np.float32 and self._f32 is not None:
@@ -384,20 +397,20 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
         high = float(max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0)))))
         if high >= 2.0**24:
             raise NumericsError(f"{name} holds integers beyond 2^24, not exact in fp32")
-        return _Operand(x, True, 0, high, width=int(high).bit_length())
+        return _Operand(x, True, 0, high)
     if x.dtype.kind != "f":
         raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
     copy32 = np.empty(x.shape, np.float32)
-    nan, inf, inexact, low, high, not_pow2, width = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
-    if nan or inf:
+    bad, low, high, not_pow2 = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
+    if not np.isfinite(high):
         raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
-    if inexact:
+    if bad:
         raise NumericsError(
-            f"{name} holds {inexact} values that are not exact in fp32; GEMM operands are the exact "
+            f"{name} holds {bad} values that are not exact in fp32; GEMM operands are the exact "
             f"values of formats up to fp32 (round them with a quantizer first)"
         )
     integer = bool(high == 0.0 or low >= 0)
-    return _Operand(x, integer, int(low) if high else 0, float(high), not_pow2 == 0, copy32, int(width))
+    return _Operand(x, integer, int(low) if high else 0, float(high), copy32, not_pow2 == 0)
 
 
 def _log_side(a: _Operand, b: _Operand, group: int = 4) -> str | None:
@@ -522,12 +535,19 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         check = 2.0 ** (a.low + b.low) <= acc.value_format.min_positive / 2
         transposed = _narrow_n(m, n)
         lost = np.zeros(n if transposed else m, np.int64)
+        left, right = (b, a) if transposed else (a, b)
+        fmt = acc.value_format
+        exact_groups = K.exact_group_params(mode != K.LANE_NATIVE and left.pow2, right.low, right.high,
+                                            fmt.precision, math.frexp(fmt.min_positive)[1] - 1, fmt.max_value,
+                                            acc.group)
         if transposed:
             lane_t = np.empty((n, m), dt)
-            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, check, lost, mode, lane_p)
+            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, check, lost, mode, lane_p,
+                             exact_groups)
             lane_out = lane_t.T
         else:
-            K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, mode, lane_p)
+            K.gemm_fast_ieee(a.as_lane(dt), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, mode, lane_p,
+                             exact_groups)
         out = lane_out.astype(np.float64)
         bad = ~np.isfinite(out).all(axis=1)
         if transposed and bad.any():  # counts are per column there: recount every row

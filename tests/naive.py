@@ -122,6 +122,37 @@ def pact_codes(x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# operand scans
+# ---------------------------------------------------------------------------------------------
+def _significand(v: float) -> tuple[int, int]:
+    """(integer significand, exponent) of a finite non-zero float64: |v| = sig * 2^exp, sig odd."""
+    mant, e = math.frexp(abs(v))
+    sig, exp = int(mant * 2**53), e - 53
+    while sig % 2 == 0:
+        sig //= 2
+        exp += 1
+    return sig, exp
+
+
+def scan_operand(x: np.ndarray) -> tuple[int, int, float]:
+    """(bad, low, high) of `_kernels.scan_operand`: values float32 does not hold exactly (NaN
+    included), the smallest exponent of a lowest set bit (100000 without a non-zero value), max |x|
+    (NaN when x holds NaN)."""
+    x = np.asarray(x, np.float64).ravel()
+    with np.errstate(over="ignore"):
+        bad = sum(1 for v in x if math.isnan(v) or float(np.float32(v)) != v)
+    high = math.nan if np.isnan(x).any() else float(np.max(np.abs(x), initial=0.0))
+    lows = [_significand(v)[1] for v in x if math.isfinite(v) and v != 0]
+    return bad, min(lows, default=100000), high
+
+
+def significand_stats(x: np.ndarray) -> tuple[int, int]:
+    """(non-zero finite values that are not +-2^e, widest significand in bits) of finite x."""
+    sigs = [_significand(v)[0] for v in np.asarray(x, np.float64).ravel() if math.isfinite(v) and v != 0]
+    return sum(1 for s in sigs if s != 1), max((s.bit_length() for s in sigs), default=0)
+
+
+# ---------------------------------------------------------------------------------------------
 # GEMM with an accumulator model
 # ---------------------------------------------------------------------------------------------
 def _add(a: float | Fraction, b: float | Fraction, fmt: FloatFormat) -> float:

@@ -34,3 +34,17 @@ def test_format_and_unknown_benchmark():
     assert "target <= 2: met" in text.splitlines()[0] and "NOT met" in text.splitlines()[1]
     with pytest.raises(ConfigError, match="unknown benchmark 'gpu'; benchmarks: numerics, sim, train, trace"):
         run_benchmarks(["gpu"])
+
+
+def test_bench_numerics_json_records():
+    """The kernels' ratios come out for both shapes, with the issue's targets attached (the
+    values are measurements, reported, never asserted)."""
+    res = fourbit("bench", "numerics", "--quick", "--json")
+    assert res.returncode == 0, res.stderr
+    by_metric = {r["metric"]: r for r in json.loads(res.stdout)}
+    for shape in ("512x512x512", "3136x64x576"):
+        fp4 = by_metric[f"fp4xint4_fp16_g4_c64_shift_add {shape} / float32 matmul"]
+        int4 = by_metric[f"int4xint4_int32_exact {shape} / float32 matmul"]
+        assert (fp4["target"], int4["target"]) == (8.0, 2.0) and fp4["value"] > 0 and int4["value"] > 0
+        assert by_metric[f"float32 matmul {shape}"]["unit"] == "ms"
+    assert by_metric["quantize_fp4 1M elements"]["unit"] == "Melements/s"

@@ -6,6 +6,8 @@ so its shapes stay small.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -234,3 +236,103 @@ def test_binary16_rounding_on_float64_lanes_matches_the_reference(xs):
     _half64_all(x, K.lane_params(np.float64, 10, False, 65504.0), got)
     want = np.array([K.round_float(v, 10, -14, True, False, 65504.0, 0.0, False)[0] for v in x])
     assert same_bits(got, want) and (np.signbit(got) == np.signbit(want)).all(), (x, got, want)
+
+
+_SCAN_VALUES = st.one_of(
+    st.floats(width=64), st.floats(width=32), st.sampled_from([0.0, -0.0, 2.0**-149, 2.0**-150, 3.0 * 2.0**-149,
+                                                               2.0**127, 2.0**128, 16777217.0, 16777216.0]))
+
+
+@given(st.lists(_SCAN_VALUES, min_size=0, max_size=50), st.booleans())
+def test_operand_scan_matches_twin(xs, as_float32):
+    """`scan_operand` (the GEMM's validation and plan inputs) and `significand_stats` equal their
+    twins: count of values float32 does not hold, max |x|, and where the operand is valid the
+    exponent of the lowest set bit; the float32 copy is numpy's cast."""
+    x = np.array(xs, np.float64)
+    if as_float32:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+    copy = np.empty(x.size, np.float32)
+    bad, low, high, not_pow2 = K.scan_operand(x, copy)
+    want_bad, want_low, want_high = naive.scan_operand(x)
+    assert bad == want_bad and same_bits(high, want_high)
+    if bad == 0 and np.isfinite(high):
+        assert low == want_low and not_pow2 == naive.significand_stats(x)[0]
+    with np.errstate(over="ignore"):
+        assert same_bits(copy, x.astype(np.float32))
+    if np.isfinite(x).all():
+        assert tuple(int(v) for v in K.significand_stats(x)) == naive.significand_stats(x)
+
+
+def test_operand_scan_spans_blocks():
+    """Several parallel blocks: the smallest low bit and the largest value in the last one."""
+    x = np.full(3 * K._SCAN_BLOCK + 5, 0.75)
+    x[-1], x[-2] = 2.0**-40, -96.0
+    copy = np.empty(x.size, np.float32)
+    assert K.scan_operand(x, copy) == (0, -40, 96.0, x.size - 1)
+    assert tuple(K.significand_stats(x)) == (x.size - 1, 2)  # 0.75 = 3 * 2^-2 (and 96 = 3 * 2^5)
+    assert K.scan_operand(np.zeros(0), np.zeros(0, np.float32)) == (0, 100000, 0.0, 0)
+
+
+def test_exact_group_params_by_hand():
+    # fp16 (11 significand bits, quantum 2^-24, max 65504), INT4 codes |b| <= 7, 4-way groups:
+    # 28 * 2^d < 2^11 -> d <= 6; 28 * 2^(x - 1023) <= 65504 -> x <= 1034; 2^(x - 1023) >= 2^-24
+    np.testing.assert_array_equal(K.exact_group_params(True, 0, 7.0, 11, -24, 65504.0), [1, 999, 6, 1034])
+    # fp32 accumulator: 28 * 2^d < 2^24 -> d <= 19
+    np.testing.assert_array_equal(K.exact_group_params(True, 0, 7.0, 24, -149, 3.4028234663852886e38),
+                                  [1, 874, 19, 1146])
+    assert not K.exact_group_params(False, 0, 7.0, 11, -24, 65504.0)[0]  # not a log operand
+    assert not K.exact_group_params(True, 0, 7.0, 11, -24, 65504.0, group=2)[0]
+    q = K.exact_group_params(True, 0, 7.0, 11, -24, 65504.0)
+    f = np.float32
+    assert K._group_exact(f(64), f(1), f(0), f(-4), q)  # exponents 6 apart
+    assert not K._group_exact(f(128), f(1), f(0), f(0), q)  # 7 apart
+    assert K._group_exact(f(0), f(0), f(0), f(0), q)
+    assert K._group_exact(f(2.0**11), f(0), f(0), f(0), q) and not K._group_exact(f(2.0**12), f(0), f(0), f(0), q)
+    assert K._group_exact(f(2.0**-24), f(0), f(0), f(0), q) and not K._group_exact(f(2.0**-25), f(0), f(0), f(0), q)
+    # 7 * (128 + 1 + 128 + 128) = 2695 needs 12 bits: not a binary16 value, and not called exact
+    fp16 = Accumulator("fp16").value_format
+    assert naive.round_fraction(Fraction(2695), fp16) != 2695 and not K._group_exact(f(128), f(1), f(128), f(128), q)
+
+
+_LOG_VALUES = st.one_of(st.just(0.0), st.builds(lambda s, e: s * 2.0**e, st.sampled_from([-1.0, 1.0]),
+                                                st.integers(-30, 16)))
+
+
+@given(st.lists(_LOG_VALUES, min_size=4, max_size=4), st.lists(st.integers(-7, 7), min_size=4, max_size=4))
+def test_a_group_called_exact_sums_to_a_value_of_the_format(avals, bvals):
+    """Soundness of the skipped rounding: whenever `_group_exact` says so, the exact sum of the
+    group's products with any INT4 codes is a binary16 value."""
+    q = K.exact_group_params(True, 0, 7.0, 11, -24, 65504.0)
+    if K._group_exact(*(np.float32(v) for v in avals), q):
+        total = sum((Fraction(v) * w for v, w in zip(avals, bvals, strict=True)), Fraction(0))
+        assert naive.round_fraction(total, Accumulator("fp16").value_format) == total
+
+
+@pytest.mark.parametrize("path", ["ieee32", "half64"])
+@pytest.mark.parametrize("n", [5, 13])
+def test_blocked_rows_and_skipped_roundings_keep_the_bits(path, n):
+    """Rows in blocks of four (and a tail), groups whose rounding is skipped next to groups that
+    round (log values 2^-8 .. 2^8: exponent spreads on both sides of the bound), a partial chunk
+    and a partial group: the general kernel's bits, and the kernel's own bits with the skip off."""
+    rng = np.random.default_rng(5)
+    a = numerics.quantize_fp4(rng.standard_normal((9, 70)) * np.exp2(rng.integers(-4, 5, (9, 70))))
+    b = rng.integers(-7, 8, (70, n)).astype(np.float64)
+    acc = Accumulator("fp16", 4, 64)
+    ref, ref_stats = numerics.gemm_with_stats(a, b, acc, path="general")
+    got, stats = numerics.gemm_with_stats(a, b, acc, path=path)
+    assert same_bits(got, ref) and stats.overflows == ref_stats.overflows
+    dt = np.float32 if path == "ieee32" else np.float64
+    mode = K.LANE_NARROW if path == "ieee32" else K.LANE_HALF64
+    lane_p = K.lane_params(np.float64, 10, False, 65504.0)
+    q = K.exact_group_params(True, 0, 7.0, 11, -24, 65504.0)
+    outs = []
+    for params in (q, np.zeros(4, np.int64)):
+        out, lost = np.empty((9, n), dt), np.zeros(9, np.int64)
+        K.gemm_fast_ieee(a.astype(dt), b.astype(dt), out, 4, 64, False, lost, mode, lane_p, params)
+        outs.append(out.astype(np.float64))
+    assert same_bits(outs[0], ref) and same_bits(outs[1], ref)
+    groups = np.abs(a[:, :68]).reshape(9, 17, 4)
+    e = np.where(groups > 0, np.log2(np.where(groups > 0, groups, 1)), np.nan)
+    spread = np.nanmax(e, axis=2) - np.nanmin(e, axis=2)
+    assert (spread <= 6).any() and (spread > 6).any()  # both kinds of group are present
