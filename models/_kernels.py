@@ -344,7 +344,7 @@ def expansion_value(partials, n, odd):
     return hi
 
 
-_SCAN_BLOCK = 1 << 14  # elements per task of `scan_operand` and `significand_stats`
+_SCAN_BLOCK = 1 << 14  # elements per task of `scan_operand`
 _HIDDEN64 = np.int64(1) << 52
 _TWO53_BITS = np.int64(0x4340000000000000)  # bit pattern of 2.0**53 (bit 52 clear)
 _NOT_LIVE = np.int64(1) << 20  # stands in for the exponent of a zero: above every real one
@@ -353,22 +353,23 @@ _NOT_LIVE = np.int64(1) << 20  # stands in for the exponent of a zero: above eve
 @njit(cache=True, parallel=True)
 def scan_operand(x, copy32):
     """One pass over a flat float array ``x`` (float32 or float64) that also writes it, as
-    float32, into ``copy32`` (same size): returns (bad, low, high, not_pow2).
+    float32, into ``copy32`` (same size): returns (bad, low, high, not_pow2, width).
 
     bad: count of values that the float32 copy does not hold exactly (NaN, values out of the
     float32 range or with more than 24 significant bits). high: max |x| (inf or NaN when x holds
     them). low: the smallest binary exponent of the lowest set bit of a non-zero value, so that
     every value is an integer multiple of 2^low; valid when bad == 0 and high is finite (100000
     when x is empty or all zero). not_pow2: count of values whose significand has a fraction (valid
-    values: the non-zero values that are not +-2^e). (low, high) bound what exact lane arithmetic
-    needs (`models.numerics`).
+    values: the non-zero values that are not +-2^e). width: the widest significand in bits (0
+    without a non-zero value). (low, high) bound what exact lane arithmetic needs
+    (`models.numerics`); low, not_pow2 and width are valid when bad == 0 and high is finite.
 
     Blocks of `_SCAN_BLOCK` elements run in parallel; the inner loop has no branch and reduces
     integers only (a float max reduction does not vectorise: NaN makes it non-associative).
     """
     n = x.size
     blocks = (n + _SCAN_BLOCK - 1) // _SCAN_BLOCK
-    res = np.zeros((blocks, 4), np.int64)
+    res = np.zeros((blocks, 5), np.int64)
     for j in prange(blocks):
         i0 = j * _SCAN_BLOCK
         i1 = min(i0 + _SCAN_BLOCK, n)
@@ -376,6 +377,7 @@ def scan_operand(x, copy32):
         low = _NOT_LIVE
         high = 0
         not_pow2 = 0
+        lowest = 53  # smallest index of a lowest set bit: width = 53 - lowest (no subnormal)
         for i in range(i0, i1):
             v = np.float64(x[i])
             c = np.float32(v)
@@ -391,39 +393,16 @@ def scan_operand(x, copy32):
             lowbit = m & -m
             lowpos = (float_bits(bits_float(_TWO53_BITS | lowbit) - 2.0**53) >> 52) - 1024
             low = min(low, lowpos + (ef if mag != 0 else _NOT_LIVE))
+            lowest = min(lowest, lowpos if mag != 0 else 53)
         res[j, 0] = bad
         res[j, 1] = low
         res[j, 2] = high
         res[j, 3] = not_pow2
+        res[j, 4] = lowest
     top = bits_float(res[:, 2].max()) if blocks else 0.0
     least = res[:, 1].min() if blocks else _NOT_LIVE
-    return res[:, 0].sum(), (least - 1075 if least < _NOT_LIVE else 100000), top, res[:, 3].sum()
-
-
-@njit(cache=True, parallel=True)
-def significand_stats(x):
-    """(count of non-zero values of flat float ``x`` that are not +-powers of two, widest
-    significand in bits) over its finite values: what the shift-add and float32-lane plans of
-    `models.numerics` ask of an operand, computed only when they ask."""
-    n = x.size
-    blocks = (n + _SCAN_BLOCK - 1) // _SCAN_BLOCK
-    res = np.zeros((blocks, 2), np.int64)
-    for j in prange(blocks):
-        not_pow2 = 0
-        width = 0
-        for i in range(j * _SCAN_BLOCK, min((j + 1) * _SCAN_BLOCK, n)):
-            mag = float_bits(np.float64(x[i])) & _ABS64
-            ef = mag >> 52
-            live = (ef != 0x7FF) & (mag != 0)
-            m = (mag & _FRAC64) | ((ef != 0) * _HIDDEN64)
-            lowbit = m & -m
-            not_pow2 += np.int64(live & (lowbit != m))
-            lowpos = ((float_bits(np.float64(lowbit)) >> 52) & 0x7FF) - 1023
-            toppos = ((float_bits(np.float64(m)) >> 52) & 0x7FF) - 1023
-            width = max(width, toppos - lowpos + 1 if live else 0)
-        res[j, 0] = not_pow2
-        res[j, 1] = width
-    return res[:, 0].sum(), (res[:, 1].max() if blocks else 0)
+    width = 53 - res[:, 4].min() if blocks else 0
+    return res[:, 0].sum(), (least - 1075 if least < _NOT_LIVE else 100000), top, res[:, 3].sum(), width
 
 
 # ---------------------------------------------------------------------------------------------
@@ -766,8 +745,9 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
     wrapper recomputes rows with non-finite outputs by `gemm_general`, only to count their
     overflows.
 
-    Rows run in blocks of `_ROWS`: the full 4-way groups of a block share their loads of b
-    (`_block_groups`), the rest runs row by row (`_row_groups`). ``exact_groups``
+    With 4-way groups and no underflow test, rows run in blocks of `_ROWS`: the full groups of a
+    block share their loads of b (`_block_groups`); the rest runs row by row (`_row_groups`), one
+    row per parallel task. ``exact_groups``
     (`exact_group_params`) lets the block skip the rounding of groups whose sums are provably
     values of the format: the same result, two conversions fewer.
     """
@@ -775,34 +755,56 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
     M = a.shape[0]
     N = b.shape[1]
     K = a.shape[1]
-    for blk in prange((M + _ROWS - 1) // _ROWS):
-        m0 = blk * _ROWS
-        rows = min(_ROWS, M - m0)
+    step = _ROWS if group == 4 and not check_underflow else 1  # rows per parallel task
+    for blk in prange((M + step - 1) // step):
+        m0 = blk * step
+        if M - m0 < _ROWS or step == 1:  # row by row
+            for m in range(m0, min(m0 + step, M)):
+                _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p)
+            continue
         cs = np.zeros((_ROWS, N), a.dtype)
         tot = np.zeros((_ROWS, N), a.dtype)
         lost = np.zeros((_ROWS, N), a.dtype)
         g = np.zeros(N, a.dtype)
-        blocked = rows == _ROWS and group == 4 and not check_underflow
         for c0 in range(0, K, chunk):
             c1 = min(c0 + chunk, K)
             cs[:, :] = 0
-            four = c0 + ((c1 - c0) // 4) * 4 if group == 4 else c0  # full 4-way groups first
-            start = c0
-            if blocked:
-                _block_groups(a, b, cs, m0, c0, four, mode, p, exact_groups)
-                start = four
-            if start < c1:  # rows not in a block, or groups not yet added
-                for r in range(rows):
-                    _row_groups(a, b, cs[r], lost[r], g, m0 + r, start, four, c1, group, check_underflow, mode, p)
-            for r in range(rows):
+            four = c0 + ((c1 - c0) // 4) * 4  # full 4-way groups, then a partial one
+            _block_groups(a, b, cs, m0, c0, four, mode, p, exact_groups)
+            if four < c1:
+                for r in range(_ROWS):
+                    _row_groups(a, b, cs[r], lost[r], g, m0 + r, four, four, c1, group, False, mode, p)
+            for r in range(_ROWS):
                 for n in range(N):
                     tot[r, n] = _acc_round(tot[r, n] + cs[r, n], mode, p)
-        for r in range(rows):
-            under = 0
+        for r in range(_ROWS):
             for n in range(N):
                 out[m0 + r, n] = tot[r, n]
-                under += int(lost[r, n])
-            underflow_counts[m0 + r] = under
+            underflow_counts[m0 + r] = 0
+
+
+@njit(cache=True, inline="always")
+def _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p):
+    """Row m of `gemm_fast_ieee` on its own (1-D accumulators, so LLVM needs no alias checks)."""
+    N = b.shape[1]
+    K = a.shape[1]
+    cs = np.zeros(N, a.dtype)
+    tot = np.zeros(N, a.dtype)
+    g = np.zeros(N, a.dtype)
+    lost = np.zeros(N, a.dtype)
+    for c0 in range(0, K, chunk):
+        c1 = min(c0 + chunk, K)
+        for n in range(N):
+            cs[n] = 0
+        four = c0 + ((c1 - c0) // 4) * 4 if group == 4 else c0  # full 4-way groups first
+        _row_groups(a, b, cs, lost, g, m, c0, four, c1, group, check_underflow, mode, p)
+        for n in range(N):
+            tot[n] = _acc_round(tot[n] + cs[n], mode, p)
+    under = 0
+    for n in range(N):
+        out[m, n] = tot[n]
+        under += int(lost[n])
+    underflow_counts[m] = under
 
 
 @njit(cache=True, inline="always")

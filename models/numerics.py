@@ -365,7 +365,7 @@ class _Operand:
     high: float  # max |value| (0.0 when all zero)
     _f32: np.ndarray | None = None  # the float32 copy made during the scan
     _pow2: bool | None = None  # from the scan of a float array; of an integer one, when a plan asks
-    _width: int | None = None
+    width: int = 53  # the widest significand of a value, in bits (fp16 values: <= 11)
 
     @property
     def pow2(self) -> bool:
@@ -374,17 +374,6 @@ class _Operand:
             mags = np.abs(self.array.astype(np.int64))
             self._pow2 = bool(np.all((mags & (mags - 1)) == 0))
         return self._pow2
-
-    @property
-    def width(self) -> int:
-        """The widest significand of a value, in bits (fp16 values: <= 11); computed when a plan
-        first asks."""
-        if self._width is None:
-            if self.array.dtype.kind in "biu":
-                self._width = int(self.high).bit_length()
-            else:
-                self._width = int(K.significand_stats(np.ascontiguousarray(self.array).ravel())[1])
-        return self._width
 
     def as_lane(self, dtype) -> np.ndarray:
         if dtype == np.float32 and self._f32 is not None:
@@ -397,11 +386,11 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
         high = float(max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0)))))
         if high >= 2.0**24:
             raise NumericsError(f"{name} holds integers beyond 2^24, not exact in fp32")
-        return _Operand(x, True, 0, high)
+        return _Operand(x, True, 0, high, width=int(high).bit_length())
     if x.dtype.kind != "f":
         raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
     copy32 = np.empty(x.shape, np.float32)
-    bad, low, high, not_pow2 = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
+    bad, low, high, not_pow2, width = K.scan_operand(np.ascontiguousarray(x).ravel(), copy32.ravel())
     if not np.isfinite(high):
         raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
     if bad:
@@ -410,7 +399,7 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
             f"values of formats up to fp32 (round them with a quantizer first)"
         )
     integer = bool(high == 0.0 or low >= 0)
-    return _Operand(x, integer, int(low) if high else 0, float(high), copy32, not_pow2 == 0)
+    return _Operand(x, integer, int(low) if high else 0, float(high), copy32, not_pow2 == 0, int(width))
 
 
 def _log_side(a: _Operand, b: _Operand, group: int = 4) -> str | None:

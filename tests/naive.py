@@ -147,7 +147,8 @@ def scan_operand(x: np.ndarray) -> tuple[int, int, float]:
 
 
 def significand_stats(x: np.ndarray) -> tuple[int, int]:
-    """(non-zero finite values that are not +-2^e, widest significand in bits) of finite x."""
+    """(non-zero finite values that are not +-2^e, widest significand in bits) of x: the rest of
+    `_kernels.scan_operand`."""
     sigs = [_significand(v)[0] for v in np.asarray(x, np.float64).ravel() if math.isfinite(v) and v != 0]
     return sum(1 for s in sigs if s != 1), max((s.bit_length() for s in sigs), default=0)
 
