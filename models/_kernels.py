@@ -747,11 +747,10 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
 
     With 4-way groups and no underflow test, rows run in blocks of `_ROWS`: the full groups of a
     block share their loads of b (`_block_groups`); the rest runs row by row (`_row_groups`), one
-    row per parallel task. ``exact_groups``
-    (`exact_group_params`) lets the block skip the rounding of groups whose sums are provably
-    values of the format: the same result, two conversions fewer.
+    row per parallel task. ``exact_groups`` (`exact_group_params`) lets a block skip the rounding
+    of groups whose sums are provably values of the format: the same result, two conversions
+    fewer. Blocked rows cannot underflow (no underflow test), so their counts are 0.
     """
-
     M = a.shape[0]
     N = b.shape[1]
     K = a.shape[1]
