@@ -351,11 +351,11 @@ _NOT_LIVE = np.int64(1) << 20  # stands in for the exponent of a zero: above eve
 
 
 @njit(cache=True, parallel=True)
-def scan_operand(x, copy32):
-    """One pass over a flat float array ``x`` (float32 or float64) that also writes it, as
-    float32, into ``copy32`` (same size): returns (bad, low, high, not_pow2, width).
+def scan_operand(x):
+    """One pass over a flat float array ``x`` (float32 or float64): returns (bad, low, high,
+    not_pow2, width).
 
-    bad: count of values that the float32 copy does not hold exactly (NaN, values out of the
+    bad: count of values that float32 does not hold exactly (NaN, values out of the
     float32 range or with more than 24 significant bits). high: max |x| (inf or NaN when x holds
     them). low: the smallest binary exponent of the lowest set bit of a non-zero value, so that
     every value is an integer multiple of 2^low; valid when bad == 0 and high is finite (100000
@@ -380,9 +380,7 @@ def scan_operand(x, copy32):
         lowest = 53  # smallest index of a lowest set bit: width = 53 - lowest (no subnormal)
         for i in range(i0, i1):
             v = np.float64(x[i])
-            c = np.float32(v)
-            copy32[i] = c
-            bad += np.int64(np.float64(c) != v)
+            bad += np.int64(np.float64(np.float32(v)) != v)
             mag = float_bits(v) & _ABS64
             high = max(high, mag)  # |x| is ordered as its bit pattern
             not_pow2 += np.int64(mag & _FRAC64 != 0)
@@ -584,9 +582,9 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
     N = b.shape[1]
     h, c, t, s, am, oc = p[0], p[1], p[2], p[3], p[4], p[6]  # hoisted out of the loops
     for m in prange(M):
-        cs = np.zeros(N, a.dtype)
-        tot = np.zeros(N, a.dtype)
-        g = np.zeros(N, a.dtype)
+        cs = np.zeros(N, b.dtype)
+        tot = np.zeros(N, b.dtype)
+        g = np.zeros(N, b.dtype)
         flag = np.zeros(N, p.dtype)  # sign bit set <=> some |value| exceeded the format's max
         for c0 in range(0, K, chunk):
             c1 = min(c0 + chunk, K)
@@ -596,10 +594,10 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
             while k0 < c1:
                 k1 = min(k0 + group, c1)
                 if k1 - k0 == 4:
-                    a0 = a[m, k0]
-                    a1 = a[m, k0 + 1]
-                    a2 = a[m, k0 + 2]
-                    a3 = a[m, k0 + 3]
+                    a0 = as_lane(a[m, k0], b)
+                    a1 = as_lane(a[m, k0 + 1], b)
+                    a2 = as_lane(a[m, k0 + 2], b)
+                    a3 = as_lane(a[m, k0 + 3], b)
                     if check_groups:  # two loops: a test inside would stop LLVM vectorising
                         for n in range(N):
                             gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
@@ -615,7 +613,7 @@ def gemm_fast(a, b, out, group, chunk, p, check_groups, overflow_rows):
                     for n in range(N):
                         g[n] = 0
                     for k in range(k0, k1):
-                        av = a[m, k]
+                        av = as_lane(a[m, k], b)
                         for n in range(N):
                             g[n] += av * b[k, n]
                     for n in range(N):
@@ -673,6 +671,23 @@ if not _DISABLE_JIT:
         if x == types.float64:
             return _half64
         return lambda x, p: x
+
+
+def as_lane(x, lanes):
+    """``x`` (a scalar of any numeric type) converted to the element type of the float32 or
+    float64 array ``lanes``: the lane kernels read the left operand as it is given (no float32
+    copy of it) and convert each scalar, exactly (the GEMM planner admits only values exact in
+    the lane type)."""
+    return lanes.dtype.type(x)
+
+
+if not _DISABLE_JIT:
+
+    @overload(as_lane)
+    def _as_lane_typed(x, lanes):
+        if lanes.dtype == types.float32:
+            return lambda x, lanes: np.float32(x)
+        return lambda x, lanes: np.float64(x)
 
 
 @njit(cache=True, inline="always")
@@ -761,10 +776,10 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
             for m in range(m0, min(m0 + step, M)):
                 _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p)
             continue
-        cs = np.zeros((_ROWS, N), a.dtype)
-        tot = np.zeros((_ROWS, N), a.dtype)
-        lost = np.zeros((_ROWS, N), a.dtype)
-        g = np.zeros(N, a.dtype)
+        cs = np.zeros((_ROWS, N), b.dtype)
+        tot = np.zeros((_ROWS, N), b.dtype)
+        lost = np.zeros((_ROWS, N), b.dtype)
+        g = np.zeros(N, b.dtype)
         for c0 in range(0, K, chunk):
             c1 = min(c0 + chunk, K)
             cs[:, :] = 0
@@ -787,10 +802,10 @@ def _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode
     """Row m of `gemm_fast_ieee` on its own (1-D accumulators, so LLVM needs no alias checks)."""
     N = b.shape[1]
     K = a.shape[1]
-    cs = np.zeros(N, a.dtype)
-    tot = np.zeros(N, a.dtype)
-    g = np.zeros(N, a.dtype)
-    lost = np.zeros(N, a.dtype)
+    cs = np.zeros(N, b.dtype)
+    tot = np.zeros(N, b.dtype)
+    g = np.zeros(N, b.dtype)
+    lost = np.zeros(N, b.dtype)
     for c0 in range(0, K, chunk):
         c1 = min(c0 + chunk, K)
         for n in range(N):
@@ -813,10 +828,10 @@ def _block_groups(a, b, cs, m0, k_start, k_end, mode, p, exact_groups):
     ``exact_groups`` finds all four group sums exact in the format, their rounding is skipped."""
     N = b.shape[1]
     for k0 in range(k_start, k_end, 4):
-        p0, p1, p2, p3 = a[m0, k0], a[m0, k0 + 1], a[m0, k0 + 2], a[m0, k0 + 3]
-        q0, q1, q2, q3 = a[m0 + 1, k0], a[m0 + 1, k0 + 1], a[m0 + 1, k0 + 2], a[m0 + 1, k0 + 3]
-        r0, r1, r2, r3 = a[m0 + 2, k0], a[m0 + 2, k0 + 1], a[m0 + 2, k0 + 2], a[m0 + 2, k0 + 3]
-        s0, s1, s2, s3 = a[m0 + 3, k0], a[m0 + 3, k0 + 1], a[m0 + 3, k0 + 2], a[m0 + 3, k0 + 3]
+        p0, p1, p2, p3 = _lane4(a, m0, k0, b)
+        q0, q1, q2, q3 = _lane4(a, m0 + 1, k0, b)
+        r0, r1, r2, r3 = _lane4(a, m0 + 2, k0, b)
+        s0, s1, s2, s3 = _lane4(a, m0 + 3, k0, b)
         if (exact_groups[0] and _group_exact(p0, p1, p2, p3, exact_groups) and _group_exact(q0, q1, q2, q3, exact_groups)
                 and _group_exact(r0, r1, r2, r3, exact_groups) and _group_exact(s0, s1, s2, s3, exact_groups)):
             for n in range(N):  # every group sum is a value of the format: no group rounding
@@ -835,13 +850,19 @@ def _block_groups(a, b, cs, m0, k_start, k_end, mode, p, exact_groups):
 
 
 @njit(cache=True, inline="always")
+def _lane4(a, m, k0, b):
+    """a[m, k0:k0 + 4] as four scalars of b's lane type."""
+    return as_lane(a[m, k0], b), as_lane(a[m, k0 + 1], b), as_lane(a[m, k0 + 2], b), as_lane(a[m, k0 + 3], b)
+
+
+@njit(cache=True, inline="always")
 def _row_groups(a, b, cs, lost, g, m, k_start, four, k_end, group, check_underflow, mode, p):
     """Row m of `gemm_fast_ieee` over one chunk from k_start: its full 4-way groups before
     ``four``, then (group 1) one product per group, or the other group sizes and a partial last
     group up to k_end; added to cs with the accumulator's roundings, underflows counted in lost."""
     N = b.shape[1]
     for k0 in range(k_start, four, 4):
-        a0, a1, a2, a3 = a[m, k0], a[m, k0 + 1], a[m, k0 + 2], a[m, k0 + 3]
+        a0, a1, a2, a3 = _lane4(a, m, k0, b)
         if check_underflow:  # two loops: a test inside would stop LLVM vectorising
             for n in range(N):
                 gs = (a0 * b[k0, n] + a1 * b[k0 + 1, n]) + (a2 * b[k0 + 2, n] + a3 * b[k0 + 3, n])
@@ -854,7 +875,7 @@ def _row_groups(a, b, cs, lost, g, m, k_start, four, k_end, group, check_underfl
                 cs[n] = _acc_round(cs[n] + _acc_round(gs, mode, p), mode, p)
     if group == 1:  # one product per group: one pass over n per k
         for k in range(max(k_start, four), k_end):
-            av = a[m, k]
+            av = as_lane(a[m, k], b)
             if check_underflow:
                 for n in range(N):
                     pr = av * b[k, n]
@@ -870,7 +891,7 @@ def _row_groups(a, b, cs, lost, g, m, k_start, four, k_end, group, check_underfl
         for n in range(N):
             g[n] = 0
         for k in range(k0, k1):
-            av = a[m, k]
+            av = as_lane(a[m, k], b)
             for n in range(N):
                 g[n] += av * b[k, n]
         for n in range(N):

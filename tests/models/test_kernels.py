@@ -247,31 +247,26 @@ _SCAN_VALUES = st.one_of(
 def test_operand_scan_matches_twin(xs, as_float32):
     """`scan_operand` (the GEMM's validation and plan inputs) equals its twin: count of values
     float32 does not hold, max |x|, and where the operand is valid the exponent of the lowest set
-    bit, the count of values that are not +-2^e and the widest significand; the float32 copy is
-    numpy's cast."""
+    bit, the count of values that are not +-2^e and the widest significand."""
     x = np.array(xs, np.float64)
     if as_float32:
         with np.errstate(over="ignore"):
             x = x.astype(np.float32)
-    copy = np.empty(x.size, np.float32)
-    bad, low, high, not_pow2, width = K.scan_operand(x, copy)
+    bad, low, high, not_pow2, width = K.scan_operand(x)
     want_bad, want_low, want_high = naive.scan_operand(x)
     assert bad == want_bad and same_bits(high, want_high)
     if bad == 0 and np.isfinite(high):
         assert (low, not_pow2, width) == (want_low, *naive.significand_stats(x))
-    with np.errstate(over="ignore"):
-        assert same_bits(copy, x.astype(np.float32))
 
 
 def test_operand_scan_spans_blocks():
     """Several parallel blocks: the smallest low bit and the largest value in the last one."""
     x = np.full(3 * K._SCAN_BLOCK + 5, 0.75)
     x[-1], x[-2] = 2.0**-40, -96.0
-    copy = np.empty(x.size, np.float32)
     # 0.75 = 3 * 2^-2 and 96 = 3 * 2^5: two significant bits, not powers of two
-    assert K.scan_operand(x, copy) == (0, -40, 96.0, x.size - 1, 2)
-    assert K.scan_operand(np.zeros(0), np.zeros(0, np.float32)) == (0, 100000, 0.0, 0, 0)
-    assert K.scan_operand(np.zeros(3), np.zeros(3, np.float32)) == (0, 100000, 0.0, 0, 0)
+    assert K.scan_operand(x) == (0, -40, 96.0, x.size - 1, 2)
+    assert K.scan_operand(np.zeros(0)) == (0, 100000, 0.0, 0, 0)
+    assert K.scan_operand(np.zeros(3)) == (0, 100000, 0.0, 0, 0)
 
 
 def test_exact_group_params_by_hand():
@@ -310,7 +305,7 @@ def test_a_group_called_exact_sums_to_a_value_of_the_format(avals, bvals):
 
 
 @pytest.mark.parametrize("path", ["ieee32", "half64"])
-@pytest.mark.parametrize("n", [5, 13])
+@pytest.mark.parametrize("n", [5, 13, 130])
 def test_blocked_rows_and_skipped_roundings_keep_the_bits(path, n):
     """Rows in blocks of four (and a tail), groups whose rounding is skipped next to groups that
     round (log values 2^-8 .. 2^8: exponent spreads on both sides of the bound), a partial chunk
