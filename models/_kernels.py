@@ -778,8 +778,8 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
             continue
         cs = np.zeros((_ROWS, N), b.dtype)
         tot = np.zeros((_ROWS, N), b.dtype)
-        lost = np.zeros((_ROWS, N), b.dtype)
         g = np.zeros(N, b.dtype)
+        unused = np.zeros(N, b.dtype)  # underflow counts of a partial group: none can underflow here
         for c0 in range(0, K, chunk):
             c1 = min(c0 + chunk, K)
             cs[:, :] = 0
@@ -787,7 +787,7 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
             _block_groups(a, b, cs, m0, c0, four, mode, p, exact_groups)
             if four < c1:
                 for r in range(_ROWS):
-                    _row_groups(a, b, cs[r], lost[r], g, m0 + r, four, four, c1, group, False, mode, p)
+                    _row_groups(a, b, cs[r], unused, g, m0 + r, four, four, c1, group, False, mode, p)
             for r in range(_ROWS):
                 for n in range(N):
                     tot[r, n] = _acc_round(tot[r, n] + cs[r, n], mode, p)
