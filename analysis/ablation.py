@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis.run import check_writable, write_csv
-from models.data import load_dataset
-from models.recipes import get_recipe
-from models.train import TrainConfig, train
-from models.zoo import build_model
-from traces.errors import ConfigError
-from traces.io import read
+from fourbit.analysis.run import check_writable, write_csv
+from fourbit.models.data import load_dataset
+from fourbit.models.recipes import get_recipe
+from fourbit.models.trainer import TrainConfig, train
+from fourbit.models.zoo import build_model
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.io import read
 
 __all__ = ["DEFAULT_VARIANTS", "Ablation", "ablation"]
 

@@ -69,8 +69,8 @@ def _record(benchmark: str, metric: str, value: float, unit: str, target: float 
 
 def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) -> list[dict]:
     """The GEMM kernels on one shape, each against numpy's float32 matmul of that shape."""
-    from models.numerics import gemm_with_stats, quantize_fp4
-    from traces.formats import Accumulator
+    from fourbit.models.numerics import gemm_with_stats, quantize_fp4
+    from fourbit.traces.formats import Accumulator
 
     tag = f"{m}x{n}x{k}"
     af = rng.standard_normal((m, k)).astype(np.float32)
@@ -104,7 +104,7 @@ def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) 
 def bench_numerics(quick: bool = False) -> list[dict]:
     """Each GEMM kernel / numpy float32 matmul of the same shape (M = N = K = 512, and the conv-like
     M = 3136, N = 64, K = 576), and the quantizers' throughput."""
-    from models.numerics import quantize_fp4, quantize_uint4_pact
+    from fourbit.models.numerics import quantize_fp4, quantize_uint4_pact
 
     rng = np.random.default_rng(0)
     out = []
@@ -130,10 +130,11 @@ def bench_sim(quick: bool = False) -> list[dict]:
     wall time against the number of tiles walked one by one (batch 4 .. 16) and against simpy
     events (also with the steady-state batches, batch 4 .. 32): straight lines through them show
     the cost is linear in tiles."""
-    from hwsim import load_chip, simulate
-    from hwsim.engine import clear_timing_cache
-    from models.recipes import get_recipe
-    from traces.scalesim import import_topology
+    from fourbit.hwsim.config import load_chip
+    from fourbit.hwsim.engine import simulate
+    from fourbit.hwsim.engine import clear_timing_cache
+    from fourbit.models.recipes import get_recipe
+    from fourbit.traces.scalesim import import_topology
 
     chip = load_chip("fourbit")
     recipe = get_recipe("int4").describe()
@@ -177,11 +178,11 @@ def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _step_fn(model: str, ds, recipe: str, batch: int, seed: int = 0) -> Callable[[], float]:
     """A closure running one training step of ``model`` on successive batches of ``ds``."""
-    from models.layers import Context
-    from models.recipes import get_recipe
-    from models.recorder import Recorder
-    from models.train import TrainConfig, grad_scales, train_step
-    from models.zoo import build_model
+    from fourbit.models.layers import Context
+    from fourbit.models.recipes import get_recipe
+    from fourbit.models.recorder import Recorder
+    from fourbit.models.trainer import TrainConfig, grad_scales, train_step
+    from fourbit.models.zoo import build_model
 
     cfg = TrainConfig(batch_size=batch, seed=seed, lr=0.02)
     rec = get_recipe(recipe)
@@ -206,7 +207,7 @@ def _bench_data(data_dir):
     given (the step-time ratio does not depend on pixel values; no epoch time then)."""
     import os
 
-    from models.data import Dataset, load_dataset
+    from fourbit.models.data import Dataset, load_dataset
 
     if data_dir is not None or os.environ.get("FOURBIT_DATA_DIR"):
         return load_dataset("mnist", data_dir), True
@@ -220,7 +221,7 @@ def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
     """One ``int4`` training step of ``lenet5`` at batch 64 / one ``fp32`` step (numpy float32
     BLAS), timed alternately (target <= 3, issue 4); and the wall time of one MNIST epoch at
     ``int4`` (all 937 steps and the test-set evaluation; with ``--quick``, 937 x the median step)."""
-    from models.train import TrainConfig, train
+    from fourbit.models.trainer import TrainConfig, train
 
     ds, real = _bench_data(data_dir)
     int4, fp32 = _step_fn("lenet5", ds, "int4", 64), _step_fn("lenet5", ds, "fp32", 64)
@@ -246,9 +247,9 @@ def _large_trace(rows: int, rng: np.random.Generator):
     histograms, scales): the widest trace the trainer writes."""
     import pandas as pd
 
-    from models.recipes import get_recipe
-    from traces.io import Trace
-    from traces.scalesim import import_topology
+    from fourbit.models.recipes import get_recipe
+    from fourbit.traces.io import Trace
+    from fourbit.traces.scalesim import import_topology
 
     one = import_topology("resnet18", 32, get_recipe("int4").describe())
     reps = -(-rows // len(one.gemms))
@@ -265,7 +266,7 @@ def _large_trace(rows: int, rng: np.random.Generator):
 
 
 def bench_trace(quick: bool = False) -> list[dict]:
-    """Wall time of `traces.read` (checksums and full validation) on a run directory whose
+    """Wall time of `fourbit.traces.read` (checksums and full validation) on a run directory whose
     ``gemms`` table has 100,000 rows with every statistics column filled (target under 2 s,
     issue 5), side by side with pandas reading the same Parquet files without validation."""
     import tempfile
@@ -273,7 +274,7 @@ def bench_trace(quick: bool = False) -> list[dict]:
 
     import pandas as pd
 
-    from traces.io import read
+    from fourbit.traces.io import read
 
     rows = 100_000
     trace = _large_trace(rows, np.random.default_rng(0))
@@ -300,7 +301,7 @@ BENCHMARKS: dict[str, Callable[..., list[dict]]] = {"numerics": bench_numerics, 
 def run_benchmarks(names: list[str], quick: bool = False, data_dir=None) -> list[dict]:
     """Run the named benchmarks (all when ``names`` is empty); returns their records.
     ``data_dir`` holds the MNIST files for ``train``."""
-    from traces.errors import ConfigError
+    from fourbit.traces.errors import ConfigError
 
     names = names or list(BENCHMARKS)
     for n in names:

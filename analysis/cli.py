@@ -2,12 +2,12 @@
 
 Each verb parses its arguments into the objects the Python API takes and calls the same function:
 
-``fourbit run``       `analysis.run.main_job`
-``fourbit train``     `models.train`
-``fourbit simulate``  `hwsim.simulate`
-``fourbit import-scalesim``  `traces.scalesim.import_topology`
-``fourbit chip``      `hwsim.load_chip` (prints the resolved chip as TOML)
-``fourbit bench``     `analysis.bench.run_benchmarks`
+``fourbit run``       `fourbit.analysis.run.main_job`
+``fourbit train``     `fourbit.models.trainer.train`
+``fourbit simulate``  `fourbit.hwsim.simulate`
+``fourbit import-scalesim``  `fourbit.traces.scalesim.import_topology`
+``fourbit chip``      `fourbit.hwsim.load_chip` (prints the resolved chip as TOML)
+``fourbit bench``     `fourbit.analysis.bench.run_benchmarks`
 
 Bad input (an unknown name, a value out of range, an unwritable directory) prints one line,
 ``fourbit: error: ...``, and exits with status 2; no traceback.
@@ -82,7 +82,7 @@ def _removed_if_empty_on_failure(out: str):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from analysis.run import MainJob, main_job
+    from fourbit.analysis.run import MainJob, main_job
 
     job = MainJob(model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
                   baseline=args.baseline, chip=args.chip, baseline_chip=args.baseline_chip,
@@ -96,11 +96,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from analysis.run import check_writable
-    from models.recipes import get_recipe
-    from models.train import TrainConfig, train
-    from models.zoo import MODELS
-    from traces.errors import ConfigError
+    from fourbit.analysis.run import check_writable
+    from fourbit.models.recipes import get_recipe
+    from fourbit.models.trainer import TrainConfig, train
+    from fourbit.models.zoo import MODELS
+    from fourbit.traces.errors import ConfigError
 
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: one continues the run at --out, the other replaces it")
@@ -126,13 +126,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from hwsim import load_chip, simulate
-    from traces.io import read
+    from fourbit.hwsim.config import load_chip
+    from fourbit.hwsim.engine import simulate
+    from fourbit.traces.io import read
 
     chip = load_chip(args.chip, _overrides(args.set))
     out = None
     if args.out:
-        from analysis.run import check_writable
+        from fourbit.analysis.run import check_writable
 
         out = check_writable(args.out)
     report = simulate(read(args.run_dir), chip, step=args.step, input_grad=args.input_grad,
@@ -155,9 +156,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_scalesim(args: argparse.Namespace) -> int:
-    from analysis.run import check_writable
-    from models.recipes import get_recipe
-    from traces.scalesim import import_topology
+    from fourbit.analysis.run import check_writable
+    from fourbit.models.recipes import get_recipe
+    from fourbit.traces.scalesim import import_topology
 
     recipe = get_recipe(args.recipe)
     out = check_writable(args.out)
@@ -173,15 +174,15 @@ def _cmd_import_scalesim(args: argparse.Namespace) -> int:
 
 
 def _cmd_chip(args: argparse.Namespace) -> int:
-    from hwsim import load_chip, preset_names
+    from fourbit.hwsim.config import load_chip, preset_names
 
     if args.preset is None:
         print("presets: " + ", ".join(preset_names()))
         return 0
     chip = load_chip(args.preset, _overrides(args.set))
     if args.peak:
-        from hwsim.anchors import anchor_table
-        from hwsim.energy import chip_area
+        from fourbit.hwsim.anchors import anchor_table
+        from fourbit.hwsim.energy import chip_area
 
         _print_table(anchor_table(chip))
         print()
@@ -192,7 +193,7 @@ def _cmd_chip(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from analysis.ablation import DEFAULT_VARIANTS, Ablation, ablation
+    from fourbit.analysis.ablation import DEFAULT_VARIANTS, Ablation, ablation
 
     variants = tuple((spec, spec) for spec in args.recipe) if args.recipe else DEFAULT_VARIANTS
     job = Ablation(model=args.model, dataset=args.dataset, data_dir=args.data_dir, variants=variants,
@@ -213,8 +214,8 @@ def _source_flags(args: argparse.Namespace) -> dict:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from analysis.plots import sweep_figures
-    from analysis.sweep import Source, SweepSpec, load_spec, parse_grid, sweep
+    from fourbit.analysis.plots import sweep_figures
+    from fourbit.analysis.sweep import Source, SweepSpec, load_spec, parse_grid, sweep
 
     given = {k: v for k, v in (("out", args.out), ("workers", args.workers), ("scheduler", args.scheduler),
                                 ("chip", args.chip), ("recipe", args.recipe)) if v is not None}
@@ -252,8 +253,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from analysis.compare import compare
-    from analysis.sweep import Source
+    from fourbit.analysis.compare import compare
+    from fourbit.analysis.sweep import Source
 
     with _removed_if_empty_on_failure(args.out):
         table = compare(Source(**_source_flags(args)), chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
@@ -264,14 +265,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from analysis.report import write_report
+    from fourbit.analysis.report import write_report
 
     print(f"wrote {write_report(args.directory)}")
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from analysis.bench import format_records, run_benchmarks
+    from fourbit.analysis.bench import format_records, run_benchmarks
 
     records = run_benchmarks(args.names, quick=args.quick, data_dir=args.data_dir)
     print(format_records(records, args.json))
@@ -280,7 +281,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_source_args(p: argparse.ArgumentParser, model_help: str) -> None:
     """The flags naming a sweep's (or compare's) traces: a trace directory, or a model to train
-    (None: not given, `analysis.sweep.Source`'s default applies)."""
+    (None: not given, `fourbit.analysis.sweep.Source`'s default applies)."""
     p.add_argument("--trace", default=None, help="a run or imported trace directory (chip-only)")
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--dataset", default=None)
@@ -435,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fourbit`` script; returns the exit status."""
-    from traces.errors import FourbitError
+    from fourbit.traces.errors import FourbitError
 
     parser = _parser()
     args = parser.parse_args(argv)

@@ -2,10 +2,10 @@
 
 ``compare(source) -> DataFrame`` and ``fourbit compare`` pair each chip preset with the recipe it
 is built for (``fourbit`` runs ``int4``, ``fp16`` runs ``fp16``, ``int8`` runs ``int8``, ``hfp8``
-runs ``hfp8``), get each recipe's trace the way `analysis.sweep` does (trained once and cached, or
+runs ``hfp8``), get each recipe's trace the way `fourbit.analysis.sweep` does (trained once and cached, or
 re-imported from a SCALE-Sim topology), and simulate every pair twice: on the preset's own array
 (iso-array: the same rows x cols as the baseline) and on the array that fits the baseline's PE
-area (iso-area, `hwsim.iso_area`; Sun et al. 2020 section 6 compare at iso-area). The table has
+area (iso-area, `fourbit.hwsim.iso_area`; Sun et al. 2020 section 6 compare at iso-area). The table has
 one row per (mode, chip): speed-up and energy ratio against the baseline chip in the same mode,
 DRAM bytes, utilization, PE-array area, test accuracy and its difference from the baseline
 recipe's (percentage points) where the recipes were trained. Written to ``out/compare.csv``.
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.run import check_writable, write_csv
-from analysis.sweep import Axis, Source, SweepSpec, sweep
-from hwsim import load_chip
-from hwsim.config import iso_area
-from hwsim.energy import chip_area
-from traces.errors import ConfigError
+from fourbit.analysis.run import check_writable, write_csv
+from fourbit.analysis.sweep import Axis, Source, SweepSpec, sweep
+from fourbit.hwsim.config import load_chip
+from fourbit.hwsim.config import iso_area
+from fourbit.hwsim.energy import chip_area
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["CHIP_RECIPES", "compare"]
 
@@ -40,7 +40,7 @@ def compare(source: Source, *, chips: tuple[str, ...] = ("fourbit", "fp16", "int
     ConfigError
         A chip without a known recipe (see `CHIP_RECIPES`), a chip named twice, a baseline not
         among the chips, or
-        anything `analysis.sweep.sweep` rejects; before any work.
+        anything `fourbit.analysis.sweep.sweep` rejects; before any work.
     """
     chips = tuple(c.strip() for c in chips)
     baseline = baseline.strip()

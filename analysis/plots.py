@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hwsim.report import SimReport  # noqa: E402
+from fourbit.hwsim.report import SimReport  # noqa: E402
 
 __all__ = ["main_job_figure", "sweep_figures"]
 
@@ -74,7 +74,7 @@ def _label(row, keys) -> str:
 
 
 def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
-    """The figures of a sweep (`analysis.sweep`), PNG and SVG in ``out/figures``; those the
+    """The figures of a sweep (`fourbit.analysis.sweep`), PNG and SVG in ``out/figures``; those the
     table has the axes for:
 
     - ``speedup_energy_vs_array``: speed-up over the smallest array and energy per step (uJ)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from traces.errors import ConfigError
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["write_report"]
 

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.plots import main_job_figure
-from analysis.tables import comparison_row, comparison_table
-from hwsim import load_chip, simulate
-from models.data import load_dataset
-from models.recipes import get_recipe
-from models.train import TrainConfig, train
-from models.zoo import build_model
-from traces.errors import ConfigError
+from fourbit.analysis.plots import main_job_figure
+from fourbit.analysis.tables import comparison_row, comparison_table
+from fourbit.hwsim.config import load_chip
+from fourbit.hwsim.engine import simulate
+from fourbit.models.data import load_dataset
+from fourbit.models.recipes import get_recipe
+from fourbit.models.trainer import TrainConfig, train
+from fourbit.models.zoo import build_model
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["MainJob", "check_writable", "main_job", "write_csv"]
 

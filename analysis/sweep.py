@@ -13,9 +13,9 @@ axis may set several fields together), check every point before any work starts,
 3. write ``out/results.parquet`` and ``out/results.csv``: one row per point in grid order, one
    column per swept field (named as given), then the resolved recipe (name, radix, TPR,
    gradient scaling), the chip's name, status and error, test accuracy where a recipe was
-   trained, and the per-step totals of `hwsim.report.SimReport.totals`.
+   trained, and the per-step totals of `fourbit.hwsim.report.SimReport.totals`.
 
-Field names: a `hwsim.ChipConfig` dotted field (``array.rows``, ``array.dataflow``,
+Field names: a `fourbit.hwsim.ChipConfig` dotted field (``array.rows``, ``array.dataflow``,
 ``log_path.radix``, ``sram.ifmap_bytes`` ...); ``chip`` (a preset name or TOML path, the base
 the other chip fields modify); ``recipe`` (a recipe spec, e.g. ``int8``); ``recipe.<param>``
 (``radix``, ``exponent_bits``, ``tpr``, ``grad_scaling``, ``tie``, ``bwd_acc``, e.g.
@@ -48,11 +48,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis.run import check_writable
-from hwsim import load_chip
-from models.recipes import Recipe, get_recipe, parse_recipe
-from traces.errors import ConfigError, FourbitError
-from traces.io import Trace, read
+from fourbit.analysis.run import check_writable
+from fourbit.hwsim.config import load_chip
+from fourbit.models.recipes import Recipe, get_recipe, parse_recipe
+from fourbit.traces.errors import ConfigError, FourbitError
+from fourbit.traces.io import Trace, read
 
 __all__ = ["Axis", "Source", "SweepSpec", "load_spec", "parse_grid", "sweep"]
 
@@ -107,7 +107,7 @@ class SweepSpec:
     workers: int = 1
     scheduler: str | None = None
     input_grad: bool = False
-    extrapolate: bool = True  # steady-state extrapolation of long GEMMs (`hwsim.simulate`)
+    extrapolate: bool = True  # steady-state extrapolation of long GEMMs (`fourbit.hwsim.simulate`)
     table_name: str = "results"  # out/<table_name>.parquet and .csv
 
 
@@ -282,7 +282,7 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source
 def _has_param(recipe_name: str, key: str) -> bool:
     import inspect
 
-    from models.recipes import RECIPES
+    from fourbit.models.recipes import RECIPES
 
     return recipe_name in RECIPES and key in inspect.signature(RECIPES[recipe_name]).parameters
 
@@ -361,12 +361,12 @@ def make_trace(job: _TraceJob) -> str:
         return job.path
     recipe = get_recipe(job.recipe)
     if job.kind == "import":
-        from traces.scalesim import import_topology
+        from fourbit.traces.scalesim import import_topology
 
         a = job.args
         import_topology(a["topology"], a["batch"], recipe.describe(), batchnorm=a["batchnorm"]).write(path)
         return job.path
-    from models.train import TrainConfig, train
+    from fourbit.models.trainer import TrainConfig, train
 
     a = job.args
     train(a["model"], a["dataset"], recipe, config=TrainConfig(**a["config"]), data_dir=a["data_dir"],
@@ -385,8 +385,8 @@ def _load(path: str) -> Trace:
 def run_point(point: Point, trace_path: str, input_grad: bool = False,
               extrapolate: bool = True) -> tuple[dict, pd.DataFrame]:
     """Simulate one point (in a worker): (its row, its per-layer table); ``extrapolate`` as in
-    `hwsim.simulate`."""
-    from hwsim import simulate
+    `fourbit.hwsim.simulate`."""
+    from fourbit.hwsim.engine import simulate
 
     trace = _load(trace_path)
     chip = load_chip(point.chip_name, point.chip_overrides)
@@ -578,8 +578,8 @@ def sweep(spec: SweepSpec | None = None, *, progress: bool = True, **params) -> 
 def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
     """Map every GEMM of ``trace`` on each distinct chip of the grid (buffers too small for a
     tile, formats no unit computes): a ConfigError naming the point, before any simulation."""
-    from hwsim.energy import energy_table
-    from hwsim.engine import _jobs
+    from fourbit.hwsim.energy import energy_table
+    from fourbit.hwsim.engine import _jobs
 
     seen = set()
     step = trace.step(None)
@@ -597,9 +597,9 @@ def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
 
 def _check_training(spec: SweepSpec, jobs: dict) -> None:
     """Fail before any work when a training source is wrong (model, data set, hyper-parameters)."""
-    from models.data import load_dataset
-    from models.train import TrainConfig, check_model_data
-    from models.zoo import build_model
+    from fourbit.models.data import load_dataset
+    from fourbit.models.trainer import TrainConfig, check_model_data
+    from fourbit.models.zoo import build_model
 
     job = next(j for j in jobs.values() if j.kind == "train")
     a = job.args
@@ -613,7 +613,7 @@ def _check_training(spec: SweepSpec, jobs: dict) -> None:
 
 def _collect(spec: SweepSpec, points: list[Point], points_dir: Path, out: Path) -> pd.DataFrame:
     """The results table: the swept fields (named and typed as given), then each point's file."""
-    from analysis.run import write_csv
+    from fourbit.analysis.run import write_csv
 
     fields = [f for ax in spec.grid for f in ax.fields]
     swept = pd.DataFrame([{f: p.values[f] for f in fields} for p in points])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hwsim.report import SimReport
+from fourbit.hwsim.report import SimReport
 
 __all__ = ["comparison_row", "comparison_table"]
 

@@ -1,11 +1,8 @@
 """The accelerator, cycle-approximate and discrete-event (simpy).
 
-Public API: `hwsim.simulate(trace, chip) -> SimReport`, `hwsim.load_chip(preset_or_toml,
-overrides=None) -> ChipConfig`.
+Modules: `fourbit.hwsim.config` (`ChipConfig`, ``load_chip``, the presets in ``configs/``),
+`fourbit.hwsim.engine` (``simulate(trace, chip) -> SimReport``), `fourbit.hwsim.mapping`,
+`fourbit.hwsim.units`, `fourbit.hwsim.blocks` (one module per hardware block),
+`fourbit.hwsim.energy`, `fourbit.hwsim.report`, `fourbit.hwsim.anchors`. The public API is
+`fourbit`'s.
 """
-
-from hwsim.config import ChipConfig, load_chip, preset_names
-from hwsim.engine import simulate
-from hwsim.report import SimReport
-
-__all__ = ["ChipConfig", "SimReport", "load_chip", "preset_names", "simulate"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from hwsim.config import ChipConfig
-from hwsim.energy import peak_throughput
-from traces import schema
-from traces.io import Trace
+from fourbit.hwsim.config import ChipConfig
+from fourbit.hwsim.energy import peak_throughput
+from fourbit.traces import schema
+from fourbit.traces.io import Trace
 
 __all__ = ["PUBLISHED", "anchor_table", "modelled_tops_per_w"]
 
@@ -33,7 +33,7 @@ VOLTAGE_SCALE = (0.55 / 0.75) ** 2
 def modelled_tops_per_w(chip: ChipConfig, unit: str, size: int = 2048) -> tuple[float, float]:
     """(TOPS/W of the whole chip, TOPS/W without DRAM) on a compute-bound size^3 GEMM run by
     ``unit`` (2 ops per MAC; energy from the simulation, leakage included)."""
-    from hwsim.engine import simulate
+    from fourbit.hwsim.engine import simulate
 
     a, b, acc = _FORMATS[unit]
     row = {"step": 0, "layer": "gemm", "layer_type": "matmul", "phase": "fwd", "M": size * chip.chip.cores,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import tomli_w
 
-from traces.errors import ConfigError
-from traces.formats import ACCUMULATOR_FORMATS, LogFormat
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.formats import ACCUMULATOR_FORMATS, LogFormat
 
 __all__ = ["ChipConfig", "UNIT_KINDS", "iso_area", "load_chip", "preset_names"]
 
@@ -381,7 +381,7 @@ def _build(cls: type, data, path: str):
 
 def preset_names() -> list[str]:
     """Names of the presets shipped in ``hwsim/configs``."""
-    return sorted(p.name[:-5] for p in resources.files("hwsim").joinpath("configs").iterdir()
+    return sorted(p.name[:-5] for p in resources.files("fourbit.hwsim").joinpath("configs").iterdir()
                   if p.name.endswith(".toml"))
 
 
@@ -400,7 +400,7 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
             raise ConfigError(f"chip file {path} is not a file" if path.exists() else f"chip file {path} does not exist")
         text, source = path.read_text(encoding="utf-8"), str(path)
     else:
-        res = resources.files("hwsim").joinpath("configs", f"{name}.toml")
+        res = resources.files("fourbit.hwsim").joinpath("configs", f"{name}.toml")
         if not res.is_file():
             raise ConfigError(f"unknown chip preset {name!r}; presets: {', '.join(preset_names())} (or a .toml path)")
         text, source = res.read_text(encoding="utf-8"), f"preset {name}"
@@ -415,8 +415,8 @@ def iso_area(chip: ChipConfig, reference: ChipConfig) -> ChipConfig:
     """``chip`` with the PE-array area of ``reference`` (design.md section 5): floor(area / PE area)
     PEs of ``chip``, arranged as square as possible (rows = floor(sqrt(n)), cols = floor(n / rows));
     everything else of ``chip`` unchanged. The PE areas are the effective ones of
-    `hwsim.energy.chip_area` (the shift-add share scales with radix)."""
-    from hwsim.energy import chip_area
+    `fourbit.hwsim.energy.chip_area` (the shift-add share scales with radix)."""
+    from fourbit.hwsim.energy import chip_area
 
     def pe_area(c: ChipConfig) -> float:
         return float(chip_area(c).area_mm2[0]) * 1e6 / (c.array.rows * c.array.cols * c.chip.cores)

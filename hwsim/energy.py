@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from traces.errors import ConfigError
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["EnergyEntry", "energy_table", "sram_pj_per_bit", "table_frame"]
 
@@ -139,10 +139,10 @@ SRAM_ARRAY_EFFICIENCY = 0.6
 
 def chip_area(chip) -> pd.DataFrame:
     """Area per block in mm^2 with its source: the PE array (``array.pe_area_um2`` per PE; the
-    shift-add path's share scales with radix and exponent bits, `hwsim.blocks.log_path`), each
+    shift-add path's share scales with radix and exponent bits, `fourbit.hwsim.blocks.log_path`), each
     SRAM buffer (bitcell / array efficiency), the scaling unit (``scaling.area_um2_per_lane``),
     times ``chip.cores``. DRAM is off chip and not counted."""
-    from hwsim.blocks.log_path import SHIFT_ADD_AREA_SHARE, LogPath
+    from fourbit.hwsim.blocks.log_path import SHIFT_ADD_AREA_SHARE, LogPath
 
     a = chip.array
     pe = a.pe_area_um2

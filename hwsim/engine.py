@@ -6,7 +6,7 @@ a GEMM the DMA, the MAC array and the scaling unit are concurrent processes wire
 Stores and Containers and sharing the DRAM channel. Events, not cycles: one event per tile
 movement or tile computation, so the cost of a simulation grows with the number of tiles. A
 run of identical tiles is simulated tile by tile unless ``compress``: then silent stretches are
-one event each (`hwsim.blocks.dma`), tested equal to tile-by-tile simulation. With
+one event each (`fourbit.hwsim.blocks.dma`), tested equal to tile-by-tile simulation. With
 ``extrapolate`` (sweeps use it), long runs and repeated segments are measured on short probes and
 extended by their steady-state increments (`_extended`): total cycles, DRAM bytes and energy are
 tested equal to the full simulation; how the stall splits between memory and scaling unit may
@@ -21,19 +21,19 @@ from dataclasses import dataclass
 
 import simpy
 
-from hwsim.blocks.dma import Dma
-from hwsim.blocks.dram import Dram
-from hwsim.blocks.mac_array import MacArray
-from hwsim.blocks.scaling_unit import OutputPath, ScalingUnit, op_cost, output_path
-from hwsim.blocks.sram import Sram
-from hwsim.config import ChipConfig
-from hwsim.energy import energy_table, sram_pj_per_bit
-from hwsim.mapping import TilePlan, plan_gemm
-from hwsim.report import GemmResult, SimReport
-from hwsim.units import add_energy_pj, mac_energy_pj, select_unit
-from traces.errors import ConfigError, SimulationError
-from traces.formats import get_format
-from traces.io import Trace
+from fourbit.hwsim.blocks.dma import Dma
+from fourbit.hwsim.blocks.dram import Dram
+from fourbit.hwsim.blocks.mac_array import MacArray
+from fourbit.hwsim.blocks.scaling_unit import OutputPath, ScalingUnit, op_cost, output_path
+from fourbit.hwsim.blocks.sram import Sram
+from fourbit.hwsim.config import ChipConfig
+from fourbit.hwsim.energy import energy_table, sram_pj_per_bit
+from fourbit.hwsim.mapping import TilePlan, plan_gemm
+from fourbit.hwsim.report import GemmResult, SimReport
+from fourbit.hwsim.units import add_energy_pj, mac_energy_pj, select_unit
+from fourbit.traces.errors import ConfigError, SimulationError
+from fourbit.traces.formats import get_format
+from fourbit.traces.io import Trace
 
 __all__ = ["simulate"]
 
@@ -465,7 +465,7 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
     Parameters
     ----------
     trace : Trace
-        A training trace (`traces.read`); shape-only traces are fine.
+        A training trace (`fourbit.traces.read`); shape-only traces are fine.
     chip : ChipConfig
     step : int, optional
         The recorded step to simulate (default: the last one).
@@ -473,7 +473,7 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
         Also simulate ``bwd_data`` of the input layer (the gradient of the data, which training
         never needs; the trace records it for completeness). Default False.
     compress : bool
-        Simulate steady-state runs of identical silent tiles as one event (`hwsim.blocks.dma`);
+        Simulate steady-state runs of identical silent tiles as one event (`fourbit.hwsim.blocks.dma`);
         False walks every tile. Both give the same counters (tested).
     extrapolate : bool
         Measure GEMMs of more than `EXTEND_ABOVE` output tiles on short probes and extend them

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from traces.errors import ConfigError
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["Tile", "TilePlan", "compute_cycles", "fold_count", "plan_gemm"]
 

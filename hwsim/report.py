@@ -64,7 +64,7 @@ class GemmResult:
 
 @dataclass
 class SimReport:
-    """The result of `hwsim.simulate`: the chip, one `GemmResult` per trace GEMM (in execution
+    """The result of `fourbit.hwsim.simulate`: the chip, one `GemmResult` per trace GEMM (in execution
     order), the trace's metadata and how the simulation ran (``run_info``: simpy events,
     steady-state batches, whether folds overlapped fill and drain)."""
 
@@ -107,7 +107,7 @@ class SimReport:
         return self.to_frame()[_ENERGY].sum()
 
     def area(self) -> pd.DataFrame:
-        """Chip area per block (mm^2) with sources (`hwsim.energy.chip_area`)."""
-        from hwsim.energy import chip_area
+        """Chip area per block (mm^2) with sources (`fourbit.hwsim.energy.chip_area`)."""
+        from fourbit.hwsim.energy import chip_area
 
         return chip_area(self.chip)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hwsim.blocks.log_path import LogPath
-from hwsim.config import UNIT_KINDS, ChipConfig
-from traces.errors import ConfigError
-from traces.formats import FloatFormat, Format, IntFormat, LogFormat, get_format
+from fourbit.hwsim.blocks.log_path import LogPath
+from fourbit.hwsim.config import UNIT_KINDS, ChipConfig
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.formats import FloatFormat, Format, IntFormat, LogFormat, get_format
 
 __all__ = ["UnitChoice", "select_unit"]
 

@@ -1,6 +1,6 @@
 """Private Numba kernels: arrays and scalars in, preallocated arrays out.
 
-The public wrappers in `models.numerics` validate inputs, choose a kernel and wrap results; each
+The public wrappers in `fourbit.models.numerics` validate inputs, choose a kernel and wrap results; each
 kernel here has a plain numpy/Python twin in ``tests/naive.py`` and property tests show them
 identical bit for bit (style.md rules 3 and 4). Kernels are compiled with ``cache=True``; with
 ``NUMBA_DISABLE_JIT=1`` they run as plain Python (one CI leg does that, so that kernel bodies are
@@ -362,7 +362,7 @@ def scan_operand(x):
     when x is empty or all zero). not_pow2: count of values whose significand has a fraction (valid
     values: the non-zero values that are not +-2^e). width: the widest significand in bits (0
     without a non-zero value). (low, high) bound what exact lane arithmetic needs
-    (`models.numerics`); low, not_pow2 and width are valid when bad == 0 and high is finite.
+    (`fourbit.models.numerics`); low, not_pow2 and width are valid when bad == 0 and high is finite.
 
     Blocks of `_SCAN_BLOCK` elements run in parallel; the inner loop has no branch and reduces
     integers only (a float max reduction does not vectorise: NaN makes it non-associative).

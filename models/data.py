@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.errors import ConfigError, DataError
+from fourbit.traces.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "Dataset", "load_dataset", "log_mel"]
 

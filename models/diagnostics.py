@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.data import Dataset, load_dataset
-from models.layers import Context, Sequential
-from models.recipes import Recipe, get_recipe
-from models.recorder import Recorder
-from models.train import TrainConfig, _buffers, _step, check_model_data, grad_scales
-from models.zoo import build_model
-from traces.errors import ConfigError
+from fourbit.models.data import Dataset, load_dataset
+from fourbit.models.layers import Context, Sequential
+from fourbit.models.recipes import Recipe, get_recipe
+from fourbit.models.recorder import Recorder
+from fourbit.models.trainer import TrainConfig, _buffers, _step, check_model_data, grad_scales
+from fourbit.models.zoo import build_model
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["gradient_fidelity"]
 

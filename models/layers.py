@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models import numerics
-from models.quantizers import (
+from fourbit.models import numerics
+from fourbit.models.quantizers import (
     GradScale,
     QTensor,
     pact_backward,
@@ -25,10 +25,10 @@ from models.quantizers import (
     quantize_grad,
     quantize_weight,
 )
-from models.recipes import LayerPrecision, Recipe
-from models.recorder import Recorder
-from traces.formats import Accumulator
-from traces.lowering import GemmShape, conv2d, conv_output_size, linear
+from fourbit.models.recipes import LayerPrecision, Recipe
+from fourbit.models.recorder import Recorder
+from fourbit.traces.formats import Accumulator
+from fourbit.traces.lowering import GemmShape, conv2d, conv_output_size, linear
 
 __all__ = [
     "AvgPool2d", "BatchNorm2d", "Context", "Conv2d", "DepthwiseConv2d", "Embedding", "Flatten",
@@ -239,7 +239,7 @@ class QuantGemmLayer(Layer):
 
 class Linear(QuantGemmLayer):
     """Fully connected layer y = x W^T + b (x: (..., I), W: (O, I), y: (..., O)); leading
-    dimensions are flattened into the batch. GEMMs lowered as in `traces.lowering.linear`."""
+    dimensions are flattened into the batch. GEMMs lowered as in `fourbit.traces.lowering.linear`."""
 
     layer_type = "linear"
 
@@ -309,7 +309,7 @@ def _col2im(cols: np.ndarray, shape: tuple, kh: int, kw: int, stride: int, paddi
 
 
 class Conv2d(QuantGemmLayer):
-    """2-D convolution (NCHW) lowered by im2col (`traces.lowering.conv2d`); ``groups`` > 1 runs
+    """2-D convolution (NCHW) lowered by im2col (`fourbit.traces.lowering.conv2d`); ``groups`` > 1 runs
     G independent GEMMs (depthwise: groups = in_channels = out_channels)."""
 
     layer_type = "conv2d"

@@ -1,4 +1,4 @@
-"""Public quantize and GEMM functions: validate, call a kernel (`models._kernels`), wrap.
+"""Public quantize and GEMM functions: validate, call a kernel (`fourbit.models._kernels`), wrap.
 
 Every function here is exact: it computes what the modelled hardware computes, bit for bit, and
 each kernel has a plain numpy twin in ``tests/naive.py``. Sources of each rule: design.md
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from models import _kernels as K
-from traces.errors import FormatError, NumericsError
-from traces.formats import Accumulator, FloatFormat, LogFormat, get_format
+from fourbit.models import _kernels as K
+from fourbit.traces.errors import FormatError, NumericsError
+from fourbit.traces.formats import Accumulator, FloatFormat, LogFormat, get_format
 
 __all__ = [
     "GemmStats",
@@ -113,7 +113,7 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up") -> tuple[np.ndarray, 
     ----------
     x : array_like of float, any shape
     fmt : LogFormat
-        Radix, exponent bits and TPR phase (see `traces.formats.LogFormat`).
+        Radix, exponent bits and TPR phase (see `fourbit.traces.formats.LogFormat`).
     tie : {"up", "down"}
         At exactly a threshold: ``up`` takes the larger magnitude ([P] Fig. 2(c), "multiply by
         1.6 and truncate the exponent", in any IEEE precision), ``down`` the smaller ([P] Eq. 1).

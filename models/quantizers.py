@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models import numerics
-from models.numerics import QuantStats
-from traces.errors import ConfigError
-from traces.formats import Format, LogFormat, get_format
+from fourbit.models import numerics
+from fourbit.models.numerics import QuantStats
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.formats import Format, LogFormat, get_format
 
 __all__ = [
     "GradScale",

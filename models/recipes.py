@@ -25,8 +25,8 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, replace
 
-from traces.errors import ConfigError, FormatError
-from traces.formats import Accumulator, LogFormat, get_format
+from fourbit.traces.errors import ConfigError, FormatError
+from fourbit.traces.formats import Accumulator, LogFormat, get_format
 
 __all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "parse_recipe"]
 
@@ -49,7 +49,7 @@ technique.md section 6)."""
 class LayerPrecision:
     """How one layer role computes its three GEMMs.
 
-    ``weight``, ``act``: quantizer methods of `models.quantizers` (``fp32``, ``fp16``,
+    ``weight``, ``act``: quantizer methods of `fourbit.models.quantizers` (``fp32``, ``fp16``,
     ``int4_sawb``; ``fp32``, ``fp16``, ``uint4_pact``, ``uint4_minmax``); ``grad_data`` and
     ``grad_weight``: format names of the output gradient fed to ``bwd_data`` and ``bwd_weight``;
     ``acc_*``: the accumulator of each GEMM (None: host float32 BLAS, the FP32 baseline);

@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.quantizers import QTensor
-from traces import schema
-from traces.formats import LogFormat
-from traces.lowering import GemmShape
-from traces.schema import OP_KINDS
+from fourbit.models.quantizers import QTensor
+from fourbit.traces import schema
+from fourbit.traces.formats import LogFormat
+from fourbit.traces.lowering import GemmShape
+from fourbit.traces.schema import OP_KINDS
 
 __all__ = ["Recorder"]
 

@@ -1,4 +1,4 @@
-"""The model zoo: builders that return a `models.layers.Sequential` for an input shape.
+"""The model zoo: builders that return a `fourbit.models.layers.Sequential` for an input shape.
 
 Layer roles follow the recipes (design.md section 3): the first layer that sees the data is
 ``first`` (a GEMM layer, or an embedding table), the last GEMM layer is ``last`` (the 4-bit
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.layers import (
+from fourbit.models.layers import (
     LSTM,
     AvgPool2d,
     BatchNorm2d,
@@ -23,7 +23,7 @@ from models.layers import (
     Residual,
     Sequential,
 )
-from traces.errors import ConfigError
+from fourbit.traces.errors import ConfigError
 
 __all__ = ["MODELS", "build_model"]
 
@@ -125,7 +125,7 @@ def speech(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generato
     output gradient that is nearly constant over each sample's positions, and FP4's rounding of
     it leaves a systematic error in block3's bwd_weight ([P] section 4.1, eq. 2): at
     initialisation its cosine with the FP32-backward gradient is 0.51 with ``"avg"`` and 0.87
-    with ``"flatten"`` (`models.diagnostics.gradient_fidelity`, 8 batches of 32). The flatten
+    with ``"flatten"`` (`fourbit.models.diagnostics.gradient_fidelity`, 8 batches of 32). The flatten
     head closes the `int4` gap (94.0 % for both at seed 0) but `fp32` then overfits (94.0 %
     against 97.0 %), so ``"avg"`` stays the default.
 

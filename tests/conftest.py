@@ -6,9 +6,7 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
 # "ci" (the default): the same examples on every run, so a test run is reproducible and CI is
 # never red by chance; "explore" (HYPOTHESIS_PROFILE=explore): fresh random examples, more of them.
@@ -22,7 +20,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(scope="session")
 def digits_runs():
     """fp32 and int4 runs of the MLP on digits, 2 epochs each (shapes and traces, not accuracy)."""
-    from models.train import train
+    from fourbit.models.trainer import train
 
     return {r: train("mlp", "digits", r, epochs=2, progress=False) for r in ("fp32", "int4")}
 

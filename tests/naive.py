@@ -1,6 +1,6 @@
 """Plain, obviously correct twins of the Numba kernels (exact rational arithmetic where needed).
 
-Each function computes the same thing as a kernel in `models._kernels` the slow way: Python
+Each function computes the same thing as a kernel in `fourbit.models._kernels` the slow way: Python
 integers and `fractions.Fraction` for exact sums, threshold tables with ``searchsorted`` for the
 log formats. Property tests compare kernels and twins bit for bit.
 """
@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from traces.formats import Accumulator, FloatFormat, LogFormat, get_format
+from fourbit.traces.formats import Accumulator, FloatFormat, LogFormat, get_format
 
 
 # ---------------------------------------------------------------------------------------------

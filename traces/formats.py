@@ -5,7 +5,7 @@ objects live here, in the one module both ``models`` (the emulator) and ``hwsim`
 import. Each format is a frozen value object with a standard name, its bit layout, its bias and
 the list of every value it represents (``values()``); ``encode`` and ``decode`` convert between
 exact values and codes. Rounding arbitrary values onto a format is the emulator's job
-(``models.numerics``); here a value that is not exactly representable is an error.
+(``fourbit.models.numerics``); here a value that is not exactly representable is an error.
 
 Formats (sources: design.md section 3; reference/technique.md sections 1.4, 1.6, 5.3, 6):
 
@@ -44,7 +44,7 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 
-from traces.errors import FormatError
+from fourbit.traces.errors import FormatError
 
 __all__ = [
     "ACCUMULATOR_FORMATS",

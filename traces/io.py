@@ -1,11 +1,11 @@
-"""Write and read a run directory: ``meta.json`` plus the Parquet tables of `traces.schema`.
+"""Write and read a run directory: ``meta.json`` plus the Parquet tables of `fourbit.traces.schema`.
 
 One module writes and reads (style.md rule 13). Writing is atomic: the directory is built under a
 temporary name next to the target and renamed into place, and ``meta.json`` (written last)
 carries the sha256 of every table, so a crash never leaves a half-written trace that reads as
 valid. Reading checks the schema version (an unknown major version is refused; a newer minor is read,
 without the columns it added, since a minor version only adds columns), every checksum, and every
-table (`traces.schema.validate`).
+table (`fourbit.traces.schema.validate`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from traces import schema
-from traces.errors import TraceError
+from fourbit.traces import schema
+from fourbit.traces.errors import TraceError
 
 __all__ = ["Trace", "read", "replace_dir", "write", "package_version"]
 
@@ -52,7 +52,7 @@ def package_version() -> str:
 @dataclass
 class Trace:
     """A training trace: metadata (dict) and the tables ``gemms``, ``ops``, ``metrics``
-    (DataFrames with the dtypes of `traces.schema`)."""
+    (DataFrames with the dtypes of `fourbit.traces.schema`)."""
 
     meta: dict = field(default_factory=dict)
     gemms: pd.DataFrame = field(default_factory=lambda: schema.coerce("gemms", None))
@@ -98,7 +98,7 @@ def write(trace: Trace, path: str | os.PathLike) -> Path:
     Raises
     ------
     TraceError
-        A table that does not fit the schema (`traces.schema.coerce`).
+        A table that does not fit the schema (`fourbit.traces.schema.coerce`).
     OSError
         The parent directory is not writable.
     """

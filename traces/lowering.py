@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from traces.errors import TraceError
+from fourbit.traces.errors import TraceError
 
 __all__ = ["GemmShape", "conv2d", "conv_output_size", "linear"]
 

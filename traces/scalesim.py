@@ -19,7 +19,7 @@ Text after ``#`` is a comment; blank lines, surrounding spaces and tabs are igno
 line (a wrong number of fields, a non-integer or non-positive value, a filter larger than its
 input) is a `TraceError` naming the file and the line.
 
-The trace has all three phases of every layer (`traces.lowering`) in training order (every
+The trace has all three phases of every layer (`fourbit.traces.lowering`) in training order (every
 layer's ``fwd``; then, from the last layer down, ``bwd_weight`` and ``bwd_data``) with the
 operand formats the recipe gives each layer role (first and last layer, depthwise layers, the
 rest), and the vector work (``ops``) a training step does around them: quantization for the next
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from traces import lowering, schema
-from traces.errors import TraceError
-from traces.formats import get_format
-from traces.io import Trace, package_version
+from fourbit.traces import lowering, schema
+from fourbit.traces.errors import TraceError
+from fourbit.traces.formats import get_format
+from fourbit.traces.io import Trace, package_version
 
 __all__ = ["TopologyLayer", "import_topology", "read_topology", "shipped_topologies"]
 
@@ -72,7 +72,7 @@ class TopologyLayer:
 
 def shipped_topologies() -> list[str]:
     """Names of the topologies shipped with fourbit (``traces/topologies/*.csv``)."""
-    return sorted(p.name[:-4] for p in resources.files("traces").joinpath("topologies").iterdir()
+    return sorted(p.name[:-4] for p in resources.files("fourbit.traces").joinpath("topologies").iterdir()
                   if p.name.endswith(".csv"))
 
 
@@ -81,7 +81,7 @@ def _resolve(topology: str | Path) -> tuple[Path | None, str, str]:
     path = Path(topology)
     if path.is_file():
         return path, path.read_text(encoding="utf-8", errors="replace"), str(path)
-    res = resources.files("traces").joinpath("topologies", f"{topology}.csv")
+    res = resources.files("fourbit.traces").joinpath("topologies", f"{topology}.csv")
     if res.is_file():
         return None, res.read_text(encoding="utf-8"), str(topology)
     raise TraceError(f"topology {str(topology)!r} is neither a file nor a shipped topology "
@@ -205,7 +205,7 @@ def _quantize_op(fmt: str) -> str | None:
 def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm: bool = True) -> Trace:
     """A shape-only training trace of ``topology`` at ``batch`` samples per step.
 
-    ``recipe`` is a recipe description (``models.recipes.Recipe.describe()``): its per-role
+    ``recipe`` is a recipe description (``fourbit.models.recipes.Recipe.describe()``): its per-role
     ``gemm_formats`` decide each GEMM's operand, accumulator and output formats.
 
     Raises

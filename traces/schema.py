@@ -5,7 +5,7 @@ A run directory holds ``meta.json`` and three Parquet tables (design.md section 
 ``gemms``
     One row per GEMM per recorded step, in execution order. A GEMM multiplies ``a`` (M x K) by
     ``b`` (K x N), ``groups`` times (grouped and depthwise convolutions; MACs = groups*M*N*K). The
-    operand roles are fixed by the phase (`traces.lowering`): ``fwd`` a = activations (ifmap),
+    operand roles are fixed by the phase (`fourbit.traces.lowering`): ``fwd`` a = activations (ifmap),
     b = weights (filter); ``bwd_data`` a = output gradient, b = weights; ``bwd_weight`` a = output
     gradient (transposed), b = activations. Statistics columns are nullable (``Float64``,
     ``Int64``): <NA> means "not recorded" (shape-only traces are valid); NaN is an error.
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from traces.errors import FormatError, TraceError
-from traces.formats import Accumulator, get_format
+from fourbit.traces.errors import FormatError, TraceError
+from fourbit.traces.formats import Accumulator, get_format
 
 __all__ = [
     "HIST_BINS",
@@ -58,7 +58,7 @@ OP_KINDS = (
     "col2im_add", "pool_fwd", "pool_bwd", "residual_add", "embedding_bwd", "lstm_cell",
     "lstm_cell_bwd", "grad_norm",
 )
-"""The op vocabulary of the ``ops`` table; `hwsim.blocks.scaling_unit.OPS` gives each its cost."""
+"""The op vocabulary of the ``ops`` table; `fourbit.hwsim.blocks.scaling_unit.OPS` gives each its cost."""
 
 
 @dataclass(frozen=True)

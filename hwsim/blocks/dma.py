@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import simpy
 
-from hwsim.blocks.dram import Dram
-from hwsim.blocks.sram import Sram
+from fourbit.hwsim.blocks.dram import Dram
+from fourbit.hwsim.blocks.sram import Sram
 
 __all__ = ["Batch", "Dma"]
 

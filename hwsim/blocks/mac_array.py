@@ -1,12 +1,12 @@
 """The PE array: holds each tile for its compute cycles (closed form per dataflow, with fill and
-drain; `hwsim.mapping`)."""
+drain; `fourbit.hwsim.mapping`)."""
 
 from __future__ import annotations
 
 import simpy
 
-from hwsim.blocks.dma import Batch
-from hwsim.blocks.sram import Sram
+from fourbit.hwsim.blocks.dma import Batch
+from fourbit.hwsim.blocks.sram import Sram
 
 __all__ = ["MacArray"]
 

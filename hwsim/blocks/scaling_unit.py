@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 import simpy
 
-from hwsim.blocks.dram import Dram
-from hwsim.blocks.sram import Sram
-from traces.errors import ConfigError
-from traces.formats import get_format
+from fourbit.hwsim.blocks.dram import Dram
+from fourbit.hwsim.blocks.sram import Sram
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.formats import get_format
 
 __all__ = ["OPS", "OpCost", "OutputPath", "ScalingUnit", "output_path"]
 
 
 @dataclass(frozen=True)
 class OpCost:
-    """Cost of one op per element: lane operations, energy events (names of `hwsim.energy`),
+    """Cost of one op per element: lane operations, energy events (names of `fourbit.hwsim.energy`),
     extra DRAM bytes read and written (optimizer state), and whether the op emits a tensor that
     is stored (in its out_format)."""
 

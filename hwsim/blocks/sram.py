@@ -12,7 +12,7 @@ class Sram:
     double buffering, 1 without), ``loaded`` holds tiles whose operands are on chip, ``outputs``
     holds finished output tiles waiting for the scaling unit (two staging halves of the ofmap
     buffer). Counts the bits written by the DMA; reads by the array are counted from the plan
-    (`hwsim.engine`), since they do not change timing."""
+    (`fourbit.hwsim.engine`), since they do not change timing."""
 
     def __init__(self, env: simpy.Environment, double_buffered: bool) -> None:
         halves = 2 if double_buffered else 1

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from analysis.bench import format_records, run_benchmarks
+from fourbit.analysis.bench import format_records, run_benchmarks
 from tests.analysis.test_cli import fourbit
-from traces.errors import ConfigError
+from fourbit.traces.errors import ConfigError
 
 
 def test_bench_sim_and_trace_json_records():

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fourbit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "analysis.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fourbit.analysis.cli", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env, timeout=900)
 
 
@@ -70,7 +70,7 @@ def test_unwritable_out_exits_2(tmp_path, target):
 
 
 def test_same_recipe_on_two_chips_trains_once_and_keeps_both_rows(tmp_path):
-    from analysis.run import main_job
+    from fourbit.analysis.run import main_job
 
     table = main_job(recipe="int4", baseline="int4", epochs=1, out=str(tmp_path / "o"), progress=False)
     assert list(table.chip) == ["fp16", "fourbit"]
@@ -79,7 +79,7 @@ def test_same_recipe_on_two_chips_trains_once_and_keeps_both_rows(tmp_path):
 
 
 def test_ratio_columns_name_the_baseline_chip(tmp_path):
-    from analysis.run import main_job
+    from fourbit.analysis.run import main_job
 
     table = main_job(recipe="fp32", baseline="int4", chip="fp16", baseline_chip="fourbit", epochs=1,
                      out=str(tmp_path / "o"), progress=False)
@@ -133,7 +133,7 @@ def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "s" / "simulation.csv").is_file()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    piped = subprocess.run(f"{sys.executable} -m analysis.cli simulate {path} --chip fourbit | head -1",
+    piped = subprocess.run(f"{sys.executable} -m fourbit.analysis.cli simulate {path} --chip fourbit | head -1",
                            shell=True, capture_output=True, text=True, env=env, cwd=ROOT)
     assert "Traceback" not in piped.stderr
     assert piped.stdout.strip().startswith("layer")
@@ -143,7 +143,7 @@ def test_import_scalesim_cli(tmp_path):
     res = fourbit("import-scalesim", "resnet18", "--batch", "32", "--recipe", "int4", "--out", str(tmp_path / "r18"))
     assert res.returncode == 0, res.stderr
     assert "forward 1.8141 GMAC per sample" in res.stdout
-    from traces import read
+    from fourbit.traces.io import read
 
     assert len(read(tmp_path / "r18").gemms) == 63
     bad = tmp_path / "bad.csv"
@@ -155,10 +155,10 @@ def test_import_scalesim_cli(tmp_path):
 def test_train_resume_continues_a_killed_run(tmp_path, monkeypatch, capsys):
     import importlib
 
-    from analysis.cli import main
-    from traces import read
+    from fourbit.analysis.cli import main
+    from fourbit.traces.io import read
 
-    train_mod = importlib.import_module("models.train")
+    train_mod = importlib.import_module("fourbit.models.trainer")
     args = ["train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--epochs", "3", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     real_save, saves = train_mod._save_checkpoint, []
@@ -189,7 +189,7 @@ def test_recipe_specs_on_the_command_line(tmp_path):
     res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4:radix=16,grad_scaling=global",
                   "--epochs", "1", "--out", str(tmp_path / "r16"), "--quiet")
     assert res.returncode == 0, res.stderr
-    from traces import read
+    from fourbit.traces.io import read
 
     meta = read(tmp_path / "r16").meta
     assert meta["recipe"]["name"] == "int4:radix=16,grad_scaling=global"
@@ -224,7 +224,7 @@ def test_train_lenet5_on_mnist_end_to_end(tmp_path, data_dir):
     res = fourbit("train", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(data_dir / "mnist"),
                   "--recipe", "int4", "--epochs", "1", "--out", str(tmp_path / "m"), "--quiet")
     assert res.returncode == 0, res.stderr
-    from traces import read
+    from fourbit.traces.io import read
 
     trace = read(tmp_path / "m")
     assert trace.meta["final"]["test_accuracy"] > 0.97

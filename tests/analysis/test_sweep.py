@@ -7,12 +7,12 @@ import importlib
 import pandas as pd
 import pytest
 
-from analysis.sweep import Axis, Source, SweepSpec, parse_grid, sweep
-from models.recipes import get_recipe
-from traces.errors import ConfigError
-from traces.scalesim import import_topology
+from fourbit.analysis.sweep import Axis, Source, SweepSpec, parse_grid, sweep
+from fourbit.models.recipes import get_recipe
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.scalesim import import_topology
 
-sweep_mod = importlib.import_module("analysis.sweep")
+sweep_mod = importlib.import_module("fourbit.analysis.sweep")
 
 TOPOLOGY = """Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
 conv1, 18, 18, 3, 3, 3, 16, 1,
@@ -104,7 +104,7 @@ def test_a_failing_point_is_recorded_and_retried(small_trace, tmp_path, monkeypa
 
 
 def test_cli_names_failed_points_and_exits_nonzero(small_trace, tmp_path, monkeypatch, capsys):
-    from analysis.cli import main
+    from fourbit.analysis.cli import main
 
     real = sweep_mod.run_point
 
@@ -212,7 +212,7 @@ def test_toml_spec_and_cli_with_report(small_trace, tmp_path):
 
 
 def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
-    from analysis.compare import compare
+    from fourbit.analysis.compare import compare
 
     table = compare(Source(trace=small_trace), out=tmp_path / "c", progress=False)
     assert len(table) == 8 and (table.status == "ok").all()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hwsim import load_chip, simulate
+from fourbit.hwsim.config import load_chip
+
+from fourbit.hwsim.engine import simulate
 
 
 def test_units_follow_formats(digits_runs):
@@ -38,7 +40,7 @@ def test_four_bit_chip_beats_fp16_chip_on_the_same_trace(digits_runs):
 def test_a_gigantic_gemm_is_extended_or_refused_never_hung(digits_runs):
     import pytest
 
-    from traces.errors import SimulationError
+    from fourbit.traces.errors import SimulationError
 
     trace = digits_runs["int4"].trace
     g = trace.gemms.copy()
@@ -57,8 +59,8 @@ def test_a_gigantic_gemm_is_extended_or_refused_never_hung(digits_runs):
 def test_config_types_and_ranges_name_the_field():
     import pytest
 
-    from hwsim.config import ArrayConfig
-    from traces.errors import ConfigError
+    from fourbit.hwsim.config import ArrayConfig
+    from fourbit.traces.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"array.rows = 2.5: expected int"):
         ArrayConfig(rows=2.5)
@@ -75,7 +77,7 @@ def test_config_types_and_ranges_name_the_field():
 def test_chip_toml_round_trip(tmp_path):
     import pytest
 
-    from hwsim.config import preset_names
+    from fourbit.hwsim.config import preset_names
 
     for name in preset_names():
         chip = load_chip(name, {"array.rows": 48, "dram.bandwidth_bytes_per_s": float("inf"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwsim.mapping import compute_cycles, plan_gemm
+from fourbit.hwsim.mapping import compute_cycles, plan_gemm
 
 
 @pytest.mark.parametrize("df, M, N, K, want", [

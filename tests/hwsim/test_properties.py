@@ -11,13 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwsim import load_chip, simulate
-from hwsim.blocks.log_path import LogPath
-from hwsim.config import LogPathConfig, iso_area
-from hwsim.mapping import compute_cycles
-from traces import schema
-from traces.errors import ConfigError, SimulationError
-from traces.io import Trace
+from fourbit.hwsim.config import load_chip
+
+from fourbit.hwsim.engine import simulate
+from fourbit.hwsim.blocks.log_path import LogPath
+from fourbit.hwsim.config import LogPathConfig, iso_area
+from fourbit.hwsim.mapping import compute_cycles
+from fourbit.traces import schema
+from fourbit.traces.errors import ConfigError, SimulationError
+from fourbit.traces.io import Trace
 
 FORMATS = {"int4": ("uint4", "int4", "int32"), "fp4xint4": ("fp4_r4_e3", "int4", "fp16/g4/c64"),
            "fp16": ("fp16", "fp16", "fp32/g1")}
@@ -156,7 +158,7 @@ def test_memory_bound_layer_takes_bytes_over_bandwidth():
 
 
 def test_deadlock_is_detected(monkeypatch):
-    from hwsim.blocks import dma as dma_module
+    from fourbit.hwsim.blocks import dma as dma_module
 
     def stuck(self, segments):  # a DMA that takes both buffer halves and never delivers a tile
         yield self.sram.free.get(1)
@@ -190,7 +192,7 @@ def test_log_path_width_energy_and_area(radix, ebits, width, stages):
 
 
 def test_rapid_like_preset_matches_the_published_peaks():
-    from hwsim.energy import peak_throughput
+    from fourbit.hwsim.energy import peak_throughput
 
     peaks = peak_throughput(load_chip("rapid")).set_index("unit").peak_tops
     assert peaks["int4"] == pytest.approx(104.9, rel=0.001)  # JSSC 2022: 104.9 TOPS INT4
@@ -245,7 +247,7 @@ def _assert_extrapolated_equal(ext, full):
 
 
 def _extrapolated(trace, over, above=0):
-    from hwsim import engine
+    from fourbit.hwsim import engine
 
     engine.clear_timing_cache()
     saved = engine.EXTEND_ABOVE

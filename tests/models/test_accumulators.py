@@ -6,9 +6,9 @@ import numba
 import numpy as np
 import pytest
 
-from models.numerics import gemm, gemm_with_stats, quantize_fp4_codes, quantize_uniform
-from traces.errors import NumericsError
-from traces.formats import Accumulator, LogFormat
+from fourbit.models.numerics import gemm, gemm_with_stats, quantize_fp4_codes, quantize_uniform
+from fourbit.traces.errors import NumericsError
+from fourbit.traces.formats import Accumulator, LogFormat
 
 ALL_PATHS = ("general", "shift_add", "fast32", "fast64", "ieee32", "half64")
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from models.data import load_dataset, log_mel
-from traces.errors import ConfigError, DataError
+from fourbit.models.data import load_dataset, log_mel
+from fourbit.traces.errors import ConfigError, DataError
 
 
 def test_digits_is_built_in():

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.diagnostics import gradient_fidelity
-from models.train import train
-from traces.errors import ConfigError
+from fourbit.models.diagnostics import gradient_fidelity
+from fourbit.models.trainer import train
+from fourbit.traces.errors import ConfigError
 
-train_mod = importlib.import_module("models.train")  # the package re-exports train(), shadowing it
+train_mod = importlib.import_module("fourbit.models.trainer")  # the package re-exports train(), shadowing it
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.quantizers import GradScale
+from fourbit.models.quantizers import GradScale
 
 
 @pytest.mark.parametrize("max_abs, exponent", [
@@ -81,7 +81,7 @@ def test_global_scale_reports_on_the_largest_layer():
     ("hfp8", 1.0),                       # float gradients: 1.0, headroom against FP16 overflow
 ])
 def test_gradscale_target_is_the_largest_fp4_value_up_to_the_cap(recipe, target):
-    from models.recipes import GRAD_TARGET_CAP, get_recipe
+    from fourbit.models.recipes import GRAD_TARGET_CAP, get_recipe
 
     assert GRAD_TARGET_CAP == 64.0
     assert get_recipe(recipe).hidden.grad_target_max() == target

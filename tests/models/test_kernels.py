@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numba import njit
 
-from models import _kernels as K
-from models import numerics
+from fourbit.models import _kernels as K
+from fourbit.models import numerics
 from tests import naive
-from traces.formats import Accumulator, LogFormat
+from fourbit.traces.formats import Accumulator, LogFormat
 
 LOG_FORMATS = [LogFormat.make(r, e, p) for r in (2, 4, 8, 16) for e in (2, 3, 4) for p in ("even", "odd")
                if not (p == "odd" and r not in (4, 16))]

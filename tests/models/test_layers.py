@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.layers import (
+from fourbit.models.layers import (
     LSTM,
     AvgPool2d,
     BatchNorm2d,
@@ -26,9 +26,9 @@ from models.layers import (
     Sequential,
     softmax_xent,
 )
-from models.quantizers import GradScale
-from models.recipes import get_recipe
-from models.recorder import Recorder
+from fourbit.models.quantizers import GradScale
+from fourbit.models.recipes import get_recipe
+from fourbit.models.recorder import Recorder
 
 
 def _loss(layer, x, r, ctx) -> float:

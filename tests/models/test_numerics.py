@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.numerics import quantize_fp4, quantize_int4_sawb, quantize_uint4_pact, sawb_alpha
-from traces.errors import FourbitError
+from fourbit.models.numerics import quantize_fp4, quantize_int4_sawb, quantize_uint4_pact, sawb_alpha
+from fourbit.traces.errors import FourbitError
 
 # radix-4 FP4 thresholds 0.625 * 4^n, n = -3..3 (flush threshold 0.009765625 = 5 * 2^-9)
 THRESHOLDS = [0.009765625, 0.0390625, 0.15625, 0.625, 2.5, 10.0, 40.0]
@@ -135,7 +135,7 @@ def test_integer_quantizers_are_idempotent():
     rng = np.random.default_rng(5)
     w = rng.standard_normal(1000)
     codes, step = quantize_int4_sawb(w)
-    from models.numerics import quantize_float, quantize_uniform
+    from fourbit.models.numerics import quantize_float, quantize_uniform
 
     again, _ = quantize_uniform(codes * step, step, -7, 7)
     np.testing.assert_array_equal(again, codes)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.numerics import quantize_float
+from fourbit.models.numerics import quantize_float
 from tests import naive
-from traces.formats import get_format
+from fourbit.traces.formats import get_format
 
 
 def test_unbiased_and_between_neighbours():

@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.data import Dataset, load_dataset
-from models.layers import Context
-from models.recipes import get_recipe
-from models.recorder import Recorder
-from models.train import TrainConfig, grad_scales, train, train_step
-from models.zoo import build_model
-from traces.errors import ConfigError, DataError
-from traces.io import read
+from fourbit.models.data import Dataset, load_dataset
+from fourbit.models.layers import Context
+from fourbit.models.recipes import get_recipe
+from fourbit.models.recorder import Recorder
+from fourbit.models.trainer import TrainConfig, grad_scales, train, train_step
+from fourbit.models.zoo import build_model
+from fourbit.traces.errors import ConfigError, DataError
+from fourbit.traces.io import read
 
-train_mod = importlib.import_module("models.train")  # the package re-exports train(), shadowing it
+train_mod = importlib.import_module("fourbit.models.trainer")  # the package re-exports train(), shadowing it
 
 
 
@@ -175,10 +175,10 @@ def test_inf_minus_inf_in_a_backward_gemm_is_an_overflow_not_a_crash():
     overflow the FP16 accumulator to +inf and -inf, their sum is NaN. The GEMM flags the overflow (the
     trainer skips the step) and returns zeros there, so the rest of the step still runs and
     is recorded."""
-    from models.layers import run_gemm
-    from models.quantizers import QTensor
-    from traces.formats import Accumulator, get_format
-    from traces.lowering import GemmShape
+    from fourbit.models.layers import run_gemm
+    from fourbit.models.quantizers import QTensor
+    from fourbit.traces.formats import Accumulator, get_format
+    from fourbit.traces.lowering import GemmShape
 
     net = build_model("mlp", (64,), 10, 0, hidden=(32, 32))
     ctx = Context(get_recipe("int4:radix=16"), Recorder())

@@ -6,8 +6,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from traces.errors import FormatError
-from traces.formats import (
+from fourbit.traces.errors import FormatError
+from fourbit.traces.formats import (
     Accumulator,
     FloatFormat,
     LogFormat,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from traces.errors import TraceError
-from traces.io import read
+from fourbit.traces.errors import TraceError
+from fourbit.traces.io import read
 
 
 def test_round_trip_of_a_trainer_trace(tmp_path, digits_runs):

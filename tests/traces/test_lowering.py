@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from traces.errors import TraceError
-from traces.lowering import conv2d, conv_output_size, linear
+from fourbit.traces.errors import TraceError
+from fourbit.traces.lowering import conv2d, conv_output_size, linear
 
 
 def test_linear():

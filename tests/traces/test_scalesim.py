@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from models.recipes import get_recipe
-from traces.errors import TraceError
-from traces.io import read
-from traces.scalesim import import_topology, read_topology, shipped_topologies
+from fourbit.models.recipes import get_recipe
+from fourbit.traces.errors import TraceError
+from fourbit.traces.io import read
+from fourbit.traces.scalesim import import_topology, read_topology, shipped_topologies
 
 INT4 = get_recipe("int4").describe()
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from traces import io, schema
-from traces.errors import TraceError
-from traces.io import Trace, read
+from fourbit.traces import io, schema
+from fourbit.traces.errors import TraceError
+from fourbit.traces.io import Trace, read
 
 
 @pytest.fixture()
@@ -147,7 +147,7 @@ def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, mon
 
 
 def test_a_crash_between_the_two_renames_points_at_the_old_trace(tmp_path, digits_runs, monkeypatch):
-    from traces import io
+    from fourbit.traces import io
 
     trace = digits_runs["fp32"].trace
     trace.write(tmp_path / "run")
@@ -177,7 +177,7 @@ def test_writer_refuses_nan_and_unknown_columns():
 
 
 def test_trace_every_records_statistics_at_every_recorded_step():
-    from models.train import train
+    from fourbit.models.trainer import train
 
     run = train("mlp", "digits", "int4", epochs=1, trace_every=7, progress=False)
     steps = run.trace.steps

@@ -1,7 +1,7 @@
 """The trainer: SGD with momentum on FP32 master weights, a cosine learning-rate schedule,
 evaluation, seeds, tqdm progress, and the trace of every GEMM of the recorded steps.
 
-``models.train(model, dataset, recipe, ...) -> Run`` is the public entry point; ``fourbit
+``fourbit.models.train(model, dataset, recipe, ...) -> Run`` is the public entry point; ``fourbit
 train`` parses its command line into the same call.
 """
 
@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from models.data import Dataset, load_dataset
-from models.layers import Context, Sequential, softmax_xent
-from models.quantizers import GradScale
-from models.recipes import Recipe, get_recipe
-from models.recorder import Recorder
-from models.zoo import build_model
-from traces import schema
-from traces.errors import ConfigError, NumericsError, TrainingError
-from traces.io import Trace, replace_dir
+from fourbit.models.data import Dataset, load_dataset
+from fourbit.models.layers import Context, Sequential, softmax_xent
+from fourbit.models.quantizers import GradScale
+from fourbit.models.recipes import Recipe, get_recipe
+from fourbit.models.recorder import Recorder
+from fourbit.models.zoo import build_model
+from fourbit.traces import schema
+from fourbit.traces.errors import ConfigError, NumericsError, TrainingError
+from fourbit.traces.io import Trace, replace_dir
 
 __all__ = ["Run", "TrainConfig", "evaluate", "grad_scales", "train", "train_step"]
 
@@ -313,11 +313,11 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     Parameters
     ----------
     model : str
-        A name of `models.zoo.MODELS`.
+        A name of `fourbit.models.zoo.MODELS`.
     dataset : str or Dataset
-        A name of `models.data.DATASETS` (files from ``data_dir``) or a loaded data set.
+        A name of `fourbit.models.data.DATASETS` (files from ``data_dir``) or a loaded data set.
     recipe : str or Recipe
-        A name of `models.recipes.RECIPES` or a recipe object.
+        A name of `fourbit.models.recipes.RECIPES` or a recipe object.
     config : TrainConfig, optional
         Hyper-parameters; keyword ``overrides`` (epochs=..., seed=...) replace its fields.
     out : path, optional

@@ -1,0 +1,297 @@
+"""Strict configuration models and their one-line errors.
+
+Every configuration of fourbit (the chip, the training hyper-parameters, recipe parameters,
+sweep specs, the jobs of the command line) is a `StrictModel`: a pydantic v2 model in strict mode,
+frozen, with unknown keys refused. A value of the wrong type is an error, never converted (a TOML
+``rows = "32"`` is refused); the one place where text becomes a value is `parse_text`, which the
+command line calls with the field's own type (``--set array.rows=64``). Every error is a
+`ConfigError` of one line naming the dotted field, the value and what is allowed, e.g.
+``array.rows = 0 is out of range: allowed an integer >= 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
+
+from fourbit.traces.errors import ConfigError
+
+__all__ = ["StrictModel", "allowed_text", "field_info", "parse_text", "set_dotted"]
+
+_TRUE = ("true", "on", "yes", "1")
+_FALSE = ("false", "off", "no", "0")
+
+
+class StrictModel(BaseModel):
+    """Base of fourbit's configuration models: strict types, frozen, unknown keys refused.
+
+    Constructing one (``Model(**fields)``, `parse`, `replace`) raises `ConfigError` with one line
+    naming the dotted field (prefixed by the class's ``PATH``, e.g. ``array``), the value and the
+    allowed range or choices.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    PATH: ClassVar[str] = ""
+    """The dotted name of this model where it is a section of a larger one (error messages)."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, type(self), prefix=type(self).PATH)) from None
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "") -> typing.Self:
+        """Validate ``data`` (nested dicts, as read from TOML); ``source`` starts the message.
+
+        Raises ConfigError (one line: source, dotted field, value, allowed)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source + ': ' if source else ''}expected a table of fields, got {data!r}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, cls, source=source, prefix=cls.PATH)) from None
+
+    def replace(self, **changes: Any) -> typing.Self:
+        """A validated copy with ``changes``; the fields set explicitly stay set (`fields_set`)."""
+        return type(self).parse({**self.model_dump(exclude_unset=True), **changes})
+
+
+# ------------------------------------------------------------------------------------------------
+# field lookup
+# ------------------------------------------------------------------------------------------------
+def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    a = _strip_optional(annotation)
+    return a if isinstance(a, type) and issubclass(a, BaseModel) else None
+
+
+def field_info(model: type[BaseModel], dotted: str) -> tuple[FieldInfo | None, Any]:
+    """The field info and the value type of the dotted field ``dotted`` of ``model``.
+
+    A dict-valued field takes a key as the next part: ``units.int4.macs_per_pe`` (a dict of
+    models), ``energy.overrides.mac.int4`` (a dict of numbers: the rest of the name is the key).
+
+    Raises ConfigError naming the unknown part and the fields it could have been.
+    """
+    parts = dotted.split(".")
+    current: type[BaseModel] = model
+    path: list[str] = []
+    i = 0
+    while i < len(parts):
+        name = parts[i]
+        fields = current.model_fields
+        if name not in fields:
+            where = ".".join(path) or getattr(current, "PATH", "") or "the top level"
+            raise ConfigError(f"unknown field {'.'.join([*path, name])}; fields of [{where}]: {', '.join(fields)}")
+        info = fields[name]
+        path.append(name)
+        annotation = _strip_optional(info.annotation)
+        if typing.get_origin(annotation) is dict:
+            key_type, value_type = typing.get_args(annotation)
+            if i + 1 == len(parts):
+                return info, annotation
+            key = ".".join(parts[i + 1:]) if _model_of(value_type) is None else parts[i + 1]
+            if typing.get_origin(key_type) is Literal and key not in typing.get_args(key_type):
+                raise ConfigError(f"{'.'.join(path)}: unknown key {key!r}; allowed {allowed_text(None, key_type)}")
+            inner = _model_of(value_type)
+            if inner is None:
+                return info, value_type
+            path.append(key)
+            current, i = inner, i + 2
+            continue
+        inner = _model_of(annotation)
+        if inner is not None and i + 1 < len(parts):
+            current, i = inner, i + 1
+            continue
+        if i + 1 < len(parts):
+            raise ConfigError(f"unknown field {dotted!r}: {'.'.join(path)} has no fields")
+        return info, annotation
+    raise ConfigError(f"unknown field {dotted!r}")
+
+
+def set_dotted(data: dict, model: type[BaseModel], dotted: str, value: Any) -> None:
+    """Set the dotted field ``dotted`` of ``model`` in the nested dict ``data`` (in place).
+
+    Raises ConfigError for an unknown field (see `field_info`)."""
+    field_info(model, dotted)  # the name is checked against the model first
+    parts = dotted.split(".")
+    node, current = data, model
+    i = 0
+    while i < len(parts) - 1:
+        name = parts[i]
+        annotation = _strip_optional(current.model_fields[name].annotation)
+        if typing.get_origin(annotation) is dict:
+            value_type = typing.get_args(annotation)[1]
+            table = node.setdefault(name, {})
+            if _model_of(value_type) is None:  # the rest of the name is one key
+                table[".".join(parts[i + 1:])] = value
+                return
+            node, current, i = table.setdefault(parts[i + 1], {}), _model_of(value_type), i + 2
+            continue
+        node, current, i = node.setdefault(name, {}), _model_of(annotation), i + 1
+    node[parts[-1]] = value
+
+
+# ------------------------------------------------------------------------------------------------
+# text from the command line
+# ------------------------------------------------------------------------------------------------
+def parse_text(annotation: Any, text: str, name: str) -> Any:
+    """Convert command-line ``text`` to a value of the field type ``annotation``.
+
+    int: a whole number (``64``, ``1e6``); float: a number (``inf`` allowed where the field
+    allows it); bool: true/false, on/off, yes/no, 1/0; a Literal: one of its values, compared as
+    text; a class with a ``parse`` classmethod (an accumulator ``fp16/g4/c64``): that method;
+    str: the text. The result is then validated by the model as usual.
+
+    Raises ConfigError naming ``name``, the text and the expected kind of value.
+    """
+    t = _strip_optional(annotation)
+    text = text.strip()
+    low = text.lower()
+    if typing.get_origin(t) is Literal:
+        for option in typing.get_args(t):
+            if str(option).lower() == low:
+                return option
+        raise ConfigError(f"{name} = {text!r} is out of range: allowed {allowed_text(None, t)}")
+    if t is bool:
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ConfigError(f"{name} = {text!r}: expected true or false (on/off, yes/no, 1/0)")
+    if t is int:
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f.is_integer():
+                return int(f)
+        raise ConfigError(f"{name} = {text!r}: expected an integer")
+    if t is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name} = {text!r}: expected a number") from None
+    if t is str:
+        return text
+    if isinstance(t, type) and hasattr(t, "parse"):
+        try:
+            return t.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name} = {text!r}: {exc}") from None
+    raise ConfigError(f"{name} cannot be given as text on the command line (a {allowed_text(None, t)})")
+
+
+# ------------------------------------------------------------------------------------------------
+# messages
+# ------------------------------------------------------------------------------------------------
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def allowed_text(info: FieldInfo | None, annotation: Any = None) -> str:
+    """What a field allows, in words: ``an integer >= 1``, ``one of 'ws', 'os', 'is'``, ...
+
+    A field may state it itself (``Field(json_schema_extra={"allowed": "..."})``)."""
+    if info is not None:
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "allowed" in extra:
+            return str(extra["allowed"])
+        annotation = info.annotation if annotation is None else annotation
+    optional = _strip_optional(annotation) is not annotation
+    t = _strip_optional(annotation)
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        text = "one of " + ", ".join(repr(o) for o in typing.get_args(t))
+    elif t is bool:
+        text = "true or false"
+    elif t in (int, float):
+        finite = info is not None and any(getattr(m, "allow_inf_nan", None) is False for m in info.metadata)
+        text = "an integer" if t is int else ("a finite number" if finite else "a number")
+        bounds = []
+        for m in info.metadata if info is not None else ():
+            for attr, sign in _BOUNDS:
+                if getattr(m, attr, None) is not None:
+                    bounds.append(f"{sign} {getattr(m, attr):g}")
+        if bounds:
+            text += " " + " and ".join(bounds)
+    elif t is str:
+        text = "a string"
+    elif origin in (tuple, list):
+        text = "a list"
+    elif origin is dict or t is dict:
+        text = "a table"
+    elif _model_of(t) is not None:
+        text = f"a table with the fields {', '.join(_model_of(t).model_fields)}"
+    else:
+        text = getattr(t, "__name__", str(t))
+    return text + (" (or unset)" if optional and t is not type(None) else "")
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[FieldInfo | None, type[BaseModel] | None, Any]:
+    """(field info, the model holding it, the annotation at ``loc``), following dict keys."""
+    current: Any = model
+    info: FieldInfo | None = None
+    holder: type[BaseModel] | None = model
+    annotation: Any = model
+    for part in loc:
+        m = _model_of(current) if not isinstance(current, type) or not issubclass(current, BaseModel) else current
+        if m is not None and isinstance(part, str) and part in m.model_fields:
+            holder, info = m, m.model_fields[part]
+            annotation = current = info.annotation
+            continue
+        t = _strip_optional(current)
+        if typing.get_origin(t) is dict:
+            key_type, value_type = typing.get_args(t)
+            if part == "[key]":
+                return None, holder, key_type
+            annotation = current = value_type
+            info = None
+            continue
+        if typing.get_origin(t) in (tuple, list):
+            args = [a for a in typing.get_args(t) if a is not Ellipsis]
+            annotation = current = args[0] if len(args) == 1 else (args[part] if isinstance(part, int)
+                                                                    and part < len(args) else Any)
+            info = None
+            continue
+        return info, holder, annotation
+    return info, holder, annotation
+
+
+def describe(exc: ValidationError, model: type[BaseModel], source: str = "", prefix: str = "") -> str:
+    """One line for the first error of ``exc``: the dotted field, the value, what is allowed."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err["loc"])
+    info, holder, annotation = _walk(model, loc)
+    names = [str(p) for p in loc if p != "[key]"]
+    dotted = ".".join([prefix, *names] if prefix else names)
+    kind, value = err["type"], err.get("input")
+    lead = f"{source}: " if source else ""
+    if kind == "extra_forbidden":
+        parent = ".".join([prefix, *names[:-1]] if prefix else names[:-1])
+        fields = ", ".join(holder.model_fields) if holder is not None else ""
+        return f"{lead}unknown field {dotted}; fields of [{parent or 'the top level'}]: {fields}"
+    if kind == "missing":
+        return f"{lead}{dotted} is required: {allowed_text(info, annotation)}"
+    if kind in ("value_error", "assertion_error"):
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        return f"{lead}{dotted + ': ' if dotted else ''}{msg}"
+    shown = value.item() if hasattr(value, "item") else value
+    if loc and loc[-1] == "[key]":
+        return f"{lead}{dotted}: unknown key {shown!r}; allowed {allowed_text(None, annotation)}"
+    what = "has the wrong type" if kind.endswith("_type") or kind in ("dict_type", "model_type") \
+        else "is out of range"
+    return f"{lead}{dotted} = {shown!r} {what}: allowed {allowed_text(info, annotation)}"
