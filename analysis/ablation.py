@@ -2,27 +2,30 @@
 gradient format's log base, single-phase rounding vs Two-Phase Rounding (TPR), and per-layer
 GradScale vs one global loss scale, each trained with several seeds.
 
-``fourbit ablation`` and `ablation` train every (variant, seed) pair into ``out/runs/<slug>-s<seed>``
-(a finished run is read back, not trained again: a killed ablation resumes), then write
+``fourbit ablation`` and `ablation` train every (variant, seed) pair as a workload of
+`fourbit.analysis.workloads` (cached in ``out/runs``: a finished run is read back, not trained
+again, so a killed ablation resumes; ``workers`` > 1 trains runs in parallel), then write
 ``out/ablation.csv`` (one row per variant: mean and spread of the test accuracy over the seeds)
 and ``out/ablation_runs.csv`` (one row per run).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from pydantic import Field
 
-from fourbit.analysis.run import check_writable, write_csv
-from fourbit.models.data import load_dataset
+from fourbit.analysis.executor import Executor
+from fourbit.analysis.jobdir import job_dir
+from fourbit.analysis.workloads import check_trainings, run_all, trained
 from fourbit.models.recipes import get_recipe
-from fourbit.models.trainer import TrainConfig, train
-from fourbit.models.zoo import build_model
-from fourbit.traces.errors import ConfigError
+from fourbit.models.trainer import TrainConfig
+from fourbit.traces.config import PathText, StrictModel
+from fourbit.traces.errors import TrainingError
+from fourbit.traces.files import atomic_write
 from fourbit.traces.io import read
 
 __all__ = ["DEFAULT_VARIANTS", "Ablation", "ablation"]
@@ -40,24 +43,23 @@ DEFAULT_VARIANTS: tuple[tuple[str, str], ...] = (
 (sqrt(radix) a power of two: 4 and 16); radix 2 and 8 are single phase."""
 
 
-@dataclass(frozen=True)
-class Ablation:
-    """What to train: ``variants`` (label, recipe spec) x ``seeds`` on ``model``/``dataset``."""
+class Ablation(StrictModel):
+    """What to train: ``variants`` (label, recipe spec) x ``seeds`` on ``model``/``dataset`` with
+    ``train`` (its seed replaced by each of ``seeds``)."""
 
-    model: str = "lenet5"
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    variants: tuple[tuple[str, str], ...] = DEFAULT_VARIANTS
-    seeds: tuple[int, ...] = (0, 1)
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.1
-    out: str = "ablation-out"
-    model_params: dict = field(default_factory=dict)
-
-
-def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
+    model: str = Field("lenet5", description="the model to train")
+    dataset: str = Field("mnist", description="the data set to train it on")
+    data_dir: PathText | None = Field(None, description="where the data set's files are (none: $FOURBIT_DATA_DIR)")
+    variants: tuple[tuple[str, str], ...] = Field(DEFAULT_VARIANTS, min_length=1,
+                                                  description="(label, recipe spec) pairs")
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field((0, 1), min_length=1,
+                                                          description="training seeds of every variant")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1),
+                               description="training hyper-parameters (the seed is each of seeds)")
+    model_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the model builder")
+    out: PathText = Field("ablation-out", description="output directory")
+    workers: int = Field(1, ge=1, description="local worker processes (runs train in parallel)")
+    scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
 
 
 def _run_row(label: str, spec: str, seed: int, final: dict, wall: float | None) -> dict:
@@ -68,66 +70,44 @@ def _run_row(label: str, spec: str, seed: int, final: dict, wall: float | None) 
             "skipped_steps": final.get("skipped_steps", 0), "train_seconds": wall}
 
 
-def ablation(job: Ablation | None = None, *, progress: bool = True, **params) -> pd.DataFrame:
+def ablation(job: Ablation | None = None, *, progress: bool = True, overwrite: bool = False,
+             **params) -> pd.DataFrame:
     """Run (or resume) the ablation; returns the per-variant table (also in ``out/ablation.csv``).
 
     Columns: variant, recipe, radix, tpr, grad_scaling, seeds, test_accuracy_pct (mean over the
     seeds), test_accuracy_std (sample standard deviation), min/max accuracy, test_loss (mean),
-    skipped_steps (total).
+    skipped_steps (total). ``ablation_runs.csv`` has one row per run, with its training's wall
+    time (empty for a run read back).
 
     Raises
     ------
     ConfigError
-        Unknown model, data set or recipe, bad parameters, no seeds, ``out`` not writable; all
-        checked before any training.
+        Unknown model, data set or recipe, bad parameters, no seeds, ``out`` holding another job
+        (without ``overwrite``) or not writable; all checked before any training.
+    TrainingError
+        A run diverged (the others are finished first and stay cached).
     """
-    import time
-
-    job = job or Ablation(**params)
-    if not job.seeds or not job.variants:
-        raise ConfigError("the ablation needs at least one seed and one variant")
-    out = check_writable(job.out)
+    job = job.replace(**params) if job is not None and params else job or Ablation(**params)
     for _, spec in job.variants:
         get_recipe(spec)
-    ds = load_dataset(job.dataset, job.data_dir)
-    build_model(job.model, ds.input_shape, ds.n_classes, 0, **job.model_params)
-    cfg = TrainConfig(epochs=job.epochs, batch_size=job.batch_size, lr=job.lr)
-    rows = []
     pairs = [(label, spec, seed) for label, spec in job.variants for seed in job.seeds]
-    finished = {}
-    for _, spec, seed in pairs:  # runs already in out must be of this ablation: checked up front
-        path = out / "runs" / f"{_slug(spec)}-s{seed}"
-        if (path / "meta.json").is_file():
-            finished[path] = _check_finished(path, job, ds.name, spec, seed)
-    for label, spec, seed in tqdm(pairs, desc="ablation", unit="run", disable=not progress):
-        path = out / "runs" / f"{_slug(spec)}-s{seed}"
-        wall = None
-        if path in finished:
-            final = finished[path]
-        else:  # a run killed mid-way continues from its last epoch checkpoint
-            t0 = time.perf_counter()
-            run = train(job.model, ds, spec, config=cfg, seed=seed, out=path, progress=False,
-                        model_params=job.model_params, resume=(path / "checkpoint" / "state.json").is_file())
-            final, wall = run.final, time.perf_counter() - t0
-        rows.append(_run_row(label, spec, seed, final, wall))
-    runs = pd.DataFrame(rows)
-    write_csv(runs, out / "ablation_runs.csv")
-    table = _summary(runs)
-    write_csv(table, out / "ablation.csv")
+    workloads = [trained(job.model, job.dataset, spec, job.train.replace(seed=seed), Path(job.out),
+                         data_dir=job.data_dir, model_params=job.model_params) for _, spec, seed in pairs]
+    check_trainings(workloads)
+    identity = job.model_dump(mode="json", exclude={"out", "workers", "scheduler", "data_dir"})
+    with job_dir(job.out, "ablation", identity, overwrite=overwrite) as out:
+        with Executor(job.workers, job.scheduler) as ex:
+            seconds, errors = run_all(workloads, ex, progress=progress, desc="ablation")
+        if errors:
+            raise TrainingError("; ".join(f"{w.recipe} (seed {w.args['config']['seed']}): {errors[w.path]}"
+                                          for w in workloads if w.path in errors))
+        runs = pd.DataFrame([_run_row(label, spec, seed, read(w.path).meta["final"], seconds[w.path])
+                             for (label, spec, seed), w in zip(pairs, workloads, strict=True)])
+        table = _summary(runs)
+        for name, df in (("ablation_runs.csv", runs), ("ablation.csv", table)):
+            with atomic_write(out / name) as tmp:
+                df.to_csv(tmp, index=False)
     return table
-
-
-def _check_finished(path, job: Ablation, dataset: str, spec: str, seed: int) -> dict:
-    """The final metrics of a finished run in ``path``; ConfigError if it is another run's."""
-    meta = read(path).meta
-    want = {"model": job.model, "dataset": dataset, "recipe": get_recipe(spec).name, "epochs": job.epochs,
-            "batch_size": job.batch_size, "lr": job.lr, "seed": seed}
-    have = {"model": meta["model"], "dataset": meta["dataset"], "recipe": meta["recipe"]["name"],
-            **{k: meta["train_config"][k] for k in ("epochs", "batch_size", "lr", "seed")}}
-    if have != want:
-        diff = next(k for k in want if have[k] != want[k])
-        raise ConfigError(f"{path} holds a run with {diff} = {have[diff]!r}, not {want[diff]!r}; use another --out")
-    return meta["final"]
 
 
 def _summary(runs: pd.DataFrame) -> pd.DataFrame:

@@ -131,8 +131,7 @@ def bench_sim(quick: bool = False) -> list[dict]:
     events (also with the steady-state batches, batch 4 .. 32): straight lines through them show
     the cost is linear in tiles."""
     from fourbit.hwsim.config import load_chip
-    from fourbit.hwsim.engine import simulate
-    from fourbit.hwsim.engine import clear_timing_cache
+    from fourbit.hwsim.engine import clear_timing_cache, simulate
     from fourbit.models.recipes import get_recipe
     from fourbit.traces.scalesim import import_topology
 

@@ -1,13 +1,21 @@
 """The ``fourbit`` command line: 4-bit training emulation and accelerator simulation.
 
-Each verb parses its arguments into the objects the Python API takes and calls the same function:
+Each verb parses its arguments into the objects the Python API takes and calls the same function;
+the options of a job are derived from its configuration model (`fourbit.analysis.options`), so
+each default and help text lives once, in the model:
 
-``fourbit run``       `fourbit.analysis.run.main_job`
-``fourbit train``     `fourbit.models.trainer.train`
-``fourbit simulate``  `fourbit.hwsim.simulate`
-``fourbit import-scalesim``  `fourbit.traces.scalesim.import_topology`
-``fourbit chip``      `fourbit.hwsim.load_chip` (prints the resolved chip as TOML)
+``fourbit run``       `fourbit.main_job` (`MainJob`)
+``fourbit train``     `fourbit.train` (`TrainConfig`)
+``fourbit simulate``  `fourbit.simulate`
+``fourbit import-scalesim``  `fourbit.import_topology`
+``fourbit chip``      `fourbit.load_chip` (prints the resolved chip as TOML)
+``fourbit ablation``  `fourbit.ablation` (`Ablation`)
+``fourbit sweep``     `fourbit.sweep` (`SweepSpec`)
+``fourbit compare``   `fourbit.compare` (`Comparison`)
+``fourbit report``    `fourbit.analysis.report.write_report`
 ``fourbit bench``     `fourbit.analysis.bench.run_benchmarks`
+
+Only the chosen verb's options are built (building them imports the verb's modules).
 
 Bad input (an unknown name, a value out of range, an unwritable directory) prints one line,
 ``fourbit: error: ...``, and exits with status 2; no traceback.
@@ -16,11 +24,10 @@ Bad input (an unknown name, a value out of range, an unwritable directory) print
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
-import pandas as pd
+from fourbit.analysis.options import LazyChoices, add_options, build, given
 
 __all__ = ["main"]
 
@@ -46,79 +53,87 @@ def _nonneg_int(text: str) -> int:
 
 
 def _overrides(pairs: list[str] | None) -> dict:
+    """``--set FIELD=VALUE`` pairs, each value parsed by its chip field's type."""
+    from fourbit.hwsim.config import ChipConfig
+    from fourbit.traces.config import field_info, parse_text
+
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = value.strip()
+        key, value = (part.strip() for part in pair.split("=", 1))
+        out[key] = parse_text(field_info(ChipConfig, key)[1], value, key)
     return out
 
 
-def _print_table(df: pd.DataFrame) -> None:
+def _print_table(df) -> None:
+    import pandas as pd
+
     with pd.option_context("display.width", 200, "display.max_columns", 50,
                            "display.float_format", "{:,.3f}".format):
         print(df.to_string(index=False))
 
 
-@contextlib.contextmanager
-def _removed_if_empty_on_failure(out: str):
-    """Remove ``out`` (and empty directories in it) when the command fails before writing
-    anything there and the directory did not exist before."""
-    from pathlib import Path
+# ---- the valid names, loaded only for help or a given value -------------------------------------
+def _models() -> list[str]:
+    from fourbit.models.zoo import MODELS
 
-    path = Path(out)
-    existed = path.exists()
-    try:
-        yield
-    except BaseException:
-        if not existed and path.is_dir():
-            for d in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only if empty: anything written stays
-        raise
+    return list(MODELS)
 
 
+def _datasets() -> list[str]:
+    from fourbit.models.data import DATASETS
+
+    return list(DATASETS)
+
+
+def _recipes() -> list[str]:
+    from fourbit.models.recipes import RECIPES
+
+    return list(RECIPES)
+
+
+def _presets() -> list[str]:
+    from fourbit.hwsim.config import preset_names
+
+    return preset_names()
+
+
+def _recipe_spec(text: str) -> bool:
+    """A recipe name with parameters (``int4:radix=2``): its parameters are checked later."""
+    return ":" in text and text.partition(":")[0].strip() in _recipes()
+
+
+def _chip_file(text: str) -> bool:
+    return text.endswith(".toml") or os.path.isfile(text)
+
+
+RECIPE_CHOICES = LazyChoices(_recipes, _recipe_spec)
+CHIP_CHOICES = LazyChoices(_presets, _chip_file)
+_CHOICES = {"model": LazyChoices(_models), "dataset": LazyChoices(_datasets), "recipe": RECIPE_CHOICES,
+            "baseline": RECIPE_CHOICES, "chip": CHIP_CHOICES, "baseline_chip": CHIP_CHOICES}
+_NOTES = {"recipe": "parameters may follow a colon: int4:radix=2,tpr=off", "baseline": "a recipe spec",
+          "chip": "or a TOML path", "baseline_chip": "or a TOML path",
+          "chips": "presets with a recipe: fourbit, fp16, int8, hfp8"}
+
+
+# ---- verbs ----------------------------------------------------------------------------------------
 def _cmd_run(args: argparse.Namespace) -> int:
     from fourbit.analysis.run import MainJob, main_job
 
-    job = MainJob(model=args.model, dataset=args.dataset, data_dir=args.data_dir, recipe=args.recipe,
-                  baseline=args.baseline, chip=args.chip, baseline_chip=args.baseline_chip,
-                  epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, out=args.out)
-    table = main_job(job, progress=not args.quiet)
+    job = build(MainJob(), given(args))
+    table = main_job(job, progress=not args.quiet, overwrite=args.overwrite)
     _print_table(table)
-    print(f"\nwrote {args.out}/main_job.csv, {args.out}/main_job.png and the run directories in {args.out}/runs")
+    print(f"\nwrote {job.out}/main_job.csv, {job.out}/main_job.png and the run directories in {job.out}/runs")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from fourbit.analysis.run import check_writable
-    from fourbit.models.recipes import get_recipe
     from fourbit.models.trainer import TrainConfig, train
-    from fourbit.models.zoo import MODELS
-    from fourbit.traces.errors import ConfigError
 
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: one continues the run at --out, the other replaces it")
-    get_recipe(args.recipe)  # a bad recipe or model is named before anything about --out
-    if args.model not in MODELS:
-        raise ConfigError(f"unknown model {args.model!r}; known models: {', '.join(MODELS)}")
-    if Path(args.out, "meta.json").exists() and not (args.overwrite or args.resume):
-        raise ConfigError(f"--out {args.out!r} already holds a run directory; pass --overwrite to replace it")
-    if Path(args.out, "checkpoint").exists() and not (args.overwrite or args.resume):
-        raise ConfigError(f"--out {args.out!r} holds the checkpoint of an unfinished run; pass --resume to "
-                          "continue it or --overwrite to start again")
-    with _removed_if_empty_on_failure(args.out):
-        check_writable(args.out)
-        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                          trace_every=args.trace_every, clip_norm=args.clip_norm,
-                          **({"lr": args.lr} if args.lr is not None else {}))
-        run = train(args.model, args.dataset, args.recipe, config=cfg, data_dir=args.data_dir,
-                    out=args.out, progress=not args.quiet, resume=args.resume)
+    run = train(args.model, args.dataset, args.recipe, config=build(TrainConfig(), given(args, "train.")),
+                data_dir=args.data_dir, out=args.out, progress=not args.quiet, resume=args.resume,
+                overwrite=args.overwrite)
     print(f"test accuracy: {100 * run.final['test_accuracy']:.2f} %")
     print(f"test loss: {run.final['test_loss']:.4f}  train loss: {run.final['train_loss']:.4f}")
     print(f"wrote {run.path}")
@@ -128,16 +143,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from fourbit.hwsim.config import load_chip
     from fourbit.hwsim.engine import simulate
-    from fourbit.traces.io import read
+    from fourbit.traces.files import atomic_write, created_dir
 
     chip = load_chip(args.chip, _overrides(args.set))
-    out = None
-    if args.out:
-        from fourbit.analysis.run import check_writable
-
-        out = check_writable(args.out)
-    report = simulate(read(args.run_dir), chip, step=args.step, input_grad=args.input_grad,
-                      extrapolate=args.extrapolate)
+    report = simulate(args.run_dir, chip, step=args.step, input_grad=args.input_grad, extrapolate=args.extrapolate)
     df = report.to_frame()
     cols = ["layer", "phase", "unit", "macs", "compute_cycles", "stall_cycles", "total_cycles",
             "utilization", "dram_read_bytes", "dram_write_bytes", "energy_pj"]
@@ -149,21 +158,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
           + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact (every tile)"))
     print(f"per step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
           f"{t['energy_pj'] * 1e-6:.3f} uJ, {t['tops_per_w']:.3f} TOPS/W")
-    if out is not None:
-        df.to_csv(out / "simulation.csv", index=False)
+    if args.out:
+        with created_dir(args.out) as out, atomic_write(out / "simulation.csv") as tmp:
+            df.to_csv(tmp, index=False)
         print(f"wrote {out / 'simulation.csv'}")
     return 0
 
 
 def _cmd_import_scalesim(args: argparse.Namespace) -> int:
-    from fourbit.analysis.run import check_writable
     from fourbit.models.recipes import get_recipe
+    from fourbit.traces.files import created_dir
     from fourbit.traces.scalesim import import_topology
 
     recipe = get_recipe(args.recipe)
-    out = check_writable(args.out)
     trace = import_topology(args.topology, args.batch, recipe.describe(), batchnorm=not args.no_batchnorm)
-    trace.write(out)
+    with created_dir(args.out) as out:
+        trace.write(out, overwrite=args.overwrite)
     g = trace.gemms
     fwd = g[g.phase == "fwd"]
     macs = int((fwd.M * fwd.N * fwd.K * fwd.groups).sum())
@@ -193,49 +203,45 @@ def _cmd_chip(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from fourbit.analysis.ablation import DEFAULT_VARIANTS, Ablation, ablation
+    from fourbit.analysis.ablation import Ablation, ablation
 
-    variants = tuple((spec, spec) for spec in args.recipe) if args.recipe else DEFAULT_VARIANTS
-    job = Ablation(model=args.model, dataset=args.dataset, data_dir=args.data_dir, variants=variants,
-                   seeds=tuple(args.seeds), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                   out=args.out)
-    table = ablation(job, progress=not args.quiet)
+    job = build(Ablation(), given(args))
+    if args.recipe:
+        job = job.replace(variants=tuple((spec, spec) for spec in args.recipe))
+    table = ablation(job, progress=not args.quiet, overwrite=args.overwrite)
     _print_table(table)
-    print(f"\nwrote {args.out}/ablation.csv, {args.out}/ablation_runs.csv and the run directories in {args.out}/runs")
+    print(f"\nwrote {job.out}/ablation.csv, {job.out}/ablation_runs.csv and the run directories in {job.out}/runs")
     return 0
 
 
-def _source_flags(args: argparse.Namespace) -> dict:
-    """The trace-source flags given on the command line (None: not given)."""
-    names = ("trace", "model", "dataset", "data_dir", "epochs", "batch_size", "lr", "seed")
-    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+def _source(base, args: argparse.Namespace):
+    """The trace source: ``base`` (a spec's, or the default) with the source flags given; a flag of
+    the other kind of source (``--trace`` against a spec's model, or ``--model``) replaces it."""
+    from fourbit.analysis.workloads import Source
+
+    flags = given(args, "source.")
+    if "trace" in flags and base.trace is None:
+        base = Source(trace=flags["trace"])
+    elif "model" in flags and base.trace is not None:
+        base = Source(model=flags["model"], dataset=flags.get("dataset", base.dataset or ""), train=base.train)
+    return build(base, flags)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from fourbit.analysis.plots import sweep_figures
-    from fourbit.analysis.sweep import Source, SweepSpec, load_spec, parse_grid, sweep
+    from fourbit.analysis.sweep import SweepSpec, load_spec, parse_grid, sweep
+    from fourbit.analysis.workloads import Source
 
-    given = {k: v for k, v in (("out", args.out), ("workers", args.workers), ("scheduler", args.scheduler),
-                                ("chip", args.chip), ("recipe", args.recipe)) if v is not None}
-    if args.exact:
-        given["extrapolate"] = False
-    flags = _source_flags(args)
+    top = {k: v for k, v in given(args).items() if k != "source"}
+    axes = parse_grid(args.grid or [])
     if args.spec:  # flags given on the command line override the spec's
-        spec = load_spec(args.spec, **given)
-        if args.grid:  # an axis given replaces the spec's axes that share a field with it
-            axes = parse_grid(args.grid)
-            fields = {f for ax in axes for f in ax.fields}
-            spec = replace(spec, grid=tuple(ax for ax in spec.grid if not fields & set(ax.fields)) + axes)
-        if "trace" in flags:  # another kind of source replaces the spec's
-            spec = replace(spec, source=Source(**flags))
-        elif flags:
-            spec = replace(spec, source=replace(spec.source, trace=None if "model" in flags else spec.source.trace,
-                                                **flags))
+        spec = load_spec(args.spec)
+        fields = {f for ax in axes for f in ax.fields}  # an axis given replaces the spec's sharing a field
+        grid = tuple(ax for ax in spec.grid if not fields & set(ax.fields)) + axes
+        spec = spec.replace(**top, grid=grid, source=_source(spec.source, args))
     else:
-        spec = SweepSpec(source=Source(**flags), grid=parse_grid(args.grid or []), **given)
-    table = sweep(spec, progress=not args.quiet)
+        spec = SweepSpec(source=_source(Source.model_construct(), args), grid=axes, **top)
+    table = sweep(spec, progress=not args.quiet, overwrite=args.overwrite)
     figures = sweep_figures(table, spec.out)
     failed = table[table.status != "ok"]
     shown = [c for c in table.columns if c in {f for ax in spec.grid for f in ax.fields}] + [
@@ -253,14 +259,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from fourbit.analysis.compare import compare
-    from fourbit.analysis.sweep import Source
+    from fourbit.analysis.compare import Comparison, compare
+    from fourbit.analysis.workloads import Source
 
-    with _removed_if_empty_on_failure(args.out):
-        table = compare(Source(**_source_flags(args)), chips=tuple(args.chips.split(",")), baseline=args.baseline, out=args.out,
-                        workers=args.workers, scheduler=args.scheduler, progress=not args.quiet)
+    top = {k: v for k, v in given(args).items() if k != "source"}
+    job = Comparison(source=_source(Source.model_construct(), args), **top)
+    table = compare(job, progress=not args.quiet, overwrite=args.overwrite)
     _print_table(table)
-    print(f"\nwrote {args.out}/compare.csv")
+    print(f"\nwrote {job.out}/compare.csv")
     return 0
 
 
@@ -279,26 +285,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_source_args(p: argparse.ArgumentParser, model_help: str) -> None:
-    """The flags naming a sweep's (or compare's) traces: a trace directory, or a model to train
-    (None: not given, `fourbit.analysis.sweep.Source`'s default applies)."""
-    p.add_argument("--trace", default=None, help="a run or imported trace directory (chip-only)")
-    p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--dataset", default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--epochs", type=_positive_int, default=None, help="training epochs per recipe (default 1)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (default 64)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1)")
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="training seed (default 0)")
-
-
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default unless it is None (the help text then says what None means)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with bad arguments reported on one line (exit status 2), pointing at --help."""
 
@@ -306,51 +292,57 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    fmt = _DefaultsFormatter
-    p = _Parser(prog="fourbit", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+def _flags(p: argparse.ArgumentParser, *names: str) -> None:
+    """The flags every job command shares: ``overwrite`` (the API's policy) and ``quiet``."""
+    if "overwrite" in names:
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the results already at --out (another job's, or foreign files)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    r = sub.add_parser("run", help="the main job: train int4 and fp32, simulate both chips, compare",
-                       formatter_class=fmt)
-    r.add_argument("--model", default="mlp")
-    r.add_argument("--dataset", default="digits")
-    r.add_argument("--data-dir", default=None)
-    r.add_argument("--recipe", default="int4")
-    r.add_argument("--baseline", default="fp32", help="baseline recipe (default fp32)")
-    r.add_argument("--chip", default="fourbit", help="chip preset or TOML for the 4-bit recipe")
-    r.add_argument("--baseline-chip", default="fp16", help="chip preset or TOML for the baseline")
-    r.add_argument("--epochs", type=_positive_int, default=20)
-    r.add_argument("--batch-size", type=_positive_int, default=64)
-    r.add_argument("--seed", type=_nonneg_int, default=0)
-    r.add_argument("--out", default="fourbit-out")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+def _verb(sub, name: str, description: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=_SUMMARY[name], description=description)
+
+
+def _source_options(p: argparse.ArgumentParser) -> None:
+    """The options of a job's `fourbit.analysis.workloads.Source` (a trace, or a model to train)."""
+    from fourbit.analysis.workloads import Source
+
+    add_options(p, Source, prefix="source.", exclude=("model_params",), choices=_CHOICES, notes=_NOTES)
+
+
+def _add_run(sub) -> None:
+    from fourbit.analysis.run import MainJob
+
+    r = _verb(sub, "run", "The main job: train the 4-bit recipe and the baseline, simulate a training step of "
+                          "each on its chip, compare (fourbit.main_job).")
+    add_options(r, MainJob, choices=_CHOICES, notes=_NOTES)
+    _flags(r, "overwrite")
     r.set_defaults(func=_cmd_run)
 
-    t = sub.add_parser("train", help="train a model with a recipe and write its run directory",
-                       formatter_class=fmt)
-    t.add_argument("--model", required=True)
-    t.add_argument("--dataset", required=True)
-    t.add_argument("--recipe", required=True)
-    t.add_argument("--epochs", type=_positive_int, default=20)
-    t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the trainer's 0.1)")
-    t.add_argument("--clip-norm", type=float, default=0.0,
-                   help="clip the global gradient norm to this value (LSTMs; 0: off)")
-    t.add_argument("--seed", type=_nonneg_int, default=0)
-    t.add_argument("--trace-every", type=_nonneg_int, default=0)
-    t.add_argument("--data-dir", default=None)
-    t.add_argument("--out", required=True)
-    t.add_argument("--overwrite", action="store_true", help="replace a run directory already at --out")
+
+def _add_train(sub) -> None:
+    from fourbit.models.trainer import TrainConfig
+
+    t = _verb(sub, "train", "Train a model with a recipe and write its run directory (fourbit.train).")
+    t.add_argument("--model", required=True, choices=_CHOICES["model"], help="the model: one of %(choices)s")
+    t.add_argument("--dataset", required=True, choices=_CHOICES["dataset"], help="the data set: one of %(choices)s")
+    t.add_argument("--recipe", required=True, choices=RECIPE_CHOICES,
+                   help=f"the recipe: one of %(choices)s ({_NOTES['recipe']})")
+    t.add_argument("--data-dir", default=None, help="where the data set's files are (default $FOURBIT_DATA_DIR)")
+    t.add_argument("--out", required=True, help="the run directory")
+    add_options(t, TrainConfig, prefix="train.")
     t.add_argument("--resume", action="store_true",
                    help="continue the run at --out from its last epoch checkpoint (same arguments)")
-    t.add_argument("--quiet", action="store_true")
+    _flags(t, "overwrite")
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("simulate", help="simulate one training step of a run directory on a chip",
-                       formatter_class=fmt)
-    s.add_argument("run_dir")
-    s.add_argument("--chip", required=True, help="preset name or TOML path (`fourbit chip` lists presets)")
+
+def _add_simulate(sub) -> None:
+    s = _verb(sub, "simulate", "Simulate one training step of a run directory on a chip (fourbit.simulate).")
+    s.add_argument("run_dir", help="a run or imported trace directory")
+    s.add_argument("--chip", required=True, choices=CHIP_CHOICES, metavar="CHIP",
+                   help="a chip preset, one of %(choices)s, or a TOML path")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a chip field, e.g. array.rows=64 (`fourbit chip PRESET` shows all fields)")
     s.add_argument("--step", type=_nonneg_int, default=None, help="recorded step (default: the last)")
@@ -361,76 +353,107 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="write simulation.csv there (default: print only)")
     s.set_defaults(func=_cmd_simulate)
 
-    im = sub.add_parser("import-scalesim", help="a SCALE-Sim topology as a training trace (shapes only)",
-                        formatter_class=fmt)
+
+def _add_import(sub) -> None:
+    im = _verb(sub, "import-scalesim", "A SCALE-Sim topology as a training trace, shapes only (fourbit.import_topology).")
     im.add_argument("topology", help="a SCALE-Sim conv or GEMM topology CSV, or a shipped name "
                     "(resnet18, resnet50, mobilenet_v1, gpt2_small)")
     im.add_argument("--batch", type=_positive_int, required=True, help="samples per training step")
-    im.add_argument("--recipe", default="int4", help="the recipe whose per-layer formats the trace takes")
+    im.add_argument("--recipe", default="int4", choices=RECIPE_CHOICES, metavar="RECIPE",
+                    help="the recipe whose per-layer formats the trace takes: one of %(choices)s (default: int4)")
     im.add_argument("--no-batchnorm", action="store_true", help="conv topologies without BatchNorm ops")
-    im.add_argument("--out", required=True)
+    im.add_argument("--out", required=True, help="the trace directory")
+    im.add_argument("--overwrite", action="store_true", help="replace a run directory already at --out")
     im.set_defaults(func=_cmd_import_scalesim)
 
-    c = sub.add_parser("chip", help="list the chip presets, or print one (with --set overrides) as TOML")
-    c.add_argument("preset", nargs="?", default=None)
-    c.add_argument("--set", action="append", metavar="FIELD=VALUE")
+
+def _add_chip(sub) -> None:
+    c = _verb(sub, "chip")
+    c.add_argument("preset", nargs="?", default=None, help="a preset name or TOML path (none: list the presets)")
+    c.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a chip field, e.g. array.rows=64")
     c.add_argument("--peak", action="store_true",
                    help="peak TOPS and modelled TOPS/W per unit (with published figures for rapid) and area per block")
     c.set_defaults(func=_cmd_chip)
 
-    a = sub.add_parser("ablation", help="the FP4 ablation: log base, TPR, GradScale vs global scale, over seeds",
-                       formatter_class=fmt)
-    a.add_argument("--model", default="lenet5")
-    a.add_argument("--dataset", default="mnist")
-    a.add_argument("--data-dir", default=None)
-    a.add_argument("--recipe", action="append", metavar="SPEC",
-                   help="a recipe spec to compare, e.g. int4:radix=2,tpr=off (repeatable; default: the paper's variants)")
-    a.add_argument("--seeds", type=_nonneg_int, nargs="+", default=[0, 1])
-    a.add_argument("--epochs", type=_positive_int, default=1)
-    a.add_argument("--batch-size", type=_positive_int, default=64)
-    a.add_argument("--lr", type=float, default=0.1)
-    a.add_argument("--out", default="ablation-out")
-    a.add_argument("--quiet", action="store_true")
+
+def _add_ablation(sub) -> None:
+    from fourbit.analysis.ablation import Ablation
+
+    a = _verb(sub, "ablation", "The FP4 ablation: every variant trained with every seed (fourbit.ablation).")
+    add_options(a, Ablation, exclude=("variants", "model_params", "train.seed"), choices=_CHOICES, notes=_NOTES)
+    a.add_argument("--recipe", action="append", metavar="SPEC", choices=RECIPE_CHOICES,
+                   help="a recipe spec to compare, e.g. int4:radix=2,tpr=off (repeatable; default: the paper's "
+                        "variants: fp32, int4 at radix 2, 4, 8 and 16 with and without TPR, a global loss scale)")
+    _flags(a, "overwrite")
     a.set_defaults(func=_cmd_ablation)
 
-    w = sub.add_parser("sweep", help="a grid over chip fields and recipe parameters: simulate (and train) every point",
-                       formatter_class=fmt)
-    _add_source_args(w, "train this model for every distinct recipe of the grid")
+
+def _add_sweep(sub) -> None:
+    from fourbit.analysis.sweep import SweepSpec
+
+    w = _verb(sub, "sweep", "A grid over chip fields and recipe parameters (fourbit.sweep). Either --trace or "
+                            "--model with --dataset names the workload.")
+    _source_options(w)
+    add_options(w, SweepSpec, exclude=("source", "grid"), choices=_CHOICES, notes=_NOTES)
     w.add_argument("--grid", action="append", metavar="FIELD[,FIELD]=V1,V2,...",
                    help="an axis: chip fields (array.rows, array.dataflow, log_path.radix, ...), chip, recipe, "
                         "recipe.<param> (radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc); repeatable")
-    w.add_argument("--spec", default=None, help="a TOML sweep spec ([source], [[grid]], ...); flags given override it")
-    w.add_argument("--chip", default=None, help="the base chip (preset or TOML; default fourbit)")
-    w.add_argument("--recipe", default=None, help="the base recipe (default: the trace's, or int4)")
-    w.add_argument("--out", default=None, help="output directory (default sweep-out)")
-    w.add_argument("--workers", type=_positive_int, default=None, help="local worker processes (default 1)")
-    w.add_argument("--scheduler", default=None, help="a dask.distributed scheduler address, tcp://HOST:PORT")
-    w.add_argument("--exact", action="store_true",
-                   help="simulate every GEMM in full, instead of extrapolating long GEMMs from probes")
-    w.add_argument("--quiet", action="store_true")
+    w.add_argument("--spec", default=None, help="a TOML sweep spec (README: the format); flags given override it")
+    _flags(w, "overwrite")
     w.set_defaults(func=_cmd_sweep)
 
-    cm = sub.add_parser("compare", help="the 4-bit chip vs FP16, INT8 and HFP8 chips, iso-array and iso-area",
-                        formatter_class=fmt)
-    _add_source_args(cm, "train this model with each chip's recipe")
-    cm.add_argument("--chips", default="fourbit,fp16,int8,hfp8", help="chip presets, comma separated")
-    cm.add_argument("--baseline", default="fp16")
-    cm.add_argument("--out", default="compare-out")
-    cm.add_argument("--workers", type=_positive_int, default=1)
-    cm.add_argument("--scheduler", default=None)
-    cm.add_argument("--quiet", action="store_true")
+
+def _add_compare(sub) -> None:
+    from fourbit.analysis.compare import Comparison
+
+    cm = _verb(sub, "compare", "Each chip with its own recipe, iso-array and iso-area (fourbit.compare). Either "
+                               "--trace or --model with --dataset names the workload.")
+    _source_options(cm)
+    add_options(cm, Comparison, exclude=("source",), choices=_CHOICES, notes=_NOTES)
+    _flags(cm, "overwrite")
     cm.set_defaults(func=_cmd_compare)
 
-    rp = sub.add_parser("report", help="one static HTML page of a sweep's (or compare's) tables and figures")
-    rp.add_argument("directory")
+
+def _add_report(sub) -> None:
+    rp = _verb(sub, "report")
+    rp.add_argument("directory", help="a sweep, compare, ablation or main-job output directory")
     rp.set_defaults(func=_cmd_report)
 
-    b = sub.add_parser("bench", help="the software's own speed, as ratios measured side by side")
+
+def _add_bench(sub) -> None:
+    b = _verb(sub, "bench")
     b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim, train, trace")
     b.add_argument("--data-dir", default=None, help="MNIST files for the train benchmark (default $FOURBIT_DATA_DIR)")
     b.add_argument("--json", action="store_true", help="print a JSON list of records")
     b.add_argument("--quick", action="store_true", help="fewer repeats, skip the slowest kernels")
     b.set_defaults(func=_cmd_bench)
+
+
+_VERBS = {"run": _add_run, "train": _add_train, "simulate": _add_simulate, "import-scalesim": _add_import,
+          "chip": _add_chip, "ablation": _add_ablation, "sweep": _add_sweep, "compare": _add_compare,
+          "report": _add_report, "bench": _add_bench}
+_SUMMARY = {"run": "the main job: train int4 and fp32, simulate both chips, compare",
+            "train": "train a model with a recipe and write its run directory",
+            "simulate": "simulate one training step of a run directory on a chip",
+            "import-scalesim": "a SCALE-Sim topology as a training trace (shapes only)",
+            "chip": "list the chip presets, or print one (with --set overrides) as TOML",
+            "ablation": "the FP4 ablation: log base, TPR, GradScale vs global scale, over seeds",
+            "sweep": "a grid over chip fields and recipe parameters: simulate (and train) every point",
+            "compare": "the 4-bit chip vs FP16, INT8 and HFP8 chips, iso-array and iso-area",
+            "report": "one static HTML page of a sweep's (or compare's) tables and figures",
+            "bench": "the software's own speed, as ratios measured side by side"}
+
+
+def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the options of the verb named in ``argv`` are built."""
+    p = _Parser(prog="fourbit", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verb = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    for name, add in _VERBS.items():
+        if name == verb:
+            add(sub)
+        else:
+            sub.add_parser(name, help=_SUMMARY[name])
     return p
 
 
@@ -438,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fourbit`` script; returns the exit status."""
     from fourbit.traces.errors import FourbitError
 
-    parser = _parser()
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -16,55 +16,86 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from pydantic import Field, model_validator
 
-from fourbit.analysis.run import check_writable, write_csv
-from fourbit.analysis.sweep import Axis, Source, SweepSpec, sweep
-from fourbit.hwsim.config import load_chip
-from fourbit.hwsim.config import iso_area
+from fourbit.analysis.jobdir import job_dir
+from fourbit.analysis.sweep import Axis, SweepSpec, _execute, _plan
+from fourbit.analysis.workloads import Source
+from fourbit.hwsim.config import iso_area, load_chip
 from fourbit.hwsim.energy import chip_area
-from fourbit.traces.errors import ConfigError
+from fourbit.traces.config import PathText, StrictModel
+from fourbit.traces.files import atomic_write
 
-__all__ = ["CHIP_RECIPES", "compare"]
+__all__ = ["CHIP_RECIPES", "Comparison", "compare"]
 
 CHIP_RECIPES = {"fourbit": "int4", "fp16": "fp16", "int8": "int8", "hfp8": "hfp8"}
 """Each chip preset and the recipe whose numerics it implements."""
 
 
-def compare(source: Source, *, chips: tuple[str, ...] = ("fourbit", "fp16", "int8", "hfp8"),
-            baseline: str = "fp16", out: str | Path = "compare-out", workers: int = 1,
-            scheduler: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Compare ``chips`` against ``baseline`` on ``source``'s workload; returns the table.
+class Comparison(StrictModel):
+    """A comparison: ``chips`` (presets of `CHIP_RECIPES`) against ``baseline`` on ``source``'s
+    workload, written to ``out``; ``workers`` local processes or a ``scheduler``."""
+
+    source: Source = Field(description="where the traces come from")
+    chips: tuple[str, ...] = Field(("fourbit", "fp16", "int8", "hfp8"), min_length=1,
+                                   description="chip presets, each with its own recipe")
+    baseline: str = Field("fp16", description="the chip the others are compared with")
+    out: PathText = Field("compare-out", description="output directory")
+    workers: int = Field(1, ge=1, description="local worker processes")
+    scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
+
+    @model_validator(mode="after")
+    def _known_chips(self) -> Comparison:
+        if len(set(self.chips)) != len(self.chips):
+            raise ValueError(f"compare: chips {self.chips} name a chip twice")
+        for c in self.chips:
+            if c not in CHIP_RECIPES:
+                raise ValueError(f"compare: chip {c!r} has no recipe; chips: {', '.join(CHIP_RECIPES)}")
+        if self.baseline not in self.chips:
+            raise ValueError(f"compare: the baseline {self.baseline!r} must be one of the chips {self.chips}")
+        return self
+
+
+def compare(job: Comparison | Source | None = None, *, progress: bool = True, overwrite: bool = False,
+            **fields) -> pd.DataFrame:
+    """Compare ``chips`` against ``baseline`` on a workload; returns the table.
+
+    ``job`` is a `Comparison`, or the `fourbit.analysis.workloads.Source` of one whose other
+    fields (``chips``, ``baseline``, ``out``, ``workers``, ``scheduler``) are given as keywords
+    (``compare(Source(trace="runs/x"), out="cmp")``). The same comparison on the same
+    ``out`` continues (trained runs and simulated points are reused); another job's directory is
+    refused unless ``overwrite`` (`fourbit.analysis.jobdir`).
 
     Raises
     ------
     ConfigError
         A chip without a known recipe (see `CHIP_RECIPES`), a chip named twice, a baseline not
-        among the chips, or
-        anything `fourbit.analysis.sweep.sweep` rejects; before any work.
+        among the chips, ``out`` refused, or anything `fourbit.analysis.sweep.sweep` rejects;
+        before any work.
     """
-    chips = tuple(c.strip() for c in chips)
-    baseline = baseline.strip()
-    if len(set(chips)) != len(chips):
-        raise ConfigError(f"compare: chips {chips} name a chip twice")
-    for c in chips:
-        if c not in CHIP_RECIPES:
-            raise ConfigError(f"compare: chip {c!r} has no recipe; chips: {', '.join(CHIP_RECIPES)}")
-    if baseline not in chips:
-        raise ConfigError(f"compare: the baseline {baseline!r} must be one of the chips {chips}")
-    out = check_writable(out)
+    if not isinstance(job, Comparison):
+        job = Comparison(**({"source": job} if job is not None else {}), **fields)
+    elif fields:
+        job = job.replace(**fields)
+    chips, baseline = job.chips, job.baseline
     ref = load_chip(baseline)
     shapes = {"iso-array": {c: load_chip(c).array for c in chips},
               "iso-area": {c: iso_area(load_chip(c), ref).array for c in chips}}
-    tables = []
+    specs, plans = {}, {}
     for mode, arrays in shapes.items():
         values = tuple((c, CHIP_RECIPES[c], arrays[c].rows, arrays[c].cols) for c in chips)
-        spec = SweepSpec(source=source, grid=(Axis(("chip", "recipe", "array.rows", "array.cols"), values),),
-                         out=str(out), workers=workers, scheduler=scheduler, table_name=f"results_{mode}")
-        t = sweep(spec, progress=progress)
-        t.insert(0, "mode", mode)
-        tables.append(t)
-    table = pd.concat(tables, ignore_index=True)
-    return _finish(table, baseline, out)
+        specs[mode] = SweepSpec(source=job.source, out=job.out, workers=job.workers, scheduler=job.scheduler,
+                                grid=(Axis(fields=("chip", "recipe", "array.rows", "array.cols"), values=values),))
+        plans[mode] = _plan(specs[mode])
+    identity = job.model_dump(mode="json", exclude={"out", "workers", "scheduler"})
+    identity["source"].pop("data_dir", None)
+    with job_dir(job.out, "compare", identity, overwrite=overwrite) as out:
+        tables = []
+        for mode, spec in specs.items():
+            t = _execute(spec, plans[mode], out, f"results_{mode}", progress)
+            t.insert(0, "mode", mode)
+            tables.append(t)
+        return _finish(pd.concat(tables, ignore_index=True), baseline, out)
 
 
 def _finish(table: pd.DataFrame, baseline: str, out: Path) -> pd.DataFrame:
@@ -90,5 +121,6 @@ def _finish(table: pd.DataFrame, baseline: str, out: Path) -> pd.DataFrame:
              "energy_per_step_uj", f"energy_ratio_vs_{baseline}", "dram_bytes_per_step", "utilization",
              "test_accuracy_pct", f"accuracy_delta_vs_{baseline}_pts", "status"]
     df = df[order]
-    write_csv(df, out / "compare.csv")
+    with atomic_write(out / "compare.csv") as tmp:
+        df.to_csv(tmp, index=False)
     return df

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fourbit.hwsim.report import SimReport  # noqa: E402
+from fourbit.traces.files import atomic_write  # noqa: E402
 
 __all__ = ["main_job_figure", "sweep_figures"]
 
@@ -45,22 +46,22 @@ def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | P
     ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    _write(fig, path)
     plt.close(fig)
     return path
 
 
-def _save(fig, out: Path, stem: str) -> list[Path]:
-    """Write ``fig`` as PNG and SVG (atomically, temporary names renamed into place)."""
-    import os
+def _write(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names."""
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix[1:])
 
-    paths = []
-    for ext in ("png", "svg"):
-        path = out / f"{stem}.{ext}"
-        tmp = out / f".{stem}.tmp.{ext}"
-        fig.savefig(tmp, dpi=120, format=ext)
-        os.replace(tmp, path)
-        paths.append(path)
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as PNG and SVG."""
+    paths = [out / f"{stem}.{ext}" for ext in ("png", "svg")]
+    for path in paths:
+        _write(fig, path)
     plt.close(fig)
     return paths
 

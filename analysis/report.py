@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from fourbit.traces.errors import ConfigError
+from fourbit.traces.files import atomic_write
 
 __all__ = ["write_report"]
 
@@ -73,7 +74,6 @@ def write_report(directory: str | Path) -> Path:
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fourbit report</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     out = d / "report.html"
-    tmp = d / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out

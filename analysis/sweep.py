@@ -3,10 +3,10 @@
 ``sweep(spec) -> DataFrame`` and ``fourbit sweep`` expand the grid (the product of its axes; one
 axis may set several fields together), check every point before any work starts, then
 
-1. get one trace per distinct recipe: the given trace; a SCALE-Sim import re-imported with the
-   point's recipe (shapes only, no accuracy); or a training run, trained once per distinct
-   (model, dataset, recipe, seed, hyper-parameters) and cached in ``out/runs/<hash>`` (a killed
-   training resumes from its epoch checkpoint);
+1. get one trace per distinct recipe from the spec's `fourbit.analysis.workloads.Source`: the
+   given trace; a SCALE-Sim import re-imported with the point's recipe (shapes only, no
+   accuracy); or a training run, trained once per distinct recipe and cached in ``out/runs``
+   (a killed training resumes from its epoch checkpoint);
 2. simulate every point on its chip, writing each finished point atomically to
    ``out/points/<id>.parquet`` (its parameters, status and report totals) with its per-layer
    table next to it; a rerun skips finished points and retries failed ones;
@@ -25,111 +25,108 @@ one is swept, and a radix without an odd phase (2, 8) runs single phase even whe
 is on (the ``tpr`` column says which ran). A ``recipe`` value with several parameters separates
 them with ``+`` (``int4:radix=16+grad_scaling=global``), since commas separate grid values.
 
-Execution: ``workers=1`` runs the points in this process; ``workers > 1`` starts a
-`dask.distributed.LocalCluster` of that many single-threaded worker processes; ``scheduler``
-connects to a running cluster (the output directory must then be on a filesystem the workers
-share). Each task is the same function in every case.
+Values from a TOML spec must have their field's type (``values = [8, 16]``, not ``["8"]``);
+values typed on the command line (``--grid array.rows=8,16``) are parsed by the field's type.
+Paths in a spec file (``source.trace``, ``source.data_dir``, ``out``, a chip TOML) are relative to
+the spec file.
+
+Execution (`fourbit.analysis.executor.Executor`): ``workers=1`` runs the points in this process;
+``workers > 1`` starts a `dask.distributed.LocalCluster` of that many single-threaded worker
+processes; ``scheduler`` connects to a running cluster (the output directory must then be on a
+filesystem the workers share). Each task is the same function in every case. The output
+directory follows `fourbit.analysis.jobdir`: the same sweep again continues (finished points are
+reused), another sweep's directory is refused without ``overwrite``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import os
 import tomllib
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BeforeValidator, Field
 from tqdm.auto import tqdm
 
-from fourbit.analysis.run import check_writable
-from fourbit.hwsim.config import load_chip
-from fourbit.models.recipes import Recipe, get_recipe, parse_recipe
-from fourbit.traces.errors import ConfigError, FourbitError
+from fourbit.analysis.executor import Executor
+from fourbit.analysis.jobdir import job_dir
+from fourbit.analysis.workloads import Source, Workload, check_trainings, digest, run_all
+from fourbit.hwsim.config import ChipConfig, load_chip
+from fourbit.models.recipes import RECIPES, Recipe, get_recipe, param_text, parse_recipe
+from fourbit.traces.config import PathText, StrictModel, field_info, parse_text
+from fourbit.traces.errors import ConfigError
+from fourbit.traces.files import atomic_write
 from fourbit.traces.io import Trace, read
 
-__all__ = ["Axis", "Source", "SweepSpec", "load_spec", "parse_grid", "sweep"]
+__all__ = ["Axis", "SweepSpec", "load_spec", "parse_grid", "sweep"]
 
-RECIPE_PARAMS = ("radix", "exponent_bits", "tpr", "grad_scaling", "tie", "bwd_acc")
 LINKED = ("radix", "exponent_bits")  # log_path.<x> <-> recipe.<x>
 TOTALS = ["total_cycles", "compute_cycles", "stall_cycles", "memory_stall_cycles", "scaling_stall_cycles",
           "time_s", "samples_per_s", "macs", "utilization", "energy_pj", "datapath_energy_pj", "tops_per_w",
           "dram_read_bytes", "dram_write_bytes", "sram_read_bytes", "sram_write_bytes"]
 
 
+def _recipe_param_type(key: str) -> Any:
+    """The type of the recipe parameter ``key`` (the recipes that have it agree on it).
+
+    Raises ConfigError naming the parameters there are."""
+    for model, _ in RECIPES.values():
+        if key in model.model_fields:
+            return model.model_fields[key].annotation
+    known = sorted({k for model, _ in RECIPES.values() for k in model.model_fields})
+    raise ConfigError(f"unknown grid field 'recipe.{key}'; recipe parameters: {', '.join(known)}")
+
+
 # ---------------------------------------------------------------------------------------------
 # the spec
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Axis:
+def _names(value):
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+
+
+def _values(value):
+    return tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+
+
+class Axis(StrictModel):
     """One grid axis: every value sets all ``fields`` (a tuple value sets them one each)."""
 
-    fields: tuple[str, ...]
-    values: tuple
+    PATH = "grid"
+    fields: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
+        min_length=1, description="the field (or fields) the axis sets")
+    values: Annotated[tuple, BeforeValidator(_values)] = Field(min_length=1, description="the values, in order")
 
     @property
     def name(self) -> str:
         return ",".join(self.fields)
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where the traces come from: an existing ``trace`` directory (a run or an import), or a
-    ``model`` trained on ``dataset`` (with these hyper-parameters) for every distinct recipe."""
-
-    trace: str | None = None
-    model: str | None = None
-    dataset: str | None = None
-    data_dir: str | None = None
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.1
-    seed: int = 0
-    model_params: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(StrictModel):
     """A sweep: ``source``, the base ``chip`` and ``recipe`` (None: the trace's own), the ``grid``
     axes, the output directory and where to run (``workers`` processes or a ``scheduler``)."""
 
-    source: Source
-    grid: tuple[Axis, ...]
-    out: str = "sweep-out"
-    chip: str = "fourbit"
-    recipe: str | None = None
-    workers: int = 1
-    scheduler: str | None = None
-    input_grad: bool = False
-    extrapolate: bool = True  # steady-state extrapolation of long GEMMs (`fourbit.hwsim.simulate`)
-    table_name: str = "results"  # out/<table_name>.parquet and .csv
-
-
-def _typed(text: str):
-    """A grid value from the command line or TOML: bool, int, float or string."""
-    if not isinstance(text, str):
-        return text
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(low)
-        except ValueError:
-            pass
-    return text.strip()
+    source: Source = Field(description="where the traces come from")
+    grid: Annotated[tuple[Axis, ...], BeforeValidator(_values)] = Field(description="the axes; the grid is their product")
+    out: PathText = Field("sweep-out", description="output directory")
+    chip: PathText = Field("fourbit", description="the base chip: a preset or a TOML path")
+    recipe: str | None = Field(None, description="the base recipe (none: the trace's own, or int4)")
+    workers: int = Field(1, ge=1, description="local worker processes")
+    scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
+    input_grad: bool = Field(False, description="also simulate bwd_data of the input layer")
+    extrapolate: bool = Field(True, description="extrapolate long GEMMs from short probes (fourbit.simulate)")
 
 
 def parse_grid(items: list[str]) -> tuple[Axis, ...]:
-    """``["array.rows,array.cols=8,16,32", "log_path.radix=2,4"]`` -> axes.
+    """``["array.rows,array.cols=8,16,32", "log_path.radix=2,4"]`` -> axes, each value parsed by
+    its field's type (a chip field of `fourbit.hwsim.config.ChipConfig`, ``recipe.<param>``, or
+    ``chip`` and ``recipe``, which are text).
 
-    Raises ConfigError for an item without ``=``, an empty field name or an empty value list."""
+    Raises ConfigError for an item without ``=``, an empty field name or value, an unknown field
+    or a value that is not of the field's type."""
     axes = []
     for item in items:
         names, eq, values = item.partition("=")
@@ -141,56 +138,65 @@ def parse_grid(items: list[str]) -> tuple[Axis, ...]:
             raise ConfigError(f"--grid {item!r}: the axis {','.join(fields)} has no values")
         if not all(parts):
             raise ConfigError(f"--grid {item!r}: an empty value between commas")
-        vals = tuple(_typed(v) for v in parts)
-        axes.append(Axis(fields, vals))
+        types = [_field_type(f) for f in fields]
+        axes.append(Axis(fields=fields, values=tuple(_typed_value(fields, types, v) for v in parts)))
     return tuple(axes)
 
 
-def load_spec(path: str | Path, **overrides) -> SweepSpec:
-    """A sweep spec from TOML: ``[source]`` (trace, or model/dataset/data_dir/epochs/batch_size/
-    lr/seed), optional ``chip``/``recipe``/``out``/``workers``/``scheduler`` at the top level,
-    and ``[[grid]]`` tables with ``fields`` (a list or one name) and ``values``.
+def _field_type(name: str) -> Any:
+    if name in ("chip", "recipe"):
+        return str
+    if name.startswith("recipe."):
+        return _recipe_param_type(name[7:])
+    return field_info(ChipConfig, name)[1]
 
-    Raises ConfigError naming the key for unknown keys or bad types."""
+
+def _typed_value(fields: tuple[str, ...], types: list, text: str):
+    """One command-line value of an axis: every field of the axis takes it, so it must parse
+    for each (``array.rows,array.cols=8`` sets both to 8)."""
+    values = {parse_text(t, text, f) for f, t in zip(fields, types, strict=True)}
+    if len(values) > 1:
+        raise ConfigError(f"--grid value {text!r} means different things for {', '.join(fields)}")
+    return values.pop()
+
+
+def load_spec(path: str | Path, **overrides) -> SweepSpec:
+    """A sweep spec from TOML (the fields of `SweepSpec`: ``[source]`` with its ``[source.train]``,
+    ``[[grid]]`` tables of ``fields`` and ``values``, and ``chip``, ``recipe``, ``out``,
+    ``workers``, ``scheduler``, ``input_grad``, ``extrapolate`` at the top level), then
+    ``overrides`` (given on the command line). Paths in the file are relative to the file.
+
+    Raises ConfigError naming the file and the dotted field for unknown keys, wrong types and
+    values out of range."""
+    path = Path(path)
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"sweep spec {path}: {exc}") from exc
-    known = {"source", "grid", "chip", "recipe", "out", "workers", "scheduler", "input_grad", "extrapolate"}
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"sweep spec {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
-    types = {"chip": str, "recipe": str, "out": str, "workers": int, "scheduler": str, "input_grad": bool,
-             "extrapolate": bool}
-    for key, typ in types.items():
-        if key in data and (not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool))):
-            raise ConfigError(f"sweep spec {path}: {key} must be a {typ.__name__}, got {data[key]!r}")
-    src = data.get("source", {})
-    if not isinstance(src, dict):
-        raise ConfigError(f"sweep spec {path}: [source] must be a table")
-    src_types = {"trace": str, "model": str, "dataset": str, "data_dir": str, "epochs": int, "batch_size": int,
-                 "lr": (int, float), "seed": int, "model_params": dict}
-    for key, value in src.items():
-        if key not in src_types:
-            raise ConfigError(f"sweep spec {path}: unknown key source.{key}; known: {', '.join(src_types)}")
-        if not isinstance(value, src_types[key]) or isinstance(value, bool):
-            raise ConfigError(f"sweep spec {path}: source.{key} has the wrong type ({value!r})")
-    source = Source(**src)
-    grid = data.get("grid", [])
-    if not isinstance(grid, list):
-        raise ConfigError(f"sweep spec {path}: grid must be an array of tables ([[grid]])")
-    axes = []
-    for i, ax in enumerate(grid):
-        if not isinstance(ax, dict) or set(ax) != {"fields", "values"}:
-            raise ConfigError(f"sweep spec {path}: grid[{i}] needs exactly the keys fields and values")
-        fields = (ax["fields"],) if isinstance(ax["fields"], str) else ax["fields"]
-        if not isinstance(fields, list | tuple) or not fields or not all(isinstance(f, str) and f for f in fields):
-            raise ConfigError(f"sweep spec {path}: grid[{i}].fields must be a field name or a non-empty list of them")
-        if not isinstance(ax["values"], list) or not ax["values"]:
-            raise ConfigError(f"sweep spec {path}: grid[{i}].values must be a non-empty list")
-        axes.append(Axis(tuple(fields), tuple(tuple(v) if isinstance(v, list) else v for v in ax["values"])))
-    top = {k: data[k] for k in types if k in data}
-    return SweepSpec(source=source, grid=tuple(axes), **{**top, **overrides})
+    base = path.resolve().parent
+    src = data.get("source")
+    if isinstance(src, dict):
+        data["source"] = {**src, **{k: _relative(src[k], base) for k in ("trace", "data_dir") if isinstance(src.get(k), str)}}
+    if isinstance(data.get("out"), str):
+        data["out"] = _relative(data["out"], base)
+    if isinstance(data.get("chip"), str) and not _is_preset(data["chip"]):
+        data["chip"] = _relative(data["chip"], base)
+    for ax in data.get("grid", []) if isinstance(data.get("grid"), list) else []:
+        if isinstance(ax, dict) and _names(ax.get("fields")) == ("chip",) and isinstance(ax.get("values"), list):
+            ax["values"] = [_relative(v, base) if isinstance(v, str) and not _is_preset(v) else v for v in ax["values"]]
+    spec = SweepSpec.parse(data, f"sweep spec {path}")
+    return spec.replace(**overrides) if overrides else spec
+
+
+def _relative(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def _is_preset(name: str) -> bool:
+    from fourbit.hwsim.config import preset_names
+
+    return name in preset_names()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,14 +215,12 @@ class Point:
     group: str = ""  # points with the same timing-relevant chip fields (run on one worker)
 
 
-def _points(spec: SweepSpec, base_recipe: str, source_key: str = "") -> list[Point]:
+def _points(spec: SweepSpec, base_recipe: str, source_key: str) -> list[Point]:
     """Expand and resolve the grid; every error names the field. ``source_key`` identifies the
     workload (a point of another trace or training is another point)."""
     if not spec.grid:
         raise ConfigError("the grid is empty: give at least one --grid FIELD=V1,V2,...")
     for ax in spec.grid:
-        if not ax.values:
-            raise ConfigError(f"grid axis {ax.name}: no values")
         for v in ax.values:
             if isinstance(v, tuple) and len(v) != len(ax.fields):
                 raise ConfigError(f"grid axis {ax.name}: value {v!r} has {len(v)} parts for {len(ax.fields)} fields")
@@ -234,38 +238,11 @@ def _points(spec: SweepSpec, base_recipe: str, source_key: str = "") -> list[Poi
     return points
 
 
-def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source_key: str = "") -> Point:
-    chip_name = str(values.get("chip", spec.chip))
-    recipe_name, params = parse_recipe(str(values.get("recipe", base_recipe)))
-    chip_over = {}
-    for f, v in values.items():
-        if f in ("chip", "recipe"):
-            continue
-        if f.startswith("recipe."):
-            key = f[7:]
-            if key not in RECIPE_PARAMS:
-                raise ConfigError(f"unknown grid field {f!r}; recipe parameters: {', '.join(RECIPE_PARAMS)}")
-            params[key] = v
-        else:
-            chip_over[f] = v
-    for key in LINKED:  # one log base for the datapath and the numerics
-        chip_f = f"log_path.{key}"
-        if isinstance(params.get(key), str) and params[key].strip().isdigit():
-            params[key] = int(params[key])  # as on the command line (a TOML string "8")
-        if chip_f in chip_over and key in params and str(chip_over[chip_f]) != str(params[key]):
-            raise ConfigError(f"grid point {index}: {chip_f} = {chip_over[chip_f]} and recipe.{key} = {params[key]} "
-                              "differ; they are one setting (sweep either)")
-        if chip_f in chip_over and key not in params and _has_param(recipe_name, key):
-            params[key] = chip_over[chip_f]
-        elif key in params and chip_f not in chip_over:
-            chip_over[chip_f] = params[key]
-    radix = params.get("radix")
-    if radix in (2, 8) and _has_param(recipe_name, "tpr"):
-        params["tpr"] = False  # no odd phase: single-phase rounding (the tpr column says so)
-    spec_text = recipe_name + (":" + ",".join(f"{k}={_text(v)}" for k, v in params.items()) if params else "")
+def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source_key: str) -> Point:
     where = f"grid point {index} ({', '.join(f'{k}={v}' for k, v in values.items())})"
     try:
-        get_recipe(spec_text)  # checks the recipe parameters
+        chip_name, chip_over, recipe_spec = _split(spec, base_recipe, index, values)
+        get_recipe(recipe_spec)  # checks the recipe parameters
         chip = load_chip(chip_name, chip_over)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -273,119 +250,55 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source
     for section in ("log_path", "energy"):  # energy and numerics only: the same GEMM timings
         timing.pop(section, None)
     timing["chip"] = {"cores": chip.chip.cores}
-    pid = _digest({"values": values, "chip": chip_name, "over": chip_over, "recipe": spec_text,
-                   "source": source_key, "input_grad": spec.input_grad,
-                   "extrapolate": spec.extrapolate})
-    return Point(index, values, chip_name, chip_over, spec_text, pid, _digest(timing))
+    pid = digest({"values": values, "chip": chip_name, "over": chip_over, "recipe": recipe_spec,
+                  "source": source_key, "input_grad": spec.input_grad, "extrapolate": spec.extrapolate})
+    return Point(index, values, chip_name, chip_over, recipe_spec, pid, digest(timing))
 
 
-def _has_param(recipe_name: str, key: str) -> bool:
-    import inspect
-
-    from fourbit.models.recipes import RECIPES
-
-    return recipe_name in RECIPES and key in inspect.signature(RECIPES[recipe_name]).parameters
-
-
-def _text(v) -> str:
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    return str(v)
-
-
-# ---------------------------------------------------------------------------------------------
-# traces: given, re-imported, or trained once per distinct recipe
-# ---------------------------------------------------------------------------------------------
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class _TraceJob:
-    """How to get the trace of one recipe: ``kind`` given | import | train."""
-
-    kind: str
-    recipe: str
-    path: str  # where the trace is (given) or will be written
-    args: dict
-
-
-def _trace_jobs(spec: SweepSpec, recipes: list[str], out: Path) -> tuple[dict[str, _TraceJob], str]:
-    """One job per distinct recipe, and the base recipe; checks the source."""
-    src = spec.source
-    if src.trace is not None:
-        meta = read(src.trace).meta
-        own = meta.get("recipe", {}).get("name") if isinstance(meta.get("recipe"), dict) else None
-        base = spec.recipe or own or "int4"
-        jobs = {}
-        for r in recipes:
-            if own is not None and _numerics(r) == _numerics(own):
-                jobs[r] = _TraceJob("given", r, str(Path(src.trace).resolve()), {})
-            elif meta.get("source", {}).get("kind") == "scalesim":
-                s = meta["source"]
-                args = {"topology": s["topology"], "batch": meta["batch_size"], "batchnorm": s.get("batchnorm", True)}
-                jobs[r] = _TraceJob("import", r, str(out / "traces" / _digest({**args, "recipe": r})), args)
-            elif meta.get("model") and meta.get("dataset"):
-                tc = meta.get("train_config", {})
-                args = {"model": meta["model"], "dataset": meta["dataset"], "data_dir": src.data_dir,
-                        "config": {k: tc[k] for k in ("epochs", "batch_size", "lr", "seed") if k in tc},
-                        "model_params": meta.get("model_params") or {}}
-                jobs[r] = _train_job(r, args, out)
-            else:
-                raise ConfigError(f"--trace {src.trace}: recipe {r!r} differs from the trace's and the trace "
-                                  "says neither how it was imported nor how it was trained")
-        return jobs, base
-    base = spec.recipe or "int4"
-    args = {"model": src.model, "dataset": src.dataset, "data_dir": src.data_dir,
-            "config": {"epochs": src.epochs, "batch_size": src.batch_size, "lr": src.lr, "seed": src.seed},
-            "model_params": dict(src.model_params)}
-    return {r: _train_job(r, args, out) for r in recipes}, base
-
-
-def _numerics(recipe: str) -> dict:
-    """What a recipe computes, without its name (``int4`` and ``int4:radix=4`` are the same)."""
-    d = get_recipe(recipe).describe()
-    d.pop("name")
-    return d
-
-
-def _train_job(recipe: str, args: dict, out: Path) -> _TraceJob:
-    key = {k: v for k, v in args.items() if k != "data_dir"}
-    return _TraceJob("train", recipe, str(out / "runs" / _digest({**key, "recipe": recipe})), args)
-
-
-def make_trace(job: _TraceJob) -> str:
-    """Run one trace job (in a worker); returns the trace directory. Idempotent."""
-    path = Path(job.path)
-    if job.kind == "given" or (path / "meta.json").is_file():
-        return job.path
-    recipe = get_recipe(job.recipe)
-    if job.kind == "import":
-        from fourbit.traces.scalesim import import_topology
-
-        a = job.args
-        import_topology(a["topology"], a["batch"], recipe.describe(), batchnorm=a["batchnorm"]).write(path)
-        return job.path
-    from fourbit.models.trainer import TrainConfig, train
-
-    a = job.args
-    train(a["model"], a["dataset"], recipe, config=TrainConfig(**a["config"]), data_dir=a["data_dir"],
-          out=path, progress=False, model_params=a["model_params"], resume=(path / "checkpoint").is_dir())
-    return job.path
-
-
-@lru_cache(maxsize=8)
-def _load(path: str) -> Trace:
-    return read(path)
+def _split(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> tuple[str, dict, str]:
+    """A point's (chip name, chip overrides, recipe spec); one log base for datapath and numerics."""
+    chip_name = values.get("chip", spec.chip)
+    recipe_name, params = parse_recipe(values.get("recipe", base_recipe))
+    chip_over = {}
+    for f, v in values.items():
+        if f.startswith("recipe."):
+            _recipe_param_type(f[7:])
+            params[f[7:]] = v
+        elif f not in ("chip", "recipe"):
+            chip_over[f] = v
+    model = RECIPES[recipe_name][0]
+    for key in LINKED:
+        chip_f = f"log_path.{key}"
+        if chip_f in chip_over and key in params and chip_over[chip_f] != params[key]:
+            raise ConfigError(f"{chip_f} = {chip_over[chip_f]} and recipe.{key} = {params[key]} differ; they are "
+                              "one setting (sweep either)")
+        if chip_f in chip_over and key not in params and key in model.model_fields:
+            params[key] = chip_over[chip_f]
+        elif key in params and chip_f not in chip_over:
+            chip_over[chip_f] = params[key]
+    if params.get("radix") in (2, 8) and "tpr" in model.model_fields:
+        params["tpr"] = False  # no odd phase: single-phase rounding (the tpr column says so)
+    for key in params:
+        if key not in model.model_fields:
+            raise ConfigError(f"recipe {recipe_name!r} has no parameter {key!r}; its parameters: "
+                              f"{', '.join(model.model_fields) or 'none'}")
+    model.parse(params, f"recipe {recipe_name!r}")  # strict types (values of a TOML spec)
+    text = ",".join(f"{k}={param_text(v)}" for k, v in params.items())
+    return chip_name, chip_over, recipe_name + (":" + text if text else "")
 
 
 # ---------------------------------------------------------------------------------------------
 # running points
 # ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _load(path: str) -> Trace:
+    return read(path)
+
+
 def run_point(point: Point, trace_path: str, input_grad: bool = False,
               extrapolate: bool = True) -> tuple[dict, pd.DataFrame]:
     """Simulate one point (in a worker): (its row, its per-layer table); ``extrapolate`` as in
-    `fourbit.hwsim.simulate`."""
+    `fourbit.hwsim.engine.simulate`."""
     from fourbit.hwsim.engine import simulate
 
     trace = _load(trace_path)
@@ -412,19 +325,15 @@ def _write_point(points_dir: Path, point: Point, row: dict | None, layers: pd.Da
                  error: str | None) -> None:
     """Atomically write one point's file (its layers first: the point file marks completion)."""
     record = {"point_index": point.index, "point_id": point.point_id,
-              **{f"param:{k}": _text(v) for k, v in point.values.items()},
+              **{f"param:{k}": param_text(v) for k, v in point.values.items()},
               **_recipe_columns(get_recipe(point.recipe)),
               "status": "ok" if error is None else "error", "error": error or ""}
     record.update(row or {})
     if layers is not None:
-        _atomic_parquet(layers, points_dir / f"{point.point_id}.layers.parquet")
-    _atomic_parquet(pd.DataFrame([record]), points_dir / f"{point.point_id}.parquet")
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+        with atomic_write(points_dir / f"{point.point_id}.layers.parquet") as tmp:
+            layers.to_parquet(tmp, index=False)
+    with atomic_write(points_dir / f"{point.point_id}.parquet") as tmp:
+        pd.DataFrame([record]).to_parquet(tmp, index=False)
 
 
 def _done(points_dir: Path, point: Point) -> bool:
@@ -437,119 +346,65 @@ def _done(points_dir: Path, point: Point) -> bool:
         return False
 
 
-class _Executor:
-    """Runs tasks here (one worker) or on Dask (a LocalCluster or a scheduler's cluster); calls
-    ``done(key, result, error)`` as each finishes. Exceptions of a task are its error; a
-    KeyboardInterrupt stops everything."""
-
-    def __init__(self, workers: int, scheduler: str | None) -> None:
-        if workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
-        self.workers, self.scheduler = workers, scheduler
-        self.client = None
-
-    def __enter__(self) -> _Executor:
-        if self.scheduler or self.workers > 1:
-            from dask.distributed import Client, LocalCluster
-
-            if self.scheduler:
-                self.client = Client(self.scheduler, timeout="20s")
-            else:
-                cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-                self.client = Client(cluster)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.client is not None:
-            cluster = self.client.cluster
-            self.client.close()
-            if cluster is not None and not self.scheduler:
-                cluster.close()
-
-    def map(self, fn: Callable, tasks: list[tuple], done: Callable, bar: tqdm,
-            groups: list[str] | None = None) -> None:
-        """Run ``fn(*args)`` for each (key, args) of ``tasks``. On Dask, tasks of one group go to
-        the same worker (its GEMM timing cache then serves the whole group)."""
-        if self.client is None:
-            for key, args in tasks:
-                try:
-                    result, error = fn(*args), None
-                except FourbitError as exc:
-                    result, error = None, f"{type(exc).__name__}: {exc}"
-                except Exception as exc:  # noqa: BLE001 (one point's bug must not stop the sweep)
-                    result, error = None, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
-                done(key, result, error)
-                bar.update(1)
-            return
-        from dask.distributed import as_completed
-
-        workers = sorted(self.client.scheduler_info()["workers"])
-        home: dict[str, str] = {}
-        futures = {}
-        for i, (key, args) in enumerate(tasks):
-            group = groups[i] if groups else key
-            where = home.setdefault(group, workers[len(home) % len(workers)])
-            fut = self.client.submit(fn, *args, pure=False, key=f"fourbit-{key}-{os.urandom(4).hex()}",
-                                     workers=[where], allow_other_workers=True)
-            futures[fut] = key
-        for fut in as_completed(futures):
-            key = futures[fut]
-            try:
-                result, error = fut.result(), None
-            except Exception as exc:  # noqa: BLE001
-                result, error = None, f"{type(exc).__name__}: {exc}"
-            done(key, result, error)
-            bar.update(1)
+def _identity(spec: SweepSpec) -> dict:
+    """What defines a sweep's results: the spec without where it runs and writes."""
+    d = spec.model_dump(mode="json", exclude={"out", "workers", "scheduler"})
+    d["source"].pop("data_dir", None)
+    return d
 
 
-def sweep(spec: SweepSpec | None = None, *, progress: bool = True, **params) -> pd.DataFrame:
-    """Run (or resume) a sweep; returns the results table (also ``out/results.parquet|csv``).
+def sweep(spec: SweepSpec | None = None, *, progress: bool = True, overwrite: bool = False,
+          **params) -> pd.DataFrame:
+    """Run (or continue) a sweep; returns the results table (also ``out/results.parquet|csv``).
+
+    ``spec`` or its fields as keywords (``sweep(source=..., grid=...)``). The same sweep on the
+    same ``out`` continues where it stopped and retries failed points; a directory holding another
+    job is refused unless ``overwrite`` (`fourbit.analysis.jobdir`).
 
     Raises
     ------
     ConfigError
         Before any work: an empty grid, an unknown field, a value out of range (named with the
-        grid point), a bad source, ``out`` not writable, workers < 1.
+        grid point), a bad source, ``out`` refused or not writable.
     """
     spec = spec or SweepSpec(**params)
-    if spec.workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {spec.workers}")
-    src = spec.source
-    if (src.trace is None) == (src.model is None) or (src.model is None) != (src.dataset is None):
-        raise ConfigError("one source is needed: --trace RUN_DIR, or --model M with --dataset D (not both)")
-    base, given = spec.recipe, None
-    if src.trace is not None:
-        given = read(src.trace)
-        if base is None and isinstance(given.meta.get("recipe"), dict):
-            base = given.meta["recipe"].get("name")
-        source_key = _digest({k: v for k, v in given.meta.items() if k != "package_version"})
-    else:
-        source_key = _digest({"model": src.model, "dataset": src.dataset, "epochs": src.epochs,
-                              "batch_size": src.batch_size, "lr": src.lr, "seed": src.seed,
-                              "model_params": src.model_params})
-    base = base or "int4"
-    get_recipe(base)  # the base chip and recipe themselves, before any grid point
+    plan = _plan(spec)
+    with job_dir(spec.out, "sweep", _identity(spec), overwrite=overwrite) as out:
+        return _execute(spec, plan, out, "results", progress)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked sweep: its points and the workload of each recipe."""
+
+    points: list[Point]
+    workloads: dict[str, Workload]
+
+
+def _plan(spec: SweepSpec) -> _Plan:
+    """Everything checked before any work: the base chip and recipe, every grid point, the
+    trainings, and every GEMM of a given trace on every distinct chip."""
+    given = read(spec.source.trace) if spec.source.trace is not None else None
+    base = spec.recipe or spec.source.base_recipe() or "int4"
+    get_recipe(base)
     load_chip(spec.chip)
-    points = _points(spec, base, source_key)
+    points = _points(spec, base, spec.source.key())
     recipes = list(dict.fromkeys(p.recipe for p in points))
-    jobs, _ = _trace_jobs(spec, recipes, Path(spec.out))
-    if any(j.kind == "train" for j in jobs.values()):
-        _check_training(spec, jobs)
+    workloads = spec.source.workloads(recipes, spec.out)
+    check_trainings(list(workloads.values()))
     if given is not None:
         _check_mapping(given, points, spec.input_grad)
-    out = check_writable(spec.out)  # everything checked: the first write
+    return _Plan(points, workloads)
+
+
+def _execute(spec: SweepSpec, plan: _Plan, out: Path, table_name: str, progress: bool) -> pd.DataFrame:
+    """Make the traces, simulate the points not done yet, collect the table ``out/<table_name>``."""
+    points, workloads = plan.points, plan.workloads
     points_dir = out / "points"
     points_dir.mkdir(exist_ok=True)
     todo = [p for p in points if not _done(points_dir, p)]
-    needed = {p.recipe for p in todo}
-    trace_tasks = [(r, (jobs[r],)) for r in recipes if r in needed and jobs[r].kind != "given"
-                   and not (Path(jobs[r].path) / "meta.json").is_file()]
-    failed_recipes: dict[str, str] = {}
-
-    def trace_done(recipe, result, error):
-        if error is not None:
-            failed_recipes[recipe] = error
+    needed = [workloads[r] for r in dict.fromkeys(p.recipe for p in todo)]
+    by_id = {p.point_id: p for p in todo}
 
     def point_done(pid, result, error):
         point = by_id[pid]
@@ -558,21 +413,19 @@ def sweep(spec: SweepSpec | None = None, *, progress: bool = True, **params) -> 
         else:
             _write_point(points_dir, point, None, None, error)
 
-    by_id = {p.point_id: p for p in todo}
-    with _Executor(spec.workers, spec.scheduler) as ex:
-        if trace_tasks:
-            with tqdm(total=len(trace_tasks), desc="traces", unit="recipe", disable=not progress) as bar:
-                ex.map(make_trace, trace_tasks, trace_done, bar)
+    with Executor(spec.workers, spec.scheduler) as ex:
+        _, errors = run_all(needed, ex, progress=progress)
+        failed = {w.recipe: errors[w.path] for w in needed if w.path in errors}
         for p in todo:
-            if p.recipe in failed_recipes:
-                _write_point(points_dir, p, None, None, f"trace for {p.recipe}: {failed_recipes[p.recipe]}")
-        runnable = [p for p in todo if p.recipe not in failed_recipes]
+            if p.recipe in failed:
+                _write_point(points_dir, p, None, None, f"trace for {p.recipe}: {failed[p.recipe]}")
+        runnable = [p for p in todo if p.recipe not in failed]
         with tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="point",
                   disable=not progress) as bar:
             bar.update(len(todo) - len(runnable))
-            ex.map(run_point, [(p.point_id, (p, jobs[p.recipe].path, spec.input_grad, spec.extrapolate)) for p in runnable],
-                   point_done, bar, groups=[p.group for p in runnable])
-    return _collect(spec, points, points_dir, out)
+            ex.map(run_point, [(p.point_id, (p, workloads[p.recipe].path, spec.input_grad, spec.extrapolate))
+                               for p in runnable], point_done, bar, groups=[p.group for p in runnable])
+    return _collect(spec, points, points_dir, out, table_name)
 
 
 def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
@@ -595,33 +448,21 @@ def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
             raise ConfigError(f"grid point {p.index} ({where}): {exc}") from None
 
 
-def _check_training(spec: SweepSpec, jobs: dict) -> None:
-    """Fail before any work when a training source is wrong (model, data set, hyper-parameters)."""
-    from fourbit.models.data import load_dataset
-    from fourbit.models.trainer import TrainConfig, check_model_data
-    from fourbit.models.zoo import build_model
-
-    job = next(j for j in jobs.values() if j.kind == "train")
-    a = job.args
-    TrainConfig(**a["config"])
-    ds = load_dataset(a["dataset"], a["data_dir"])
-    check_model_data(a["model"], ds)
-    build_model(a["model"], ds.input_shape, ds.n_classes, 0, **a["model_params"])
-    if len(ds.x_train) < a["config"]["batch_size"]:
-        raise ConfigError(f"batch_size {a['config']['batch_size']} is larger than the training set ({len(ds.x_train)})")
+def _cell(value):
+    """A swept value as a table cell: numbers, flags and text as they are, objects (an
+    accumulator) by their text."""
+    return value if isinstance(value, bool | int | float | str) else param_text(value)
 
 
-def _collect(spec: SweepSpec, points: list[Point], points_dir: Path, out: Path) -> pd.DataFrame:
+def _collect(spec: SweepSpec, points: list[Point], points_dir: Path, out: Path, table_name: str) -> pd.DataFrame:
     """The results table: the swept fields (named and typed as given), then each point's file."""
-    from fourbit.analysis.run import write_csv
-
     fields = [f for ax in spec.grid for f in ax.fields]
-    swept = pd.DataFrame([{f: p.values[f] for f in fields} for p in points])
+    swept = pd.DataFrame([{f: _cell(p.values[f]) for f in fields} for p in points])
     rows = pd.DataFrame([pd.read_parquet(points_dir / f"{p.point_id}.parquet").iloc[0].to_dict() for p in points])
     rows = rows.drop(columns=[c for c in rows.columns if c.startswith("param:")] + ["point_index"])
     df = pd.concat([swept, rows], axis=1)
-    tmp = out / f".{spec.table_name}.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, out / f"{spec.table_name}.parquet")
-    write_csv(df, out / f"{spec.table_name}.csv")
+    with atomic_write(out / f"{table_name}.parquet") as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_write(out / f"{table_name}.csv") as tmp:
+        df.to_csv(tmp, index=False)
     return df

@@ -9,16 +9,16 @@ the allowed range (style.md rules 7, 8, 10).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
-import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
 
 import tomli_w
+from pydantic import Field, model_validator
 
+from fourbit.traces.config import StrictModel, set_dotted
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.formats import ACCUMULATOR_FORMATS, LogFormat
 
@@ -29,109 +29,59 @@ UNIT_KINDS = ("int4", "fp4xint4", "int8", "fp8", "fp16")
 """PE units, cheapest first: INT4 MAC, INT4 x log-FP4 shift-add, INT8 MAC, FP8 FMA, FP16 FMA."""
 DRAM_KINDS = ("hbm2e", "lpddr4", "ddr4")
 ENERGY_TABLES = ("7nm", "45nm")
+CHIP_ACCUMULATORS = tuple(f for f in ACCUMULATOR_FORMATS if f != "exact")
+
+UnitKind = Literal[UNIT_KINDS]  # type: ignore[valid-type]
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
-def _range(path: str, value, ok: bool, allowed: str) -> None:
-    if not ok:
-        shown = value.item() if hasattr(value, "item") else value
-        raise ConfigError(f"{path} = {shown!r} is out of range: allowed {allowed}")
-
-
-class _Section:
-    """Type checks of a config section's fields (ints are not bools; floats accept ints)."""
-
-    PATH: typing.ClassVar[str] = "config"
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value, typ = getattr(self, f.name), hints[f.name]
-            ok = {
-                int: isinstance(value, int) and not isinstance(value, bool),
-                float: isinstance(value, int | float) and not isinstance(value, bool),
-                bool: isinstance(value, bool),
-                str: isinstance(value, str),
-                dict: isinstance(value, dict),
-            }.get(typing.get_origin(typ) or typ, True)
-            if not ok:
-                raise ConfigError(f"{self.PATH}.{f.name} = {value!r}: expected {getattr(typ, '__name__', typ)}")
-            if typ is float:
-                object.__setattr__(self, f.name, float(value))
-
-
-@dataclass(frozen=True)
-class ChipInfo(_Section):
+class ChipInfo(StrictModel):
     """Name and description of the design (free text), and the number of identical ``cores``:
     each has the array, SRAM and scaling unit described below; they share the DRAM channel and
     split each GEMM's output rows (or columns, when there are more) evenly."""
 
     PATH = "chip"
-    name: str = "chip"
-    description: str = ""
-    cores: int = 1
-
-    def check(self, p: str) -> None:
-        _range(f"{p}.cores", self.cores, self.cores >= 1, "an integer >= 1")
+    name: str = Field("chip", description="the design's name")
+    description: str = Field("", description="free text")
+    cores: int = Field(1, ge=1, description="identical cores sharing the DRAM channel")
 
 
-@dataclass(frozen=True)
-class ArrayConfig(_Section):
+class ArrayConfig(StrictModel):
     """The systolic PE array.
 
-    ``macs_per_pe`` is p, the products a PE reduces per cycle in its 4-bit modes (4 for the
-    4-way INT4 x FP4 inner-product unit of Sun et al. 2020, section 6); a PE loads its p
-    stationary values in one cycle. ``overlap_fill_drain`` lets each fold start while its
-    predecessor drains (off by default). ``pe_area_um2`` is the area of one PE with all its units
-    (the source of each preset's value is in its TOML file).
+    ``macs_per_pe`` is p, the products a PE reduces per cycle in the units that do not set their
+    own (on the 4-bit chip its 4-bit modes: 4 for the 4-way INT4 x FP4 inner-product unit of Sun et
+    al. 2020, section 6); a PE loads its p stationary values in one cycle. ``overlap_fill_drain``
+    lets each fold start while its predecessor drains (off by default). ``pe_area_um2`` is the
+    area of one PE with all its units (the source of each preset's value is in its TOML file).
     """
 
     PATH = "array"
-    rows: int = 32
-    cols: int = 32
-    dataflow: str = "ws"
-    clock_hz: float = 1.0e9
-    macs_per_pe: int = 4
-    overlap_fill_drain: bool = False
-    pe_area_um2: float = 485.0
-
-    def check(self, p: str) -> None:
-        _range(f"{p}.rows", self.rows, self.rows >= 1, "an integer >= 1")
-        _range(f"{p}.cols", self.cols, self.cols >= 1, "an integer >= 1")
-        _range(f"{p}.dataflow", self.dataflow, self.dataflow in DATAFLOWS, f"one of {DATAFLOWS}")
-        _range(f"{p}.clock_hz", self.clock_hz, 1e3 <= self.clock_hz <= 1e12, "1e3 to 1e12 (Hz)")
-        _range(f"{p}.macs_per_pe", self.macs_per_pe, self.macs_per_pe >= 1, "an integer >= 1")
-        _range(f"{p}.pe_area_um2", self.pe_area_um2, 0 < self.pe_area_um2 < math.inf, "a finite number > 0 (um^2)")
+    rows: int = Field(32, ge=1, description="PE rows")
+    cols: int = Field(32, ge=1, description="PE columns")
+    dataflow: Literal[DATAFLOWS] = Field("ws", description="weight, output or input stationary")  # type: ignore[valid-type]
+    clock_hz: float = Field(1.0e9, ge=1e3, le=1e12, description="clock frequency (Hz)")
+    macs_per_pe: int = Field(4, ge=1, description="products per PE per cycle of the units that do not set their own")
+    overlap_fill_drain: bool = Field(False, description="each fold starts while its predecessor drains")
+    pe_area_um2: float = Field(485.0, gt=0, allow_inf_nan=False, description="area of one PE with all its units")
 
 
-@dataclass(frozen=True)
-class UnitConfig(_Section):
-    """One PE unit: products per PE per cycle (0: ``array.macs_per_pe``) and the format its
+class UnitConfig(StrictModel):
+    """One PE unit: products per PE per cycle (unset: ``array.macs_per_pe``) and the format its
     accumulator adds round to."""
 
     PATH = "units.<kind>"
-    macs_per_pe: int = 0
-    accumulator: str = "fp16"
-
-    def check(self, p: str) -> None:
-        _range(f"{p}.macs_per_pe", self.macs_per_pe, self.macs_per_pe >= 0, ">= 0 (0: array.macs_per_pe)")
-        _range(f"{p}.accumulator", self.accumulator,
-               self.accumulator in ACCUMULATOR_FORMATS and self.accumulator != "exact",
-               f"one of {[f for f in ACCUMULATOR_FORMATS if f != 'exact']}")
+    macs_per_pe: int | None = Field(None, ge=1, description="products per PE per cycle (unset: array.macs_per_pe)")
+    accumulator: Literal[CHIP_ACCUMULATORS] = Field("fp16", description="the format accumulator adds round to")  # type: ignore[valid-type]
 
 
-@dataclass(frozen=True)
-class LogPathConfig(_Section):
+class LogPathConfig(StrictModel):
     """The log-domain gradient path: radix r = 2^b and exponent bits e of its FP4 operands; the
     shift-add product is 4 + b*(2^e - 2) bits wide (design.md section 5)."""
 
     PATH = "log_path"
-    radix: int = 4
-    exponent_bits: int = 3
-
-    def check(self, p: str) -> None:
-        _range(f"{p}.radix", self.radix, self.radix in LogFormat.RADIXES, f"one of {LogFormat.RADIXES}")
-        _range(f"{p}.exponent_bits", self.exponent_bits, self.exponent_bits in LogFormat.EXPONENT_BITS,
-               f"one of {LogFormat.EXPONENT_BITS}")
+    radix: Literal[LogFormat.RADIXES] = Field(4, description="log base of the FP4 operands")  # type: ignore[valid-type]
+    exponent_bits: Literal[LogFormat.EXPONENT_BITS] = Field(3, description="exponent bits of the FP4 operands")  # type: ignore[valid-type]
 
     @property
     def product_bits(self) -> int:
@@ -144,122 +94,106 @@ class LogPathConfig(_Section):
         return max(1, math.ceil(math.log2(2**self.exponent_bits - 1)))
 
 
-@dataclass(frozen=True)
-class SramConfig(_Section):
+class SramConfig(StrictModel):
     """On-chip buffers for ifmap (operand a), filter (operand b) and ofmap (accumulators and
     results). With ``double_buffered`` each buffer is split in two halves, one filled by the DMA
     while the array works on the other."""
 
     PATH = "sram"
-    ifmap_bytes: int = 65536
-    filter_bytes: int = 65536
-    ofmap_bytes: int = 65536
-    double_buffered: bool = True
-
-    def check(self, p: str) -> None:
-        for name in ("ifmap_bytes", "filter_bytes", "ofmap_bytes"):
-            v = getattr(self, name)
-            _range(f"{p}.{name}", v, v >= 1, "an integer >= 1")
+    ifmap_bytes: int = Field(65536, ge=1, description="ifmap (operand a) buffer")
+    filter_bytes: int = Field(65536, ge=1, description="filter (operand b) buffer")
+    ofmap_bytes: int = Field(65536, ge=1, description="ofmap (accumulator and result) buffer")
+    double_buffered: bool = Field(True, description="each buffer split in halves, one filled while the other is used")
 
 
-@dataclass(frozen=True)
-class DramConfig(_Section):
+class DramConfig(StrictModel):
     """Off-chip memory: one shared channel of ``bandwidth_bytes_per_s`` (``inf``: unlimited) and
     a fixed ``latency_cycles`` per transfer (pipelined: it does not hold the channel); ``kind``
     picks the energy per bit."""
 
     PATH = "dram"
-    bandwidth_bytes_per_s: float = 6.4e10
-    latency_cycles: int = 100
-    kind: str = "lpddr4"
-
-    def check(self, p: str) -> None:
-        bw = self.bandwidth_bytes_per_s
-        _range(f"{p}.bandwidth_bytes_per_s", bw, bw >= 1.0, ">= 1 (bytes/s; inf: unlimited)")
-        _range(f"{p}.latency_cycles", self.latency_cycles, self.latency_cycles >= 0, "an integer >= 0")
-        _range(f"{p}.kind", self.kind, self.kind in DRAM_KINDS, f"one of {DRAM_KINDS}")
+    bandwidth_bytes_per_s: float = Field(6.4e10, ge=1.0, description="channel bandwidth (inf: unlimited)",
+                                         json_schema_extra={"allowed": "a number >= 1 (bytes/s; inf: unlimited)"})
+    latency_cycles: int = Field(100, ge=0, description="latency of a transfer")
+    kind: Literal[DRAM_KINDS] = Field("lpddr4", description="the energy per bit")  # type: ignore[valid-type]
 
 
-@dataclass(frozen=True)
-class DmaConfig(_Section):
+class DmaConfig(StrictModel):
     """The DMA engine: ``setup_cycles`` per transfer (descriptor handling)."""
 
     PATH = "dma"
-    setup_cycles: int = 0
-
-    def check(self, p: str) -> None:
-        _range(f"{p}.setup_cycles", self.setup_cycles, self.setup_cycles >= 0, "an integer >= 0")
+    setup_cycles: int = Field(0, ge=0, description="descriptor handling per transfer")
 
 
-@dataclass(frozen=True)
-class ScalingConfig(_Section):
+class ScalingConfig(StrictModel):
     """The scaling/vector unit on the array's output path: ``lanes`` elementary ops per cycle
     (``inf``: free), ``area_um2_per_lane``."""
 
     PATH = "scaling"
-    lanes: float = 32.0
-    area_um2_per_lane: float = 500.0
-
-    def check(self, p: str) -> None:
-        _range(f"{p}.lanes", self.lanes, self.lanes >= 1, ">= 1 (ops per cycle; inf: free)")
-        _range(f"{p}.area_um2_per_lane", self.area_um2_per_lane, 0 <= self.area_um2_per_lane < math.inf,
-               "a finite number >= 0 (um^2)")
+    lanes: float = Field(32.0, ge=1, description="elementary ops per cycle (inf: free)",
+                         json_schema_extra={"allowed": "a number >= 1 (ops per cycle; inf: free)"})
+    area_um2_per_lane: float = Field(500.0, ge=0, allow_inf_nan=False, description="area of one lane")
 
 
-@dataclass(frozen=True)
-class EnergyConfig(_Section):
+class EnergyConfig(StrictModel):
     """Energy model: ``table`` (``7nm``: reference/hardware.md section 6, default; ``45nm``:
     Horowitz ISSCC 2014), ``leakage_fraction`` of peak dynamic power, ``gate_zeros`` (a product
     with a zero operand costs no MAC energy), and ``overrides`` of single table entries (pJ; from
-    the command line ``--set energy.overrides.mac.int4=0.02``)."""
+    the command line ``--set energy.overrides.mac.int4=0.02``; the event names are those of
+    `fourbit.hwsim.energy.energy_table`)."""
 
     PATH = "energy"
-    table: str = "7nm"
-    leakage_fraction: float = 0.1
-    gate_zeros: bool = False
-    overrides: dict = field(default_factory=dict)
+    table: Literal[ENERGY_TABLES] = Field("7nm", description="the energy table")  # type: ignore[valid-type]
+    leakage_fraction: float = Field(0.1, ge=0, le=1, description="leakage power as a fraction of peak dynamic power")
+    gate_zeros: bool = Field(False, description="a product with a zero operand costs no MAC energy")
+    overrides: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="energy of single events (pJ)")
 
-    def check(self, p: str) -> None:
-        _range(f"{p}.table", self.table, self.table in ENERGY_TABLES, f"one of {ENERGY_TABLES}")
-        _range(f"{p}.leakage_fraction", self.leakage_fraction, 0 <= self.leakage_fraction <= 1, "in [0, 1]")
-        for k, v in self.overrides.items():
-            if isinstance(v, str):
-                try:
-                    v = float(v)
-                except ValueError:
-                    pass
-                self.overrides[k] = v
-            _range(f"{p}.overrides.{k}", v, isinstance(v, int | float) and not isinstance(v, bool)
-                   and 0 <= v < math.inf, "a finite number >= 0 (pJ)")
+    @model_validator(mode="after")
+    def _known_events(self) -> EnergyConfig:
+        if self.overrides:
+            from fourbit.hwsim.energy import energy_table
+
+            energy_table(self.table, self.overrides)  # names an unknown event
+        return self
 
 
-@dataclass(frozen=True)
-class ChipConfig:
-    """A complete accelerator: see each section's class for its fields and units."""
+class ChipConfig(StrictModel):
+    """A complete accelerator: see each section's class for its fields and units.
 
-    chip: ChipInfo = field(default_factory=ChipInfo)
-    array: ArrayConfig = field(default_factory=ArrayConfig)
-    units: dict = field(default_factory=lambda: {"fp16": UnitConfig(1, "fp32")})
-    log_path: LogPathConfig = field(default_factory=LogPathConfig)
-    sram: SramConfig = field(default_factory=SramConfig)
-    dram: DramConfig = field(default_factory=DramConfig)
-    dma: DmaConfig = field(default_factory=DmaConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    A field that another field shadows is an error when set: ``array.macs_per_pe`` is the
+    products per PE per cycle of the units that do not set their own, so setting it on a chip
+    whose every unit sets its own would change nothing.
+    """
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            if f.name != "units":
-                getattr(self, f.name).check(f.name)
-        if not self.units:
-            raise ConfigError("units: a chip needs at least one PE unit, allowed kinds " + str(UNIT_KINDS))
-        for kind, unit in self.units.items():
-            _range("units", kind, kind in UNIT_KINDS, f"unit kinds {UNIT_KINDS}")
-            unit.check(f"units.{kind}")
+    chip: ChipInfo = Field(default_factory=ChipInfo)
+    array: ArrayConfig = Field(default_factory=ArrayConfig)
+    units: dict[UnitKind, UnitConfig] = Field(
+        default_factory=lambda: {"fp16": UnitConfig(macs_per_pe=1, accumulator="fp32")}, min_length=1,
+        description="the PE units, by kind",
+        json_schema_extra={"allowed": "one or more units: " + ", ".join(f"[units.{k}]" for k in UNIT_KINDS)})
+    log_path: LogPathConfig = Field(default_factory=LogPathConfig)
+    sram: SramConfig = Field(default_factory=SramConfig)
+    dram: DramConfig = Field(default_factory=DramConfig)
+    dma: DmaConfig = Field(default_factory=DmaConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+
+    @model_validator(mode="after")
+    def _no_shadowed_field(self) -> ChipConfig:
+        if "macs_per_pe" in self.array.model_fields_set and self._array_macs_unused():
+            own = ", ".join(f"units.{k}.macs_per_pe = {u.macs_per_pe}" for k, u in self.units.items())
+            raise ValueError(f"array.macs_per_pe = {self.array.macs_per_pe} has no effect: every unit of this "
+                             f"chip sets its own ({own}); set those instead")
+        return self
+
+    def _array_macs_unused(self) -> bool:
+        return all(u.macs_per_pe is not None for u in self.units.values())
 
     def unit_macs_per_pe(self, kind: str) -> int:
         """Products per PE per cycle of unit ``kind``."""
-        return self.units[kind].macs_per_pe or self.array.macs_per_pe
+        own = self.units[kind].macs_per_pe
+        return self.array.macs_per_pe if own is None else own
 
     @property
     def bytes_per_cycle(self) -> float:
@@ -268,13 +202,11 @@ class ChipConfig:
 
     # ---- TOML ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == "units":
-                out["units"] = {k: dataclasses.asdict(u) for k, u in v.items()}
-            else:
-                out[f.name] = dataclasses.asdict(v)
+        """Every field (unset unit ``macs_per_pe`` left out, and ``array.macs_per_pe`` where no
+        unit uses it), as nested dicts that `from_dict` reads back to an equal chip."""
+        out = self.model_dump(exclude_none=True)
+        if self._array_macs_unused():
+            del out["array"]["macs_per_pe"]
         return out
 
     def to_toml(self) -> str:
@@ -283,100 +215,25 @@ class ChipConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> ChipConfig:
-        """Build from nested dicts (as read from TOML); unknown keys are errors."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a table of sections")
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for name, value in data.items():
-            if name not in sections:
-                raise ConfigError(f"{source}: unknown section {name!r}; sections: {', '.join(sections)}")
-            if name == "units":
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{source}: units must be a table of unit tables")
-                kwargs["units"] = {k: _build(UnitConfig, v, f"units.{k}") for k, v in value.items()}
-            else:
-                kwargs[name] = _build(_section_type(name), value, name)
-        return cls(**kwargs)
+        """Build from nested dicts (as read from TOML): strict types, unknown keys are errors.
+
+        Raises ConfigError naming ``source``, the dotted field, the value and what is allowed."""
+        return cls.parse(data, source)
 
     def with_overrides(self, overrides: dict | None) -> ChipConfig:
         """A copy with dotted fields replaced, e.g. ``{"array.rows": 64, "units.fp16.macs_per_pe": 2}``.
 
-        String values (from the command line) are converted to the field's type.
-        """
+        Values must have the field's type (`fourbit.traces.config.parse_text` converts command-line
+        text first). Raises ConfigError naming the field."""
         if not overrides:
             return self
-        data = self.to_dict()
+        data = self.model_dump(exclude_unset=True)
         for dotted, value in overrides.items():
-            if str(dotted).startswith("energy.overrides."):  # event names contain dots
-                data.setdefault("energy", {}).setdefault("overrides", {})[str(dotted)[17:]] = value
-                continue
-            *parents, leaf = str(dotted).split(".")
-            node = data
-            for part in parents:  # unknown names are reported by from_dict, with the fields
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"unknown field {dotted!r}: {part!r} is not a table")
-            node[leaf] = value
-        return ChipConfig.from_dict(data, "overrides")
-
-
-def _section_type(name: str) -> type:
-    hints = typing.get_type_hints(ChipConfig)
-    return hints[name]
-
-
-def _convert(value, typ, path: str):
-    """Check (and for strings from the command line, convert) a value to a field type."""
-    origin = typing.get_origin(typ)
-    if typ is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    f = math.nan
-                if math.isfinite(f) and f.is_integer():
-                    return int(f)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-        elif isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif typ is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    elif typ is dict or origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    raise ConfigError(f"{path} = {value!r}: expected {getattr(typ, '__name__', typ)}")
-
-
-def _build(cls: type, data, path: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"unknown field {path}.{key}; fields of [{path}]: {', '.join(names)}")
-        kwargs[key] = _convert(value, hints[key], f"{path}.{key}")
-    return cls(**kwargs)
+            set_dotted(data, ChipConfig, str(dotted), value)
+        units = data.get("units") or {k: u.model_dump(exclude_unset=True) for k, u in self.units.items()}
+        if "array.macs_per_pe" not in overrides and all(u.get("macs_per_pe") is not None for u in units.values()):
+            data.get("array", {}).pop("macs_per_pe", None)  # the overrides shadow the base chip's value
+        return ChipConfig.parse(data, "overrides")
 
 
 def preset_names() -> list[str]:

@@ -16,6 +16,7 @@ differ where the blocks settle into their period later than the probes reach.
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -26,14 +27,14 @@ from fourbit.hwsim.blocks.dram import Dram
 from fourbit.hwsim.blocks.mac_array import MacArray
 from fourbit.hwsim.blocks.scaling_unit import OutputPath, ScalingUnit, op_cost, output_path
 from fourbit.hwsim.blocks.sram import Sram
-from fourbit.hwsim.config import ChipConfig
+from fourbit.hwsim.config import ChipConfig, load_chip
 from fourbit.hwsim.energy import energy_table, sram_pj_per_bit
 from fourbit.hwsim.mapping import TilePlan, plan_gemm
 from fourbit.hwsim.report import GemmResult, SimReport
 from fourbit.hwsim.units import add_energy_pj, mac_energy_pj, select_unit
 from fourbit.traces.errors import ConfigError, SimulationError
 from fourbit.traces.formats import get_format
-from fourbit.traces.io import Trace
+from fourbit.traces.io import Trace, read
 
 __all__ = ["simulate"]
 
@@ -458,15 +459,17 @@ class _Runner:
         )
 
 
-def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
+def simulate(trace: Trace | str | os.PathLike, chip: ChipConfig | str | os.PathLike, step: int | None = None, *,
              input_grad: bool = False, compress: bool = True, extrapolate: bool = False) -> SimReport:
     """Simulate one training step of ``trace`` on ``chip``.
 
     Parameters
     ----------
-    trace : Trace
-        A training trace (`fourbit.traces.read`); shape-only traces are fine.
-    chip : ChipConfig
+    trace : Trace or path
+        A training trace, or the run directory holding one (`fourbit.traces.io.read`); shape-only
+        traces are fine.
+    chip : ChipConfig, preset name or TOML path
+        The chip (`fourbit.hwsim.config.load_chip` loads a name or a path).
     step : int, optional
         The recorded step to simulate (default: the last one).
     input_grad : bool
@@ -497,8 +500,12 @@ def simulate(trace: Trace, chip: ChipConfig, step: int | None = None, *,
         The processes deadlocked (the message names the GEMM and the blocks' states), or a GEMM
         (the step, without ``compress``) has more than `MAX_TILES` tiles to walk on this chip.
     TraceError
-        The step was not recorded.
+        The step was not recorded, or the run directory is not a valid trace.
     """
+    if not isinstance(trace, Trace):
+        trace = read(trace)
+    if not isinstance(chip, ChipConfig):
+        chip = load_chip(chip)
     t = trace.step(step)
     table = energy_table(chip.energy.table, chip.energy.overrides)
     jobs, leftovers = _jobs(t, chip, table, input_grad, compress)

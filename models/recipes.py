@@ -22,13 +22,17 @@ master weights.
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Annotated, Literal
 
+from pydantic import BeforeValidator, Field
+
+from fourbit.traces.config import StrictModel, parse_text
 from fourbit.traces.errors import ConfigError, FormatError
 from fourbit.traces.formats import Accumulator, LogFormat, get_format
 
-__all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "parse_recipe"]
+__all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "param_text", "parse_recipe", "recipe_params"]
 
 ROLES = ("first", "hidden", "last", "depthwise")
 WEIGHT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "fp8_e4m3": "fp8_e4m3", "int4_sawb": "int4", "int8_max": "int8"}
@@ -211,57 +215,79 @@ def _int4_fwd() -> Recipe:
     return Recipe("int4-fwd", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
 
 
-def _int4(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
-          grad_scaling: str = "gradscale", tie: str = "up",
-          bwd_acc: Accumulator = BWD_ACC) -> Recipe:
-    if grad_scaling not in GRAD_SCALING:
-        raise ConfigError(f"grad_scaling must be one of {GRAD_SCALING}, got {grad_scaling!r}")
-    if tie not in ("up", "down"):
-        raise ConfigError(f"tie must be 'up' or 'down', got {tie!r}")
+def _accumulator(value):
+    """An accumulator given by its name (``fp16/g4/c64``: its text form) becomes the object."""
+    return Accumulator.parse(value) if isinstance(value, str) else value
+
+
+class NoParams(StrictModel):
+    """A recipe without parameters."""
+
+    PATH = "recipe"
+
+
+class FP4GradParams(StrictModel):
+    """Parameters of the recipes with log-FP4 gradients (``int4-dw8``; ``int4`` adds ``tpr``)."""
+
+    PATH = "recipe"
+    radix: Literal[LogFormat.RADIXES] = Field(4, description="log base r of the FP4 gradients")  # type: ignore[valid-type]
+    exponent_bits: Literal[LogFormat.EXPONENT_BITS] = Field(  # type: ignore[valid-type]
+        3, description="exponent bits of the FP4 gradients")
+    grad_scaling: Literal[GRAD_SCALING] = Field(  # type: ignore[valid-type]
+        "gradscale", description="per-layer GradScale, one global loss scale, or none")
+    tie: Literal["up", "down"] = Field("up", description="ties of the FP4 rounding: up (Fig. 2c) or down (Eq. 1)")
+    bwd_acc: Annotated[Accumulator, BeforeValidator(_accumulator)] = Field(
+        BWD_ACC, description="accumulator of the backward GEMMs, FORMAT/gGROUP/cCHUNK",
+        json_schema_extra={"allowed": "an accumulator FORMAT[/gGROUP[/cCHUNK]], e.g. fp16/g4/c64"})
+
+
+class Int4Params(FP4GradParams):
+    """Parameters of ``int4``: those of `FP4GradParams` and Two-Phase Rounding on or off."""
+
+    tpr: bool = Field(True, description="Two-Phase Rounding: odd phase for bwd_weight (radix 4 and 16 have one)")
+
+
+def _int4(p: Int4Params) -> Recipe:
     # depthwise convolutions stay in FP16 ("< 3% of total ops", [P] section 5)
-    return Recipe("int4", FP16_LAYER, int4_hidden(radix, exponent_bits, tpr, bwd_acc), FP16_LAYER,
-                  FP16_LAYER, grad_scaling, tie, radix, exponent_bits, tpr)
+    return Recipe("int4", FP16_LAYER, int4_hidden(p.radix, p.exponent_bits, p.tpr, p.bwd_acc), FP16_LAYER,
+                  FP16_LAYER, p.grad_scaling, p.tie, p.radix, p.exponent_bits, p.tpr)
 
 
-def _int4_dw8(radix: int = 4, exponent_bits: int = 3, grad_scaling: str = "gradscale", tie: str = "up",
-              bwd_acc: Accumulator = BWD_ACC) -> Recipe:
+def _int4_dw8(p: FP4GradParams) -> Recipe:
     """INT4 forward; FP4 (even phase) gradients for ``bwd_data`` and FP8 (1-5-2) gradients for
     ``bwd_weight`` (the "dx(FP4) dW(FP8)" column of [P] Tables 1-3)."""
-    r = _int4(radix, exponent_bits, False, grad_scaling, tie, bwd_acc)
+    r = _int4(Int4Params(**dict(p), tpr=False))
     return replace(r, hidden=replace(r.hidden, grad_weight="fp8_e5m2"), tpr=None)
 
 
-RECIPES = {"fp32": _fp32, "fp16": _fp16, "hfp8": _hfp8, "int8": _int8, "int4-fwd": _int4_fwd,
-           "int4": _int4, "int4-dw8": _int4_dw8}
+RECIPES: dict[str, tuple[type[StrictModel], Callable]] = {
+    "fp32": (NoParams, lambda p: _fp32()), "fp16": (NoParams, lambda p: _fp16()),
+    "hfp8": (NoParams, lambda p: _hfp8()), "int8": (NoParams, lambda p: _int8()),
+    "int4-fwd": (NoParams, lambda p: _int4_fwd()), "int4": (Int4Params, _int4),
+    "int4-dw8": (FP4GradParams, _int4_dw8),
+}
+"""Each recipe name: the model of its parameters and the builder taking them."""
 
 
-def _parse_value(key: str, text: str):
-    """A recipe parameter from its command-line text: bool, int, accumulator or string."""
-    low = text.strip().lower()
-    if key == "tpr":
-        if low in ("true", "on", "yes", "1"):
-            return True
-        if low in ("false", "off", "no", "0"):
-            return False
-        raise ConfigError(f"recipe parameter tpr must be on or off, got {text!r}")
-    if key in ("radix", "exponent_bits"):
-        try:
-            return int(low)
-        except ValueError:
-            raise ConfigError(f"recipe parameter {key} must be an integer, got {text!r}") from None
-    if key == "bwd_acc":
-        try:
-            return Accumulator.parse(text.strip())
-        except (ValueError, FormatError) as exc:
-            raise ConfigError(f"recipe parameter bwd_acc: {exc}") from exc
-    return text.strip()
+def recipe_params(name: str) -> type[StrictModel]:
+    """The parameter model of the recipe ``name`` (its fields, types and defaults).
+
+    Raises ConfigError for an unknown recipe."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return RECIPES[name][0]
 
 
 def parse_recipe(spec: str) -> tuple[str, dict]:
-    """Split ``"int4:radix=2,tpr=off"`` into the name and its parameters (values typed); ``+``
-    separates parameters too (``int4:radix=2+tpr=off``, for grids whose values are comma
-    separated). A parameter given twice is an error."""
+    """Split ``"int4:radix=2,tpr=off"`` into the name and its parameters, each typed by its field
+    (`fourbit.traces.config.parse_text`); ``+`` separates parameters too
+    (``int4:radix=2+tpr=off``, for grids whose values are comma separated).
+
+    Raises ConfigError for an unknown recipe or parameter, a malformed item, a parameter given
+    twice or a value that is not of the parameter's type."""
     name, _, rest = spec.partition(":")
+    name = name.strip()
+    model = recipe_params(name)
     params = {}
     for item in filter(None, (part.strip() for part in rest.replace("+", ",").split(","))):
         key, eq, value = item.partition("=")
@@ -270,15 +296,19 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
             raise ConfigError(f"recipe {spec!r}: parameters are key=value pairs separated by commas, got {item!r}")
         if key in params:
             raise ConfigError(f"recipe {spec!r}: parameter {key!r} is given twice")
-        params[key] = _parse_value(key, value)
-    return name.strip(), params
+        if key not in model.model_fields:
+            raise ConfigError(f"recipe {name!r} has no parameter {key!r}; its parameters: "
+                              f"{', '.join(model.model_fields) or 'none'}")
+        params[key] = parse_text(model.model_fields[key].annotation, value, f"recipe.{key}")
+    return name, params
 
 
 def get_recipe(name: str, **params) -> Recipe:
-    """The recipe called ``name``, with optional parameters (``int4``: radix, exponent_bits,
-    tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but tpr). ``name`` may carry them
-    itself, as on the command line: ``"int4:radix=2,tpr=off,grad_scaling=global"``; the recipe's
-    name is then that whole spec (traces and tables tell the variants apart).
+    """The recipe called ``name``, with optional parameters (`recipe_params` lists each recipe's:
+    ``int4``: radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but
+    tpr). ``name`` may carry them itself, as on the command line:
+    ``"int4:radix=2,tpr=off,grad_scaling=global"``; the recipe's name is then that whole spec
+    (traces and tables tell the variants apart). Keyword ``params`` must have their field's type.
 
     Raises
     ------
@@ -287,12 +317,20 @@ def get_recipe(name: str, **params) -> Recipe:
         names the parameter and what it allows).
     """
     base, spec_params = parse_recipe(name)
-    if base not in RECIPES:
-        raise ConfigError(f"unknown recipe {base!r}; known recipes: {', '.join(RECIPES)}")
-    allowed = list(inspect.signature(RECIPES[base]).parameters)
-    for key in {**spec_params, **params}:
-        if key not in allowed:
+    model, build = RECIPES[base]
+    for key in params:
+        if key not in model.model_fields:
             raise ConfigError(f"recipe {base!r} has no parameter {key!r}; its parameters: "
-                              f"{', '.join(allowed) or 'none'}")
-    recipe = RECIPES[base](**{**spec_params, **params})
-    return replace(recipe, name=name if spec_params else base)
+                              f"{', '.join(model.model_fields) or 'none'}")
+    recipe = build(model.parse({**spec_params, **params}, f"recipe {base!r}"))
+    if params:  # the name tells the variant apart, as a spec would
+        extra = ",".join(f"{k}={param_text(v)}" for k, v in params.items())
+        name = f"{name},{extra}" if spec_params else f"{base}:{extra}"
+    return replace(recipe, name=name.strip() if spec_params or params else base)
+
+
+def param_text(value) -> str:
+    """A parameter value as a spec writes it (on/off, accumulator names)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value.name if isinstance(value, Accumulator) else str(value)

@@ -1,21 +1,21 @@
 """The trainer: SGD with momentum on FP32 master weights, a cosine learning-rate schedule,
 evaluation, seeds, tqdm progress, and the trace of every GEMM of the recorded steps.
 
-``fourbit.models.train(model, dataset, recipe, ...) -> Run`` is the public entry point; ``fourbit
+``fourbit.train(model, dataset, recipe, ...) -> Run`` (this module's `train`) is the public entry point; ``fourbit
 train`` parses its command line into the same call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from fourbit.models.data import Dataset, load_dataset
@@ -25,55 +25,35 @@ from fourbit.models.recipes import Recipe, get_recipe
 from fourbit.models.recorder import Recorder
 from fourbit.models.zoo import build_model
 from fourbit.traces import schema
+from fourbit.traces.config import StrictModel, first_difference
 from fourbit.traces.errors import ConfigError, NumericsError, TrainingError
-from fourbit.traces.io import Trace, replace_dir
+from fourbit.traces.files import atomic_dir, created_dir
+from fourbit.traces.io import Trace
 
-__all__ = ["Run", "TrainConfig", "evaluate", "grad_scales", "train", "train_step"]
+__all__ = ["Run", "TrainConfig", "check_out", "evaluate", "grad_scales", "train", "train_step"]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters.
+class TrainConfig(StrictModel):
+    """Training hyper-parameters (strict: a wrong type or a value out of range is a
+    `ConfigError` naming the field).
 
-    epochs >= 1; batch_size >= 1 (the final partial batch of an epoch is dropped, so every step
-    has the same shapes); lr > 0 (peak learning rate of a cosine schedule, Loshchilov and Hutter
-    2017); momentum in [0, 1); weight_decay >= 0 (not on biases and PACT clips); pact_l2 >= 0
-    (L2 on PACT's alpha, Choi et al. 2018); clip_norm >= 0 (global gradient-norm clipping,
-    Pascanu et al., ICML 2013, the usual guard of LSTM training: when the L2 norm of all
-    parameter gradients exceeds ``clip_norm`` they are scaled down to it; 0: off); trace_every >=
-    0 (also record every that many steps; 0: the last step only); seed: weights, shuffling and
-    everything random.
+    The cosine learning-rate schedule is Loshchilov and Hutter 2017; PACT's L2 on alpha is Choi et
+    al. 2018; global gradient-norm clipping (the usual guard of LSTM training) is Pascanu et al.,
+    ICML 2013: when the L2 norm of all parameter gradients exceeds ``clip_norm`` they are scaled
+    down to it. The final partial batch of an epoch is dropped, so every step has the same shapes.
     """
 
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    pact_l2: float = 1e-4
-    clip_norm: float = 0.0
-    trace_every: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = {
-            "epochs": (self.epochs, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            "batch_size": (self.batch_size, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-            "lr": (self.lr, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-            "momentum": (self.momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
-            "weight_decay": (self.weight_decay, lambda v: v >= 0, ">= 0"),
-            "pact_l2": (self.pact_l2, lambda v: v >= 0, ">= 0"),
-            "clip_norm": (self.clip_norm, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: off)"),
-            "trace_every": (self.trace_every, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            "seed": (self.seed, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-        }
-        for name, (value, ok, allowed) in checks.items():
-            try:
-                good = ok(value)
-            except TypeError:
-                good = False
-            if not good:
-                raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+    epochs: int = Field(20, ge=1, description="passes over the training set")
+    batch_size: int = Field(64, ge=1, description="samples per step")
+    lr: float = Field(0.1, gt=0, allow_inf_nan=False, description="peak learning rate of the cosine schedule")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False,
+                                description="L2 weight decay (not on biases and PACT clips)")
+    pact_l2: float = Field(1e-4, ge=0, allow_inf_nan=False, description="L2 on PACT's clip alpha")
+    clip_norm: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="clip the global gradient norm to this value (0: off)")
+    trace_every: int = Field(0, ge=0, description="also record the trace every that many steps (0: the last step only)")
+    seed: int = Field(0, ge=0, description="weights, shuffling and everything random")
 
 
 @dataclass
@@ -243,9 +223,7 @@ def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
     """Write ``path`` atomically (a temporary directory renamed into place): the parameters,
     momenta and buffers (npz), the scalar state and the shuffling generator's state (JSON), the
     trace rows recorded so far (Parquet)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path, marker="state.json") as tmp:
         arrays = {f"param/{p.name}": p.value for p in net.params()}
         arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
         arrays.update({f"buffer/{k}": v for k, v in _buffers(net).items()})
@@ -256,19 +234,6 @@ def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         gemms, ops = recorder.tables()
         gemms.to_parquet(tmp / "gemms.parquet", index=False)
         ops.to_parquet(tmp / "ops.parquet", index=False)
-        replace_dir(tmp, path, marker="state.json", keep=())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _first_difference(key: str, a, b) -> tuple[str, object, object]:
-    """The dotted name and values of the first difference between two JSON-like values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(dict.fromkeys([*a, *b])):
-            if a.get(k) != b.get(k):
-                return _first_difference(f"{key}.{k}", a.get(k), b.get(k))
-    return key, a, b
 
 
 def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
@@ -288,7 +253,7 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({exc})") from exc
     for key, value in expect.items():
         if state["run"].get(key) != value:
-            where, there, here = _first_difference(key, state["run"].get(key), value)
+            where, there, here = first_difference(key, state["run"].get(key), value)
             raise ConfigError(f"--resume: the checkpoint in {path.parent} is of another run: {where} is "
                               f"{there!r} there, {here!r} here")
     for p in net.params():
@@ -305,9 +270,39 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
     return state
 
 
+def check_out(out: str | Path | None, *, resume: bool = False, overwrite: bool = False) -> Path | None:
+    """The overwrite and resume policy of a run directory, checked before any work.
+
+    A directory holding a finished run (``meta.json``) is replaced only with ``overwrite``; one
+    holding the checkpoint of an unfinished run is continued with ``resume`` or started again
+    with ``overwrite``; the two exclude each other. Returns ``out`` as a Path (None: no run
+    directory).
+
+    Raises ConfigError naming ``out`` and the flag that would proceed.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: one continues the run at --out, the other "
+                          "replaces it")
+    if out is None:
+        if resume:
+            raise ConfigError("--resume needs --out: the run directory that holds the checkpoint")
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a run directory")
+    if (path / "meta.json").exists() and not (overwrite or resume):
+        raise ConfigError(f"--out {str(out)!r} already holds a run directory; pass --overwrite (overwrite=True) to "
+                          "replace it")
+    if (path / CHECKPOINT).exists() and not (overwrite or resume):
+        raise ConfigError(f"--out {str(out)!r} holds the checkpoint of an unfinished run; pass --resume "
+                          "(resume=True) to continue it or --overwrite (overwrite=True) to start again")
+    return path
+
+
 def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: TrainConfig | None = None,
           data_dir: str | None = None, out: str | Path | None = None, progress: bool = True,
-          model_params: dict | None = None, resume: bool = False, **overrides) -> Run:
+          model_params: dict | None = None, resume: bool = False, overwrite: bool = False,
+          **overrides) -> Run:
     """Train ``model`` on ``dataset`` with ``recipe`` and record the trace.
 
     Parameters
@@ -317,7 +312,7 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     dataset : str or Dataset
         A name of `fourbit.models.data.DATASETS` (files from ``data_dir``) or a loaded data set.
     recipe : str or Recipe
-        A name of `fourbit.models.recipes.RECIPES` or a recipe object.
+        A recipe spec of `fourbit.models.recipes.get_recipe` (``int4:radix=2``) or a recipe object.
     config : TrainConfig, optional
         Hyper-parameters; keyword ``overrides`` (epochs=..., seed=...) replace its fields.
     out : path, optional
@@ -326,6 +321,9 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     resume : bool
         Continue the run whose checkpoint is in ``out`` (same model, data, recipe and
         hyper-parameters): the result is the same as an uninterrupted run's.
+    overwrite : bool
+        Replace a run directory (or start again over a checkpoint) already at ``out``
+        (`check_out`).
     progress : bool
         Show a tqdm bar.
 
@@ -337,84 +335,102 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     ------
     ConfigError
         Unknown model, data set or recipe; bad hyper-parameters; a batch larger than the data set;
-        ``resume`` without a matching checkpoint.
+        ``out`` refused by `check_out` or not writable; ``resume`` without a matching checkpoint.
+        All before any training; a failed run leaves no new empty directory.
     DataError
         Missing or malformed data files.
     TrainingError
         The loss or a parameter became NaN or infinite (the message names the step).
     """
-    cfg = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
+    cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    path = check_out(out, resume=resume, overwrite=overwrite)
     rec_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
     ds = load_dataset(dataset, data_dir) if isinstance(dataset, str) else dataset
     steps_per_epoch = len(ds.x_train) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} samples)")
-    if resume and out is None:
-        raise ConfigError("--resume needs --out: the run directory that holds the checkpoint")
-    total = cfg.epochs * steps_per_epoch
     check_model_data(model, ds)
     net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
-    scales = grad_scales(net, rec_obj)
-    recorder = Recorder()
-    ctx = Context(rec_obj, recorder)
-    velocity: dict[str, np.ndarray] = {}
-    shuffle = np.random.default_rng([cfg.seed, 1])
-    metrics: list[dict] = []
-    run_id = {"model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "train_config": asdict(cfg),
+    run_id = {"model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "train_config": cfg.model_dump(),
               "model_params": model_params or {}}
-    first_epoch = 0
-    ckpt = Path(out) / CHECKPOINT if out is not None else None
-    if resume:
-        state = _load_checkpoint(ckpt, net, velocity, scales, shuffle, recorder,
-                                 json.loads(json.dumps(run_id)))
-        first_epoch, metrics = int(state["epoch"]), state["metrics"]
-    bar = tqdm(total=total, initial=first_epoch * steps_per_epoch, desc=f"{model}/{ds.name}/{rec_obj.name}",
-               disable=not progress, unit="step")
-    step = first_epoch * steps_per_epoch
-    run_of_skips = 0
-    for epoch in range(first_epoch, cfg.epochs):
-        order = shuffle.permutation(len(ds.x_train))
+    loop = _Loop(net, rec_obj, ds, cfg, run_id, None if path is None else path / CHECKPOINT)
+    with contextlib.nullcontext() if path is None else created_dir(path):
+        if resume:
+            loop.restore()
+        loop.run(progress, f"{model}/{ds.name}/{rec_obj.name}")
+        gemms, ops = loop.recorder.tables()
+        last = {m["metric"] + "_" + m["split"]: m["value"] for m in loop.metrics if m["epoch"] == cfg.epochs}
+        final = {"test_accuracy": last["accuracy_test"], "test_loss": last["loss_test"],
+                 "train_loss": last["loss_train"],
+                 "skipped_steps": int(sum(m["value"] for m in loop.metrics if m["metric"] == "skipped_steps"))}
+        meta = {**run_id, "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
+                "steps": cfg.epochs * steps_per_epoch, "final": final}
+        trace = Trace(meta, gemms, ops, schema.from_records("metrics", loop.metrics))
+        written = None if path is None else trace.write(path, overwrite=True)  # the policy: check_out
+    return Run(trace, final, net, written)
+
+
+class _Loop:
+    """The training loop's state (parameters live in ``net``; momenta, GradScales, the shuffling
+    generator, the recorder and the metrics here), its epochs and its checkpoints."""
+
+    def __init__(self, net: Sequential, recipe: Recipe, ds: Dataset, cfg: TrainConfig, run_id: dict,
+                 checkpoint: Path | None) -> None:
+        self.net, self.recipe, self.ds, self.cfg, self.checkpoint = net, recipe, ds, cfg, checkpoint
+        self.run_id = json.loads(json.dumps(run_id))  # as the checkpoint's JSON holds it
+        self.scales = grad_scales(net, recipe)
+        self.recorder = Recorder()
+        self.velocity: dict[str, np.ndarray] = {}
+        self.shuffle = np.random.default_rng([cfg.seed, 1])
+        self.metrics: list[dict] = []
+        self.first_epoch = 0
+        self.steps_per_epoch = len(ds.x_train) // cfg.batch_size
+        self.run_of_skips = 0  # consecutive overflow-skipped steps
+        self.ctx = Context(recipe, self.recorder)
+
+    def restore(self) -> None:
+        """Continue from the checkpoint (ConfigError when there is none or it is another run's)."""
+        state = _load_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, self.shuffle,
+                                 self.recorder, self.run_id)
+        self.first_epoch, self.metrics = int(state["epoch"]), state["metrics"]
+
+    def run(self, progress: bool, desc: str) -> None:
+        """The remaining epochs, a checkpoint after each."""
+        total = self.cfg.epochs * self.steps_per_epoch
+        with tqdm(total=total, initial=self.first_epoch * self.steps_per_epoch, desc=desc, disable=not progress,
+                  unit="step") as bar:
+            for epoch in range(self.first_epoch, self.cfg.epochs):
+                self._epoch(epoch, total, bar)
+                if self.checkpoint is not None:
+                    _save_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, self.shuffle,
+                                     {"run": self.run_id, "epoch": epoch + 1}, self.recorder, self.metrics)
+
+    def _epoch(self, epoch: int, total: int, bar) -> None:
+        cfg, ds, n = self.cfg, self.ds, self.steps_per_epoch
+        order = self.shuffle.permutation(len(ds.x_train))
         epoch_loss, skipped = 0.0, 0
-        for i in range(steps_per_epoch):
+        for i in range(n):
+            step = epoch * n + i
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            record = step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0)
-            if record:
-                recorder.start(step)
-            loss, skip = train_step(net, ctx, ds.x_train[idx], ds.y_train[idx], velocity, scales,
+            if step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0):
+                self.recorder.start(step)
+            loss, skip = train_step(self.net, self.ctx, ds.x_train[idx], ds.y_train[idx], self.velocity, self.scales,
                                     _lr_at(cfg, step, total), cfg, step, epoch)
-            recorder.stop()
-            run_of_skips = run_of_skips + 1 if skip else 0
-            if run_of_skips > MAX_SKIPS:
-                raise TrainingError(f"the backward GEMMs overflowed their accumulators {run_of_skips} steps in a row "
+            self.recorder.stop()
+            self.run_of_skips = self.run_of_skips + 1 if skip else 0
+            if self.run_of_skips > MAX_SKIPS:
+                raise TrainingError(f"the backward GEMMs overflowed their accumulators {self.run_of_skips} steps in a row "
                                     f"up to step {step} (epoch {epoch + 1}), at every gradient scale tried")
             skipped += skip
             epoch_loss += 0.0 if skip else loss
-            step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)
-        test_loss, test_acc = evaluate(net, rec_obj, ds.x_test, ds.y_test)
-        metrics += [
-            {"step": step, "epoch": epoch + 1, "split": "train", "metric": "loss",
-             "value": epoch_loss / max(steps_per_epoch - skipped, 1)},
-            {"step": step, "epoch": epoch + 1, "split": "train", "metric": "skipped_steps", "value": float(skipped)},
-            {"step": step, "epoch": epoch + 1, "split": "test", "metric": "loss", "value": test_loss},
-            {"step": step, "epoch": epoch + 1, "split": "test", "metric": "accuracy", "value": test_acc},
+        test_loss, test_acc = evaluate(self.net, self.recipe, ds.x_test, ds.y_test)
+        end = (epoch + 1) * n
+        self.metrics += [
+            {"step": end, "epoch": epoch + 1, "split": "train", "metric": "loss",
+             "value": epoch_loss / max(n - skipped, 1)},
+            {"step": end, "epoch": epoch + 1, "split": "train", "metric": "skipped_steps", "value": float(skipped)},
+            {"step": end, "epoch": epoch + 1, "split": "test", "metric": "loss", "value": test_loss},
+            {"step": end, "epoch": epoch + 1, "split": "test", "metric": "accuracy", "value": test_acc},
         ]
-        if ckpt is not None:
-            _save_checkpoint(ckpt, net, velocity, scales, shuffle, {"run": run_id, "epoch": epoch + 1},
-                             recorder, metrics)
-    bar.close()
-    gemms, ops = recorder.tables()
-    last = {m["metric"] + "_" + m["split"]: m["value"] for m in metrics if m["epoch"] == cfg.epochs}
-    final = {"test_accuracy": last["accuracy_test"], "test_loss": last["loss_test"], "train_loss": last["loss_train"],
-             "skipped_steps": int(sum(m["value"] for m in metrics if m["metric"] == "skipped_steps"))}
-    meta = {
-        "model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "seed": cfg.seed,
-        "batch_size": cfg.batch_size, "epochs": cfg.epochs, "steps": total,
-        "train_config": asdict(cfg), "model_params": model_params or {}, "final": final,
-    }
-    trace = Trace(meta, gemms, ops, schema.from_records("metrics", metrics))
-    path = None
-    if out is not None:
-        path = trace.write(out)
-    return Run(trace, final, net, path)

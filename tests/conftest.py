@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from hypothesis import HealthCheck, settings
 
 # "ci" (the default): the same examples on every run, so a test run is reproducible and CI is

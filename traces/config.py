@@ -11,19 +11,31 @@ command line calls with the field's own type (``--set array.rows=64``). Every er
 
 from __future__ import annotations
 
+import contextvars
 import math
+import os
 import types
 import typing
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["StrictModel", "allowed_text", "field_info", "parse_text", "set_dotted"]
+__all__ = ["PathText", "StrictModel", "allowed_text", "base_type", "field_info", "first_difference", "parse_text", "set_dotted"]
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathText = Annotated[str, BeforeValidator(_fspath)]
+"""A file or directory path: text, or a `pathlib.Path` (kept as its text)."""
 
 _TRUE = ("true", "on", "yes", "1")
+_DEPTH = contextvars.ContextVar("fourbit_config_depth", default=0)
+"""How many model validations are under way: a section validated inside a larger model lets its
+errors reach the outer one (which names the whole dotted path) instead of converting them."""
 _FALSE = ("false", "off", "no", "0")
 
 
@@ -40,10 +52,16 @@ class StrictModel(BaseModel):
     """The dotted name of this model where it is a section of a larger one (error messages)."""
 
     def __init__(self, **data: Any) -> None:
+        depth = _DEPTH.get()
+        token = _DEPTH.set(depth + 1)
         try:
             super().__init__(**data)
         except ValidationError as exc:
+            if depth > 0:  # a section of a model being validated: the outer one reports
+                raise
             raise ConfigError(describe(exc, type(self), prefix=type(self).PATH)) from None
+        finally:
+            _DEPTH.reset(token)
 
     @classmethod
     def parse(cls, data: Any, source: str = "") -> typing.Self:
@@ -52,29 +70,38 @@ class StrictModel(BaseModel):
         Raises ConfigError (one line: source, dotted field, value, allowed)."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source + ': ' if source else ''}expected a table of fields, got {data!r}")
+        token = _DEPTH.set(_DEPTH.get() + 1)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(describe(exc, cls, source=source, prefix=cls.PATH)) from None
+        finally:
+            _DEPTH.reset(token)
 
     def replace(self, **changes: Any) -> typing.Self:
         """A validated copy with ``changes``; the fields set explicitly stay set (`fields_set`)."""
-        return type(self).parse({**self.model_dump(exclude_unset=True), **changes})
+        return type(self).parse({**{k: getattr(self, k) for k in self.model_fields_set}, **changes})
 
 
 # ------------------------------------------------------------------------------------------------
 # field lookup
 # ------------------------------------------------------------------------------------------------
-def _strip_optional(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return annotation
+def base_type(annotation: Any) -> Any:
+    """``annotation`` without ``Optional`` and ``Annotated`` (``int | None`` -> ``int``)."""
+    while True:
+        if typing.get_origin(annotation) is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+            continue
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) == 1:
+                annotation = args[0]
+                continue
+        return annotation
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    a = _strip_optional(annotation)
+    a = base_type(annotation)
     return a if isinstance(a, type) and issubclass(a, BaseModel) else None
 
 
@@ -98,7 +125,7 @@ def field_info(model: type[BaseModel], dotted: str) -> tuple[FieldInfo | None, A
             raise ConfigError(f"unknown field {'.'.join([*path, name])}; fields of [{where}]: {', '.join(fields)}")
         info = fields[name]
         path.append(name)
-        annotation = _strip_optional(info.annotation)
+        annotation = base_type(info.annotation)
         if typing.get_origin(annotation) is dict:
             key_type, value_type = typing.get_args(annotation)
             if i + 1 == len(parts):
@@ -132,7 +159,7 @@ def set_dotted(data: dict, model: type[BaseModel], dotted: str, value: Any) -> N
     i = 0
     while i < len(parts) - 1:
         name = parts[i]
-        annotation = _strip_optional(current.model_fields[name].annotation)
+        annotation = base_type(current.model_fields[name].annotation)
         if typing.get_origin(annotation) is dict:
             value_type = typing.get_args(annotation)[1]
             table = node.setdefault(name, {})
@@ -143,6 +170,20 @@ def set_dotted(data: dict, model: type[BaseModel], dotted: str, value: Any) -> N
             continue
         node, current, i = node.setdefault(name, {}), _model_of(annotation), i + 1
     node[parts[-1]] = value
+
+
+def first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any]:
+    """The dotted name and the two values of the first difference between two JSON-like values
+    (``key`` names their root), e.g. ``("train_config.epochs", 3, 4)``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(dict.fromkeys([*a, *b])):
+            if a.get(k) != b.get(k):
+                return first_difference(f"{key}.{k}" if key else str(k), a.get(k), b.get(k))
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return first_difference(f"{key}.{i}" if key else str(i), x, y)
+    return key, a, b
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +199,7 @@ def parse_text(annotation: Any, text: str, name: str) -> Any:
 
     Raises ConfigError naming ``name``, the text and the expected kind of value.
     """
-    t = _strip_optional(annotation)
+    t = base_type(annotation)
     text = text.strip()
     low = text.lower()
     if typing.get_origin(t) is Literal:
@@ -206,23 +247,28 @@ def allowed_text(info: FieldInfo | None, annotation: Any = None) -> str:
     """What a field allows, in words: ``an integer >= 1``, ``one of 'ws', 'os', 'is'``, ...
 
     A field may state it itself (``Field(json_schema_extra={"allowed": "..."})``)."""
+    metadata = list(info.metadata) if info is not None else []
     if info is not None:
         extra = info.json_schema_extra
         if isinstance(extra, dict) and "allowed" in extra:
             return str(extra["allowed"])
         annotation = info.annotation if annotation is None else annotation
-    optional = _strip_optional(annotation) is not annotation
-    t = _strip_optional(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:  # constraints of a dict's values
+        for m in typing.get_args(annotation)[1:]:
+            metadata += list(getattr(m, "metadata", [m]))
+    t = base_type(annotation)
+    base = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
+    optional = t is not base
     origin = typing.get_origin(t)
     if origin is Literal:
         text = "one of " + ", ".join(repr(o) for o in typing.get_args(t))
     elif t is bool:
         text = "true or false"
     elif t in (int, float):
-        finite = info is not None and any(getattr(m, "allow_inf_nan", None) is False for m in info.metadata)
+        finite = any(getattr(m, "allow_inf_nan", None) is False for m in metadata)
         text = "an integer" if t is int else ("a finite number" if finite else "a number")
         bounds = []
-        for m in info.metadata if info is not None else ():
+        for m in metadata:
             for attr, sign in _BOUNDS:
                 if getattr(m, attr, None) is not None:
                     bounds.append(f"{sign} {getattr(m, attr):g}")
@@ -242,33 +288,34 @@ def allowed_text(info: FieldInfo | None, annotation: Any = None) -> str:
 
 
 def _walk(model: type[BaseModel], loc: tuple) -> tuple[FieldInfo | None, type[BaseModel] | None, Any]:
-    """(field info, the model holding it, the annotation at ``loc``), following dict keys."""
+    """(field info, the model holding the last field, the annotation at ``loc``), following
+    nested models, dict keys and tuple items; a ``[key]`` part gives the dict's key type."""
     current: Any = model
     info: FieldInfo | None = None
     holder: type[BaseModel] | None = model
-    annotation: Any = model
-    for part in loc:
-        m = _model_of(current) if not isinstance(current, type) or not issubclass(current, BaseModel) else current
-        if m is not None and isinstance(part, str) and part in m.model_fields:
-            holder, info = m, m.model_fields[part]
-            annotation = current = info.annotation
+    for i, part in enumerate(loc):
+        m = _model_of(current)
+        if m is not None:
+            holder = m
+            if not (isinstance(part, str) and part in m.model_fields):
+                return None, m, current  # an unknown field of m
+            info = m.model_fields[part]
+            current = info.annotation
             continue
-        t = _strip_optional(current)
+        t = base_type(current)
+        info = None
         if typing.get_origin(t) is dict:
             key_type, value_type = typing.get_args(t)
-            if part == "[key]":
+            if i + 1 < len(loc) and loc[i + 1] == "[key]":
                 return None, holder, key_type
-            annotation = current = value_type
-            info = None
-            continue
-        if typing.get_origin(t) in (tuple, list):
+            current = value_type
+        elif typing.get_origin(t) in (tuple, list):
             args = [a for a in typing.get_args(t) if a is not Ellipsis]
-            annotation = current = args[0] if len(args) == 1 else (args[part] if isinstance(part, int)
-                                                                    and part < len(args) else Any)
-            info = None
-            continue
-        return info, holder, annotation
-    return info, holder, annotation
+            current = args[0] if len(args) == 1 else (args[part] if isinstance(part, int) and part < len(args)
+                                                      else Any)
+        else:
+            return None, holder, current
+    return info, holder, current
 
 
 def describe(exc: ValidationError, model: type[BaseModel], source: str = "", prefix: str = "") -> str:
@@ -276,7 +323,7 @@ def describe(exc: ValidationError, model: type[BaseModel], source: str = "", pre
     err = exc.errors(include_url=False)[0]
     loc = tuple(err["loc"])
     info, holder, annotation = _walk(model, loc)
-    names = [str(p) for p in loc if p != "[key]"]
+    names = [str(p) for p in (loc[:-2] if loc and loc[-1] == "[key]" else loc)]
     dotted = ".".join([prefix, *names] if prefix else names)
     kind, value = err["type"], err.get("input")
     lead = f"{source}: " if source else ""
@@ -288,10 +335,10 @@ def describe(exc: ValidationError, model: type[BaseModel], source: str = "", pre
         return f"{lead}{dotted} is required: {allowed_text(info, annotation)}"
     if kind in ("value_error", "assertion_error"):
         msg = str(err.get("ctx", {}).get("error", err["msg"]))
-        return f"{lead}{dotted + ': ' if dotted else ''}{msg}"
+        return f"{lead}{dotted + ': ' if dotted and not msg.startswith(dotted) else ''}{msg}"
     shown = value.item() if hasattr(value, "item") else value
     if loc and loc[-1] == "[key]":
-        return f"{lead}{dotted}: unknown key {shown!r}; allowed {allowed_text(None, annotation)}"
+        return f"{lead}{dotted}: unknown key {loc[-2]!r}; allowed {allowed_text(None, annotation)}"
     what = "has the wrong type" if kind.endswith("_type") or kind in ("dict_type", "model_type") \
         else "is out of range"
     return f"{lead}{dotted} = {shown!r} {what}: allowed {allowed_text(info, annotation)}"

@@ -145,25 +145,39 @@ def fsync_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def created_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Create the output directory ``path`` (and its parents) for a command; yields it.
+def created_dir(path: str | os.PathLike, *, ignore: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Create the output directory ``path`` (and its parents) for a command and check that a file
+    can be written there; yields it.
 
     When the command fails (any exception) and this call created the directory, it is removed
-    again unless a file was written in it: a failed command leaves no empty directory behind,
-    and nothing it wrote (a checkpoint, finished points) is lost.
+    again unless a file (other than those named in ``ignore``) was written in it: a failed
+    command leaves no new directory behind, and nothing it wrote (a checkpoint, finished points)
+    is lost.
 
     Raises
     ------
-    OSError
-        ``path`` cannot be created.
+    ConfigError
+        ``path`` cannot be created or written (names the directory and the reason).
     """
     path = Path(path)
     missing = [p for p in (path, *path.parents) if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        _remove_empty(missing, ignore)
+        raise ConfigError(f"--out {str(path)!r} is not a writable directory: {exc.strerror or exc}") from exc
     try:
         yield path
     except BaseException:
-        for d in missing:  # deepest first; a directory that holds a file stays
-            if d.is_dir() and not any(p.is_file() for p in d.rglob("*")):
-                shutil.rmtree(d, ignore_errors=True)
+        _remove_empty(missing, ignore)
         raise
+
+
+def _remove_empty(dirs: list[Path], ignore: tuple[str, ...]) -> None:
+    """Remove the directories of ``dirs`` (deepest first) that hold no file but ``ignore``d ones."""
+    for d in dirs:
+        if d.is_dir() and not any(p.is_file() and p.name not in ignore for p in d.rglob("*")):
+            shutil.rmtree(d, ignore_errors=True)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,9 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fourbit.traces import schema
-from fourbit.traces.errors import TraceError
+from fourbit.traces.errors import ConfigError, TraceError
+from fourbit.traces.files import atomic_dir, previous_dir
 
-__all__ = ["Trace", "read", "replace_dir", "write", "package_version"]
+__all__ = ["Trace", "package_version", "read", "write"]
 
 META = "meta.json"
 
@@ -59,9 +58,9 @@ class Trace:
     ops: pd.DataFrame = field(default_factory=lambda: schema.coerce("ops", None))
     metrics: pd.DataFrame = field(default_factory=lambda: schema.coerce("metrics", None))
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def write(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write atomically to the run directory ``path`` (see `write`)."""
-        return write(self, path)
+        return write(self, path, overwrite=overwrite)
 
     @property
     def steps(self) -> list[int]:
@@ -92,21 +91,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write(trace: Trace, path: str | os.PathLike) -> Path:
-    """Write ``trace`` as a run directory at ``path``, atomically; returns the path.
+def write(trace: Trace, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``trace`` as a run directory at ``path``, atomically (`fourbit.traces.files.atomic_dir`);
+    returns the path. A ``checkpoint`` of a training run already at ``path`` moves into the new
+    directory.
 
     Raises
     ------
+    ConfigError
+        ``path`` holds a run directory and ``overwrite`` is False, or holds something that is not a
+        run directory.
     TraceError
         A table that does not fit the schema (`fourbit.traces.schema.coerce`).
     OSError
         The parent directory is not writable.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if (path / META).exists() and not overwrite:
+        raise ConfigError(f"{path} already holds a run directory; pass --overwrite (overwrite=True) to replace it")
     tables = {name: schema.coerce(name, getattr(trace, name)) for name in schema.TABLES}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path, marker=META, keep=("checkpoint",)) as tmp:
         entries = {}
         for name, df in tables.items():
             f = tmp / f"{name}.parquet"
@@ -118,10 +122,6 @@ def write(trace: Trace, path: str | os.PathLike) -> Path:
         with open(tmp / META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     trace.meta = meta
     return path
 
@@ -130,29 +130,6 @@ def _json_default(obj):
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"meta value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def replace_dir(tmp: Path, path: Path, marker: str = META, keep: tuple[str, ...] = ("checkpoint",)) -> None:
-    """Move the finished directory ``tmp`` to ``path`` atomically, replacing an older one there.
-
-    The older directory must hold ``marker`` or nothing but the entries named in ``keep``
-    (nothing else is ever replaced); those entries (a training checkpoint) move into the new one.
-    Replacing takes two renames (old aside, new in): a crash between them leaves no directory at
-    ``path`` and the old one at ``.NAME.old-*/trace``, which `read` then points to.
-    """
-    if path.exists():
-        entries = {p.name for p in path.iterdir()}
-        if marker not in entries and not entries <= set(keep):
-            raise TraceError(f"{path} exists and is not a run directory; refusing to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / "trace")
-        os.replace(tmp, path)
-        for name in keep:
-            if (old / "trace" / name).exists() and not (path / name).exists():
-                os.replace(old / "trace" / name, path / name)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def _read_meta(path: Path) -> dict:
@@ -229,9 +206,9 @@ def read(path: str | os.PathLike) -> Trace:
     """
     path = Path(path)
     if not path.is_dir():
-        left = sorted(path.parent.glob(f".{path.name}.old-*/trace"))
+        left = previous_dir(path)
         hint = (f"; an overwrite was interrupted between its two renames: the previous run directory "
-                f"is at {left[-1]}") if left else ""
+                f"is at {left}") if left else ""
         raise TraceError(f"{path}: not a directory (a run directory holds {META} and Parquet tables){hint}")
     meta = _read_meta(path)
     tables = {}

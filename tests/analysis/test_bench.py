@@ -7,8 +7,8 @@ import json
 import pytest
 
 from fourbit.analysis.bench import format_records, run_benchmarks
-from tests.analysis.test_cli import fourbit
 from fourbit.traces.errors import ConfigError
+from tests.analysis.test_cli import fourbit
 
 
 def test_bench_sim_and_trace_json_records():

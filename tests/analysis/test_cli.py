@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fourbit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """The installed ``fourbit`` command (as ``python -m``, the same entry point)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run([sys.executable, "-m", "fourbit.analysis.cli", *args], capture_output=True,
                           text=True, cwd=cwd or ROOT, env=env, timeout=900)
 
@@ -40,22 +42,37 @@ def test_run_main_job_end_to_end(tmp_path):
     assert int4.dram_bytes_per_step < fp32.dram_bytes_per_step
     assert int4.speedup_vs_fp16 > 1 and int4.energy_ratio_vs_fp16 < 1
     assert (out / "main_job.png").stat().st_size > 10_000
-    assert (out / "runs" / "int4" / "meta.json").is_file()
+    assert len(list((out / "runs").glob("int4-s0-*/meta.json"))) == 1
     assert "fourbit" in res.stdout and "int4" in res.stdout
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--dataset", "cifar100"], "unknown dataset 'cifar100'"),
-    (["run", "--recipe", "int3"], "unknown recipe 'int3'"),
-    (["run", "--epochs", "0"], "expected an integer >= 1, got 0"),
-    (["run", "--chip", "tpu9"], "unknown chip preset 'tpu9'"),
+    (["run", "--dataset", "cifar100"], "argument --dataset: invalid choice: 'cifar100' (choose from 'digits', "),
+    (["run", "--recipe", "int3"], "argument --recipe: invalid choice: 'int3' (choose from 'fp32', 'fp16'"),
+    (["run", "--recipe", "int4:radix=3"], "recipe.radix = '3' is out of range: allowed one of 2, 4, 8, 16"),
+    (["run", "--epochs", "0"], "epochs = 0 is out of range: allowed an integer >= 1"),
+    (["run", "--epochs", "two"], "argument --epochs: epochs = 'two': expected an integer"),
+    (["run", "--chip", "tpu9"], "argument --chip: invalid choice: 'tpu9' (choose from 'fourbit'"),
+    (["train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--lr", "0"],
+     "lr = 0.0 is out of range: allowed a finite number > 0"),
+    (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.rows=eight"],
+     "array.rows = 'eight': expected an integer"),
+    (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.macs_per_pe=8",
+      "--grid", "units.int4.macs_per_pe,units.fp4xint4.macs_per_pe=4"],
+     "array.macs_per_pe = 8 has no effect: every unit of this chip sets its own"),
+    (["compare", "--trace", "nowhere"], "nowhere: not a directory"),
+    (["simulate", "nowhere", "--chip", "fourbit"], "nowhere: not a directory"),
+    (["simulate", "nowhere", "--chip", "fourbit", "--set", "array.rows=0"], "array.rows = 0 is out of range"),
+    (["import-scalesim", "nope", "--batch", "1"], "topology 'nope' is neither a file nor a shipped topology"),
+    (["ablation", "--model", "mlp", "--dataset", "digits", "--seeds", "-1"], "seeds.0 = -1 is out of range"),
 ])
-def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
-    res = fourbit(*args, "--out", str(tmp_path / "o"))
+def test_bad_arguments_exit_2_with_one_line_and_leave_no_directory(tmp_path, args, message):
+    res = fourbit(*args, "--out", str(tmp_path / "o" / "deeper"))
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("target", ["/proc/fourbit-out", "FILE/sub"])
@@ -88,20 +105,20 @@ def test_ratio_columns_name_the_baseline_chip(tmp_path):
 
 def test_bad_recipe_fails_before_any_training(tmp_path):
     res = fourbit("run", "--recipe", "nope", "--out", str(tmp_path / "o"))
-    assert res.returncode == 2 and "unknown recipe 'nope'" in res.stderr
+    assert res.returncode == 2 and "invalid choice: 'nope'" in res.stderr
     assert not (tmp_path / "o" / "runs").exists()
 
 
-def test_train_refuses_to_overwrite_and_honours_lr_zero_check(tmp_path):
+def test_train_refuses_to_overwrite_unless_told(tmp_path):
     out = tmp_path / "r"
     assert fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
                    "--out", str(out), "--quiet").returncode == 0
     res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
                   "--out", str(out), "--quiet")
     assert res.returncode == 2 and "--overwrite" in res.stderr
-    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--lr", "0",
-                  "--out", str(tmp_path / "z"), "--quiet")
-    assert res.returncode == 2 and "lr must be a finite number > 0, got 0.0" in res.stderr
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
+                  "--out", str(out), "--quiet", "--overwrite")
+    assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.parametrize("model, dataset, message", [
@@ -124,6 +141,54 @@ def test_divergence_is_one_clear_line(tmp_path):
                   "--epochs", "1", "--out", str(tmp_path / "d"), "--quiet")
     assert res.returncode == 2 and "training diverged" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()  # nothing was written: no directory left behind
+
+
+VERBS = ("run", "train", "simulate", "import-scalesim", "chip", "ablation", "sweep", "compare", "report", "bench")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_help_of_every_command_shows_defaults_and_choices(verb):
+    text = " ".join(_subparser(verb).format_help().split())
+    if verb in ("run", "ablation", "sweep", "compare"):  # jobs: options derived from their models
+        assert "(default: " in text and "--overwrite" in text
+        assert "one of mlp, lenet5, resnet, speech, lstm" in text
+        assert "one of digits, mnist, cifar10, fsdd, shakespeare" in text
+    if verb in ("run", "train", "ablation", "sweep", "compare"):
+        assert "--epochs EPOCHS passes over the training set; an integer >= 1 (default: " in text
+        assert "--lr LR peak learning rate of the cosine schedule; a finite number > 0 (default: 0.1)" in text
+    if verb in ("run", "train", "sweep", "import-scalesim"):
+        assert "fp32, fp16, hfp8, int8, int4-fwd, int4, int4-dw8" in text
+    if verb in ("run", "sweep", "simulate"):
+        assert "fourbit, fourbit_iso_area, fp16, hfp8, int8, rapid" in text
+    defaults = {"run": "(default: 20)", "train": "(default: 20)", "sweep": "(default: 1)", "compare": "(default: 1)",
+                "ablation": "(default: 1)"}
+    if verb in defaults:  # each job's own default number of epochs, shown
+        assert re.search(r"--epochs EPOCHS passes over the training set; an integer >= 1 " + re.escape(defaults[verb]),
+                         text)
+
+
+def _subparser(verb: str):
+    from fourbit.analysis.cli import _parser
+
+    parser = _parser([verb])
+    action = next(a for a in parser._actions if a.dest == "verb")
+    return action.choices[verb]
+
+
+def test_the_main_job_continues_refuses_another_and_overwrites(tmp_path):
+    out = tmp_path / "o"
+    args = ["run", "--epochs", "1", "--out", str(out), "--quiet"]
+    first = fourbit(*args)
+    assert first.returncode == 0, first.stderr
+    again = fourbit(*args)  # the same job: the runs are reused, the table is the same
+    assert again.returncode == 0 and again.stdout == first.stdout
+    other = fourbit("run", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet")
+    assert other.returncode == 2
+    assert ("holds the results of another main_job (train.seed is 0 there, 1 here); pass --overwrite" in other.stderr)
+    forced = fourbit("run", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet", "--overwrite")
+    assert forced.returncode == 0, forced.stderr
+    assert len(list((out / "runs").iterdir())) == 4  # seed 0's runs stay cached; nothing was deleted
 
 
 def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
@@ -132,7 +197,7 @@ def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
                   "--set", "sram.ifmap_bytes=1e6", "--out", str(tmp_path / "s"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "s" / "simulation.csv").is_file()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     piped = subprocess.run(f"{sys.executable} -m fourbit.analysis.cli simulate {path} --chip fourbit | head -1",
                            shell=True, capture_output=True, text=True, env=env, cwd=ROOT)
     assert "Traceback" not in piped.stderr

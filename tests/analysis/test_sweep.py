@@ -7,8 +7,10 @@ import importlib
 import pandas as pd
 import pytest
 
-from fourbit.analysis.sweep import Axis, Source, SweepSpec, parse_grid, sweep
+from fourbit.analysis.sweep import Axis, SweepSpec, load_spec, parse_grid, sweep
+from fourbit.analysis.workloads import Source
 from fourbit.models.recipes import get_recipe
+from fourbit.models.trainer import TrainConfig
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.scalesim import import_topology
 
@@ -35,7 +37,7 @@ GRID = ("array.rows,array.cols=8,16", "log_path.radix=2,4", "array.dataflow=ws,o
 
 
 def _spec(trace, out, grid=GRID, **kw):
-    return SweepSpec(Source(trace=trace), parse_grid(list(grid)), out=str(out), **kw)
+    return SweepSpec(source=Source(trace=trace), grid=parse_grid(list(grid)), out=str(out), **kw)
 
 
 def test_grid_table_columns_and_linked_log_base(small_trace, tmp_path):
@@ -140,10 +142,11 @@ def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
 
 @pytest.mark.parametrize("grid, message", [
     (["array.depth=4,8"], r"unknown field array.depth; fields of \[array\]: rows, cols"),
-    (["array.rows=0,8"], "array.rows = 0 is out of range"),
+    (["array.rows=0,8"], r"grid point 0 \(array.rows=0\): overrides: array.rows = 0 is out of range: allowed an "
+                         r"integer >= 1$"),
     (["array.dataflow=ws,rs"], "array.dataflow = 'rs' is out of range"),
-    (["recipe.radix=3"], "radix"),
-    (["recipe.colour=1"], "unknown grid field 'recipe.colour'"),
+    (["recipe.radix=3"], r"recipe.radix = '3' is out of range: allowed one of 2, 4, 8, 16"),
+    (["recipe.colour=1"], "unknown grid field 'recipe.colour'; recipe parameters: bwd_acc, exponent_bits"),
     (["array.rows=8", "array.rows=16"], "grid field 'array.rows' appears on two axes"),
     (["log_path.radix=2", "recipe.radix=16"], "log_path.radix = 2 and recipe.radix = 16 differ"),
     ([], "the grid is empty"),
@@ -154,22 +157,78 @@ def test_bad_specs_are_rejected_before_any_work(small_trace, tmp_path, grid, mes
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize("text, message", [
+    ('[[grid]]\nfields = "array.rows"\nvalues = ["8"]\n',
+     r"grid point 0 \(array.rows=8\): overrides: array.rows = '8' has the wrong type: allowed an integer >= 1$"),
+    ('[[grid]]\nfields = "recipe.tpr"\nvalues = ["on"]\n',
+     r"recipe 'int4': recipe.tpr = 'on' has the wrong type: allowed true or false"),
+    ('workers = "2"\n[[grid]]\nfields = "array.rows"\nvalues = [8]\n',
+     r"spec.toml: workers = '2' has the wrong type: allowed an integer >= 1$"),
+    ('colour = 1\n[[grid]]\nfields = "array.rows"\nvalues = [8]\n',
+     r"spec.toml: unknown field colour; fields of \[the top level\]: source, grid, out, chip"),
+    ('[[grid]]\nfields = "array.rows"\nvalues = [8]\nsteps = 3\n',
+     r"spec.toml: unknown field grid.0.steps; fields of \[grid.0\]: fields, values$"),
+    ('workers = 0\n[[grid]]\nfields = "array.rows"\nvalues = [8]\n',
+     r"spec.toml: workers = 0 is out of range: allowed an integer >= 1$"),
+    ('[source.train]\nepochs = 1.0\n[[grid]]\nfields = "array.rows"\nvalues = [8]\n',
+     r"spec.toml: source.train.epochs = 1.0 has the wrong type: allowed an integer >= 1$"),
+    ('[[grid]]\nfields = ["array.macs_per_pe", "units.int4.macs_per_pe", "units.fp4xint4.macs_per_pe"]\n'
+     'values = [[8, 4, 4]]\n', r"array.macs_per_pe = 8 has no effect: every unit of this chip sets its own"),
+])
+def test_a_bad_toml_spec_is_one_line_naming_the_field(small_trace, tmp_path, text, message):
+    spec = tmp_path / "spec.toml"
+    source = f'[source]\ntrace = "{small_trace}"\n'
+    top, _, tables = text.partition("[")  # top-level keys first, then the tables
+    spec.write_text(top + source + ("[" + tables if tables else "").replace(source, ""))
+    with pytest.raises(ConfigError, match=message) as info:
+        sweep(load_spec(spec), progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_paths_in_a_spec_are_relative_to_the_spec_file(small_trace, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(small_trace, tmp_path / "specs" / "trace")
+    spec = tmp_path / "specs" / "s.toml"
+    spec.write_text('out = "out"\n[source]\ntrace = "trace"\n[[grid]]\nfields = "array.rows"\nvalues = [8]\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere than the spec
+    table = sweep(load_spec("specs/s.toml"), progress=False)
+    assert (table.status == "ok").all() and (tmp_path / "specs" / "out" / "results.csv").is_file()
+
+
+def test_the_same_sweep_continues_another_is_refused_unless_overwrite(small_trace, tmp_path):
+    out = tmp_path / "s"
+    first = sweep(_spec(small_trace, out, grid=["array.rows=8,16"]), progress=False)
+    pd.testing.assert_frame_equal(sweep(_spec(small_trace, out, grid=["array.rows=8,16"]), progress=False), first)
+    with pytest.raises(ConfigError, match=r"holds the results of another sweep \(grid.0.values is \[8, 16\] there, "
+                                          r"\[8, 16, 32\] here\); pass --overwrite \(overwrite=True\)"):
+        sweep(_spec(small_trace, out, grid=["array.rows=8,16,32"]), progress=False)
+    wider = sweep(_spec(small_trace, out, grid=["array.rows=8,16,32"]), progress=False, overwrite=True)
+    assert len(wider) == 3 and (wider.status == "ok").all()
+    assert len(list((out / "points").glob("*[0-9a-f].parquet"))) == 3  # 8 and 16 were reused, not deleted
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "cat.jpg").write_text("x")
+    with pytest.raises(ConfigError, match="is not empty and holds no fourbit job"):
+        sweep(_spec(small_trace, foreign, grid=["array.rows=8"]), progress=False)
+
+
 def test_bad_grid_syntax_and_sources(small_trace, tmp_path):
     with pytest.raises(ConfigError, match="expected FIELD"):
         parse_grid(["array.rows"])
     with pytest.raises(ConfigError, match="has no values"):
         parse_grid(["array.rows="])
     with pytest.raises(ConfigError, match="one source is needed"):
-        sweep(SweepSpec(Source(), (Axis(("array.rows",), (8,)),), out=str(tmp_path / "x")), progress=False)
+        Source()
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
-        sweep(SweepSpec(Source(model="vgg", dataset="digits"), (Axis(("array.rows",), (8,)),),
+        sweep(SweepSpec(source=Source(model="vgg", dataset="digits"), grid=(Axis(fields=("array.rows",), values=(8,)),),
                         out=str(tmp_path / "x")), progress=False)
     assert not (tmp_path / "x").exists()
 
 
 def test_training_sweep_trains_once_per_recipe(tmp_path):
-    spec = SweepSpec(Source(model="mlp", dataset="digits", epochs=1),
-                     parse_grid(["recipe.radix=2,4", "array.rows,array.cols=8,16"]), out=str(tmp_path / "t"))
+    spec = SweepSpec(source=Source(model="mlp", dataset="digits", train=TrainConfig(epochs=1)),
+                     grid=parse_grid(["recipe.radix=2,4", "array.rows,array.cols=8,16"]), out=str(tmp_path / "t"))
     table = sweep(spec, progress=False)
     assert len(table) == 4 and (table.status == "ok").all()
     assert len(list((tmp_path / "t" / "runs").iterdir())) == 2
@@ -225,4 +284,4 @@ def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     assert (four.speedup_vs_fp16 > 1).all() and (four.energy_ratio_vs_fp16 < 1).all()
     assert (tmp_path / "c" / "compare.csv").is_file()
     with pytest.raises(ConfigError, match="name a chip twice"):
-        compare(Source(trace=small_trace), chips=("fourbit", " fourbit", "fp16"), out=tmp_path / "d", progress=False)
+        compare(Source(trace=small_trace), chips=("fourbit", "fourbit", "fp16"), out=tmp_path / "d", progress=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fourbit.hwsim.config import load_chip
-
 from fourbit.hwsim.engine import simulate
 
 
@@ -54,40 +53,6 @@ def test_a_gigantic_gemm_is_extended_or_refused_never_hung(digits_runs):
     row = simulate(big, load_chip("fourbit"), extrapolate=True).to_frame().iloc[1]
     assert row.M == 10**12 and row.tiles > 10**10
     assert row.total_cycles >= row.compute_cycles > 10**10
-
-
-def test_config_types_and_ranges_name_the_field():
-    import pytest
-
-    from fourbit.hwsim.config import ArrayConfig
-    from fourbit.traces.errors import ConfigError
-
-    with pytest.raises(ConfigError, match=r"array.rows = 2.5: expected int"):
-        ArrayConfig(rows=2.5)
-    with pytest.raises(ConfigError, match=r"dram.bandwidth_bytes_per_s = 1e-300 is out of range"):
-        load_chip("fourbit", {"dram.bandwidth_bytes_per_s": "1e-300"})
-    with pytest.raises(ConfigError, match=r"scaling.lanes = 0.5 is out of range: allowed >= 1"):
-        load_chip("fourbit", {"scaling.lanes": 0.5})
-    with pytest.raises(ConfigError, match=r"unknown field array.rowz"):
-        load_chip("fourbit", {"array.rowz": 3})
-    chip = load_chip("fourbit", {"energy.overrides.mac.int4": "0.02", "sram.ifmap_bytes": "1e6"})
-    assert chip.energy.overrides == {"mac.int4": 0.02} and chip.sram.ifmap_bytes == 1_000_000
-
-
-def test_chip_toml_round_trip(tmp_path):
-    import pytest
-
-    from fourbit.hwsim.config import preset_names
-
-    for name in preset_names():
-        chip = load_chip(name, {"array.rows": 48, "dram.bandwidth_bytes_per_s": float("inf"),
-                                "energy.overrides.mac.int4": 0.01})
-        path = tmp_path / f"{name}.toml"
-        path.write_text(chip.to_toml())
-        assert load_chip(str(path)) == chip
-    path.write_text(path.read_text().replace("[array]", "[array]\nrowz = 3"))
-    with pytest.raises(Exception, match="rowz"):
-        load_chip(str(path))
 
 
 def test_gate_zeros_removes_mac_energy_of_zero_products(digits_runs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -11,11 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fourbit.hwsim.config import load_chip
-
-from fourbit.hwsim.engine import simulate
 from fourbit.hwsim.blocks.log_path import LogPath
-from fourbit.hwsim.config import LogPathConfig, iso_area
+from fourbit.hwsim.config import LogPathConfig, iso_area, load_chip
+from fourbit.hwsim.engine import simulate
 from fourbit.hwsim.mapping import compute_cycles
 from fourbit.traces import schema
 from fourbit.traces.errors import ConfigError, SimulationError
@@ -182,7 +179,7 @@ def test_iso_area_preset_follows_the_rule():
 @pytest.mark.parametrize("radix, ebits, width, stages", [(4, 3, 16, 3), (2, 3, 10, 3), (16, 3, 28, 3),
                                                          (16, 4, 60, 4), (4, 2, 8, 2)])
 def test_log_path_width_energy_and_area(radix, ebits, width, stages):
-    path = LogPath(LogPathConfig(radix, ebits))
+    path = LogPath(LogPathConfig(radix=radix, exponent_bits=ebits))
     assert path.product_bits == 4 + (radix.bit_length() - 1) * (2**ebits - 2) == width
     assert path.shifter_stages == stages
     table = {"shift_add.shifter_per_bit_stage": 0.016 / 48, "shift_add.tree_per_bit": 0.019 / 16}
@@ -202,11 +199,11 @@ def test_rapid_like_preset_matches_the_published_peaks():
 @pytest.mark.parametrize("field, value, message", [
     ("array.rows", 0, r"array.rows = 0 is out of range: allowed an integer >= 1"),
     ("array.cols", -3, r"array.cols = -3 is out of range"),
-    ("array.dataflow", "rs", r"array.dataflow = 'rs' is out of range: allowed one of \('ws', 'os', 'is'\)"),
-    ("dram.bandwidth_bytes_per_s", 0, r"dram.bandwidth_bytes_per_s = 0.0 is out of range: allowed >= 1"),
+    ("array.dataflow", "rs", r"array.dataflow = 'rs' is out of range: allowed one of 'ws', 'os', 'is'"),
+    ("dram.bandwidth_bytes_per_s", 0, r"dram.bandwidth_bytes_per_s = 0 is out of range: allowed a number >= 1"),
     ("sram.ofmap_bytes", 0, r"sram.ofmap_bytes = 0 is out of range"),
     ("units.int4.accumulator", "fp8", r"units.int4.accumulator = 'fp8' is out of range"),
-    ("log_path.radix", 3, r"log_path.radix = 3 is out of range: allowed one of \(2, 4, 8, 16\)"),
+    ("log_path.radix", 3, r"log_path.radix = 3 is out of range: allowed one of 2, 4, 8, 16"),
 ])
 def test_bad_configs_name_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -230,7 +227,7 @@ def test_unsupported_formats_are_a_config_error():
     row = simulate(with_formats("fp4_r8_e3", "int4"), load_chip("fourbit")).to_frame().iloc[0]
     assert row.unit == "fp16"
     fourbit = load_chip("fourbit")
-    no_fp16 = dataclasses.replace(fourbit, units={k: u for k, u in fourbit.units.items() if k != "fp16"})
+    no_fp16 = fourbit.replace(units={k: u for k, u in fourbit.units.items() if k != "fp16"})
     with pytest.raises(ConfigError, match=r"fp4_r8_e3 x int4; its units: int4, fp4xint4 \(fp4xint4: its log "
                                           r"path is radix 4, 3 exponent bits\)"):
         simulate(with_formats("fp4_r8_e3", "int4"), no_fp16)

@@ -16,8 +16,8 @@ from numba import njit
 
 from fourbit.models import _kernels as K
 from fourbit.models import numerics
-from tests import naive
 from fourbit.traces.formats import Accumulator, LogFormat
+from tests import naive
 
 LOG_FORMATS = [LogFormat.make(r, e, p) for r in (2, 4, 8, 16) for e in (2, 3, 4) for p in ("even", "odd")
                if not (p == "odd" and r not in (4, 16))]

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fourbit.models.numerics import quantize_float
-from tests import naive
 from fourbit.traces.formats import get_format
+from tests import naive
 
 
 def test_unbiased_and_between_neighbours():

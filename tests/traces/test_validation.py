@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fourbit.traces import io, schema
-from fourbit.traces.errors import TraceError
+from fourbit.traces.errors import ConfigError, TraceError
 from fourbit.traces.io import Trace, read
 
 
@@ -135,8 +135,10 @@ def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, mon
         return real(self, *a, **k)
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", crash_on_second_table)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConfigError, match="already holds a run directory; pass --overwrite"):
         trace.write(tmp_path / "run")
+    with pytest.raises(OSError, match="disk full"):
+        trace.write(tmp_path / "run", overwrite=True)
     with pytest.raises(OSError, match="disk full"):
         calls["n"] = 0
         trace.write(tmp_path / "fresh")
@@ -147,25 +149,25 @@ def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, mon
 
 
 def test_a_crash_between_the_two_renames_points_at_the_old_trace(tmp_path, digits_runs, monkeypatch):
-    from fourbit.traces import io
+    from fourbit.traces import files
 
     trace = digits_runs["fp32"].trace
     trace.write(tmp_path / "run")
-    real = io.os.replace
+    real = files.os.replace
 
     def crash_on_second_rename(src, dst):
         if str(dst) == str(tmp_path / "run"):
             raise OSError("power cut")
         return real(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", crash_on_second_rename)
+    monkeypatch.setattr(files.os, "replace", crash_on_second_rename)
     with pytest.raises(OSError, match="power cut"):
-        trace.write(tmp_path / "run")
+        trace.write(tmp_path / "run", overwrite=True)
     monkeypatch.undo()
     with pytest.raises(TraceError, match=r"interrupted between its two renames: the previous run directory is at "
-                                         r".*\.run\.old-.*/trace"):
+                                         r".*\.run\.old-.*/previous"):
         read(tmp_path / "run")
-    old = next(tmp_path.glob(".run.old-*/trace"))
+    old = next(tmp_path.glob(".run.old-*/previous"))
     pd.testing.assert_frame_equal(read(old).gemms, trace.gemms)  # nothing lost
 
 

@@ -1,0 +1,121 @@
+"""The README as written: its set-up command in a fresh environment, its Python example, its sweep
+spec, and every Python name it shows."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def _setup_commands() -> list[str]:
+    section = README.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    return [b.strip() for b in re.findall(r"```\n(.*?)```", section, flags=re.S)]
+
+
+def test_the_setup_section_has_the_two_commands_and_ci_runs_the_test_one():
+    main, tests = _setup_commands()
+    assert main == "python3 -m pip install . && fourbit run"
+    assert tests == "python3 -m pip install '.[test]' && python3 -m pytest"
+    ci = (ROOT / ".ci" / "run").read_text()
+    for half in tests.split(" && "):
+        assert re.search(rf"^{re.escape(half)}$", ci, flags=re.M), half
+
+
+@pytest.mark.slow
+def test_the_main_command_in_a_fresh_environment(tmp_path):
+    """``python3 -m pip install . && fourbit run`` in a new virtual environment, in a copy of the
+    repository's tracked files; then the installed package's promises in that environment."""
+    src = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=True)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+           "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(env_dir)}
+    main = _setup_commands()[0]
+    res = subprocess.run(["bash", "-c", main], cwd=src, env=env, capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "speedup_vs_fp16" in res.stdout and (src / "fourbit-out" / "main_job.csv").is_file()
+    check = ("import sys, fourbit\n"
+             "assert fourbit.__file__.startswith(sys.prefix), fourbit.__file__\n"
+             "assert not {'numpy', 'numba', 'pandas'} & set(sys.modules)\n"
+             "for name in ('models', 'analysis', 'traces', 'hwsim'):\n"
+             "    try:\n"
+             "        __import__(name)\n"
+             "    except ModuleNotFoundError:\n"
+             "        pass\n"
+             "    else:\n"
+             "        raise SystemExit(f'{name} is importable')\n")
+    res = subprocess.run([str(env_dir / "bin" / "python"), "-c", check], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_the_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    (code,) = _blocks("python")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 (the README's own code)
+    out = capsys.readouterr().out
+    assert "total_cycles" in out and "speedup_vs_fp16" in out
+    assert (tmp_path / "sweep-mlp" / "results.csv").is_file() and (tmp_path / "compare-mlp" / "compare.csv").is_file()
+
+
+def test_the_sweep_spec_example_loads(tmp_path):
+    (text,) = _blocks("toml")
+    path = tmp_path / "specs" / "sweep-lenet5.toml"
+    path.parent.mkdir()
+    path.write_text(text)
+    from fourbit.analysis.sweep import load_spec
+
+    spec = load_spec(path)
+    assert [ax.fields for ax in spec.grid] == [("array.rows", "array.cols"), ("recipe.radix",), ("array.dataflow",)]
+    assert spec.source.train.epochs == 1 and spec.workers == 2
+    # paths are relative to the spec file
+    assert spec.out == str(path.parent / "sweep-lenet5")
+    assert spec.source.data_dir == str(path.parent / "../shared/data/mnist")
+
+
+def _resolve(dotted: str):
+    parts = dotted.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], start=1):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            obj = importlib.import_module(".".join(parts[:i + 1]))
+    return obj
+
+
+def test_every_python_name_the_readme_shows_exists():
+    names = set(re.findall(r"`(fourbit\.[A-Za-z_][A-Za-z0-9_.]*)", README))
+    assert len(names) > 10
+    for name in sorted(names):
+        assert _resolve(name.rstrip(".")) is not None, name
+    # no call through a bare subpackage name (they are not importable on their own)
+    assert not re.search(r"`(?<![.\w])(analysis|hwsim|models|traces)\.\w+\(", README)
+
+
+def test_the_quoted_strict_config_error_is_the_one_raised():
+    import fourbit
+
+    quoted = re.search(r"raises `ConfigError: (.*?)`", README.replace("\n", " ")).group(1)
+    with pytest.raises(fourbit.ConfigError) as info:
+        fourbit.load_chip("fourbit", {"array.rows": "64"})
+    assert str(info.value) == quoted
