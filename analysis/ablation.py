@@ -16,14 +16,14 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fourbit.analysis.executor import Executor
 from fourbit.analysis.jobdir import job_dir
-from fourbit.analysis.workloads import check_trainings, run_all, trained
+from fourbit.analysis.workloads import check_trainings, nest_train, run_all, trained
 from fourbit.models.recipes import get_recipe
 from fourbit.models.trainer import TrainConfig
-from fourbit.traces.config import PathText, StrictModel
+from fourbit.traces.config import Listed, PathText, StrictModel
 from fourbit.traces.errors import TrainingError
 from fourbit.traces.files import atomic_write
 from fourbit.traces.io import read
@@ -50,16 +50,25 @@ class Ablation(StrictModel):
     model: str = Field("lenet5", description="the model to train")
     dataset: str = Field("mnist", description="the data set to train it on")
     data_dir: PathText | None = Field(None, description="where the data set's files are (none: $FOURBIT_DATA_DIR)")
-    variants: tuple[tuple[str, str], ...] = Field(DEFAULT_VARIANTS, min_length=1,
-                                                  description="(label, recipe spec) pairs")
-    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field((0, 1), min_length=1,
-                                                          description="training seeds of every variant")
+    variants: Listed(tuple[str, str]) = Field(DEFAULT_VARIANTS, min_length=1,
+                                              description="(label, recipe spec) pairs")
+    seeds: Listed(Annotated[int, Field(ge=0)]) = Field((0, 1), min_length=1,
+                                                      description="training seeds of every variant")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1),
                                description="training hyper-parameters (the seed is each of seeds)")
     model_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the model builder")
     out: PathText = Field("ablation-out", description="output directory")
     workers: int = Field(1, ge=1, description="local worker processes (runs train in parallel)")
     scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> Ablation:
+        specs = [spec for _, spec in self.variants]
+        for name, values in (("seeds", self.seeds), ("variants", specs)):
+            twice = next((v for v in values if values.count(v) > 1), None)
+            if twice is not None:  # a repeated run would count twice in the mean and the spread
+                raise ValueError(f"{name}: {twice!r} is given twice")
+        return self
 
 
 def _run_row(label: str, spec: str, seed: int, final: dict, wall: float | None) -> dict:
@@ -74,6 +83,9 @@ def ablation(job: Ablation | None = None, *, progress: bool = True, overwrite: b
              **params) -> pd.DataFrame:
     """Run (or resume) the ablation; returns the per-variant table (also in ``out/ablation.csv``).
 
+    ``job`` or its fields as keywords; training hyper-parameters may be given flat
+    (``ablation(epochs=1)`` is ``train=TrainConfig(epochs=1)``).
+
     Columns: variant, recipe, radix, tpr, grad_scaling, seeds, test_accuracy_pct (mean over the
     seeds), test_accuracy_std (sample standard deviation), min/max accuracy, test_loss (mean),
     skipped_steps (total). ``ablation_runs.csv`` has one row per run, with its training's wall
@@ -87,6 +99,7 @@ def ablation(job: Ablation | None = None, *, progress: bool = True, overwrite: b
     TrainingError
         A run diverged (the others are finished first and stay cached).
     """
+    params = nest_train(job or Ablation(), params)
     job = job.replace(**params) if job is not None and params else job or Ablation(**params)
     for _, spec in job.variants:
         get_recipe(spec)

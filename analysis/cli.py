@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from fourbit.analysis.options import LazyChoices, add_options, build, given
@@ -185,8 +186,11 @@ def _cmd_import_scalesim(args: argparse.Namespace) -> int:
 
 def _cmd_chip(args: argparse.Namespace) -> int:
     from fourbit.hwsim.config import load_chip, preset_names
+    from fourbit.traces.errors import ConfigError
 
     if args.preset is None:
+        if args.set or args.peak:
+            raise ConfigError("--set and --peak need a chip: fourbit chip PRESET_OR_TOML --set ...")
         print("presets: " + ", ".join(preset_names()))
         return 0
     chip = load_chip(args.preset, _overrides(args.set))
@@ -223,7 +227,7 @@ def _source(base, args: argparse.Namespace):
     if "trace" in flags and base.trace is None:
         base = Source(trace=flags["trace"])
     elif "model" in flags and base.trace is not None:
-        base = Source(model=flags["model"], dataset=flags.get("dataset", base.dataset or ""), train=base.train)
+        base = Source(model=flags["model"], dataset=flags.get("dataset"), train=base.train)
     return build(base, flags)
 
 
@@ -249,7 +253,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if c in table.columns]
     _print_table(table[shown])
     print(f"\n{len(table)} points ({len(failed)} failed); wrote {spec.out}/results.parquet, {spec.out}/results.csv"
-          f" and {len(figures)} figures (PNG and SVG); `fourbit report {spec.out}` makes an HTML page")
+          f" and {len(figures)} figures (PNG and SVG); `fourbit report {shlex.quote(spec.out)}` makes an HTML page")
     if len(failed):
         for row in failed.itertuples():
             print(f"point {row.point_id} failed: {row.error}", file=sys.stderr)
@@ -383,7 +387,8 @@ def _add_ablation(sub) -> None:
     add_options(a, Ablation, exclude=("variants", "model_params", "train.seed"), choices=_CHOICES, notes=_NOTES)
     a.add_argument("--recipe", action="append", metavar="SPEC", choices=RECIPE_CHOICES,
                    help="a recipe spec to compare, e.g. int4:radix=2,tpr=off (repeatable; default: the paper's "
-                        "variants: fp32, int4 at radix 2, 4, 8 and 16 with and without TPR, a global loss scale)")
+                        "variants: fp32; radix 2 and 8 single phase; radix 4 with and without TPR; radix 16 with "
+                        "TPR; radix 4 with one global loss scale)")
     _flags(a, "overwrite")
     a.set_defaults(func=_cmd_ablation)
 
@@ -408,8 +413,11 @@ def _add_compare(sub) -> None:
 
     cm = _verb(sub, "compare", "Each chip with its own recipe, iso-array and iso-area (fourbit.compare). Either "
                                "--trace or --model with --dataset names the workload.")
+    from fourbit.analysis.compare import CHIP_RECIPES
+
     _source_options(cm)
-    add_options(cm, Comparison, exclude=("source",), choices=_CHOICES, notes=_NOTES)
+    add_options(cm, Comparison, exclude=("source",), choices={"baseline": tuple(CHIP_RECIPES)},
+                notes={**_NOTES, "baseline": "one of the chips"})
     _flags(cm, "overwrite")
     cm.set_defaults(func=_cmd_compare)
 
@@ -461,9 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fourbit`` script; returns the exit status."""
     from fourbit.traces.errors import FourbitError
 
-    parser = _parser(argv)
-    args = parser.parse_args(argv)
     try:
+        args = _parser(argv).parse_args(argv)  # building a verb's options imports its modules
         return args.func(args)
     except (FourbitError, argparse.ArgumentTypeError) as exc:
         print(f"fourbit: error: {exc}", file=sys.stderr)

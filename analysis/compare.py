@@ -23,7 +23,7 @@ from fourbit.analysis.sweep import Axis, SweepSpec, _execute, _plan
 from fourbit.analysis.workloads import Source
 from fourbit.hwsim.config import iso_area, load_chip
 from fourbit.hwsim.energy import chip_area
-from fourbit.traces.config import PathText, StrictModel
+from fourbit.traces.config import Listed, PathText, StrictModel
 from fourbit.traces.files import atomic_write
 
 __all__ = ["CHIP_RECIPES", "Comparison", "compare"]
@@ -37,8 +37,8 @@ class Comparison(StrictModel):
     workload, written to ``out``; ``workers`` local processes or a ``scheduler``."""
 
     source: Source = Field(description="where the traces come from")
-    chips: tuple[str, ...] = Field(("fourbit", "fp16", "int8", "hfp8"), min_length=1,
-                                   description="chip presets, each with its own recipe")
+    chips: Listed(str) = Field(("fourbit", "fp16", "int8", "hfp8"), min_length=1,
+                               description="chip presets, each with its own recipe")
     baseline: str = Field("fp16", description="the chip the others are compared with")
     out: PathText = Field("compare-out", description="output directory")
     workers: int = Field(1, ge=1, description="local worker processes")
@@ -87,8 +87,8 @@ def compare(job: Comparison | Source | None = None, *, progress: bool = True, ov
         specs[mode] = SweepSpec(source=job.source, out=job.out, workers=job.workers, scheduler=job.scheduler,
                                 grid=(Axis(fields=("chip", "recipe", "array.rows", "array.cols"), values=values),))
         plans[mode] = _plan(specs[mode])
-    identity = job.model_dump(mode="json", exclude={"out", "workers", "scheduler"})
-    identity["source"].pop("data_dir", None)
+    identity = {**job.model_dump(mode="json", exclude={"out", "workers", "scheduler", "source"}),
+                "source": job.source.identity()}
     with job_dir(job.out, "compare", identity, overwrite=overwrite) as out:
         tables = []
         for mode, spec in specs.items():

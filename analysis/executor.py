@@ -40,7 +40,11 @@ class Executor:
             from dask.distributed import Client, LocalCluster
 
             if self.scheduler:
-                self.client = Client(self.scheduler, timeout="20s")
+                try:
+                    self.client = Client(self.scheduler, timeout="20s")
+                except (OSError, ValueError, TimeoutError) as exc:  # a bad address, nobody listening
+                    raise ConfigError(f"--scheduler {self.scheduler!r}: no dask.distributed scheduler reached "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
             else:
                 cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None, host="127.0.0.1")

@@ -5,15 +5,18 @@ A job writes ``fourbit-job.json`` (its kind and what defines it: the spec withou
 or writes) into its directory. Running a job again on the same directory continues it: its
 caches (trained runs, imported traces, finished sweep points) are keyed by their content, so
 what is done is reused and the tables come out the same. A directory that holds another job's
-results, or anything else, is refused unless ``overwrite`` is given; overwriting replaces the
-result tables and never deletes a file (the content-keyed caches stay valid for any job). A job
-that fails before it has written anything leaves no new directory behind.
+results, or anything else, is refused unless ``overwrite`` is given. Overwriting a fourbit job's
+directory removes that job's result tables and figures (`RESULTS`) and keeps its caches, whose
+entries are keyed by their content and so stay valid for any job; in a directory of foreign
+files, overwriting writes beside them and deletes nothing. A job that fails before it has written
+anything leaves no new directory behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from fourbit.traces.files import atomic_write, created_dir
 __all__ = ["MANIFEST", "job_dir"]
 
 MANIFEST = "fourbit-job.json"
+RESULTS = ("results*.parquet", "results*.csv", "compare.csv", "ablation*.csv", "main_job.csv", "main_job.png",
+           "sim_*.csv", "report.html", "figures")
+"""The result tables and figures the jobs write at the top of their directory; the caches
+(``runs/``, ``traces/``, ``points/``) are not among them."""
 
 
 def _refuse(out: Path, identity: dict, kind: str) -> None:
@@ -45,8 +52,7 @@ def _refuse(out: Path, identity: dict, kind: str) -> None:
     advice = "pass --overwrite (overwrite=True) to replace them, or choose another --out"
     if not isinstance(old, dict) or old.get("kind") != kind:
         what = old.get("kind") if isinstance(old, dict) else None
-        raise ConfigError(f"--out {str(out)!r} holds the results of a {what or 'job of unknown kind'}, not of a "
-                          f"{kind}; {advice}")
+        raise ConfigError(f"--out {str(out)!r} holds the results of a job of kind {what!r}, not {kind!r}; {advice}")
     if old.get("job") != identity:
         where, there, here = first_difference("", old.get("job"), identity)
         raise ConfigError(f"--out {str(out)!r} holds the results of another {kind} ({where} is {there!r} there, "
@@ -67,10 +73,16 @@ def job_dir(out: str | Path, kind: str, identity: dict, *, overwrite: bool = Fal
         ``out`` holds another job's results or foreign files (without ``overwrite``), is a file,
         or cannot be written.
     """
+    if str(out) == "":
+        raise ConfigError("--out '' names no directory; give the output directory")
     out = Path(out)
     identity = json.loads(json.dumps(identity, default=str))  # as the manifest will hold it
     if not overwrite:
         _refuse(out, identity, kind)
+    elif (out / MANIFEST).is_file():  # another fourbit job's results make way; its caches stay
+        for pattern in RESULTS:
+            for p in out.glob(pattern):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     with created_dir(out, ignore=(MANIFEST,)) as path:
         with atomic_write(path / MANIFEST) as tmp:
             tmp.write_text(json.dumps({"kind": kind, "job": identity}, indent=2) + "\n", encoding="utf-8")

@@ -64,11 +64,23 @@ def _text_type(annotation: Any, name: str) -> Callable[[str], Any]:
     return convert
 
 
+def _names_type(name: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse ``type`` for comma-separated names (an empty name is an error)."""
+
+    def convert(text: str) -> tuple[str, ...]:
+        names = tuple(p.strip() for p in text.split(","))
+        if not all(names):
+            raise argparse.ArgumentTypeError(f"{name} = {text!r}: an empty name between commas")
+        return names
+
+    return convert
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "none"
+    if isinstance(value, tuple):  # as given: ints one after another, names comma-separated
+        return (" " if all(isinstance(v, int) for v in value) else ",").join(map(str, value)) or "none"
     return "none" if value is None else str(value)
 
 
@@ -105,8 +117,7 @@ def add_options(parser: argparse.ArgumentParser, model: type[StrictModel], defau
         elif origin is tuple and args[:1] == (int,):
             kwargs.update(nargs="+", type=_text_type(int, name), metavar=name.upper().rstrip("S"))
         elif origin is tuple and args[:1] == (str,):
-            kwargs.update(type=lambda text: tuple(p.strip() for p in text.split(",") if p.strip()),
-                          metavar="A,B,...")
+            kwargs.update(type=_names_type(name), metavar="A,B,...")
         else:
             kwargs.update(type=_text_type(annotation, name), metavar=name.upper())
             allowed = allowed_text(info)
@@ -151,4 +162,4 @@ def build(base: StrictModel, values: dict) -> StrictModel:
         current = getattr(base, name, None)
         changes[name] = build(current, value) if isinstance(current, StrictModel) and isinstance(value, dict) \
             else value
-    return base.replace(**changes) if changes else base
+    return base.replace(**changes)  # validated even without changes (a default may be incomplete)

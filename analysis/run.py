@@ -19,7 +19,7 @@ from fourbit.analysis.executor import Executor
 from fourbit.analysis.jobdir import job_dir
 from fourbit.analysis.plots import main_job_figure
 from fourbit.analysis.tables import comparison_row, comparison_table
-from fourbit.analysis.workloads import check_trainings, run_all, trained
+from fourbit.analysis.workloads import check_trainings, nest_train, run_all, trained
 from fourbit.hwsim.config import load_chip
 from fourbit.hwsim.engine import simulate
 from fourbit.models.recipes import get_recipe
@@ -68,7 +68,8 @@ def main_job(job: MainJob | None = None, *, progress: bool = True, overwrite: bo
     TrainingError
         A training diverged.
     """
-    job = job.replace(**_nest_train(params)) if job is not None and params else job or MainJob(**_nest_train(params))
+    params = nest_train(job or MainJob(), params)
+    job = job.replace(**params) if job is not None and params else job or MainJob(**params)
     pairs = [(job.baseline, job.baseline_chip), (job.recipe, job.chip)]
     chips = {name: load_chip(name) for _, name in pairs}
     for name, _ in pairs:
@@ -96,12 +97,3 @@ def main_job(job: MainJob | None = None, *, progress: bool = True, overwrite: bo
             table.to_csv(tmp, index=False)
         main_job_figure(table, reports, out / "main_job.png")
     return table
-
-
-def _nest_train(params: dict) -> dict:
-    """Keyword fields of `MainJob`, with hyper-parameters (``epochs=3``) moved into ``train``."""
-    hyper = {k: params.pop(k) for k in list(params) if k in TrainConfig.model_fields}
-    if hyper:
-        params["train"] = params.get("train", MainJob.model_fields["train"].get_default(call_default_factory=True)
-                                     ).replace(**hyper)
-    return params

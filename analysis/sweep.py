@@ -49,7 +49,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 from tqdm.auto import tqdm
 
 from fourbit.analysis.executor import Executor
@@ -57,7 +57,7 @@ from fourbit.analysis.jobdir import job_dir
 from fourbit.analysis.workloads import Source, Workload, check_trainings, digest, run_all
 from fourbit.hwsim.config import ChipConfig, load_chip
 from fourbit.models.recipes import RECIPES, Recipe, get_recipe, param_text, parse_recipe
-from fourbit.traces.config import PathText, StrictModel, field_info, parse_text
+from fourbit.traces.config import Listed, PathText, StrictModel, field_info, parse_text
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.files import atomic_write
 from fourbit.traces.io import Trace, read
@@ -85,20 +85,23 @@ def _recipe_param_type(key: str) -> Any:
 # the spec
 # ---------------------------------------------------------------------------------------------
 def _names(value):
-    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
-
-
-def _values(value):
-    return tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+    return (value,) if isinstance(value, str) else value
 
 
 class Axis(StrictModel):
     """One grid axis: every value sets all ``fields`` (a tuple value sets them one each)."""
 
     PATH = "grid"
-    fields: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
+    fields: Annotated[Listed(str), BeforeValidator(_names)] = Field(
         min_length=1, description="the field (or fields) the axis sets")
-    values: Annotated[tuple, BeforeValidator(_values)] = Field(min_length=1, description="the values, in order")
+    values: Listed(Any) = Field(min_length=1, description="the values, in order")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Axis:
+        twice = next((v for i, v in enumerate(self.values) if v in self.values[:i]), None)
+        if twice is not None:
+            raise ValueError(f"axis {self.name}: the value {twice!r} is given twice")
+        return self
 
     @property
     def name(self) -> str:
@@ -110,9 +113,9 @@ class SweepSpec(StrictModel):
     axes, the output directory and where to run (``workers`` processes or a ``scheduler``)."""
 
     source: Source = Field(description="where the traces come from")
-    grid: Annotated[tuple[Axis, ...], BeforeValidator(_values)] = Field(description="the axes; the grid is their product")
+    grid: Listed(Axis) = Field(description="the axes; the grid is their product")
     out: PathText = Field("sweep-out", description="output directory")
-    chip: PathText = Field("fourbit", description="the base chip: a preset or a TOML path")
+    chip: PathText = Field("fourbit", description="the base chip")
     recipe: str | None = Field(None, description="the base recipe (none: the trace's own, or int4)")
     workers: int = Field(1, ge=1, description="local worker processes")
     scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
@@ -194,9 +197,8 @@ def _relative(value: str, base: Path) -> str:
 
 
 def _is_preset(name: str) -> bool:
-    from fourbit.hwsim.config import preset_names
-
-    return name in preset_names()
+    """A chip named without a path (not a TOML file name): a preset, resolved as it is."""
+    return not (name.endswith(".toml") or "/" in name or "\\" in name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def _points(spec: SweepSpec, base_recipe: str, source_key: str) -> list[Point]:
     """Expand and resolve the grid; every error names the field. ``source_key`` identifies the
     workload (a point of another trace or training is another point)."""
     if not spec.grid:
-        raise ConfigError("the grid is empty: give at least one --grid FIELD=V1,V2,...")
+        raise ConfigError("the grid is empty: give at least one axis (--grid FIELD=V1,V2,...)")
     for ax in spec.grid:
         for v in ax.values:
             if isinstance(v, tuple) and len(v) != len(ax.fields):
@@ -267,6 +269,11 @@ def _split(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> tuple
         elif f not in ("chip", "recipe"):
             chip_over[f] = v
     model = RECIPES[recipe_name][0]
+    for key in params:
+        if key not in model.model_fields:
+            raise ConfigError(f"recipe {recipe_name!r} has no parameter {key!r}; its parameters: "
+                              f"{', '.join(model.model_fields) or 'none'}")
+    model.parse(params, f"recipe {recipe_name!r}")  # strict types (values of a TOML spec), before the rules
     for key in LINKED:
         chip_f = f"log_path.{key}"
         if chip_f in chip_over and key in params and chip_over[chip_f] != params[key]:
@@ -278,11 +285,6 @@ def _split(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> tuple
             chip_over[chip_f] = params[key]
     if params.get("radix") in (2, 8) and "tpr" in model.model_fields:
         params["tpr"] = False  # no odd phase: single-phase rounding (the tpr column says so)
-    for key in params:
-        if key not in model.model_fields:
-            raise ConfigError(f"recipe {recipe_name!r} has no parameter {key!r}; its parameters: "
-                              f"{', '.join(model.model_fields) or 'none'}")
-    model.parse(params, f"recipe {recipe_name!r}")  # strict types (values of a TOML spec)
     text = ",".join(f"{k}={param_text(v)}" for k, v in params.items())
     return chip_name, chip_over, recipe_name + (":" + text if text else "")
 
@@ -348,9 +350,8 @@ def _done(points_dir: Path, point: Point) -> bool:
 
 def _identity(spec: SweepSpec) -> dict:
     """What defines a sweep's results: the spec without where it runs and writes."""
-    d = spec.model_dump(mode="json", exclude={"out", "workers", "scheduler"})
-    d["source"].pop("data_dir", None)
-    return d
+    return {**spec.model_dump(mode="json", exclude={"out", "workers", "scheduler", "source"}),
+            "source": spec.source.identity()}
 
 
 def sweep(spec: SweepSpec | None = None, *, progress: bool = True, overwrite: bool = False,
@@ -367,7 +368,7 @@ def sweep(spec: SweepSpec | None = None, *, progress: bool = True, overwrite: bo
         Before any work: an empty grid, an unknown field, a value out of range (named with the
         grid point), a bad source, ``out`` refused or not writable.
     """
-    spec = spec or SweepSpec(**params)
+    spec = spec.replace(**params) if spec is not None and params else spec or SweepSpec(**params)
     plan = _plan(spec)
     with job_dir(spec.out, "sweep", _identity(spec), overwrite=overwrite) as out:
         return _execute(spec, plan, out, "results", progress)

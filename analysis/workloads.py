@@ -36,7 +36,7 @@ from fourbit.traces.config import PathText, StrictModel
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.io import read
 
-__all__ = ["Source", "Workload", "check_trainings", "digest", "materialize", "run_all", "trained"]
+__all__ = ["Source", "Workload", "check_trainings", "digest", "materialize", "nest_train", "run_all", "trained"]
 
 
 def digest(obj: Any) -> str:
@@ -103,10 +103,25 @@ class Source(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Source:
-        if (self.trace is None) == (self.model is None) or (self.model is None) != (self.dataset is None):
+        if self.trace is not None and self.model is not None:
+            raise ValueError("one source is needed: a trace directory (--trace) or a model (--model), not both")
+        if self.trace is None and (self.model is None or self.dataset is None):
             raise ValueError("one source is needed: a trace directory (--trace), or a model and a data set "
-                             "(--model with --dataset), not both")
+                             "(--model with --dataset)")
+        if self.trace is not None and self.dataset is not None:
+            raise ValueError("--dataset goes with --model; a trace directory (--trace) names its own data set")
+        given = sorted({"train", "model_params"} & self.model_fields_set)
+        if self.trace is not None and given:  # a trace's recipes are retrained as the trace was trained
+            raise ValueError(f"{given[0]} applies to a model source (--model); the recipes of a trace directory "
+                             "(--trace) are retrained with the trace's own hyper-parameters")
         return self
+
+    def identity(self) -> dict:
+        """What defines the source's results, for a job's manifest: the trace directory (as an
+        absolute path) or the training; not where the data files are."""
+        if self.trace is not None:
+            return {"trace": str(Path(self.trace).resolve())}
+        return self.model_dump(mode="json", exclude={"data_dir", "trace"})
 
     def key(self) -> str:
         """What identifies the workload (a point of another trace or training is another point)."""
@@ -148,6 +163,17 @@ class Source(StrictModel):
                 raise ConfigError(f"--trace {self.trace}: recipe {r!r} differs from the trace's and the trace "
                                   "says neither how it was imported nor how it was trained")
         return jobs
+
+
+def nest_train(job: StrictModel, params: dict) -> dict:
+    """Keyword fields of a job with a ``train`` field (`TrainConfig`), with training
+    hyper-parameters given flat (``epochs=3``) moved into ``train``, starting from ``job``'s own
+    (a job's default trains for its own number of epochs). ``params`` is not changed."""
+    params = dict(params)
+    hyper = {k: params.pop(k) for k in list(params) if k in TrainConfig.model_fields}
+    if hyper:
+        params["train"] = params.get("train", job.train).replace(**hyper)
+    return params
 
 
 def check_trainings(workloads: list[Workload]) -> None:

@@ -4,7 +4,9 @@ A chip is read from TOML (``load_chip``: a preset name from ``hwsim/configs/`` o
 written back (`ChipConfig.to_toml`); dotted overrides (``{"array.rows": 64}``, the CLI's
 ``--set array.rows=64``) replace single fields. Every field carries its unit in its name; an
 unknown key, a wrong type or a value out of range is a `ConfigError` naming the dotted field and
-the allowed range (style.md rules 7, 8, 10).
+the allowed range (style.md rules 7, 8, 10). The upper bounds (65,536 PEs per array side, 1 TiB
+per buffer, 10^9 cycles of latency) are sanity limits of ours, far beyond any chip, so that a typo
+cannot ask for a simulation whose counters overflow.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Literal
 import tomli_w
 from pydantic import Field, model_validator
 
-from fourbit.traces.config import StrictModel, set_dotted
+from fourbit.traces.config import IntChoice, StrictModel, set_dotted
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.formats import ACCUMULATOR_FORMATS, LogFormat
 
@@ -43,7 +45,7 @@ class ChipInfo(StrictModel):
     PATH = "chip"
     name: str = Field("chip", description="the design's name")
     description: str = Field("", description="free text")
-    cores: int = Field(1, ge=1, description="identical cores sharing the DRAM channel")
+    cores: int = Field(1, ge=1, le=1 << 12, description="identical cores sharing the DRAM channel")
 
 
 class ArrayConfig(StrictModel):
@@ -57,11 +59,11 @@ class ArrayConfig(StrictModel):
     """
 
     PATH = "array"
-    rows: int = Field(32, ge=1, description="PE rows")
-    cols: int = Field(32, ge=1, description="PE columns")
+    rows: int = Field(32, ge=1, le=1 << 16, description="PE rows")
+    cols: int = Field(32, ge=1, le=1 << 16, description="PE columns")
     dataflow: Literal[DATAFLOWS] = Field("ws", description="weight, output or input stationary")  # type: ignore[valid-type]
     clock_hz: float = Field(1.0e9, ge=1e3, le=1e12, description="clock frequency (Hz)")
-    macs_per_pe: int = Field(4, ge=1, description="products per PE per cycle of the units that do not set their own")
+    macs_per_pe: int = Field(4, ge=1, le=1 << 10, description="products per PE per cycle of the units that do not set their own")
     overlap_fill_drain: bool = Field(False, description="each fold starts while its predecessor drains")
     pe_area_um2: float = Field(485.0, gt=0, allow_inf_nan=False, description="area of one PE with all its units")
 
@@ -71,7 +73,7 @@ class UnitConfig(StrictModel):
     accumulator adds round to."""
 
     PATH = "units.<kind>"
-    macs_per_pe: int | None = Field(None, ge=1, description="products per PE per cycle (unset: array.macs_per_pe)")
+    macs_per_pe: int | None = Field(None, ge=1, le=1 << 10, description="products per PE per cycle (unset: array.macs_per_pe)")
     accumulator: Literal[CHIP_ACCUMULATORS] = Field("fp16", description="the format accumulator adds round to")  # type: ignore[valid-type]
 
 
@@ -80,8 +82,8 @@ class LogPathConfig(StrictModel):
     shift-add product is 4 + b*(2^e - 2) bits wide (design.md section 5)."""
 
     PATH = "log_path"
-    radix: Literal[LogFormat.RADIXES] = Field(4, description="log base of the FP4 operands")  # type: ignore[valid-type]
-    exponent_bits: Literal[LogFormat.EXPONENT_BITS] = Field(3, description="exponent bits of the FP4 operands")  # type: ignore[valid-type]
+    radix: IntChoice(LogFormat.RADIXES) = Field(4, description="log base of the FP4 operands")
+    exponent_bits: IntChoice(LogFormat.EXPONENT_BITS) = Field(3, description="exponent bits of the FP4 operands")
 
     @property
     def product_bits(self) -> int:
@@ -100,9 +102,9 @@ class SramConfig(StrictModel):
     while the array works on the other."""
 
     PATH = "sram"
-    ifmap_bytes: int = Field(65536, ge=1, description="ifmap (operand a) buffer")
-    filter_bytes: int = Field(65536, ge=1, description="filter (operand b) buffer")
-    ofmap_bytes: int = Field(65536, ge=1, description="ofmap (accumulator and result) buffer")
+    ifmap_bytes: int = Field(65536, ge=1, le=1 << 40, description="ifmap (operand a) buffer")
+    filter_bytes: int = Field(65536, ge=1, le=1 << 40, description="filter (operand b) buffer")
+    ofmap_bytes: int = Field(65536, ge=1, le=1 << 40, description="ofmap (accumulator and result) buffer")
     double_buffered: bool = Field(True, description="each buffer split in halves, one filled while the other is used")
 
 
@@ -114,7 +116,7 @@ class DramConfig(StrictModel):
     PATH = "dram"
     bandwidth_bytes_per_s: float = Field(6.4e10, ge=1.0, description="channel bandwidth (inf: unlimited)",
                                          json_schema_extra={"allowed": "a number >= 1 (bytes/s; inf: unlimited)"})
-    latency_cycles: int = Field(100, ge=0, description="latency of a transfer")
+    latency_cycles: int = Field(100, ge=0, le=10**9, description="latency of a transfer")
     kind: Literal[DRAM_KINDS] = Field("lpddr4", description="the energy per bit")  # type: ignore[valid-type]
 
 
@@ -122,7 +124,7 @@ class DmaConfig(StrictModel):
     """The DMA engine: ``setup_cycles`` per transfer (descriptor handling)."""
 
     PATH = "dma"
-    setup_cycles: int = Field(0, ge=0, description="descriptor handling per transfer")
+    setup_cycles: int = Field(0, ge=0, le=10**9, description="descriptor handling per transfer")
 
 
 class ScalingConfig(StrictModel):
@@ -250,12 +252,18 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
     ConfigError
         Unknown preset (the message lists them), unreadable TOML, unknown or invalid fields.
     """
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"chip overrides are a mapping of dotted fields to values, e.g. {{'array.rows': 64}}; "
+                          f"got {overrides!r}")
     name = str(preset_or_path)
     path = Path(name)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise ConfigError(f"chip file {path} is not a file" if path.exists() else f"chip file {path} does not exist")
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        try:
+            text, source = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"chip file {path}: unreadable ({exc})") from None
     else:
         res = resources.files("fourbit.hwsim").joinpath("configs", f"{name}.toml")
         if not res.is_file():

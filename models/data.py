@@ -60,7 +60,8 @@ def _dir(data_dir, name: str, needs: str) -> Path:
         raise DataError(f"dataset {name!r} needs --data-dir: a directory holding {needs}")
     path = Path(d)
     if not path.is_dir():
-        raise DataError(f"--data-dir {str(d)!r} is not a directory")
+        where = "--data-dir" if data_dir is not None else "$FOURBIT_DATA_DIR"
+        raise DataError(f"{where} {str(d)!r} is not a directory")
     return path
 
 

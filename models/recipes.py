@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
-from fourbit.traces.config import StrictModel, parse_text
+from fourbit.traces.config import IntChoice, StrictModel, parse_text
 from fourbit.traces.errors import ConfigError, FormatError
 from fourbit.traces.formats import Accumulator, LogFormat, get_format
 
@@ -230,9 +230,8 @@ class FP4GradParams(StrictModel):
     """Parameters of the recipes with log-FP4 gradients (``int4-dw8``; ``int4`` adds ``tpr``)."""
 
     PATH = "recipe"
-    radix: Literal[LogFormat.RADIXES] = Field(4, description="log base r of the FP4 gradients")  # type: ignore[valid-type]
-    exponent_bits: Literal[LogFormat.EXPONENT_BITS] = Field(  # type: ignore[valid-type]
-        3, description="exponent bits of the FP4 gradients")
+    radix: IntChoice(LogFormat.RADIXES) = Field(4, description="log base r of the FP4 gradients")
+    exponent_bits: IntChoice(LogFormat.EXPONENT_BITS) = Field(3, description="exponent bits of the FP4 gradients")
     grad_scaling: Literal[GRAD_SCALING] = Field(  # type: ignore[valid-type]
         "gradscale", description="per-layer GradScale, one global loss scale, or none")
     tie: Literal["up", "down"] = Field("up", description="ties of the FP4 rounding: up (Fig. 2c) or down (Eq. 1)")
@@ -285,11 +284,16 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
 
     Raises ConfigError for an unknown recipe or parameter, a malformed item, a parameter given
     twice or a value that is not of the parameter's type."""
-    name, _, rest = spec.partition(":")
+    if not isinstance(spec, str):
+        raise ConfigError(f"a recipe is given by its spec, a string such as 'int4:radix=2', not {spec!r}")
+    name, colon, rest = spec.partition(":")
     name = name.strip()
     model = recipe_params(name)
     params = {}
-    for item in filter(None, (part.strip() for part in rest.replace("+", ",").split(","))):
+    items = [part.strip() for part in rest.replace("+", ",").split(",")] if colon else []
+    if colon and not all(items):
+        raise ConfigError(f"recipe {spec!r}: an empty parameter between separators")
+    for item in items:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or not key:

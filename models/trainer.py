@@ -43,6 +43,7 @@ class TrainConfig(StrictModel):
     down to it. The final partial batch of an epoch is dropped, so every step has the same shapes.
     """
 
+    PATH = "train"
     epochs: int = Field(20, ge=1, description="passes over the training set")
     batch_size: int = Field(64, ge=1, description="samples per step")
     lr: float = Field(0.1, gt=0, allow_inf_nan=False, description="peak learning rate of the cosine schedule")
@@ -275,8 +276,8 @@ def check_out(out: str | Path | None, *, resume: bool = False, overwrite: bool =
 
     A directory holding a finished run (``meta.json``) is replaced only with ``overwrite``; one
     holding the checkpoint of an unfinished run is continued with ``resume`` or started again
-    with ``overwrite``; the two exclude each other. Returns ``out`` as a Path (None: no run
-    directory).
+    with ``overwrite``; the two exclude each other. A directory holding anything else is never
+    written into. Returns ``out`` as a Path (None: no run directory).
 
     Raises ConfigError naming ``out`` and the flag that would proceed.
     """
@@ -287,9 +288,15 @@ def check_out(out: str | Path | None, *, resume: bool = False, overwrite: bool =
         if resume:
             raise ConfigError("--resume needs --out: the run directory that holds the checkpoint")
         return None
+    if str(out) == "":
+        raise ConfigError("--out '' names no directory; give the run directory")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file, not a run directory")
+    entries = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    if entries and not entries & {"meta.json", CHECKPOINT}:
+        raise ConfigError(f"--out {str(out)!r} is not empty and holds no fourbit run; choose another --out "
+                          "(fourbit replaces only its own run directories)")
     if (path / "meta.json").exists() and not (overwrite or resume):
         raise ConfigError(f"--out {str(out)!r} already holds a run directory; pass --overwrite (overwrite=True) to "
                           "replace it")
@@ -343,7 +350,6 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
         The loss or a parameter became NaN or infinite (the message names the step).
     """
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
-    path = check_out(out, resume=resume, overwrite=overwrite)
     rec_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
     ds = load_dataset(dataset, data_dir) if isinstance(dataset, str) else dataset
     steps_per_epoch = len(ds.x_train) // cfg.batch_size
@@ -351,6 +357,7 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} samples)")
     check_model_data(model, ds)
     net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
+    path = check_out(out, resume=resume, overwrite=overwrite)  # after the arguments: their errors come first
     run_id = {"model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "train_config": cfg.model_dump(),
               "model_params": model_params or {}}
     loop = _Loop(net, rec_obj, ds, cfg, run_id, None if path is None else path / CHECKPOINT)

@@ -177,6 +177,12 @@ def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, seed: i
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    import inspect
+
+    known = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("input_shape", "n_classes", "rng")]
+    for key in params:
+        if key not in known:
+            raise ConfigError(f"model {name!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}")
     try:
         return MODELS[name](tuple(input_shape), n_classes, np.random.default_rng(seed), **params)
     except TypeError as exc:

@@ -20,10 +20,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["PathText", "StrictModel", "allowed_text", "base_type", "field_info", "first_difference", "parse_text", "set_dotted"]
+__all__ = ["IntChoice", "Listed", "PathText", "StrictModel", "allowed_text", "base_type", "field_info", "first_difference", "parse_text", "set_dotted"]
 
 def _fspath(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -31,6 +32,29 @@ def _fspath(value: Any) -> Any:
 
 PathText = Annotated[str, BeforeValidator(_fspath)]
 """A file or directory path: text, or a `pathlib.Path` (kept as its text)."""
+
+
+def _as_tuple(value: Any) -> Any:
+    """A list (TOML arrays, Python lists) as a tuple, nested lists too; anything else as it is."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def Listed(item: Any) -> Any:  # noqa: N802 (a type factory, named like the types it makes)
+    """The type of a field holding a sequence of ``item``: a tuple (frozen), given as a list or a
+    tuple; its items are validated strictly as ``item``."""
+    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple)]
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def IntChoice(values: tuple[int, ...]) -> Any:  # noqa: N802 (a type factory)
+    """An integer that is one of ``values``, refusing ``4.0`` or ``True`` (which a plain
+    ``Literal`` would take as 4 or 1)."""
+    return Annotated[Literal[values], BeforeValidator(_whole)]  # type: ignore[valid-type]
 
 _TRUE = ("true", "on", "yes", "1")
 _DEPTH = contextvars.ContextVar("fourbit_config_depth", default=0)
@@ -203,7 +227,13 @@ def parse_text(annotation: Any, text: str, name: str) -> Any:
     text = text.strip()
     low = text.lower()
     if typing.get_origin(t) is Literal:
-        for option in typing.get_args(t):
+        options = typing.get_args(t)
+        if all(isinstance(o, int) and not isinstance(o, bool) for o in options):
+            value = parse_text(int, text, name)
+            if value in options:
+                return value
+            raise ConfigError(f"{name} = {value!r} is out of range: allowed {allowed_text(None, t)}")
+        for option in options:
             if str(option).lower() == low:
                 return option
         raise ConfigError(f"{name} = {text!r} is out of range: allowed {allowed_text(None, t)}")
@@ -271,13 +301,17 @@ def allowed_text(info: FieldInfo | None, annotation: Any = None) -> str:
         for m in metadata:
             for attr, sign in _BOUNDS:
                 if getattr(m, attr, None) is not None:
-                    bounds.append(f"{sign} {getattr(m, attr):g}")
+                    v = getattr(m, attr)
+                    bounds.append(f"{sign} {v}" if isinstance(v, int) else f"{sign} {v:g}")
         if bounds:
             text += " " + " and ".join(bounds)
     elif t is str:
         text = "a string"
     elif origin in (tuple, list):
-        text = "a list"
+        items = [a for a in typing.get_args(t) if a is not Ellipsis]
+        least = next((getattr(m, "min_length", None) for m in metadata if getattr(m, "min_length", None)), None)
+        kind = {int: " of integers", str: " of strings"}.get(base_type(items[0]), "") if len(items) == 1 else ""
+        text = ("a non-empty list" if least == 1 else f"a list of at least {least}" if least else "a list") + kind
     elif origin is dict or t is dict:
         text = "a table"
     elif _model_of(t) is not None:

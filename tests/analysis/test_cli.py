@@ -49,7 +49,7 @@ def test_run_main_job_end_to_end(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["run", "--dataset", "cifar100"], "argument --dataset: invalid choice: 'cifar100' (choose from 'digits', "),
     (["run", "--recipe", "int3"], "argument --recipe: invalid choice: 'int3' (choose from 'fp32', 'fp16'"),
-    (["run", "--recipe", "int4:radix=3"], "recipe.radix = '3' is out of range: allowed one of 2, 4, 8, 16"),
+    (["run", "--recipe", "int4:radix=3"], "recipe.radix = 3 is out of range: allowed one of 2, 4, 8, 16"),
     (["run", "--epochs", "0"], "epochs = 0 is out of range: allowed an integer >= 1"),
     (["run", "--epochs", "two"], "argument --epochs: epochs = 'two': expected an integer"),
     (["run", "--chip", "tpu9"], "argument --chip: invalid choice: 'tpu9' (choose from 'fourbit'"),
@@ -64,6 +64,16 @@ def test_run_main_job_end_to_end(tmp_path):
     (["simulate", "nowhere", "--chip", "fourbit"], "nowhere: not a directory"),
     (["simulate", "nowhere", "--chip", "fourbit", "--set", "array.rows=0"], "array.rows = 0 is out of range"),
     (["import-scalesim", "nope", "--batch", "1"], "topology 'nope' is neither a file nor a shipped topology"),
+    (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.rows=8", "--scheduler", "nonsense"],
+     "--scheduler 'nonsense': no dask.distributed scheduler reached"),
+    (["compare", "--trace", "nowhere", "--baseline", "fp32"], "argument --baseline: invalid choice: 'fp32'"),
+    (["compare", "--trace", "nowhere", "--chips", "fourbit,"], "chips = 'fourbit,': an empty name between commas"),
+    (["compare", "--trace", "nowhere", "--epochs", "3"], "train applies to a model source (--model)"),
+    (["ablation", "--model", "mlp", "--dataset", "digits", "--seeds", "0", "0"], "seeds: 0 is given twice"),
+    (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.dataflow=ws,WS"],
+     "axis array.dataflow: the value 'ws' is given twice"),
+    (["train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4:radix=2,,tpr=off"],
+     "an empty parameter between separators"),
     (["ablation", "--model", "mlp", "--dataset", "digits", "--seeds", "-1"], "seeds.0 = -1 is out of range"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_leave_no_directory(tmp_path, args, message):
@@ -174,6 +184,28 @@ def _subparser(verb: str):
     parser = _parser([verb])
     action = next(a for a in parser._actions if a.dest == "verb")
     return action.choices[verb]
+
+
+def test_train_never_writes_into_a_directory_it_does_not_own(tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("x")
+    for extra in ((), ("--overwrite",)):
+        res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--epochs", "1",
+                      "--out", str(foreign), "--quiet", *extra)
+        assert res.returncode == 2 and "is not empty and holds no fourbit run" in res.stderr
+        assert [p.name for p in foreign.iterdir()] == ["todo.txt"]  # refused before training: nothing written
+    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--out", "", "--quiet")
+    assert res.returncode == 2 and "--out '' names no directory" in res.stderr
+
+
+def test_chip_files_that_are_not_text_and_chip_flags_without_a_chip(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[array]\nrows = 3\n")
+    res = fourbit("chip", str(bad))
+    assert res.returncode == 2 and "bad.toml: unreadable" in res.stderr and "Traceback" not in res.stderr
+    res = fourbit("chip", "--set", "array.rows=0")
+    assert res.returncode == 2 and "--set and --peak need a chip" in res.stderr
 
 
 def test_the_main_job_continues_refuses_another_and_overwrites(tmp_path):

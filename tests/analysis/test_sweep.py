@@ -143,9 +143,9 @@ def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
 @pytest.mark.parametrize("grid, message", [
     (["array.depth=4,8"], r"unknown field array.depth; fields of \[array\]: rows, cols"),
     (["array.rows=0,8"], r"grid point 0 \(array.rows=0\): overrides: array.rows = 0 is out of range: allowed an "
-                         r"integer >= 1$"),
+                         r"integer >= 1 and <= 65536$"),
     (["array.dataflow=ws,rs"], "array.dataflow = 'rs' is out of range"),
-    (["recipe.radix=3"], r"recipe.radix = '3' is out of range: allowed one of 2, 4, 8, 16"),
+    (["recipe.radix=3"], r"recipe.radix = 3 is out of range: allowed one of 2, 4, 8, 16"),
     (["recipe.colour=1"], "unknown grid field 'recipe.colour'; recipe parameters: bwd_acc, exponent_bits"),
     (["array.rows=8", "array.rows=16"], "grid field 'array.rows' appears on two axes"),
     (["log_path.radix=2", "recipe.radix=16"], "log_path.radix = 2 and recipe.radix = 16 differ"),
@@ -159,7 +159,12 @@ def test_bad_specs_are_rejected_before_any_work(small_trace, tmp_path, grid, mes
 
 @pytest.mark.parametrize("text, message", [
     ('[[grid]]\nfields = "array.rows"\nvalues = ["8"]\n',
-     r"grid point 0 \(array.rows=8\): overrides: array.rows = '8' has the wrong type: allowed an integer >= 1$"),
+     r"grid point 0 \(array.rows=8\): overrides: array.rows = '8' has the wrong type: allowed an integer >= 1 and <= 65536$"),
+    ('[[grid]]\nfields = "log_path.radix"\nvalues = [4.0]\n',
+     r"grid point 0 \(log_path.radix=4.0\): overrides: log_path.radix = 4.0 has the wrong type: allowed one of 2, 4, 8, "
+     r"16$"),
+    ('[[grid]]\nfields = ["recipe.radix", "recipe.tpr"]\nvalues = [2]\n',
+     r"recipe 'int4': recipe.tpr = 2 has the wrong type: allowed true or false$"),
     ('[[grid]]\nfields = "recipe.tpr"\nvalues = ["on"]\n',
      r"recipe 'int4': recipe.tpr = 'on' has the wrong type: allowed true or false"),
     ('workers = "2"\n[[grid]]\nfields = "array.rows"\nvalues = [8]\n',
@@ -196,6 +201,18 @@ def test_paths_in_a_spec_are_relative_to_the_spec_file(small_trace, tmp_path, mo
     assert (table.status == "ok").all() and (tmp_path / "specs" / "out" / "results.csv").is_file()
 
 
+def test_overwriting_another_kind_of_job_clears_its_results_and_keeps_caches(small_trace, tmp_path):
+    from fourbit.analysis.compare import compare
+
+    out = tmp_path / "s"
+    sweep(_spec(small_trace, out, grid=["array.rows=8"]), progress=False)
+    with pytest.raises(ConfigError, match=r"holds the results of a job of kind 'sweep', not 'compare'; pass --overwrite"):
+        compare(Source(trace=small_trace), out=out, chips=("fourbit", "fp16"), progress=False)
+    compare(Source(trace=small_trace), out=out, chips=("fourbit", "fp16"), progress=False, overwrite=True)
+    assert not (out / "results.csv").exists() and (out / "compare.csv").is_file()
+    assert (out / "points").is_dir()
+
+
 def test_the_same_sweep_continues_another_is_refused_unless_overwrite(small_trace, tmp_path):
     out = tmp_path / "s"
     first = sweep(_spec(small_trace, out, grid=["array.rows=8,16"]), progress=False)
@@ -206,6 +223,13 @@ def test_the_same_sweep_continues_another_is_refused_unless_overwrite(small_trac
     wider = sweep(_spec(small_trace, out, grid=["array.rows=8,16,32"]), progress=False, overwrite=True)
     assert len(wider) == 3 and (wider.status == "ok").all()
     assert len(list((out / "points").glob("*[0-9a-f].parquet"))) == 3  # 8 and 16 were reused, not deleted
+    # the same trace spelled another way is the same sweep; sweep(spec, **fields) takes the fields
+    import os
+
+    rel = os.path.relpath(small_trace)
+    again = sweep(_spec(rel, tmp_path / "elsewhere"), progress=False, out=str(out), overwrite=False,
+                  grid=parse_grid(["array.rows=8,16,32"]))
+    pd.testing.assert_frame_equal(again, wider)
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "cat.jpg").write_text("x")

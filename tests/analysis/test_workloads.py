@@ -41,11 +41,31 @@ def test_a_cache_entry_of_another_run_is_refused(tmp_path):
         run_all([imposter], Executor(1), progress=False)
 
 
+def test_job_models_take_lists_and_refuse_repeats(tmp_path):
+    from fourbit.analysis.ablation import Ablation
+    from fourbit.analysis.compare import Comparison
+
+    src = Source(model="mlp", dataset="digits")
+    assert Comparison(source=src, chips=["fourbit", "fp16"]).chips == ("fourbit", "fp16")
+    assert Ablation(seeds=[0, 2], variants=[["int4", "int4"]]).variants == (("int4", "int4"),)
+    with pytest.raises(ConfigError, match=r"^seeds = \(\) is out of range: allowed a non-empty list of integers$"):
+        Ablation(seeds=[])
+    with pytest.raises(ConfigError, match=r"^variants: 'int4' is given twice$"):
+        Ablation(variants=[("a", "int4"), ("b", "int4")])
+    with pytest.raises(ConfigError, match=r"compare: chip 'tpu' has no recipe"):
+        Comparison(source=src, chips=["tpu", "fp16"])
+
+
 def test_a_source_is_a_trace_or_a_training_not_both():
-    with pytest.raises(ConfigError, match=r"^source: one source is needed: a trace directory \(--trace\), or a model"):
+    with pytest.raises(ConfigError, match=r"^source: one source is needed: a trace directory \(--trace\) or a model \(--model\), "
+                                          r"not both$"):
         Source(trace="runs/x", model="mlp", dataset="digits")
-    with pytest.raises(ConfigError, match="one source is needed"):
+    with pytest.raises(ConfigError, match=r"^source: one source is needed: a trace directory \(--trace\), or a "
+                                          r"model and a data set \(--model with --dataset\)$"):
         Source(model="mlp")
+    with pytest.raises(ConfigError, match=r"^source: train applies to a model source \(--model\); the recipes of a "
+                                          r"trace directory \(--trace\) are retrained with the trace's own"):
+        Source(trace="runs/x", train=ONE)
     assert Source(model="mlp", dataset="digits").train.epochs == 1  # a job's source trains 1 epoch by default
 
 

@@ -16,13 +16,13 @@ def _toml(tmp_path, text: str):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('[array]\nrows = "32"\n', r"chip.toml: array.rows = '32' has the wrong type: allowed an integer >= 1$"),
-    ("[array]\nrows = 32.0\n", r"chip.toml: array.rows = 32.0 has the wrong type: allowed an integer >= 1$"),
+    ('[array]\nrows = "32"\n', r"chip.toml: array.rows = '32' has the wrong type: allowed an integer >= 1 and <= 65536$"),
+    ("[array]\nrows = 32.0\n", r"chip.toml: array.rows = 32.0 has the wrong type: allowed an integer >= 1 and <= 65536$"),
     ('[energy]\ngate_zeros = "yes"\n', r"energy.gate_zeros = 'yes' has the wrong type: allowed true or false$"),
     ("[arrey]\nrows = 3\n", r"chip.toml: unknown field arrey; fields of \[the top level\]: chip, array, units"),
     ("[array]\nrowz = 3\n", r"chip.toml: unknown field array.rowz; fields of \[array\]: rows, cols, dataflow"),
     ("[units.int9]\naccumulator = 'fp16'\n", r"units: unknown key 'int9'; allowed one of 'int4', 'fp4xint4'"),
-    ("[array]\ncols = 0\n", r"chip.toml: array.cols = 0 is out of range: allowed an integer >= 1$"),
+    ("[array]\ncols = 0\n", r"chip.toml: array.cols = 0 is out of range: allowed an integer >= 1 and <= 65536$"),
     ("[energy]\nleakage_fraction = 1.5\n", r"energy.leakage_fraction = 1.5 is out of range: allowed a number >= 0 "
                                            r"and <= 1$"),
     ("[array]\nmacs_per_pe = 8\n[units.int4]\nmacs_per_pe = 4\n",
@@ -67,7 +67,7 @@ def test_overrides_in_python_must_have_the_field_type():
 
 
 def test_sections_built_alone_name_their_dotted_field():
-    with pytest.raises(ConfigError, match=r"^array.rows = 2.5 has the wrong type: allowed an integer >= 1$"):
+    with pytest.raises(ConfigError, match=r"^array.rows = 2.5 has the wrong type: allowed an integer >= 1 and <= 65536$"):
         ArrayConfig(rows=2.5)
     with pytest.raises(ConfigError, match=r"^array.rows = 0 is out of range"):
         ChipConfig(array={"rows": 0})

@@ -220,5 +220,5 @@ def test_clip_norm_scales_the_gradients_to_the_norm_and_records_the_op():
     norm_ops = ops[ops.op == "grad_norm"]
     assert set(norm_ops.layer) == {layer.name for layer in net.gemm_layers()}
     assert norm_ops.elements.sum() == 2 * sum(p.value.size for p in params)  # two calls, every parameter
-    with pytest.raises(ConfigError, match=r"^clip_norm = -1.0 is out of range: allowed a finite number >= 0$"):
+    with pytest.raises(ConfigError, match=r"^train.clip_norm = -1.0 is out of range: allowed a finite number >= 0$"):
         TrainConfig(clip_norm=-1.0)
