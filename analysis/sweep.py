@@ -185,7 +185,7 @@ def load_spec(path: str | Path, **overrides) -> SweepSpec:
     if isinstance(data.get("chip"), str) and not _is_preset(data["chip"]):
         data["chip"] = _relative(data["chip"], base)
     for ax in data.get("grid", []) if isinstance(data.get("grid"), list) else []:
-        if isinstance(ax, dict) and _names(ax.get("fields")) == ("chip",) and isinstance(ax.get("values"), list):
+        if isinstance(ax, dict) and ax.get("fields") in ("chip", ["chip"]) and isinstance(ax.get("values"), list):
             ax["values"] = [_relative(v, base) if isinstance(v, str) and not _is_preset(v) else v for v in ax["values"]]
     spec = SweepSpec.parse(data, f"sweep spec {path}")
     return spec.replace(**overrides) if overrides else spec
@@ -243,7 +243,7 @@ def _points(spec: SweepSpec, base_recipe: str, source_key: str) -> list[Point]:
 def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source_key: str) -> Point:
     where = f"grid point {index} ({', '.join(f'{k}={v}' for k, v in values.items())})"
     try:
-        chip_name, chip_over, recipe_spec = _split(spec, base_recipe, index, values)
+        chip_name, chip_over, recipe_spec = _split(spec, base_recipe, values)
         get_recipe(recipe_spec)  # checks the recipe parameters
         chip = load_chip(chip_name, chip_over)
     except ConfigError as exc:
@@ -257,7 +257,7 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source
     return Point(index, values, chip_name, chip_over, recipe_spec, pid, digest(timing))
 
 
-def _split(spec: SweepSpec, base_recipe: str, index: int, values: dict) -> tuple[str, dict, str]:
+def _split(spec: SweepSpec, base_recipe: str, values: dict) -> tuple[str, dict, str]:
     """A point's (chip name, chip overrides, recipe spec); one log base for datapath and numerics."""
     chip_name = values.get("chip", spec.chip)
     recipe_name, params = parse_recipe(values.get("recipe", base_recipe))

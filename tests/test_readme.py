@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.analysis.test_cli import check_main_job
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -38,7 +40,8 @@ def test_the_setup_section_has_the_two_commands_and_ci_runs_the_test_one():
 @pytest.mark.slow
 def test_the_main_command_in_a_fresh_environment(tmp_path):
     """``python3 -m pip install . && fourbit run`` in a new virtual environment, in a copy of the
-    repository's tracked files; then the installed package's promises in that environment."""
+    repository's tracked files (the main job's end-to-end test: `check_main_job`); then the
+    installed package's promises in that environment."""
     src = tmp_path / "clone"
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, files.decode().split("\0")):
@@ -52,7 +55,7 @@ def test_the_main_command_in_a_fresh_environment(tmp_path):
     main = _setup_commands()[0]
     res = subprocess.run(["bash", "-c", main], cwd=src, env=env, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "speedup_vs_fp16" in res.stdout and (src / "fourbit-out" / "main_job.csv").is_file()
+    check_main_job(src / "fourbit-out", res.stdout)
     check = ("import sys, fourbit\n"
              "assert fourbit.__file__.startswith(sys.prefix), fourbit.__file__\n"
              "assert not {'numpy', 'numba', 'pandas'} & set(sys.modules)\n"

@@ -21,10 +21,9 @@ def fourbit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           text=True, cwd=cwd or ROOT, env=env, timeout=900)
 
 
-def test_run_main_job_end_to_end(tmp_path):
-    out = tmp_path / "out"
-    res = fourbit("run", "--out", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
+def check_main_job(out: Path, stdout: str) -> None:
+    """What the main job (``fourbit run``, default arguments) must produce in ``out``; called by
+    the README test, which runs the README's command as written in a fresh environment."""
     table = pd.read_csv(out / "main_job.csv")
     assert list(table.columns) == [
         "recipe", "chip", "test_accuracy_pct", "cycles_per_step", "time_per_step_us",
@@ -43,7 +42,7 @@ def test_run_main_job_end_to_end(tmp_path):
     assert int4.speedup_vs_fp16 > 1 and int4.energy_ratio_vs_fp16 < 1
     assert (out / "main_job.png").stat().st_size > 10_000
     assert len(list((out / "runs").glob("int4-s0-*/meta.json"))) == 1
-    assert "fourbit" in res.stdout and "int4" in res.stdout
+    assert "fourbit" in stdout and "int4" in stdout and "speedup_vs_fp16" in stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -76,12 +75,14 @@ def test_run_main_job_end_to_end(tmp_path):
      "an empty parameter between separators"),
     (["ablation", "--model", "mlp", "--dataset", "digits", "--seeds", "-1"], "seeds.0 = -1 is out of range"),
 ])
-def test_bad_arguments_exit_2_with_one_line_and_leave_no_directory(tmp_path, args, message):
-    res = fourbit(*args, "--out", str(tmp_path / "o" / "deeper"))
-    assert res.returncode == 2
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+def test_bad_arguments_exit_2_with_one_line_and_leave_no_directory(tmp_path, capsys, args, message):
+    """In this process (`main` is what the ``fourbit`` script calls; the subprocess tests below
+    cover the script itself): status 2, one line, no traceback, no directory left behind."""
+    status, _, err = in_process(capsys, *args, "--out", str(tmp_path / "o" / "deeper"))
+    assert status == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
 
 
@@ -119,16 +120,25 @@ def test_bad_recipe_fails_before_any_training(tmp_path):
     assert not (tmp_path / "o" / "runs").exists()
 
 
-def test_train_refuses_to_overwrite_unless_told(tmp_path):
-    out = tmp_path / "r"
-    assert fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
-                   "--out", str(out), "--quiet").returncode == 0
-    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
-                  "--out", str(out), "--quiet")
-    assert res.returncode == 2 and "--overwrite" in res.stderr
-    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
-                  "--out", str(out), "--quiet", "--overwrite")
-    assert res.returncode == 0, res.stderr
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``fourbit ARGS`` through `main` in this process: (status, stdout, stderr)."""
+    from fourbit.analysis.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_train_refuses_to_overwrite_unless_told(tmp_path, capsys):
+    args = ("train", "--model", "mlp", "--dataset", "digits", "--recipe", "fp32", "--epochs", "1",
+            "--out", str(tmp_path / "r"), "--quiet")
+    assert in_process(capsys, *args)[0] == 0
+    status, _, err = in_process(capsys, *args)
+    assert status == 2 and "already holds a run directory; pass --overwrite" in err
+    assert in_process(capsys, *args, "--overwrite")[0] == 0
 
 
 @pytest.mark.parametrize("model, dataset, message", [
@@ -186,17 +196,18 @@ def _subparser(verb: str):
     return action.choices[verb]
 
 
-def test_train_never_writes_into_a_directory_it_does_not_own(tmp_path):
+def test_train_never_writes_into_a_directory_it_does_not_own(tmp_path, capsys):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "todo.txt").write_text("x")
     for extra in ((), ("--overwrite",)):
-        res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--epochs", "1",
-                      "--out", str(foreign), "--quiet", *extra)
-        assert res.returncode == 2 and "is not empty and holds no fourbit run" in res.stderr
+        status, _, err = in_process(capsys, "train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4",
+                                    "--epochs", "1", "--out", str(foreign), "--quiet", *extra)
+        assert status == 2 and "is not empty and holds no fourbit run" in err
         assert [p.name for p in foreign.iterdir()] == ["todo.txt"]  # refused before training: nothing written
-    res = fourbit("train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4", "--out", "", "--quiet")
-    assert res.returncode == 2 and "--out '' names no directory" in res.stderr
+    status, _, err = in_process(capsys, "train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4",
+                                "--out", "", "--quiet")
+    assert status == 2 and "--out '' names no directory" in err
 
 
 def test_chip_files_that_are_not_text_and_chip_flags_without_a_chip(tmp_path):
@@ -208,19 +219,20 @@ def test_chip_files_that_are_not_text_and_chip_flags_without_a_chip(tmp_path):
     assert res.returncode == 2 and "--set and --peak need a chip" in res.stderr
 
 
-def test_the_main_job_continues_refuses_another_and_overwrites(tmp_path):
+def test_the_main_job_continues_refuses_another_and_overwrites(tmp_path, capsys):
     out = tmp_path / "o"
-    args = ["run", "--epochs", "1", "--out", str(out), "--quiet"]
-    first = fourbit(*args)
-    assert first.returncode == 0, first.stderr
-    again = fourbit(*args)  # the same job: the runs are reused, the table is the same
-    assert again.returncode == 0 and again.stdout == first.stdout
-    other = fourbit("run", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet")
-    assert other.returncode == 2
-    assert ("holds the results of another main_job (train.seed is 0 there, 1 here); pass --overwrite" in other.stderr)
-    forced = fourbit("run", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet", "--overwrite")
-    assert forced.returncode == 0, forced.stderr
-    assert len(list((out / "runs").iterdir())) == 4  # seed 0's runs stay cached; nothing was deleted
+    args = ("run", "--epochs", "1", "--out", str(out), "--quiet")
+    status, first, err = in_process(capsys, *args)
+    assert status == 0, err
+    status, again, _ = in_process(capsys, *args)  # the same job: the runs are reused, the table is the same
+    assert status == 0 and again == first
+    status, _, err = in_process(capsys, "run", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet")
+    assert status == 2
+    assert "holds the results of another main_job (train.seed is 0 there, 1 here); pass --overwrite" in err
+    status, _, err = in_process(capsys, "run", "--epochs", "1", "--seed", "1", "--out", str(out), "--quiet",
+                                "--overwrite")
+    assert status == 0, err
+    assert len(list((out / "runs").iterdir())) == 4  # seed 0's runs stay cached
 
 
 def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
