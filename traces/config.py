@@ -24,7 +24,9 @@ from pydantic_core import PydanticCustomError
 
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["IntChoice", "Listed", "PathText", "StrictModel", "allowed_text", "base_type", "field_info", "first_difference", "parse_text", "set_dotted"]
+__all__ = ["IntChoice", "Listed", "PathText", "StrictModel", "allowed_text", "base_type", "field_info",
+           "first_difference", "parse_text", "set_dotted"]
+
 
 def _fspath(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -56,11 +58,12 @@ def IntChoice(values: tuple[int, ...]) -> Any:  # noqa: N802 (a type factory)
     ``Literal`` would take as 4 or 1)."""
     return Annotated[Literal[values], BeforeValidator(_whole)]  # type: ignore[valid-type]
 
+
 _TRUE = ("true", "on", "yes", "1")
+_FALSE = ("false", "off", "no", "0")
 _DEPTH = contextvars.ContextVar("fourbit_config_depth", default=0)
 """How many model validations are under way: a section validated inside a larger model lets its
 errors reach the outer one (which names the whole dotted path) instead of converting them."""
-_FALSE = ("false", "off", "no", "0")
 
 
 class StrictModel(BaseModel):
