@@ -56,6 +56,7 @@ from fourbit.analysis.executor import Executor
 from fourbit.analysis.jobdir import job_dir
 from fourbit.analysis.workloads import Source, Workload, check_trainings, digest, run_all
 from fourbit.hwsim.config import ChipConfig, load_chip
+from fourbit.hwsim.timing_cache import chip_timing_view
 from fourbit.models.recipes import RECIPES, Recipe, get_recipe, param_text, parse_recipe
 from fourbit.traces.config import Listed, PathText, StrictModel, field_info, parse_text
 from fourbit.traces.errors import ConfigError
@@ -248,10 +249,7 @@ def _resolve(spec: SweepSpec, base_recipe: str, index: int, values: dict, source
         chip = load_chip(chip_name, chip_over)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    timing = chip.to_dict()
-    for section in ("log_path", "energy"):  # energy and numerics only: the same GEMM timings
-        timing.pop(section, None)
-    timing["chip"] = {"cores": chip.chip.cores}
+    timing = chip_timing_view(chip)  # points that differ in energy or numerics only share GEMM timings
     pid = digest({"values": values, "chip": chip_name, "over": chip_over, "recipe": recipe_spec,
                   "source": source_key, "input_grad": spec.input_grad, "extrapolate": spec.extrapolate})
     return Point(index, values, chip_name, chip_over, recipe_spec, pid, digest(timing))
@@ -433,7 +431,7 @@ def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
     """Map every GEMM of ``trace`` on each distinct chip of the grid (buffers too small for a
     tile, formats no unit computes): a ConfigError naming the point, before any simulation."""
     from fourbit.hwsim.energy import energy_table
-    from fourbit.hwsim.engine import _jobs
+    from fourbit.hwsim.jobs import plan_jobs
 
     seen = set()
     step = trace.step(None)
@@ -443,7 +441,7 @@ def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
         seen.add(p.group)
         chip = load_chip(p.chip_name, p.chip_overrides)
         try:
-            _jobs(step, chip, energy_table(chip.energy.table, chip.energy.overrides), input_grad, True)
+            plan_jobs(step, chip, energy_table(chip.energy.table, chip.energy.overrides), input_grad, True)
         except ConfigError as exc:
             where = ", ".join(f"{k}={v}" for k, v in p.values.items())
             raise ConfigError(f"grid point {p.index} ({where}): {exc}") from None

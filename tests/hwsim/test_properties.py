@@ -244,15 +244,16 @@ def _assert_extrapolated_equal(ext, full):
 
 
 def _extrapolated(trace, over, above=0):
-    from fourbit.hwsim import engine
+    from fourbit.hwsim import steady_state
+    from fourbit.hwsim.timing_cache import clear_timing_cache
 
-    engine.clear_timing_cache()
-    saved = engine.EXTEND_ABOVE
-    engine.EXTEND_ABOVE = above  # extrapolate plans this small too
+    clear_timing_cache()
+    saved = steady_state.EXTEND_ABOVE
+    steady_state.EXTEND_ABOVE = above  # extrapolate plans this small too
     try:
         return _sim(trace, over, extrapolate=True)
     finally:
-        engine.EXTEND_ABOVE = saved
+        steady_state.EXTEND_ABOVE = saved
 
 
 @settings(max_examples=120, deadline=None)
