@@ -65,9 +65,13 @@ def gemm_result(job: Job, timing: Timing, chip: ChipConfig, table: dict) -> Gemm
     out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
     scaling_pj = out_elems * job.path.energy_pj + pass_energy_pj(job.passes, table)
     leak_pj = chip.energy.leakage_fraction * peak_pj_per_cycle(chip, table) * cores * total
-    compulsory_read = (row["M"] * row["K"] * unit.a_bits / 8 + row["K"] * row["N"] * unit.b_bits / 8) * row["groups"]
-    compulsory_read += out_elems * job.path.read_bytes
-    compulsory_write = out_elems * job.path.write_bytes
+    t, path = job.tensors, job.path
+    state_read = out_elems * path.read_bytes  # optimizer state the output path reads
+    compulsory_read = t.a_elements * unit.a_bits / 8 + t.b_elements * unit.b_bits / 8 + state_read
+    compulsory_write = out_elems * path.write_bytes
+    im2col_read = (row["M"] * row["K"] * unit.a_bits / 8 + row["K"] * row["N"] * unit.b_bits / 8) * row["groups"]
+    im2col_read += state_read
+    im2col_write = out_elems * (path.write_bytes - path.store_bytes + path.column_store_bytes)
     return GemmResult(
         layer=row["layer"], phase=row["phase"], unit=unit.kind, note=unit.note,
         M=int(row["M"]), N=int(row["N"]), K=int(row["K"]), groups=int(row["groups"]),
@@ -78,6 +82,8 @@ def gemm_result(job: Job, timing: Timing, chip: ChipConfig, table: dict) -> Gemm
         peak_macs_per_cycle=chip.array.rows * chip.array.cols * unit.macs_per_pe * cores,
         dram_read_bytes=float(dram_read), dram_write_bytes=float(dram_write),
         compulsory_read_bytes=float(compulsory_read), compulsory_write_bytes=float(compulsory_write),
+        im2col_read_bytes=float(im2col_read), im2col_write_bytes=float(im2col_write),
+        vector_read_bytes=float(timing.pass_read_bytes * cores), vector_write_bytes=float(timing.pass_write_bytes * cores),
         sram_read_bytes=cores * sum(b["read"] for b in plan.sram_bits.values()) / 8,
         sram_write_bytes=cores * sum(b["write"] for b in plan.sram_bits.values()) / 8,
         energy_mac_pj=mac_pj, energy_acc_pj=acc_pj, energy_reg_pj=reg_pj, energy_sram_pj=sram_pj,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fourbit.hwsim.blocks.scaling_unit import OutputPath, output_path
 from fourbit.hwsim.config import ChipConfig
 from fourbit.hwsim.mapping import TilePlan, plan_gemm
+from fourbit.hwsim.tensors import GemmTensors, gemm_tensors
 from fourbit.hwsim.units import select_unit
 from fourbit.traces.errors import SimulationError
 from fourbit.traces.io import Trace
@@ -25,13 +26,15 @@ PSUM_BYTES = {"int32": 4, "fp32": 4, "fp16": 2, "dlfloat16": 2}
 class Job:
     """One GEMM of the trace, mapped: its trace row, the unit it runs on, the tile plan of one
     core's share, the fused output path, the separate vector passes before it
-    ((op, elements, in_format, out_format)), and the cores sharing it."""
+    ((op, elements, in_format, out_format)), the stored tensors it moves, and the cores sharing
+    it."""
 
     row: dict
     unit: object
     plan: TilePlan  # of one core's share of the GEMM
     path: OutputPath
     passes: list
+    tensors: GemmTensors
     cores: int = 1
 
 
@@ -91,7 +94,8 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
         store = "fp16" if unit.kind == "fp16" and row["out_format"] == "fp32" else row["out_format"]
-        path = output_path(fused.pop(key, []), out_elems, store, table)
-        jobs.append(Job(row, unit, plan, path, passes.pop(key, []), cores))
+        tensors = gemm_tensors(row)
+        path = output_path(fused.pop(key, []), out_elems, store, table, tensors.out_elements)
+        jobs.append(Job(row, unit, plan, path, passes.pop(key, []), tensors, cores))
     leftovers = [(k, v) for k, v in passes.items()] + [(k, [(o, e, "fp32", f) for o, e, f in v]) for k, v in fused.items()]
     return jobs, leftovers

@@ -52,7 +52,9 @@ def vector_pass(env: simpy.Environment, dram: Dram, lanes: float, ops: list):
 
 @dataclass(frozen=True)
 class Timing:
-    """What the discrete-event run of one GEMM (or vector pass) measured."""
+    """What the discrete-event run of one GEMM (or vector pass) measured: cycles in all, of the
+    separate vector passes before it, and of the array waiting for operands; DRAM bytes in all
+    and of the vector passes alone; simpy events and steady-state batches."""
 
     total_cycles: int
     pass_cycles: int
@@ -61,6 +63,8 @@ class Timing:
     dram_write_bytes: float
     events: int
     batches: int
+    pass_read_bytes: float = 0.0
+    pass_write_bytes: float = 0.0
 
 
 def run_env(env: simpy.Environment, procs: list, what: str, blocks: dict) -> int:
@@ -98,7 +102,7 @@ def simulate_gemm(job: Job, chip: ChipConfig, compress: bool) -> Timing:
 
     def gemm():
         yield from vector_pass(env, dram, chip.scaling.lanes, share)
-        marks["passes"] = env.now
+        marks["passes"] = (env.now, dram.read_bytes, dram.write_bytes)
         procs = [env.process(dma.run(job.plan.segments)), env.process(array.run(job.plan.tiles)),
                  env.process(scaling.run(n_out))]
         marks["procs"] = procs
@@ -111,8 +115,9 @@ def simulate_gemm(job: Job, chip: ChipConfig, compress: bool) -> Timing:
     if array.busy_cycles != job.plan.compute_cycles:
         raise SimulationError(f"{what}: the array was busy {array.busy_cycles} cycles, the plan has "
                               f"{job.plan.compute_cycles}")
-    return Timing(int(env.now), int(marks["passes"]), int(array.operand_wait_cycles), dram.read_bytes,
-                   dram.write_bytes, events, dma.batches)
+    pass_cycles, pass_read, pass_write = marks["passes"]
+    return Timing(int(env.now), int(pass_cycles), int(array.operand_wait_cycles), dram.read_bytes,
+                  dram.write_bytes, events, dma.batches, pass_read, pass_write)
 
 
 def simulate_passes(ops: list, chip: ChipConfig) -> Timing:
@@ -121,4 +126,5 @@ def simulate_passes(ops: list, chip: ChipConfig) -> Timing:
     dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
     top = env.process(vector_pass(env, dram, chip.scaling.lanes, ops))
     events = run_env(env, [top], "a vector pass", {})
-    return Timing(int(env.now), int(env.now), 0, dram.read_bytes, dram.write_bytes, events, 0)
+    return Timing(int(env.now), int(env.now), 0, dram.read_bytes, dram.write_bytes, events, 0, dram.read_bytes,
+                  dram.write_bytes)

@@ -22,7 +22,13 @@ DATAPATH = ["energy_mac_pj", "energy_acc_pj", "energy_reg_pj"]
 
 @dataclass
 class GemmResult:
-    """Counters of one GEMM (or one standalone vector pass, ``unit="vector"``)."""
+    """Counters of one GEMM (or one standalone vector pass, ``unit="vector"``).
+
+    DRAM bytes: ``dram_*`` all that moved, of which ``vector_*`` by the separate vector passes
+    (BatchNorm, activations, quantization not fused into an output path); ``compulsory_*`` each
+    stored tensor of the GEMM once (`fourbit.hwsim.tensors`; the separate passes' own traffic for
+    a vector pass); ``im2col_*`` the same with a convolution's column matrices moved as GEMM
+    operands (what a chip without on-chip im2col and col2im would have to move at the least)."""
 
     layer: str
     phase: str
@@ -45,6 +51,10 @@ class GemmResult:
     dram_write_bytes: float = 0.0
     compulsory_read_bytes: float = 0.0
     compulsory_write_bytes: float = 0.0
+    im2col_read_bytes: float = 0.0
+    im2col_write_bytes: float = 0.0
+    vector_read_bytes: float = 0.0
+    vector_write_bytes: float = 0.0
     sram_read_bytes: float = 0.0
     sram_write_bytes: float = 0.0
     energy_mac_pj: float = 0.0
@@ -59,7 +69,8 @@ class GemmResult:
     def vector(cls, layer: str, phase: str, cycles: int, read: float, write: float, pj: float) -> GemmResult:
         return cls(layer, phase, "vector", total_cycles=int(cycles), scaling_stall_cycles=int(cycles),
                    vector_pass_cycles=int(cycles), dram_read_bytes=read, dram_write_bytes=write,
-                   compulsory_read_bytes=read, compulsory_write_bytes=write, energy_scaling_pj=pj)
+                   compulsory_read_bytes=read, compulsory_write_bytes=write, im2col_read_bytes=read,
+                   im2col_write_bytes=write, vector_read_bytes=read, vector_write_bytes=write, energy_scaling_pj=pj)
 
 
 @dataclass
@@ -91,7 +102,8 @@ class SimReport:
         df = self.to_frame()
         keys = ["macs", "compute_cycles", "stall_cycles", "memory_stall_cycles", "scaling_stall_cycles",
                 "total_cycles", "dram_read_bytes", "dram_write_bytes", "compulsory_read_bytes",
-                "compulsory_write_bytes", "sram_read_bytes", "sram_write_bytes", *_ENERGY,
+                "compulsory_write_bytes", "im2col_read_bytes", "im2col_write_bytes", "vector_read_bytes",
+                "vector_write_bytes", "sram_read_bytes", "sram_write_bytes", *_ENERGY,
                 "datapath_energy_pj", "energy_pj"]
         s = df[keys].sum()
         clock = self.chip.array.clock_hz

@@ -79,20 +79,27 @@ def op_cost(op: str) -> OpCost:
 @dataclass(frozen=True)
 class OutputPath:
     """Per output element of a GEMM: lane ops, pJ, DRAM bytes written (stored results and
-    optimizer state) and read (optimizer state)."""
+    optimizer state) and read (optimizer state); of the bytes written, ``store_bytes`` store the
+    result itself when no op emits it, and ``column_store_bytes`` is what storing the GEMM's
+    columns (before col2im) would write instead."""
 
     lane_ops: float
     energy_pj: float
     write_bytes: float
     read_bytes: float
+    store_bytes: float = 0.0
+    column_store_bytes: float = 0.0
 
 
-def output_path(ops_rows, out_elements: int, out_format: str, table: dict[str, float]) -> OutputPath:
+def output_path(ops_rows, out_elements: int, out_format: str, table: dict[str, float],
+                stored_elements: int | None = None) -> OutputPath:
     """Combine the fused ops of one GEMM into per-output-element costs.
 
     ``ops_rows``: iterable of (op, elements, out_format) of the fused ops; each op's per-element
     cost is weighted by its elements / ``out_elements``. Without an emitting op the result is
-    stored in ``out_format``.
+    stored in ``out_format``: ``stored_elements`` of it (default ``out_elements``; fewer when the
+    GEMM's columns are accumulated into a smaller tensor on chip, col2im,
+    `fourbit.hwsim.tensors`).
     """
     lane = energy = write = read = 0.0
     emitted = False
@@ -106,9 +113,12 @@ def output_path(ops_rows, out_elements: int, out_format: str, table: dict[str, f
         if c.emits:
             write += get_format(fmt).bytes_per_value * w
             emitted = True
-    if not emitted:
-        write += get_format(out_format).bytes_per_value if out_format != "fp32" else 4.0
-    return OutputPath(lane, energy, write, read)
+    store = column_store = 0.0
+    if not emitted and out_elements:
+        column_store = get_format(out_format).bytes_per_value if out_format != "fp32" else 4.0
+        store = column_store * (out_elements if stored_elements is None else stored_elements) / out_elements
+        write += store
+    return OutputPath(lane, energy, write, read, store, column_store)
 
 
 class ScalingUnit:
