@@ -441,7 +441,7 @@ def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
         seen.add(p.group)
         chip = load_chip(p.chip_name, p.chip_overrides)
         try:
-            plan_jobs(step, chip, energy_table(chip.energy.table, chip.energy.overrides), input_grad, True)
+            plan_jobs(step, chip, energy_table(chip.energy.table, chip.energy.overrides), input_grad)
         except ConfigError as exc:
             where = ", ".join(f"{k}={v}" for k, v in p.values.items())
             raise ConfigError(f"grid point {p.index} ({where}): {exc}") from None

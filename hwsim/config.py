@@ -127,6 +127,18 @@ class DmaConfig(StrictModel):
     setup_cycles: int = Field(0, ge=0, le=10**9, description="descriptor handling per transfer")
 
 
+MAPPING_OBJECTIVES = ("cycles", "dram_bytes")
+
+
+class MappingConfig(StrictModel):
+    """What the mapper (`fourbit.hwsim.mapper`) minimises first when it picks each GEMM's
+    mapping: ``cycles`` (simulated time, then DRAM bytes; a larger buffer never costs cycles) or
+    ``dram_bytes`` (DRAM bytes, then simulated time; a larger buffer never adds bytes)."""
+
+    PATH = "mapping"
+    objective: Literal[MAPPING_OBJECTIVES] = Field("cycles", description="what the mapper minimises first")  # type: ignore[valid-type]
+
+
 class ScalingConfig(StrictModel):
     """The scaling/vector unit on the array's output path: ``lanes`` elementary ops per cycle
     (``inf``: free), ``area_um2_per_lane``."""
@@ -178,6 +190,7 @@ class ChipConfig(StrictModel):
     sram: SramConfig = Field(default_factory=SramConfig)
     dram: DramConfig = Field(default_factory=DramConfig)
     dma: DmaConfig = Field(default_factory=DmaConfig)
+    mapping: MappingConfig = Field(default_factory=MappingConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
 

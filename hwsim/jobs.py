@@ -1,5 +1,7 @@
-"""Job planning: each GEMM row of a trace step mapped onto the chip (its unit, tile plan, output
-path and separate vector passes), and the ops left without a GEMM.
+"""Job planning: each GEMM row of a trace step made ready to map onto the chip (its unit, the
+GEMM with its operands as stored, the candidate mappings that fit the buffers, the output path
+and separate vector passes), and the ops left without a GEMM. The engine picks each job's plan
+among its candidates (`fourbit.hwsim.mapper`).
 
 GEMMs run one after another in trace order (forward layers, then the backward layers); the
 cores of a multi-core chip split each GEMM's larger output dimension evenly and run in lockstep.
@@ -7,14 +9,14 @@ cores of a multi-core chip split each GEMM's larger output dimension evenly and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fourbit.hwsim.blocks.scaling_unit import OutputPath, output_path
 from fourbit.hwsim.config import ChipConfig
-from fourbit.hwsim.mapping import TilePlan, plan_gemm
+from fourbit.hwsim.mapping import Candidate, Gemm, Operand, TilePlan
 from fourbit.hwsim.tensors import GemmTensors, gemm_tensors
 from fourbit.hwsim.units import select_unit
-from fourbit.traces.errors import SimulationError
+from fourbit.traces.errors import ConfigError, SimulationError
 from fourbit.traces.io import Trace
 
 __all__ = ["Job", "MAX_TILES", "PSUM_BYTES", "plan_jobs", "too_many"]
@@ -24,18 +26,25 @@ PSUM_BYTES = {"int32": 4, "fp32": 4, "fp16": 2, "dlfloat16": 2}
 
 @dataclass
 class Job:
-    """One GEMM of the trace, mapped: its trace row, the unit it runs on, the tile plan of one
-    core's share, the fused output path, the separate vector passes before it
+    """One GEMM of the trace: its trace row, the unit it runs on, one core's share of the GEMM
+    (`Gemm`) and its feasible candidate mappings, the tile plan chosen among them (None until
+    the engine maps it), the fused output path, the separate vector passes before it
     ((op, elements, in_format, out_format)), the stored tensors it moves, and the cores sharing
     it."""
 
     row: dict
     unit: object
-    plan: TilePlan  # of one core's share of the GEMM
+    gemm: Gemm
+    candidates: tuple[Candidate, ...]
+    plan: TilePlan | None
     path: OutputPath
     passes: list
     tensors: GemmTensors
     cores: int = 1
+
+    def with_plan(self, plan) -> Job:
+        """This job with ``plan`` (a `TilePlan`, or a view of one with other run counts)."""
+        return replace(self, plan=plan)
 
 
 MAX_TILES = 5_000_000
@@ -49,13 +58,30 @@ def too_many(row: dict, tiles: int, what: str) -> SimulationError:
         "array, larger SRAM buffers or steady-state extrapolation (--extrapolate)")
 
 
-def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
-              compress: bool = True) -> tuple[list[Job], list]:
-    """The jobs of one trace step (``trace`` holds one step) and the leftover ops: ((layer,
-    phase), ops) of ops whose GEMM is not simulated or absent, run as separate passes.
+def gemm_of(row: dict, unit, tensors: GemmTensors, chip: ChipConfig) -> Gemm:
+    """One core's share of the GEMM of trace ``row`` on ``unit``: the cores split the larger
+    output dimension evenly; a convolution's column-matrix operand is moved as its stored input
+    (`fourbit.hwsim.mapping.Operand`); ``bwd_data`` adds its columns into the stored input
+    gradient in the ofmap buffer (col2im on chip, `fourbit.hwsim.mapping.staged_bytes`)."""
+    m, n, k = int(row["M"]), int(row["N"]), int(row["K"])
+    cores = chip.chip.cores
+    if cores > 1:
+        m, n = (-(-m // cores), n) if m >= n else (m, -(-n // cores))
+    a = Operand(m, k, unit.a_bits / 8, tensors.conv if tensors.a_im2col else None, "rows")
+    # bwd_weight: b = the input's column matrix transposed (K = output pixels along its rows)
+    b = Operand(k, n, unit.b_bits / 8, tensors.conv if tensors.b_im2col else None, "rows")
+    arr = chip.array
+    return Gemm(m, n, k, int(row["groups"]), a, b, arr.rows, arr.cols, unit.macs_per_pe, arr.dataflow,
+                PSUM_BYTES[unit.accumulator], arr.overlap_fill_drain, tensors.conv if tensors.out_col2im else None)
 
-    Raises ConfigError (a format no unit computes, a buffer too small for a tile) and, without
-    ``compress``, SimulationError for a step of more than `MAX_TILES` tiles."""
+
+def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> tuple[list[Job], list]:
+    """The jobs of one trace step (``trace`` holds one step), not yet mapped, and the leftover
+    ops: ((layer, phase), ops) of ops whose GEMM is not simulated or absent, run as separate
+    passes.
+
+    Raises ConfigError: a format no unit computes, or buffers too small for one tile of any
+    candidate mapping of a GEMM (naming the buffer and the size that works)."""
     ops = trace.ops
     fused: dict[tuple[str, str], list] = {}
     passes: dict[tuple[str, str], list] = {}
@@ -66,36 +92,28 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool,
         else:
             passes.setdefault(key, []).append((r.op, int(r.elements), r.in_format, r.out_format))
     jobs = []
-    a = chip.array
     rows = trace.gemms.to_dict("records")
     fwd = [r["layer"] for r in rows if r["phase"] == "fwd"]
     input_layer = fwd[0] if fwd else None
-    total_tiles = 0
+    sram = chip.sram
     for row in rows:
         if not input_grad and row["phase"] == "bwd_data" and row["layer"] == input_layer:
             fused.pop((row["layer"], row["phase"]), None)
             passes.pop((row["layer"], row["phase"]), None)
             continue  # training never needs the gradient of the input data
         unit = select_unit(chip, row["a_format"], row["b_format"])
-        psum = PSUM_BYTES[unit.accumulator]
-        m, n = int(row["M"]), int(row["N"])
-        cores = chip.chip.cores
-        if cores > 1:  # the cores split the larger output dimension evenly
-            m, n = (-(-m // cores), n) if m >= n else (m, -(-n // cores))
-        plan = plan_gemm(m, n, int(row["K"]), int(row["groups"]),
-                         a.rows, a.cols, unit.macs_per_pe, a.dataflow, unit.a_bits / 8,
-                         unit.b_bits / 8, psum, chip.sram.ifmap_bytes, chip.sram.filter_bytes,
-                         chip.sram.ofmap_bytes, a.overlap_fill_drain, chip.bytes_per_cycle / cores)
-        if not compress:  # every tile walked: refuse a step that would take tens of minutes
-            total_tiles += plan.tiles
-            if total_tiles > MAX_TILES:
-                raise too_many(row, total_tiles, "the step")
+        tensors = gemm_tensors(row)
+        gemm = gemm_of(row, unit, tensors, chip)
+        try:
+            candidates = tuple(gemm.candidates(sram.ifmap_bytes, sram.filter_bytes, sram.ofmap_bytes))
+        except ConfigError as exc:
+            raise ConfigError(f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}): "
+                              f"{exc}") from None
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
         store = "fp16" if unit.kind == "fp16" and row["out_format"] == "fp32" else row["out_format"]
-        tensors = gemm_tensors(row)
         path = output_path(fused.pop(key, []), out_elems, store, table, tensors.out_elements)
-        jobs.append(Job(row, unit, plan, path, passes.pop(key, []), tensors, cores))
+        jobs.append(Job(row, unit, gemm, candidates, None, path, passes.pop(key, []), tensors, chip.chip.cores))
     leftovers = [(k, v) for k, v in passes.items()] + [(k, [(o, e, "fp32", f) for o, e, f in v]) for k, v in fused.items()]
     return jobs, leftovers

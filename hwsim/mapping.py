@@ -1,9 +1,10 @@
-"""Mapping a GEMM onto the PE array: folds, tiles, closed-form compute cycles, and traffic.
+"""Mapping a GEMM onto the PE array: folds, closed-form compute cycles, the candidate mappings
+(loop orders, tile lengths, what stays resident) and the tiles and traffic of each.
 
-A GEMM multiplies a (M x K, the *ifmap* operand) by b (K x N, the *filter* operand) into
-M x N (the *ofmap*). An R x C array whose PEs each reduce p products per cycle runs it in folds
-(the standard systolic model of SCALE-Sim, Samajdar et al., ISPASS 2020), counted as cycles,
-not as the index of the last cycle (SCALE-Sim prints one less):
+A GEMM multiplies a (M x K, the *ifmap* operand) by b (K x N, the *filter* operand) into M x N
+(the *ofmap*). An R x C array whose PEs each reduce p products per cycle runs it in folds (the
+standard systolic model of SCALE-Sim, Samajdar et al., ISPASS 2020), counted as cycles, not as the
+index of the last cycle (SCALE-Sim prints one less):
 
 ``ws`` (weight stationary)
     b is held in the array (K along rows, p per PE; N along columns); a streams through.
@@ -19,28 +20,55 @@ not as the index of the last cycle (SCALE-Sim prints one less):
 With ``overlap`` each fold after the first starts while its predecessor drains: every fold but
 the last saves its drain (R + C - 2 cycles).
 
-Tiles and traffic. A fold is split into tiles along its streamed dimension so that each tile's
-operands fit half of the double-buffered SRAM; one tile is one DMA transfer and one compute
-event. ``ws``/``is`` have two loop orders, and `plan_gemm` takes the one with the smaller
-estimated time, max(compute cycles, DRAM bytes / bandwidth) (fewer bytes on a tie):
+Operands move as stored (`Operand`): a convolution's column matrix (the forward ifmap, the
+weight gradient's filter operand) is fetched as regions of the stored input tensor and expanded
+into rows on chip (`fourbit.hwsim.tensors.ConvGeometry.region_elements`); its columns are in
+channel-major order (c, r, s).
 
-``n-k-m`` (fold-major, the closed forms above)
-    for each column fold of the stationary operand, for each K-fold, for each tile of the
-    streamed operand. The stationary operand is read from DRAM once (each tile is used by one
-    fold); the streamed operand once if it fits its buffer whole, else once per column fold;
-    the partial sums of a column fold stay in the ofmap buffer across K-folds if the whole stripe
-    fits, else they spill to DRAM after every K-fold but the last and are read back before every
-    K-fold but the first (both directions counted).
+Candidates. For ``ws`` and ``is`` (write x for the streamed operand, L x K, and s for the
+stationary one, K x T; ``is`` swaps a and b) a candidate is a loop order, a tile length l along
+L, and which operands stay resident. A resident operand is filled on its first use, each block
+bringing its share of the stored bytes (`Operand.share_bytes`: the first sweep brings in the
+stored operand exactly once, halos included), and kept (it must fit its whole buffer); the
+others are read in blocks as the order needs them (a block must fit half its buffer: the
+other half is filled meanwhile).
+
+``n-k-m`` (fold-major; the closed forms above)
+    for each column fold of s, for each K-fold, for each tile of x. Each stationary block is read
+    once. x is read once per column fold, a tile's block of the current K-fold at a time, unless
+    resident (``x_resident``: filled during the first column fold). Partial sums stay in the
+    ofmap buffer across K-folds when a column stripe (L x C) fits (``psum_resident``), else they
+    spill to DRAM after every K-fold but the last and are read back before every K-fold but the
+    first. With ``group`` g > 1 the
+    column folds go in groups of g that share each K-fold block of x (the whole L x p*R block
+    kept in a half of the ifmap buffer, one tile of length L): x is read once per group, and the
+    group's g partial-sum stripes stay on chip when they fit (2-D blocking of the output).
 ``n-m-k`` (tile-major)
-    for each column fold, for each tile of the streamed operand, for each K-fold: a tile's
-    partial sums stay in the ofmap buffer until its last K-fold (never spill), at the price of
-    reloading the stationary values (a fold's fill and drain) for every tile; the stationary
-    column stripe (K x C) is read from DRAM once per column fold if it fits its buffer, else for
-    every tile. Compute cycles exceed the closed form by the extra fills and drains.
+    for each column fold, for each tile of x, for each K-fold: a tile's partial sums stay on
+    chip, at the price of reloading the stationary values (a fold's fill and drain) for every
+    tile; x as in ``n-k-m``; s is read for every tile unless resident (``s_resident``: filled
+    during the first tile of each column fold).
+``m-n-k`` (ifmap stripe resident)
+    for each tile of x, for each column fold, for each K-fold: the tile's whole stripe of x
+    (l x K) stays in the ifmap buffer, so x is read once (a convolution's stripes overlap by
+    their halos, unless all of x stays resident, ``x_resident``, when each stripe brings its
+    share); s as in ``n-m-k``; partial sums stay on chip; every (tile, column fold,
+    K-fold) is a fold with its own fill and drain.
 
-``os``: for each row fold, for each column fold, for each K-tile; a's row block is kept across
-column folds if it fits, else re-read; b is read once if it fits whole, else once per row fold;
-outputs never spill (they live in the PEs).
+``os``: for each row fold, for each column fold, for each K-tile of length l (a multiple of
+p): a's and b's blocks are read for every fold unless resident (``x_resident`` for a, filled
+during the first column fold; ``s_resident`` for b, filled during the first row fold); outputs
+never spill (they live in the PEs).
+
+Which candidate runs is the mapper's choice (`fourbit.hwsim.mapper`): the fastest by simulated
+time, or the one moving the fewest DRAM bytes (``mapping.objective``). The tile lengths come
+from a fixed set (`tile_lengths`: powers of two, a convolution's output row, two rows and image,
+the whole dimension) and feasibility only asks that data fit its buffer, so every candidate
+feasible with a buffer is feasible with a larger one: a GEMM never gets slower when a buffer
+grows. A candidate whose plan would need more than `MAX_SEGMENTS` segments is left out whatever
+the buffers. The smallest tile of any candidate (one row of x, one K-fold) sets the smallest
+buffers that work (`Gemm.candidates` names them). "Never slower" holds for the default
+objective; with ``dram_bytes`` a larger buffer never adds bytes instead.
 
 Padded lanes of partial folds cost cycles, never MACs: the MAC count is groups * M * N * K.
 """
@@ -49,10 +77,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from fourbit.hwsim.tensors import ConvGeometry
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["Tile", "TilePlan", "compute_cycles", "fold_count", "plan_gemm"]
+__all__ = ["Candidate", "Gemm", "Operand", "Tile", "TilePlan", "compute_cycles", "fold_count", "plan_gemm",
+           "tile_lengths"]
 
 Run = tuple  # (Tile, count): ``count`` identical consecutive tiles
 Pattern = tuple  # (Run, ...): a sequence of runs
@@ -91,11 +122,11 @@ def compute_cycles(M: int, N: int, K: int, rows: int, cols: int, p: int, dataflo
     return total
 
 
-@dataclass(frozen=True)
-class Tile:
+class Tile(NamedTuple):
     """One step of a mapped GEMM: what the DMA brings in, what the array computes, what leaves.
 
-    Bytes are DRAM bytes; ``out_elements`` are finished outputs handed to the scaling unit.
+    Bytes are DRAM bytes; ``out_elements`` are finished outputs handed to the scaling unit. (A
+    named tuple: plans compare and sum many of them.)
     """
 
     read_a_bytes: float
@@ -135,7 +166,7 @@ def _merge(runs) -> Pattern:
 @dataclass
 class TilePlan:
     """A mapped GEMM: its tiles in execution order as segments (a pattern of runs, repeated),
-    the closed-form and summed totals, the loop order and reuse decisions, and the SRAM traffic
+    the closed-form and summed totals, the `Candidate` it was built from, and the SRAM traffic
     per buffer (bits, for energy)."""
 
     dataflow: str
@@ -143,16 +174,14 @@ class TilePlan:
     compute_cycles: int
     macs: int
     segments: list = field(default_factory=list)  # [(Pattern, repeat)]
-    loop_order: str = ""
-    reloads: int = 1  # times the array loads the whole stationary operand (tiles per fold, n-m-k)
-    a_resident: bool = False
-    stationary_resident: bool = False
-    psum_spill: bool = False
+    candidate: Candidate | None = None  # the loop order, tile length and residencies it was built from
     sram_bits: dict = field(default_factory=dict)  # buffer -> {"read": bits, "write": bits}
+    _totals: dict | None = field(default=None, repr=False, compare=False)  # of the tiles' fields (`total`)
 
     def add(self, pattern, repeat: int = 1) -> None:
         """Append ``pattern`` (a Tile, or runs) ``repeat`` times, merging with the last segment
         where the sequence stays the same."""
+        self._totals = None
         if isinstance(pattern, Tile):
             pattern = ((pattern, 1),)
         pattern = _merge(pattern)
@@ -170,20 +199,37 @@ class TilePlan:
                 return
         self.segments.append((pattern, repeat))
 
-    def _sum(self, value) -> float:
+    def sum(self, value) -> float:
+        """The sum of ``value(tile)`` over every tile."""
         return sum(sum(value(t) * k for t, k in pat) * r for pat, r in self.segments)
+
+    def total(self, attr: str) -> float:
+        """The sum of a `Tile` field (or ``tiles``, ``output_tiles``) over every tile; all of
+        them are summed in one pass and kept until the next `add` (segments change only through
+        `add`, or before the first total)."""
+        if self._totals is None:
+            sums = [0] * (len(Tile._fields) + 2)
+            for pat, r in self.segments:
+                for t, k in pat:
+                    n = k * r
+                    sums = [a + b * n for a, b in zip(sums, (*t, 1, 0 if t.silent else 1), strict=True)]
+            self._totals = dict(zip((*Tile._fields, "tiles", "output_tiles"), sums, strict=True))
+        return self._totals[attr]
 
     @property
     def tiles(self) -> int:
-        return int(self._sum(lambda t: 1))
+        return int(self.total("tiles"))
 
     @property
     def output_tiles(self) -> int:
         """Tiles that the scaling unit processes (outputs or spilled partial sums)."""
-        return int(self._sum(lambda t: 0 if t.silent else 1))
+        return int(self.total("output_tiles"))
 
-    def total(self, attr: str) -> float:
-        return self._sum(lambda t: getattr(t, attr))
+    @property
+    def traffic(self) -> float:
+        """DRAM bytes the tiles move (operands and spilled partial sums, both ways; the output
+        path's bytes are the same for every plan of a GEMM)."""
+        return sum(self.total(n) for n in ("read_a_bytes", "read_b_bytes", "read_psum_bytes", "spill_psum_bytes"))
 
     def runs(self):
         """The tiles as (tile, count) runs, in order (expands the repeats: for small plans)."""
@@ -201,13 +247,6 @@ def _split(total: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _need(buffer: str, needed: float, have: float) -> None:
-    if needed > have:
-        raise ConfigError(
-            f"sram.{buffer}_bytes is too small: the smallest tile needs {math.ceil(needed)} bytes "
-            f"per buffer half, the buffer half has {int(have)}; allowed: sram.{buffer}_bytes >= "
-            f"{math.ceil(needed * 2)} (double buffered)"
-        )
 
 
 def _fold(length: int, tile_len: int, make) -> Pattern:
@@ -234,175 +273,6 @@ def _k_folds(K: int, kp: int) -> list[tuple[int, int, bool, bool]]:
     return out
 
 
-def _stationary(plan: TilePlan, L: int, K: int, T: int, R: int, C: int, p: int,
-                bytes_x: float, bytes_s: float, bytes_psum: float, x_cap: float, s_cap: float,
-                o_cap: float, x_buf: str, s_buf: str, overlap: bool) -> None:
-    """ws/is, loop order n-k-m: a stationary K x T operand, a streamed L x K one, L x T outputs."""
-    kp = p * R
-    k_folds = _ceil(K, kp)
-    t_folds = _ceil(T, C)
-    _need(s_buf, min(kp, K) * min(C, T) * bytes_s, s_cap / 2)
-    plan.loop_order = "n-k-m"
-    plan.stationary_resident = False  # each stationary tile is used by one fold only
-    plan.a_resident = L * K * bytes_x <= x_cap
-    plan.psum_spill = k_folds > 1 and L * min(C, T) * bytes_psum > o_cap
-    # tile length along the streamed dimension: its operand slice (and, when they spill or leave
-    # the array, its partial sums) must fit half a buffer
-    per_row = min(kp, K) * bytes_x
-    x_limit = x_cap if plan.a_resident else x_cap / 2
-    _need(x_buf, per_row, x_limit)
-    l_tile = int(x_limit // per_row)
-    o_row = min(C, T) * bytes_psum
-    _need("ofmap", o_row, o_cap / 2)
-    if plan.psum_spill or k_folds == 1:
-        l_tile = min(l_tile, int(o_cap / 2 // o_row))
-    l_tile = max(1, min(L, l_tile))
-    drain = R + C - 2
-    spill = plan.psum_spill
-    t_index = 0
-    for t_len, t_count in _split(T, C):
-        for _ in range(t_count):
-            reread = t_index == 0 or not plan.a_resident  # first column fold, or no reuse
-            t_index += 1
-            last_t = t_index == t_folds
-            column = []  # this column fold's K-folds: (fold pattern, count)
-            for k_len, count, first_k, last_k in _k_folds(K, kp):
-
-                def make(l_len, first, last, k_len=k_len, first_k=first_k, last_k=last_k,
-                         reread=reread, last_fold=last_t and last_k, t_len=t_len):
-                    cyc = l_len + (R if first else 0)
-                    if last and (last_fold or not overlap):
-                        cyc += drain
-                    psum = l_len * t_len * bytes_psum
-                    return Tile(l_len * k_len * bytes_x if reread else 0.0,
-                                k_len * t_len * bytes_s if first else 0.0,
-                                psum if spill and not first_k else 0.0, cyc,
-                                l_len * t_len if last_k else 0,
-                                psum if spill and not last_k else 0.0)
-
-                column.append((_fold(L, l_tile, make), count))
-            if sum(len(pat) * n for pat, n in column) <= 64:  # short: one pattern, so that
-                plan.add([run for pat, n in column for _ in range(n) for run in pat])  # equal columns merge
-            else:
-                for pat, n in column:
-                    plan.add(pat, n)
-
-
-def _stationary_tile_major(plan: TilePlan, L: int, K: int, T: int, R: int, C: int, p: int,
-                           bytes_x: float, bytes_s: float, bytes_psum: float, x_cap: float,
-                           s_cap: float, o_cap: float, x_buf: str, s_buf: str, overlap: bool) -> None:
-    """ws/is, loop order n-m-k: partial sums stay on chip; every (tile, K-fold) is a fold."""
-    kp = p * R
-    t_folds = _ceil(T, C)
-    plan.loop_order = "n-m-k"
-    plan.a_resident = L * K * bytes_x <= x_cap
-    plan.stationary_resident = K * min(C, T) * bytes_s <= s_cap  # a column stripe, kept across tiles
-    plan.psum_spill = False
-    if not plan.stationary_resident:
-        _need(s_buf, min(kp, K) * min(C, T) * bytes_s, s_cap / 2)
-    per_row = min(kp, K) * bytes_x
-    x_limit = x_cap if plan.a_resident else x_cap / 2
-    _need(x_buf, per_row, x_limit)
-    o_row = min(C, T) * bytes_psum
-    _need("ofmap", o_row, o_cap / 2)
-    l_tile = max(1, min(L, int(x_limit // per_row), int(o_cap / 2 // o_row)))
-    plan.reloads = _ceil(L, l_tile)
-    drain = R + C - 2
-    m_groups = _split(L, l_tile)
-    t_index = 0
-    for t_len, t_count in _split(T, C):
-        for _ in range(t_count):
-            first_t = t_index == 0
-            t_index += 1
-            last_t = t_index == t_folds
-            m_index = 0
-            for gi, (l_len, l_count) in enumerate(m_groups):
-                for first_m, n in ((True, 1), (False, l_count - 1)) if m_index == 0 else ((False, l_count),):
-                    if n <= 0:
-                        continue
-                    last_group = gi == len(m_groups) - 1
-
-                    def tile(k_len, last_k, first_m=first_m, l_len=l_len, t_len=t_len, first_t=first_t,
-                             final=False):
-                        cyc = R + l_len + (drain if (final or not overlap) else 0)
-                        read_x = l_len * k_len * bytes_x if (first_t or not plan.a_resident) else 0.0
-                        read_s = k_len * t_len * bytes_s if (first_m or not plan.stationary_resident) else 0.0
-                        return Tile(read_x, read_s, 0.0, cyc, l_len * t_len if last_k else 0, 0.0)
-
-                    pattern = [(tile(k_len, last), count) for k_len, count, _, last in _k_folds(K, kp)]
-                    if last_t and last_group and overlap:  # the very last fold drains
-                        plan.add(pattern, n - 1)
-                        k_len, count, _, last = _k_folds(K, kp)[-1]
-                        pattern[-1] = (tile(k_len, last, final=True), count)
-                        plan.add(pattern, 1)
-                    else:
-                        plan.add(pattern, n)
-                    m_index += n
-
-
-def _estimate(plan: TilePlan, bytes_per_cycle: float) -> tuple[float, float]:
-    traffic = plan.total("read_bytes") + plan.total("spill_psum_bytes")
-    memory = 0.0 if math.isinf(bytes_per_cycle) else traffic / bytes_per_cycle
-    return max(plan.compute_cycles, memory), traffic
-
-
-def plan_gemm(M: int, N: int, K: int, groups: int, rows: int, cols: int, p: int, dataflow: str,
-              bytes_a: float, bytes_b: float, bytes_psum: float, ifmap_bytes: float,
-              filter_bytes: float, ofmap_bytes: float, overlap: bool = False,
-              bytes_per_cycle: float = math.inf) -> TilePlan:
-    """Tile a GEMM for the array and buffers (see the module docstring).
-
-    ``bytes_a``/``bytes_b``: bytes per operand element as stored (0.5 for 4-bit formats);
-    ``bytes_psum``: bytes per accumulator value; ``*_bytes``: buffer capacities;
-    ``bytes_per_cycle``: DRAM bandwidth, to choose the loop order of ``ws``/``is``.
-
-    Raises
-    ------
-    ConfigError
-        A buffer that cannot hold the smallest tile (the message names it and the needed size).
-    """
-    for name, v in (("M", M), ("N", N), ("K", K), ("groups", groups)):
-        if v < 1:
-            raise ConfigError(f"GEMM {name} = {v} must be >= 1")
-    folds = fold_count(M, N, K, rows, cols, p, dataflow)  # validates the dataflow
-    swap = dataflow == "is"  # input stationary is ws of the transposed product
-    L, T = (N, M) if swap else (M, N)
-    bx, bs = (bytes_b, bytes_a) if swap else (bytes_a, bytes_b)
-    caps = (filter_bytes, ifmap_bytes) if swap else (ifmap_bytes, filter_bytes)
-    bufs = ("filter", "ifmap") if swap else ("ifmap", "filter")
-    candidates, errors = [], []
-    builders = [_output_stationary] if dataflow == "os" else [_stationary, _stationary_tile_major]
-    for build in builders:
-        one = TilePlan(dataflow, 0, 0, 0)
-        try:
-            if dataflow == "os":
-                build(one, M, N, K, rows, cols, p, bytes_a, bytes_b, ifmap_bytes, filter_bytes, overlap)
-            else:
-                build(one, L, K, T, rows, cols, p, bx, bs, bytes_psum, caps[0], caps[1], ofmap_bytes,
-                      bufs[0], bufs[1], overlap)
-        except ConfigError as exc:
-            errors.append(exc)
-            continue
-        one.compute_cycles = int(one.total("compute_cycles"))
-        candidates.append(one)
-    if not candidates:
-        raise errors[0]
-    best = min(candidates, key=lambda c: _estimate(c, bytes_per_cycle))
-    if best.loop_order == "n-m-k":
-        folds = best.tiles  # every tile reloads the stationary values
-    plan = TilePlan(dataflow, folds * groups, best.compute_cycles * groups, groups * M * N * K)
-    for pat, r in best.segments:
-        pat = tuple((t.swapped(), k) for t, k in pat) if swap else pat
-        plan.segments.append((pat, r))
-    if groups > 1:  # the groups are independent GEMMs of the same plan, one after another
-        plan.segments = _repeat(plan.segments, groups)
-    plan.loop_order = best.loop_order
-    plan.reloads = best.reloads
-    plan.a_resident, plan.psum_spill = best.a_resident, best.psum_spill
-    plan.stationary_resident = best.stationary_resident
-    plan.sram_bits = _sram_traffic(M, N, K, groups, rows, cols, p, dataflow, bytes_a, bytes_b,
-                                   bytes_psum, plan)
-    return plan
 
 
 def _repeat(segments: list, times: int) -> list:
@@ -417,23 +287,500 @@ def _repeat(segments: list, times: int) -> list:
     return segments * times
 
 
-def _sram_traffic(M, N, K, groups, R, C, p, dataflow, bytes_a, bytes_b, bytes_psum,
-                  plan: TilePlan) -> dict:
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A GEMM operand as the chip moves it: a ``rows`` x ``cols`` matrix of one group, at
+    ``bytes_per_element`` as stored; ``conv`` when it is the column matrix of that convolution's
+    input (``pixels``: which dimension holds output pixels, ``"rows"`` or ``"cols"``)."""
+
+    rows: int
+    cols: int
+    bytes_per_element: float
+    conv: ConvGeometry | None = None
+    pixels: str = "rows"
+
+    def block_bytes(self, n_rows: float, n_cols: float) -> float:
+        """DRAM bytes of an ``n_rows`` x ``n_cols`` block (a convolution's stored region)."""
+        if self.conv is None:
+            return n_rows * n_cols * self.bytes_per_element
+        pix, col = (n_rows, n_cols) if self.pixels == "rows" else (n_cols, n_rows)
+        return self.conv.region_elements(pix, col) * self.bytes_per_element
+
+    @property
+    def stored_bytes(self) -> float:
+        """The whole operand as stored (one group)."""
+        return self.block_bytes(self.rows, self.cols)
+
+    def share_bytes(self, n_rows: float, n_cols: float) -> float:
+        """What an ``n_rows`` x ``n_cols`` block adds to a resident copy being filled on first
+        use: its share of the stored bytes (the blocks of one sweep bring in the stored operand
+        exactly once, whatever their halos)."""
+        return self.stored_bytes * (n_rows * n_cols) / (self.rows * self.cols)
+
+    @property
+    def T(self) -> Operand:  # noqa: N802 (the transpose, as in numpy)
+        return Operand(self.cols, self.rows, self.bytes_per_element, self.conv,
+                       "cols" if self.pixels == "rows" else "rows")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to map a GEMM: ``order`` (``n-k-m``, ``n-m-k``, ``m-n-k``), the tile length along
+    the streamed dimension (``os``: along K), and what stays resident (see the module docstring)."""
+
+    order: str
+    tile: int
+    x_resident: bool = False
+    s_resident: bool = False
+    psum_resident: bool = False
+    group: int = 1  # n-k-m: column folds that share each K-fold block of x
+
+    def describe(self) -> str:
+        kept = [n for n, on in (("x", self.x_resident), ("s", self.s_resident), ("psum", self.psum_resident)) if on]
+        return (f"{self.order} tile {self.tile}" + (f" group {self.group}" if self.group > 1 else "")
+                + (f" resident {'+'.join(kept)}" if kept else ""))
+
+
+def tile_lengths(length: int, conv_row: int = 0, conv_image: int = 0) -> list[int]:
+    """The tile lengths tried along a dimension of ``length``: powers of two, one and two output
+    rows and one image of a convolution (``conv_row``, ``conv_image`` pixels), and the whole
+    length; all at most ``length``. The set depends on the GEMM only, never on a buffer."""
+    out = {length}
+    out.update(min(length, 1 << i) for i in range(length.bit_length() + 1))
+    for n in (conv_row, 2 * conv_row, conv_image):
+        if n:
+            out.add(min(length, n))
+    return sorted(out)
+
+
+MAX_SEGMENTS = 4096
+"""Segments a candidate's tile plan may have (an m-n-k plan of short tiles over many column
+folds would need one per tile and fold); longer candidates are left out, whatever the buffers."""
+
+
+def _fits(needed: float, have: float) -> bool:
+    return needed <= have
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A ws/is GEMM as the plan sees it: x (L x K) streamed, s (K x T) stationary, outputs L x T,
+    an R x C array with p products per PE per cycle, accumulators of ``psum`` bytes."""
+
+    x: Operand
+    s: Operand
+    R: int
+    C: int
+    p: int
+    psum: float
+    overlap: bool
+    out_conv: ConvGeometry | None = None  # bwd_data: outputs are columns of this input gradient
+    swapped: bool = False  # is: outputs are the transposed product (L = columns, T = pixels)
+
+    @property
+    def L(self) -> int:  # noqa: N802
+        return self.x.rows
+
+    def staged(self, n_rows: int, n_cols: int) -> float:
+        """Ofmap bytes an ``n_rows`` x ``n_cols`` output tile needs (`staged_bytes`)."""
+        return staged_bytes(n_rows, n_cols, self.psum, self.out_conv, self.swapped)
+
+    @property
+    def K(self) -> int:  # noqa: N802
+        return self.x.cols
+
+    @property
+    def T(self) -> int:  # noqa: N802
+        return self.s.cols
+
+
+def staged_bytes(n_rows: int, n_cols: int, psum: float, out_conv: ConvGeometry | None, swapped: bool) -> float:
+    """Ofmap-buffer bytes that hold an ``n_rows`` x ``n_cols`` output tile at the accumulator's
+    ``psum`` bytes; for ``bwd_data`` (``out_conv``) the region of the input gradient its columns
+    are added into (col2im on chip), when larger (`ConvGeometry.region_elements`; ``swapped``:
+    the tile's rows are columns of the gradient's column matrix)."""
+    elements = n_rows * n_cols
+    if out_conv is not None:
+        pixels, columns = (n_cols, n_rows) if swapped else (n_rows, n_cols)
+        elements = max(elements, out_conv.region_elements(pixels, columns))
+    return elements * psum
+
+
+def _stationary_candidates(sh: _Shape, caps: tuple[float, float, float], lengths: list[int]) -> list[Candidate]:
+    """The feasible ws/is candidates with buffer capacities ``caps`` (x, s, ofmap bytes)."""
+    x_cap, s_cap, o_cap = caps
+    kp, c = min(sh.p * sh.R, sh.K), min(sh.C, sh.T)
+    k_folds = _ceil(sh.K, sh.p * sh.R)
+    s_tile = _fits(sh.s.block_bytes(kp, c), s_cap / 2)
+    long_folds = _ceil(sh.T, sh.C) * len(_k_folds(sh.K, sh.p * sh.R)) > 64  # a tile's folds: no one pattern
+
+    def too_long(n: int) -> bool:  # m-n-k: three segments per tile when its folds are long
+        return long_folds and 3 * _ceil(sh.L, n) > MAX_SEGMENTS
+
+    out = []
+    for order in ("n-k-m", "n-m-k", "m-n-k"):
+        for n in lengths:
+            if not _fits(sh.staged(n, c), o_cap / 2):  # outputs staged for the scaling unit (and col2im)
+                continue
+            if order == "m-n-k":
+                if not _fits(sh.x.block_bytes(n, sh.K), x_cap / 2) or too_long(n):
+                    continue
+                for x_res in (False, True):  # x_res: the stripes fill a resident copy of x
+                    if x_res and not _fits(sh.x.stored_bytes, x_cap):
+                        continue
+                    for s_res in (False, True):
+                        if (s_tile if not s_res else _fits(sh.s.stored_bytes, s_cap)):
+                            out.append(Candidate(order, n, x_resident=x_res, s_resident=s_res))
+                continue
+            for x_res in (False, True):
+                x_ok = _fits(sh.x.stored_bytes, x_cap) if x_res else _fits(sh.x.block_bytes(n, kp), x_cap / 2)
+                if not x_ok:
+                    continue
+                if order == "n-k-m":
+                    if not s_tile:
+                        continue
+                    for p_res in ((False, True) if k_folds > 1 else (False,)):
+                        if not p_res or _fits(sh.L * c * sh.psum, o_cap):
+                            out.append(Candidate(order, n, x_resident=x_res, psum_resident=p_res))
+                    if not x_res and n == sh.L and _fits(sh.x.block_bytes(sh.L, kp), x_cap / 2):
+                        out += _groups(sh, order, n, k_folds, o_cap)
+                    continue
+                for s_res in (False, True):
+                    if (s_tile if not s_res else _fits(sh.s.stored_bytes, s_cap)):
+                        out.append(Candidate(order, n, x_resident=x_res, s_resident=s_res))
+    return out
+
+
+def _groups(sh: _Shape, order: str, n: int, k_folds: int, o_cap: float) -> list[Candidate]:
+    """n-k-m with column folds in groups of 2, 4, ... (and all of them) sharing each K-fold block
+    of x (L x p*R, kept in a half of the ifmap buffer): x is read once per group instead of once
+    per column fold; the group's partial sums stay on chip when they fit the ofmap buffer."""
+    folds = _ceil(sh.T, sh.C)
+    sizes = sorted({g for g in (1 << i for i in range(1, folds.bit_length())) if g < folds} | ({folds} if folds > 1 else set()))
+    out = []
+    for g in sizes:
+        for p_res in ((False, True) if k_folds > 1 else (False,)):
+            if not p_res or _fits(g * sh.L * min(sh.C, sh.T) * sh.psum, o_cap):
+                out.append(Candidate(order, n, psum_resident=p_res, group=g))
+    return out
+
+
+def _os_candidates(a: Operand, b: Operand, R: int, C: int, caps: tuple[float, float], lengths: list[int],
+                   staged: float) -> list[Candidate]:
+    """The feasible os candidates: K-tile lengths and whether a and b stay resident (none when
+    the ``staged`` bytes of an R x C output tile do not fit half the ofmap buffer, ``caps[2]``)."""
+    a_cap, b_cap, o_cap = caps
+    rows, cols = min(R, a.rows), min(C, b.cols)
+    out = []
+    if not _fits(staged, o_cap / 2):
+        return out
+    for n in lengths:
+        if not (_fits(a.block_bytes(rows, n), a_cap / 2) and _fits(b.block_bytes(n, cols), b_cap / 2)):
+            continue
+        for a_res in (False, True):
+            if a_res and not _fits(a.stored_bytes, a_cap):
+                continue
+            for b_res in (False, True):
+                if not b_res or _fits(b.stored_bytes, b_cap):
+                    out.append(Candidate("m-n-k", n, x_resident=a_res, s_resident=b_res))
+    return out
+
+
+def _drain_last(plan: TilePlan, drain: int) -> None:
+    """With fill/drain overlap only the GEMM's very last fold drains: add ``drain`` cycles to its
+    last tile (the builders leave every fold's drain out when folds overlap)."""
+    pattern, repeat = plan.segments.pop()
+    if repeat > 1:
+        plan.segments.append((pattern, repeat - 1))
+    tile, count = pattern[-1]
+    runs = [*pattern[:-1], *([(tile, count - 1)] if count > 1 else []), (tile._replace(compute_cycles=tile.compute_cycles + drain), 1)]
+    plan.add(runs)
+
+
+def _n_k_m(plan: TilePlan, sh: _Shape, cand: Candidate) -> None:
+    """ws/is, loop order n-k-m (see the module docstring)."""
+    R, C, kp = sh.R, sh.C, sh.p * sh.R
+    drain = 0 if sh.overlap else R + C - 2
+    spill = _ceil(sh.K, kp) > 1 and not cand.psum_resident
+
+    def fold(t_len: int, k_len: int, first_k: bool, last_k: bool, read) -> Pattern:
+        """The tiles of one fold; ``read(l, k)``: what a tile reads of x."""
+
+        def make(l_len, first, last):
+            psum = l_len * t_len * sh.psum
+            return Tile(read(l_len, k_len), sh.s.block_bytes(k_len, t_len) if first else 0.0,
+                        psum if spill and not first_k else 0.0,
+                        l_len + (R if first else 0) + (drain if last else 0),
+                        l_len * t_len if last_k else 0, psum if spill and not last_k else 0.0)
+
+        return _fold(sh.L, cand.tile, make)
+
+    def group(lens: tuple, read) -> list:
+        """A group of column folds (their widths ``lens``) K-fold by K-fold, as (runs, count):
+        the group's first fold reads x with ``read``, the others reuse it."""
+        return [([run for i, t_len in enumerate(lens) for run in fold(t_len, k_len, first_k, last_k, read if i == 0 else _none)],
+                 count) for k_len, count, first_k, last_k in _k_folds(sh.K, kp)]
+
+    if cand.x_resident:  # filled during the first column fold, then kept
+        first = True
+        for t_len, t_count in _split(sh.T, C):
+            if first:
+                _emit(plan, group((t_len,), sh.x.share_bytes), 1)
+                t_count, first = t_count - 1, False
+            _emit(plan, group((t_len,), _none), t_count)
+        return
+    widths = [t_len for t_len, n in _split(sh.T, C) for _ in range(n)]
+    groups: list[list] = []  # [widths, repeat]: consecutive equal groups of cand.group column folds
+    for i in range(0, len(widths), cand.group):
+        lens = tuple(widths[i:i + cand.group])
+        if groups and groups[-1][0] == lens:
+            groups[-1][1] += 1
+        else:
+            groups.append([lens, 1])
+    for lens, repeat in groups:
+        _emit(plan, group(lens, sh.x.block_bytes), repeat)
+
+
+def _none(*_) -> float:
+    return 0.0
+
+
+def _tile_major(plan: TilePlan, sh: _Shape, cand: Candidate) -> None:
+    """ws/is, loop orders n-m-k and m-n-k: every (tile, column fold, K-fold) is a fold whose
+    partial sums stay on chip (see the module docstring)."""
+    R, C, kp = sh.R, sh.C, sh.p * sh.R
+    drain = 0 if sh.overlap else R + C - 2
+    k_folds = _k_folds(sh.K, kp)
+    m_outer = cand.order == "m-n-k"
+
+    def tile_folds(l_len: int, t_len: int, first_l: bool, first_t: bool) -> list:
+        """One tile's K-folds for one column fold, as (Tile, count) runs."""
+        runs = []
+        for k_len, count, _, last_k in k_folds:
+            if m_outer:  # the tile's stripe is loaded during its first column fold
+                stripe = sh.x.share_bytes if cand.x_resident else sh.x.block_bytes
+                read_x = stripe(l_len, sh.K) * k_len / sh.K if first_t else 0.0
+            elif cand.x_resident:  # filled during the first column fold, then kept
+                read_x = sh.x.share_bytes(l_len, k_len) if first_t else 0.0
+            else:
+                read_x = sh.x.block_bytes(l_len, k_len)
+            if cand.s_resident:  # filled with the first tile of each column fold, then kept
+                read_s = sh.s.share_bytes(k_len, t_len) if first_l else 0.0
+            else:
+                read_s = sh.s.block_bytes(k_len, t_len)
+            runs.append((Tile(read_x, read_s, 0.0, R + l_len + drain, l_len * t_len if last_k else 0, 0.0), count))
+        return runs
+
+    outer, inner = (_split(sh.L, cand.tile), _split(sh.T, C)) if m_outer else (_split(sh.T, C), _split(sh.L, cand.tile))
+    for oi, (o_len, o_count) in enumerate(outer):
+        for first_o, o_n in ((True, 1), (False, o_count - 1)) if oi == 0 else ((False, o_count),):
+            if o_n <= 0:
+                continue
+            seq = []
+            for ii, (i_len, i_count) in enumerate(inner):
+                for first_i, i_n in ((True, 1), (False, i_count - 1)) if ii == 0 else ((False, i_count),):
+                    if i_n > 0:
+                        l_len, t_len = (o_len, i_len) if m_outer else (i_len, o_len)
+                        first_l, first_t = (first_o, first_i) if m_outer else (first_i, first_o)
+                        seq.append((tile_folds(l_len, t_len, first_l, first_t), i_n))
+            _emit(plan, seq, o_n)
+
+
+def _emit(plan: TilePlan, seq: list, times: int) -> None:
+    """Append ``times`` repetitions of ``seq`` ((runs, count) in order): one pattern when it is
+    short, else its parts one after another."""
+    if sum(len(runs) * n for runs, n in seq) <= 64:
+        plan.add([run for runs, n in seq for _ in range(n) for run in runs], times)
+        return
+    for _ in range(times):
+        for runs, n in seq:
+            plan.add(runs, n)
+
+
+def _output_stationary(plan: TilePlan, a: Operand, b: Operand, R: int, C: int, p: int, overlap: bool,
+                       cand: Candidate) -> None:
+    """os: outputs held in the PEs; a's row block and b's column block stream along K in tiles of
+    ``cand.tile`` (see the module docstring)."""
+    K = a.cols
+    drain = 0 if overlap else R + C - 2
+    n_groups = _split(b.cols, C)
+
+    def m_fold(m_len: int, first_m: bool) -> list:
+        runs = []
+        for ni, (n_len, n_count) in enumerate(n_groups):
+            for first_n, n in ((True, 1), (False, n_count - 1)) if ni == 0 else ((False, n_count),):
+                if n <= 0:
+                    continue
+                # resident a: filled during the first column fold; resident b: during the first row fold
+                read_a = a.block_bytes if not cand.x_resident else a.share_bytes if first_n else None
+                read_b = b.block_bytes if not cand.s_resident else b.share_bytes if first_m else None
+
+                def make(k_len, first, last, n_len=n_len, read_a=read_a, read_b=read_b):
+                    return Tile(read_a(m_len, k_len) if read_a else 0.0, read_b(k_len, n_len) if read_b else 0.0, 0.0,
+                                _ceil(k_len, p) + (drain if last else 0), m_len * n_len if last else 0, 0.0)
+
+                runs += list(_fold(K, cand.tile, make)) * n
+        return runs
+
+    for mi, (m_len, m_count) in enumerate(_split(a.rows, R)):
+        for first_m, n in ((True, 1), (False, m_count - 1)) if mi == 0 else ((False, m_count),):
+            if n > 0:
+                plan.add(m_fold(m_len, first_m), n)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """A GEMM (one group; ``groups`` of them run one after another) on an array, ready to map:
+    its operands as stored (`Operand`), the array's rows, columns and products per PE per cycle,
+    the dataflow, the accumulator's bytes and whether folds overlap fill and drain."""
+
+    M: int
+    N: int
+    K: int
+    groups: int
+    a: Operand
+    b: Operand
+    rows: int
+    cols: int
+    p: int
+    dataflow: str
+    psum_bytes: float
+    overlap: bool = False
+    out_conv: ConvGeometry | None = None  # bwd_data: outputs are added into this convolution's input gradient
+
+    def __post_init__(self) -> None:
+        for name in ("M", "N", "K", "groups"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"GEMM {name} = {getattr(self, name)} must be >= 1")
+        fold_count(self.M, self.N, self.K, self.rows, self.cols, self.p, self.dataflow)  # validates the dataflow
+
+    @property
+    def _swap(self) -> bool:
+        return self.dataflow == "is"  # input stationary is ws of the transposed product
+
+    def _shape(self) -> _Shape:
+        x, s = (self.b.T, self.a.T) if self._swap else (self.a, self.b)
+        return _Shape(x, s, self.rows, self.cols, self.p, self.psum_bytes, self.overlap, self.out_conv, self._swap)
+
+    def _os_staged(self) -> float:
+        return staged_bytes(min(self.rows, self.M), min(self.cols, self.N), self.psum_bytes, self.out_conv, False)
+
+    def lengths(self) -> list[int]:
+        """The tile lengths tried (`tile_lengths`) along the streamed dimension (os: along K)."""
+        if self.dataflow == "os":
+            return sorted({min(self.K, self.p * n) for n in tile_lengths(_ceil(self.K, self.p))} | {self.K})
+        x = self._shape().x
+        conv = x.conv if x.pixels == "rows" else None  # its rows are output pixels
+        return tile_lengths(x.rows, conv.out_w if conv else 0, conv.out_h * conv.out_w if conv else 0)
+
+    def candidates(self, ifmap_bytes: float, filter_bytes: float, ofmap_bytes: float) -> list[Candidate]:
+        """The candidates whose tiles fit the buffers (bytes each).
+
+        Raises ConfigError naming the buffer that cannot hold the smallest tile and the size that
+        would (double buffered)."""
+        if self.dataflow == "os":
+            found = _os_candidates(self.a, self.b, self.rows, self.cols, (ifmap_bytes, filter_bytes, ofmap_bytes),
+                                   self.lengths(), self._os_staged())
+        else:
+            caps = (filter_bytes, ifmap_bytes, ofmap_bytes) if self._swap else (ifmap_bytes, filter_bytes, ofmap_bytes)
+            found = _stationary_candidates(self._shape(), caps, self.lengths())
+        if not found:
+            raise self._too_small(ifmap_bytes, filter_bytes, ofmap_bytes)
+        return found
+
+    def _too_small(self, ifmap_bytes: float, filter_bytes: float, ofmap_bytes: float) -> ConfigError:
+        """The first buffer the smallest tile does not fit (a tile of one row, one K-fold)."""
+        if self.dataflow == "os":
+            k = min(self.p, self.K)
+            needs = [("ifmap", self.a.block_bytes(min(self.rows, self.M), k), ifmap_bytes),
+                     ("filter", self.b.block_bytes(k, min(self.cols, self.N)), filter_bytes),
+                     ("ofmap", self._os_staged(), ofmap_bytes)]
+        else:
+            sh = self._shape()
+            kp, c = min(self.p * self.rows, self.K), min(self.cols, sh.T)
+            x_buf, s_buf = ("filter", "ifmap") if self._swap else ("ifmap", "filter")
+            caps = {"ifmap": ifmap_bytes, "filter": filter_bytes}
+            needs = [(s_buf, sh.s.block_bytes(kp, c), caps[s_buf]), (x_buf, sh.x.block_bytes(1, kp), caps[x_buf]),
+                     ("ofmap", sh.staged(1, c), ofmap_bytes)]
+        for buffer, need, have in needs:
+            if need > have / 2:
+                return ConfigError(
+                    f"sram.{buffer}_bytes is too small: the smallest tile needs {math.ceil(need)} bytes per buffer "
+                    f"half, the buffer half has {int(have / 2)}; allowed: sram.{buffer}_bytes >= {math.ceil(need * 2)} "
+                    "(double buffered)")
+        return ConfigError("no mapping of this GEMM fits the SRAM buffers")
+
+    def plan(self, cand: Candidate) -> TilePlan:
+        """The tile plan of candidate ``cand`` (all groups)."""
+        one = TilePlan(self.dataflow, 0, 0, 0)
+        if self.dataflow == "os":
+            _output_stationary(one, self.a, self.b, self.rows, self.cols, self.p, self.overlap, cand)
+        elif cand.order == "n-k-m":
+            _n_k_m(one, self._shape(), cand)
+        else:
+            _tile_major(one, self._shape(), cand)
+        if self.overlap:
+            _drain_last(one, self.rows + self.cols - 2)
+        folds = fold_count(self.M, self.N, self.K, self.rows, self.cols, self.p, self.dataflow)
+        tiles_per_fold = 1
+        if self.dataflow != "os" and cand.order != "n-k-m":  # every tile reloads the stationary values
+            tiles_per_fold = _ceil(self._shape().L, cand.tile)
+        plan = TilePlan(self.dataflow, folds * tiles_per_fold * self.groups, int(one.total("compute_cycles")) * self.groups,
+                        self.groups * self.M * self.N * self.K, candidate=cand)
+        for pat, r in one.segments:
+            plan.segments.append((tuple((t.swapped(), k) for t, k in pat) if self._swap else pat, r))
+        if self.groups > 1:  # the groups are independent GEMMs of the same plan, one after another
+            plan.segments = _repeat(plan.segments, self.groups)
+        totals = {name: value * self.groups for name, value in one._totals.items()}
+        if self._swap:
+            totals["read_a_bytes"], totals["read_b_bytes"] = totals["read_b_bytes"], totals["read_a_bytes"]
+        plan._totals = totals
+        plan.sram_bits = _sram_traffic(self, plan, tiles_per_fold)
+        return plan
+
+
+def plan_gemm(M: int, N: int, K: int, groups: int, rows: int, cols: int, p: int, dataflow: str,
+              bytes_a: float, bytes_b: float, bytes_psum: float, ifmap_bytes: float,
+              filter_bytes: float, ofmap_bytes: float, overlap: bool = False,
+              bytes_per_cycle: float = math.inf) -> TilePlan:
+    """The plan of a GEMM of plain operands (``bytes_a``/``bytes_b`` per element) with the
+    smallest max(compute cycles, DRAM bytes / ``bytes_per_cycle``), then the fewest bytes and
+    tiles: a closed-form choice for tests and quick looks. Simulations choose among the
+    candidates by simulated time (`fourbit.hwsim.mapper`).
+
+    Raises ConfigError when no candidate fits the buffers."""
+    gemm = Gemm(M, N, K, groups, Operand(M, K, bytes_a), Operand(K, N, bytes_b), rows, cols, p, dataflow,
+                bytes_psum, overlap)
+    plans = [gemm.plan(c) for c in gemm.candidates(ifmap_bytes, filter_bytes, ofmap_bytes)]
+
+    def key(plan: TilePlan) -> tuple:
+        memory = 0.0 if math.isinf(bytes_per_cycle) else plan.traffic / bytes_per_cycle
+        return max(plan.compute_cycles, memory), plan.traffic, plan.tiles
+
+    return min(plans, key=key)
+
+
+def _sram_traffic(gemm: Gemm, plan: TilePlan, reloads: int) -> dict:
     """Bits read and written per buffer (for energy): the DMA writes what it reads from DRAM;
-    the array reads the streamed operand once per column fold, the stationary operand once per
-    fold (n-k-m) or once per streamed tile (n-m-k); partial sums are written after every K-fold
-    and read back for every K-fold but the first, and read once more by the scaling unit."""
-    g = groups * 8
-    if dataflow == "os":
+    the array reads the streamed operand once per column fold (expanded rows for a column
+    matrix) and the stationary operand once per fold, i.e. ``reloads`` times for a tile-major
+    order; partial sums are written after every K-fold and read back for every K-fold but the
+    first, and read once more by the scaling unit."""
+    M, N, K, R, C, p = gemm.M, gemm.N, gemm.K, gemm.rows, gemm.cols, gemm.p
+    bytes_a, bytes_b, bytes_psum = gemm.a.bytes_per_element, gemm.b.bytes_per_element, gemm.psum_bytes
+    g = gemm.groups * 8
+    if gemm.dataflow == "os":
         a_reads = M * K * _ceil(N, C) * bytes_a
         b_reads = K * N * _ceil(M, R) * bytes_b
         psum_w, psum_r = M * N * bytes_psum, M * N * bytes_psum
     else:
         k_folds = _ceil(K, p * R)
-        if dataflow == "ws":
-            a_reads, b_reads = M * K * _ceil(N, C) * bytes_a, K * N * bytes_b * plan.reloads
+        if gemm.dataflow == "ws":
+            a_reads, b_reads = M * K * _ceil(N, C) * bytes_a, K * N * bytes_b * reloads
         else:
-            a_reads, b_reads = M * K * bytes_a * plan.reloads, K * N * _ceil(M, C) * bytes_b
+            a_reads, b_reads = M * K * bytes_a * reloads, K * N * _ceil(M, C) * bytes_b
         psum_w = M * N * k_folds * bytes_psum
         psum_r = M * N * k_folds * bytes_psum  # k_folds - 1 accumulations + the final read-out
     return {
@@ -441,66 +788,3 @@ def _sram_traffic(M, N, K, groups, R, C, p, dataflow, bytes_a, bytes_b, bytes_ps
         "filter": {"read": b_reads * g, "write": plan.total("read_b_bytes") * 8},
         "ofmap": {"read": psum_r * g, "write": psum_w * g + plan.total("read_psum_bytes") * 8},
     }
-
-
-def _output_stationary(plan: TilePlan, M: int, N: int, K: int, R: int, C: int, p: int,
-                       bytes_a: float, bytes_b: float, a_cap: float, b_cap: float,
-                       overlap: bool) -> None:
-    """os: outputs held in the PEs; a's R-row block and b's C-column block stream along K."""
-    plan.loop_order = "m-n-k"
-    rows, cols = min(R, M), min(C, N)
-    _need("ifmap", rows * min(p, K) * bytes_a, a_cap / 2)
-    _need("filter", cols * min(p, K) * bytes_b, b_cap / 2)
-    # K-tile: a multiple of p whose a (rows x k) and b (k x cols) slices fit half a buffer
-    k_tile = min(int(a_cap / 2 // (rows * bytes_a)), int(b_cap / 2 // (cols * bytes_b)), K)
-    k_tile = max(min(p, K), (k_tile // p) * p)
-    plan.a_resident = rows * K * bytes_a <= a_cap / 2  # a's row block kept across column folds
-    plan.stationary_resident = K * N * bytes_b <= b_cap / 2  # all of b kept across row folds
-    drain = R + C - 2
-    m_groups = _split(M, R)
-    n_groups = _split(N, C)
-
-    def m_fold(m_len: int, first_m: bool, final: bool) -> Pattern:
-        """The tiles of one row fold: every column fold, every K-tile."""
-        runs = []
-        n_index = 0
-        n_total = _ceil(N, C)
-        for n_len, n_count in n_groups:
-            for first_n, n in ((True, 1), (False, n_count - 1)) if n_index == 0 else ((False, n_count),):
-                if n <= 0:
-                    continue
-                read_a = first_n or not plan.a_resident
-                read_b = first_m or not plan.stationary_resident
-                last_n = n_index + n == n_total
-
-                def make(k_len, first, last, n_len=n_len, read_a=read_a, read_b=read_b, final=False):
-                    cyc = _ceil(k_len, p)
-                    if last and (final or not overlap):
-                        cyc += drain
-                    return Tile(m_len * k_len * bytes_a if read_a else 0.0,
-                                k_len * n_len * bytes_b if read_b else 0.0, 0.0, cyc,
-                                m_len * n_len if last else 0, 0.0)
-
-                fold = list(_fold(K, k_tile, make))
-                if final and last_n:
-                    runs += fold * (n - 1)
-                    fold[-1] = (make(K - (_ceil(K, k_tile) - 1) * k_tile, False, True, final=True), 1) \
-                        if len(fold) > 1 else (make(K, True, True, final=True), 1)
-                    runs += fold
-                else:
-                    runs += fold * n
-                n_index += n
-        return _merge(runs)
-
-    m_total = _ceil(M, R)
-    m_index = 0
-    for m_len, m_count in m_groups:
-        for first_m, n in ((True, 1), (False, m_count - 1)) if m_index == 0 else ((False, m_count),):
-            if n <= 0:
-                continue
-            if m_index + n == m_total and overlap:  # the very last fold drains
-                plan.add(m_fold(m_len, first_m, False), n - 1)
-                plan.add(m_fold(m_len, first_m, True), 1)
-            else:
-                plan.add(m_fold(m_len, first_m, False), n)
-            m_index += n

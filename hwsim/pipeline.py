@@ -1,6 +1,8 @@
-"""The discrete-event pipeline of one GEMM: its separate vector passes, then the DMA, the MAC
-array and the scaling unit running concurrently over its tiles (simpy processes wired by the
-SRAM's Stores and Containers, sharing the DRAM channel).
+"""The discrete-event pipeline of one GEMM: the DMA, the MAC array and the scaling unit running
+concurrently over its tiles (simpy processes wired by the SRAM's Stores and Containers, sharing
+the DRAM channel); and the separate vector passes that run before it (`simulate_passes`: they
+end with the channel idle, so the GEMM's timing is the same whatever came before it, and
+`Timing.after` adds the two).
 
 Events, not cycles: one event per tile movement or tile computation, so the cost of a simulation
 grows with the number of tiles. With ``compress`` silent stretches are one event each
@@ -25,7 +27,7 @@ from fourbit.hwsim.jobs import Job
 from fourbit.traces.errors import SimulationError
 from fourbit.traces.formats import get_format
 
-__all__ = ["Timing", "run_env", "simulate_gemm", "simulate_passes", "vector_pass"]
+__all__ = ["Abandoned", "Timing", "run_env", "simulate_gemm", "simulate_passes", "vector_pass"]
 
 
 def vector_pass(env: simpy.Environment, dram: Dram, lanes: float, ops: list):
@@ -66,11 +68,31 @@ class Timing:
     pass_read_bytes: float = 0.0
     pass_write_bytes: float = 0.0
 
+    def after(self, passes: Timing) -> Timing:
+        """This GEMM's timing run after the vector ``passes`` (a `simulate_passes` timing)."""
+        return Timing(passes.total_cycles + self.total_cycles, passes.total_cycles, self.memory_stall_cycles,
+                      passes.dram_read_bytes + self.dram_read_bytes, passes.dram_write_bytes + self.dram_write_bytes,
+                      passes.events + self.events, self.batches, passes.dram_read_bytes, passes.dram_write_bytes)
 
-def run_env(env: simpy.Environment, procs: list, what: str, blocks: dict) -> int:
-    """Run ``env`` to the end, counting events; a process still alive then is a deadlock."""
+
+class Abandoned(Exception):  # noqa: N818 (an outcome, not an error)
+    """A simulation stopped once it passed its cycle limit (``until``): it cannot finish sooner.
+    ``events``: the events it ran."""
+
+    def __init__(self, events: int) -> None:
+        super().__init__(events)
+        self.events = events
+
+
+def run_env(env: simpy.Environment, procs: list, what: str, blocks: dict, until: int | None = None) -> int:
+    """Run ``env`` to the end, counting events; a process still alive then is a deadlock.
+
+    Raises `Abandoned` as soon as the next event lies past ``until`` cycles (the run would end
+    later), SimulationError on a deadlock."""
     events = 0
     while env.peek() != math.inf:
+        if until is not None and env.peek() > until:
+            raise Abandoned(events)
         env.step()
         events += 1
     if any(p.is_alive for p in procs):
@@ -83,10 +105,11 @@ def run_env(env: simpy.Environment, procs: list, what: str, blocks: dict) -> int
     return events
 
 
-def simulate_gemm(job: Job, chip: ChipConfig, compress: bool) -> Timing:
-    """One GEMM in a fresh Environment: its separate vector passes, then the DMA, the array and
-    the scaling unit running concurrently over its tiles. GEMMs run one after another and each
-    ends with every block idle, so a GEMM's timing depends on nothing before it."""
+def simulate_gemm(job: Job, chip: ChipConfig, compress: bool, until: int | None = None) -> Timing:
+    """The GEMM of ``job`` (its tiles; not its vector passes) in a fresh Environment: the DMA,
+    the array and the scaling unit running concurrently. It ends with every block idle, so a
+    GEMM's timing depends on nothing before it. Raises `Abandoned` once it passes ``until``
+    cycles (the mapper's cut-off: the candidate cannot beat the best found)."""
     env = simpy.Environment()
     # one core's share: the cores run in lockstep and split the DRAM channel evenly
     dram = Dram(env, chip.bytes_per_cycle / job.cores, chip.dram.latency_cycles)
@@ -95,36 +118,24 @@ def simulate_gemm(job: Job, chip: ChipConfig, compress: bool) -> Timing:
     dma = Dma(env, dram, sram, chip.dma.setup_cycles, compress,
               quiet=lambda: scaling.waiting and not sram.outputs.items and dram.idle())
     array = MacArray(env, sram)
-    n_out = job.plan.output_tiles
-    marks = {}
-
-    share = [(op, -(-elements // job.cores), fin, fout) for op, elements, fin, fout in job.passes]
-
-    def gemm():
-        yield from vector_pass(env, dram, chip.scaling.lanes, share)
-        marks["passes"] = (env.now, dram.read_bytes, dram.write_bytes)
-        procs = [env.process(dma.run(job.plan.segments)), env.process(array.run(job.plan.tiles)),
-                 env.process(scaling.run(n_out))]
-        marks["procs"] = procs
-        yield simpy.AllOf(env, procs)
-
-    top = env.process(gemm())
+    procs = [env.process(dma.run(job.plan.segments)), env.process(array.run(job.plan.tiles)),
+             env.process(scaling.run(job.plan.output_tiles))]
     what = f"GEMM {job.row['layer']} {job.row['phase']}"
-    events = run_env(env, [top, *marks.get("procs", [])], what,
-                      {"dma": dma, "array": array, "scaling": scaling, "sram": sram})
+    events = run_env(env, procs, what, {"dma": dma, "array": array, "scaling": scaling, "sram": sram}, until)
     if array.busy_cycles != job.plan.compute_cycles:
         raise SimulationError(f"{what}: the array was busy {array.busy_cycles} cycles, the plan has "
                               f"{job.plan.compute_cycles}")
-    pass_cycles, pass_read, pass_write = marks["passes"]
-    return Timing(int(env.now), int(pass_cycles), int(array.operand_wait_cycles), dram.read_bytes,
-                  dram.write_bytes, events, dma.batches, pass_read, pass_write)
+    return Timing(int(env.now), 0, int(array.operand_wait_cycles), dram.read_bytes, dram.write_bytes, events,
+                  dma.batches)
 
 
-def simulate_passes(ops: list, chip: ChipConfig) -> Timing:
-    """Separate vector passes on their own (ops whose GEMM is not simulated)."""
+def simulate_passes(ops: list, chip: ChipConfig, cores: int = 1) -> Timing:
+    """Separate vector passes on their own: one core's share of them when ``cores`` split the
+    work and the DRAM channel (the passes before a GEMM), else the whole chip's."""
     env = simpy.Environment()
-    dram = Dram(env, chip.bytes_per_cycle, chip.dram.latency_cycles)
-    top = env.process(vector_pass(env, dram, chip.scaling.lanes, ops))
+    dram = Dram(env, chip.bytes_per_cycle / cores, chip.dram.latency_cycles)
+    share = [(op, -(-elements // cores), fin, fout) for op, elements, fin, fout in ops]
+    top = env.process(vector_pass(env, dram, chip.scaling.lanes, share))
     events = run_env(env, [top], "a vector pass", {})
     return Timing(int(env.now), int(env.now), 0, dram.read_bytes, dram.write_bytes, events, 0, dram.read_bytes,
                   dram.write_bytes)

@@ -57,7 +57,7 @@ def _counters(t: Timing) -> tuple:
 def _probe(job: Job, chip: ChipConfig, compress: bool, counts: list, repeats: list) -> tuple:
     segments = [(tuple((tile, counts[s][j]) for j, (tile, _) in enumerate(pat)), repeats[s])
                 for s, (pat, _) in enumerate(job.plan.segments)]
-    view = Job(job.row, job.unit, PlanView(segments), job.path, job.passes, job.tensors, job.cores)
+    view = job.with_plan(PlanView(segments))
     t = simulate_gemm(view, chip, compress)
     return _counters(t), t
 
@@ -149,5 +149,4 @@ def extended(job: Job, chip: ChipConfig, compress: bool, probe: int = PROBE) -> 
                     return extended(job, chip, compress, probe * 2) if probe < MAX_PROBE else None
                 total = [t + x for t, x in zip(total, d, strict=True)]
     cycles, stall, read, write = total
-    return Timing(int(round(cycles)), t0.pass_cycles, int(round(stall)), float(read), float(write), events, batches,
-                  t0.pass_read_bytes, t0.pass_write_bytes)
+    return Timing(int(round(cycles)), 0, int(round(stall)), float(read), float(write), events, batches)

@@ -72,6 +72,36 @@ class ConvGeometry:
     def weight_elements(self) -> int:
         return self.out_channels * (self.in_channels // self.groups) * self.kernel_h * self.kernel_w
 
+    def region_elements(self, pixels: float, columns: float) -> float:
+        """Elements of one group's stored input that a block of its column matrix needs: ``pixels``
+        consecutive output pixels (raster order b, p, q) by ``columns`` consecutive columns in
+        channel-major order (c, r, s). The chip fetches whole stored rows:
+
+        - channels: all C/G when the block spans every column, else (columns - 1)/(R*S) + 1, the
+          mean number of channels a run of that many columns touches;
+        - whole images (pixels >= P*Q): pixels/(P*Q) images of H x W;
+        - whole output rows (pixels >= Q): pixels/Q output rows need pixels/Q * s input rows
+          plus a halo of R - s (when R > s), at most H, each of width W;
+        - part of a row: max(R, s) input rows of pixels * s + (S - s) columns.
+
+        A block fetches the whole R x S window of every channel it touches, even when its columns
+        hold only some of that channel's taps. So the sum over blocks that cover the matrix is
+        never below the stored input (each block reads a contiguous stretch of rows, and halos and
+        channels shared between blocks only add), and it equals the stored input when one block
+        covers whole images and every column. Padding is not stored: the halo at an image's edge
+        is counted as if it were (an overestimate of at most the halo)."""
+        c = self.in_channels // self.groups
+        taps = self.kernel_h * self.kernel_w
+        channels = c if columns >= c * taps else min(c, (columns - 1) / taps + 1)
+        p, q, s = self.out_h, self.out_w, self.stride
+        if pixels >= p * q:
+            spatial = pixels / (p * q) * self.in_h * self.in_w
+        elif pixels >= q:
+            spatial = min(self.in_h, pixels / q * s + max(self.kernel_h - s, 0)) * self.in_w
+        else:
+            spatial = min(self.in_h, max(self.kernel_h, s)) * min(self.in_w, pixels * s + max(self.kernel_w - s, 0))
+        return channels * spatial
+
 
 @dataclass(frozen=True)
 class GemmTensors:

@@ -2,8 +2,8 @@
 a step, and the points of a sweep that change only energy or numerics (the log base, the energy
 table), are simulated once.
 
-The key is a frozen view of everything a timing depends on: the job's tile plan, unit, output
-path, vector passes and cores, the simulation options, and the chip with the sections that
+The key is a frozen view of everything a GEMM's timing depends on (its vector passes are timed
+apart): the job's tile plan, unit, output path and cores, the simulation options, and the chip with the sections that
 cannot change a timing left out (`TIMING_FREE`). Leaving out by name what cannot matter, rather
 than listing what can, means a new chip field is part of the key without anyone adding it.
 """
@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 from fourbit.hwsim.config import ChipConfig
 from fourbit.hwsim.jobs import Job
-from fourbit.hwsim.pipeline import Timing
+from fourbit.hwsim.pipeline import Timing  # noqa: F401 (the values it keeps)
 
 __all__ = ["TIMING_FREE", "TimingCache", "chip_timing_view", "clear_timing_cache", "timings"]
 
@@ -30,7 +30,8 @@ def chip_timing_view(chip: ChipConfig) -> str:
 
 
 class TimingCache:
-    """A bounded least-recently-used map from (job, chip, options) to `Timing`."""
+    """A bounded least-recently-used map from (job, chip, options) to its `Timing`, and from
+    (GEMM, candidates, chip, options) to the plan the mapper chose."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
@@ -41,16 +42,23 @@ class TimingCache:
         """The key of ``job`` on the chip whose `chip_timing_view` is ``chip_view``."""
         plan = job.plan
         return (tuple(plan.segments), plan.tiles, plan.output_tiles, plan.compute_cycles, job.unit, job.path,
-                tuple(job.passes), job.cores, compress, extrapolate, chip_view)
+                job.cores, compress, extrapolate, chip_view)
 
-    def get(self, key: tuple) -> Timing | None:
+    @staticmethod
+    def choice_key(job: Job, chip_view: str, compress: bool, extrapolate: bool) -> tuple:
+        """The key under which the plan chosen for ``job`` (`fourbit.hwsim.mapper.choose`) is kept:
+        everything the choice reads (the GEMM, its candidates, unit, output path, cores, the
+        options and the chip's `chip_timing_view`)."""
+        return ("choice", job.gemm, job.candidates, job.unit, job.path, job.cores, compress, extrapolate, chip_view)
+
+    def get(self, key: tuple):
         timing = self._entries.get(key)
         if timing is not None:
             self._entries.move_to_end(key)
         return timing
 
-    def put(self, key: tuple, timing: Timing) -> None:
-        self._entries[key] = timing
+    def put(self, key: tuple, value) -> None:
+        self._entries[key] = value
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 

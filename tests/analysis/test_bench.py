@@ -18,7 +18,7 @@ def test_bench_sim_and_trace_json_records():
     assert all(set(r) == {"benchmark", "metric", "value", "unit", "target"} for r in records)
     by_metric = {r["metric"]: r for r in records}
     step = by_metric["resnet18 batch 32 training step on fourbit 32x32 ws"]
-    assert step["unit"] == "s" and step["target"] == 5.0 and step["value"] > 0
+    assert step["unit"] == "s" and step["target"] == 1.5 and step["value"] > 0
     fit = by_metric["linearity of wall time in tiles walked one by one (R^2 of the fit)"]
     assert 0.0 <= fit["value"] <= 1.0
     tiles = [r["value"] for r in records if r["metric"].endswith("tile by tile: tiles")]
