@@ -1,19 +1,23 @@
 """The mapper: for each GEMM, the fastest of its candidate mappings (`fourbit.hwsim.mapping`) by
 simulated time, output path included; fewer DRAM bytes break ties (then fewer tiles, then the
-candidate's place in the list).
+candidate's place in the list). With ``mapping.objective = "dram_bytes"`` the fewest DRAM bytes
+come first, then the time.
 
-The search is exact without simulating every candidate (branch and bound): the candidates are
-taken in increasing order of a lower bound of their time (`lower_bound`, from the pipeline's
-structure: no simulated schedule can beat it), each is simulated, and the search stops at the
-first candidate whose bound, with its bytes and tiles, cannot beat the best found; a simulation
-stops as soon as it passes the best time found (it cannot win). So the choice is the fastest
-feasible candidate. A larger buffer only adds feasible candidates (the
-tile lengths are a fixed set, `fourbit.hwsim.mapping.tile_lengths`) and a plan's simulated time
-does not depend on the buffer sizes, so a GEMM's cycles never rise when a buffer grows.
+The search is exact without simulating every candidate (best-first branch and bound): the
+candidates are taken in increasing order of a lower bound of their time, first a floor that
+needs no plan (`fourbit.hwsim.mapping.Gemm.floor_cycles`), then, once the plan is built,
+`lower_bound` (from the pipeline's structure: no simulated schedule can beat it); each is
+simulated, and the search stops at the first candidate whose bound, with its bytes and tiles,
+cannot beat the best found. A simulation stops as soon as it passes the best time found (it
+cannot win). So the choice is the fastest feasible candidate. A larger buffer only adds feasible
+candidates (the tile lengths are a fixed set, `fourbit.hwsim.mapping.tile_lengths`) and a plan's
+simulated time does not depend on the buffer sizes, so a GEMM's cycles never rise when a buffer
+grows.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 
@@ -79,20 +83,28 @@ def lower_bound(plan: TilePlan, pipe: Pipeline) -> int:
     One pass over the runs; a repeated segment advances A by the same amount from its second
     repetition on.
     """
+    costs: dict = {}  # tile -> (load, tail, transfers): plans repeat few distinct tiles
+
+    def cost(tile: Tile) -> tuple[int, int, int]:
+        if tile not in costs:
+            costs[tile] = (pipe.load(tile), pipe.tail(tile), pipe.transfers(tile))
+        return costs[tile]
+
     a = c_prev = tails = channel = 0
     started = False
     for pat, repeat in plan.segments:
         for rep in range(min(repeat, 2)):
             before = a
             for tile, k in pat:
-                load, c = pipe.load(tile), tile.compute_cycles
+                load, c = cost(tile)[0], tile.compute_cycles
                 a += (load if not started else max(load, c_prev)) + (k - 1) * max(load, c)
                 started, c_prev = True, c
             if rep == 1 and repeat > 2:
                 a += (a - before) * (repeat - 2)
         for tile, k in pat:
-            tails += pipe.tail(tile) * k * repeat
-            channel += pipe.transfers(tile) * k * repeat
+            _, tail, moved = cost(tile)
+            tails += tail * k * repeat
+            channel += moved * k * repeat
     first, last = plan.segments[0][0][0][0], plan.segments[-1][0][-1][0]
     through_array = a + c_prev + pipe.tail(last)
     through_scaling = pipe.load(first) + first.compute_cycles + tails
@@ -107,17 +119,27 @@ def choose(gemm: Gemm, candidates: tuple[Candidate, ...], pipe: Pipeline,
     plan's simulated cycles, or None when it cannot be simulated here or would take more than
     ``limit`` cycles (the best found so far: the simulation may stop there, it cannot win); such
     a candidate is skipped. None when no candidate could be simulated."""
-    plans = [gemm.plan(c) for c in candidates]
     bytes_first = objective == "dram_bytes"
+    plans: dict[int, TilePlan] = {}
 
     def key(t: int, p: TilePlan, i: int) -> tuple:
         return (p.traffic, t, p.tiles, i) if bytes_first else (t, p.traffic, p.tiles, i)
 
-    keys = sorted((key(lower_bound(p, pipe), p, i), i) for i, p in enumerate(plans))
+    # best first over a heap of unbuilt candidates, keyed by a floor that needs no plan
+    # (`Gemm.floor_cycles`; bytes first: none), and built ones, keyed by their `lower_bound`;
+    # a floor (a shorter tuple) sorts before every full key it could become
+    per_load = pipe.setup + pipe.latency
+    heap = [((0,) if bytes_first else (gemm.floor_cycles(c, per_load),), i) for i, c in enumerate(candidates)]
+    heapq.heapify(heap)
     best = None
-    for bound, i in keys:
+    while heap:
+        bound, i = heapq.heappop(heap)
         if best is not None and bound > best:
             break  # this candidate, and every one after it, cannot beat the best found
+        if i not in plans:
+            plans[i] = gemm.plan(candidates[i])
+            heapq.heappush(heap, (key(lower_bound(plans[i], pipe), plans[i], i), i))
+            continue
         t = cycles(plans[i], None if best is None else best[1 if bytes_first else 0])
         if t is not None and (best is None or key(t, plans[i], i) < best):
             best = key(t, plans[i], i)

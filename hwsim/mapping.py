@@ -178,13 +178,14 @@ class TilePlan:
     sram_bits: dict = field(default_factory=dict)  # buffer -> {"read": bits, "write": bits}
     _totals: dict | None = field(default=None, repr=False, compare=False)  # of the tiles' fields (`total`)
 
-    def add(self, pattern, repeat: int = 1) -> None:
-        """Append ``pattern`` (a Tile, or runs) ``repeat`` times, merging with the last segment
-        where the sequence stays the same."""
+    def add(self, pattern, repeat: int = 1, merged: bool = False) -> None:
+        """Append ``pattern`` (a Tile, or runs; ``merged``: runs already merged, a tuple)
+        ``repeat`` times, merging with the last segment where the sequence stays the same."""
         self._totals = None
         if isinstance(pattern, Tile):
             pattern = ((pattern, 1),)
-        pattern = _merge(pattern)
+        if not merged:
+            pattern = _merge(pattern)
         if repeat <= 0 or not pattern:
             return
         if len(pattern) == 1:  # a single run: fold the repeat into its count
@@ -198,10 +199,6 @@ class TilePlan:
                 self.segments[-1] = (((last[0][0], last[0][1] * r + pattern[0][1] * repeat),), 1)
                 return
         self.segments.append((pattern, repeat))
-
-    def sum(self, value) -> float:
-        """The sum of ``value(tile)`` over every tile."""
-        return sum(sum(value(t) * k for t, k in pat) * r for pat, r in self.segments)
 
     def total(self, attr: str) -> float:
         """The sum of a `Tile` field (or ``tiles``, ``output_tiles``) over every tile; all of
@@ -398,11 +395,13 @@ class _Shape:
 
 def staged_bytes(n_rows: int, n_cols: int, psum: float, out_conv: ConvGeometry | None, swapped: bool) -> float:
     """Ofmap-buffer bytes that hold an ``n_rows`` x ``n_cols`` output tile at the accumulator's
-    ``psum`` bytes; for ``bwd_data`` (``out_conv``) the region of the input gradient its columns
-    are added into (col2im on chip), when larger (`ConvGeometry.region_elements`; ``swapped``:
-    the tile's rows are columns of the gradient's column matrix)."""
+    ``psum`` bytes; for ``bwd_data`` (``out_conv``) whose windows overlap (stride below the
+    kernel), the region of the input gradient its columns are added into (col2im on chip), when
+    larger (`ConvGeometry.region_elements`; ``swapped``: the tile's rows are columns of the
+    gradient's column matrix). Windows that do not overlap add each column into its own element
+    (the others are zeros, written without being held)."""
     elements = n_rows * n_cols
-    if out_conv is not None:
+    if out_conv is not None and out_conv.stride < max(out_conv.kernel_h, out_conv.kernel_w):
         pixels, columns = (n_cols, n_rows) if swapped else (n_rows, n_cols)
         elements = max(elements, out_conv.region_elements(pixels, columns))
     return elements * psum
@@ -594,9 +593,10 @@ def _emit(plan: TilePlan, seq: list, times: int) -> None:
     if sum(len(runs) * n for runs, n in seq) <= 64:
         plan.add([run for runs, n in seq for _ in range(n) for run in runs], times)
         return
+    patterns = [(_merge(runs), n) for runs, n in seq]
     for _ in range(times):
-        for runs, n in seq:
-            plan.add(runs, n)
+        for pattern, n in patterns:
+            plan.add(pattern, n, merged=True)
 
 
 def _output_stationary(plan: TilePlan, a: Operand, b: Operand, R: int, C: int, p: int, overlap: bool,
@@ -711,6 +711,20 @@ class Gemm:
                     f"half, the buffer half has {int(have / 2)}; allowed: sram.{buffer}_bytes >= {math.ceil(need * 2)} "
                     "(double buffered)")
         return ConfigError("no mapping of this GEMM fits the SRAM buffers")
+
+    def floor_cycles(self, cand: Candidate, per_load: int) -> int:
+        """A lower bound of any simulation of ``cand``'s plan, without building it: the
+        closed-form compute cycles (tile-major orders only add fills), and the tiles of the
+        first sweep that must read operands (every tile of the first column fold, K-fold by
+        K-fold; os: the K-tiles of every row fold), each at least ``per_load`` cycles of the
+        DMA, which loads one tile at a time (setup and latency)."""
+        compute = compute_cycles(self.M, self.N, self.K, self.rows, self.cols, self.p, self.dataflow, self.overlap)
+        if self.dataflow == "os":
+            loads = _ceil(self.M, self.rows) * _ceil(self.K, cand.tile)
+        else:
+            sh = self._shape()
+            loads = _ceil(sh.L, cand.tile) * _ceil(sh.K, self.p * self.rows)
+        return self.groups * max(compute, loads * per_load)
 
     def plan(self, cand: Candidate) -> TilePlan:
         """The tile plan of candidate ``cand`` (all groups)."""

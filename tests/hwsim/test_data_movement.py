@@ -188,6 +188,8 @@ def test_bwd_data_holds_the_input_gradient_region_it_adds_into():
     assert staged_bytes(1, 9, 4, g, False) == 9 * 4  # one pixel's 9 columns: its window
     assert staged_bytes(1, 1, 4, g, False) == 9 * 4  # one column still touches the channel's window
     assert staged_bytes(1, 1, 4, None, False) == 4
+    # windows that do not overlap (1x1, stride 2): each column is its own element of dX
+    assert staged_bytes(128, 128, 4, ConvGeometry(1, 256, 512, 14, 14, 1, 1, 2, 0, 1), False) == 128 * 128 * 4
     with pytest.raises(ConfigError, match=r"sram.ofmap_bytes is too small"):
         simulate(conv_trace("bwd_data", 1, 1, 16, 16, 1, 3, 3, 1, 0),
                  load_chip("fourbit", {"array.rows": 1, "array.cols": 1, "sram.ofmap_bytes": 40}))
