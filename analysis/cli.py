@@ -57,13 +57,17 @@ def _overrides(pairs: list[str] | None) -> dict:
     """``--set FIELD=VALUE`` pairs, each value parsed by its chip field's type."""
     from fourbit.hwsim.config import ChipConfig
     from fourbit.traces.config import field_info, parse_text
+    from fourbit.traces.errors import ConfigError
 
     out = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {pair!r}")
         key, value = (part.strip() for part in pair.split("=", 1))
-        out[key] = parse_text(field_info(ChipConfig, key)[1], value, key)
+        try:  # worded like the range checks of `ChipConfig.with_overrides`
+            out[key] = parse_text(field_info(ChipConfig, key)[1], value, key)
+        except ConfigError as exc:
+            raise ConfigError(f"overrides: {exc}") from None
     return out
 
 
@@ -156,7 +160,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     info, a = report.run_info, chip.array
     print(f"\n{chip.chip.name}: {a.rows}x{a.cols} {a.dataflow}, fill/drain overlap "
           f"{'on' if info['overlap_fill_drain'] else 'off'}, "
-          + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact (every tile)"))
+          + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact"))
     print(f"per step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
           f"{t['energy_pj'] * 1e-6:.3f} uJ, {t['tops_per_w']:.3f} TOPS/W")
     if args.out:
@@ -353,7 +357,7 @@ def _add_simulate(sub) -> None:
     s.add_argument("--input-grad", action="store_true", help="also simulate bwd_data of the input layer")
     s.add_argument("--extrapolate", action="store_true",
                    help="measure long GEMMs on short probes and extend them by their steady-state increments "
-                        "(fast; the stall's split between memory and scaling unit may differ)")
+                        "(an approximation, seldom faster than the exact default)")
     s.add_argument("--out", default=None, help="write simulation.csv there (default: print only)")
     s.set_defaults(func=_cmd_simulate)
 

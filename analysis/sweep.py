@@ -121,7 +121,8 @@ class SweepSpec(StrictModel):
     workers: int = Field(1, ge=1, description="local worker processes")
     scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
     input_grad: bool = Field(False, description="also simulate bwd_data of the input layer")
-    extrapolate: bool = Field(True, description="extrapolate long GEMMs from short probes (fourbit.simulate)")
+    extrapolate: bool = Field(False, description="extrapolate long GEMMs from short probes, an approximation "
+                                                 "(fourbit.simulate; the default is exact)")
 
 
 def parse_grid(items: list[str]) -> tuple[Axis, ...]:
@@ -296,7 +297,7 @@ def _load(path: str) -> Trace:
 
 
 def run_point(point: Point, trace_path: str, input_grad: bool = False,
-              extrapolate: bool = True) -> tuple[dict, pd.DataFrame]:
+              extrapolate: bool = False) -> tuple[dict, pd.DataFrame]:
     """Simulate one point (in a worker): (its row, its per-layer table); ``extrapolate`` as in
     `fourbit.hwsim.engine.simulate`."""
     from fourbit.hwsim.engine import simulate

@@ -129,7 +129,8 @@ def simulate(trace: Trace | str | os.PathLike, chip: ChipConfig | str | os.PathL
         Also simulate ``bwd_data`` of the input layer (the gradient of the data, which training
         never needs; the trace records it for completeness). Default False.
     compress : bool
-        Simulate steady-state runs of identical silent tiles as one event (`fourbit.hwsim.blocks.dma`);
+        Simulate steady-state runs of identical silent tiles as one event (`fourbit.hwsim.blocks.dma`)
+        and jump over whole periods once the pipeline's state recurs (`fourbit.hwsim.periodic`);
         False walks every tile. Both give the same counters (tested).
     extrapolate : bool
         Measure GEMMs of more than `fourbit.hwsim.steady_state.EXTEND_ABOVE` output tiles on short probes and extend them

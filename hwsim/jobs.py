@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from fourbit.hwsim.blocks.scaling_unit import OutputPath, output_path
 from fourbit.hwsim.config import ChipConfig
-from fourbit.hwsim.mapping import Candidate, Gemm, Operand, TilePlan
+from fourbit.hwsim.mapping import Candidate, Gemm, Operand, TilePlan, too_small
 from fourbit.hwsim.tensors import GemmTensors, gemm_tensors
 from fourbit.hwsim.units import select_unit
 from fourbit.traces.errors import ConfigError, SimulationError
@@ -75,13 +75,33 @@ def gemm_of(row: dict, unit, tensors: GemmTensors, chip: ChipConfig) -> Gemm:
                 PSUM_BYTES[unit.accumulator], arr.overlap_fill_drain, tensors.conv if tensors.out_col2im else None)
 
 
+def _name(row: dict) -> str:
+    return f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']})"
+
+
+def _too_small(short: list, needs: list, have: dict, halves: int) -> ConfigError:
+    """One error for a step whose GEMMs in ``short`` fit no candidate: the first of them, with
+    each buffer's size raised to the largest smallest-tile need of all the step's GEMMs, so that
+    following its advice fits every GEMM (where the buffers alone are at fault)."""
+    row, why = short[0]
+    own = next(n for r, n in needs if r is row)
+    buffer = next((b for b in have if own[b] > have[b]), None)
+    if buffer is None:  # the smallest tile fits: something else rules this GEMM out
+        return ConfigError(f"{_name(row)}: {why}")
+    step = {b: max(n[b] for _, n in needs) for b in have}
+    worst = max(needs, key=lambda rn: rn[1][buffer])[0]
+    note = "" if worst is row else f" (what every GEMM of this step needs; the most: {_name(worst)})"
+    return ConfigError(f"{_name(row)}: {too_small(own, have, halves, step, note)}")
+
+
 def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> tuple[list[Job], list]:
     """The jobs of one trace step (``trace`` holds one step), not yet mapped, and the leftover
     ops: ((layer, phase), ops) of ops whose GEMM is not simulated or absent, run as separate
     passes.
 
     Raises ConfigError: a format no unit computes, or buffers too small for one tile of any
-    candidate mapping of a GEMM (naming the buffer and the size that works)."""
+    candidate mapping of a GEMM (naming the first such GEMM, the buffer, and the size that fits
+    every GEMM of the step)."""
     ops = trace.ops
     fused: dict[tuple[str, str], list] = {}
     passes: dict[tuple[str, str], list] = {}
@@ -96,6 +116,9 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
     fwd = [r["layer"] for r in rows if r["phase"] == "fwd"]
     input_layer = fwd[0] if fwd else None
     sram = chip.sram
+    caps, halves = (sram.ifmap_bytes, sram.filter_bytes, sram.ofmap_bytes), 2 if sram.double_buffered else 1
+    short: list[tuple[dict, str]] = []  # GEMMs no candidate fits, and why
+    needs: list[tuple[dict, dict]] = []  # each GEMM's smallest tile, per buffer
     for row in rows:
         if not input_grad and row["phase"] == "bwd_data" and row["layer"] == input_layer:
             fused.pop((row["layer"], row["phase"]), None)
@@ -105,15 +128,18 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
         tensors = gemm_tensors(row)
         gemm = gemm_of(row, unit, tensors, chip)
         try:
-            candidates = tuple(gemm.candidates(sram.ifmap_bytes, sram.filter_bytes, sram.ofmap_bytes))
+            candidates = tuple(gemm.candidates(*caps, halves))
         except ConfigError as exc:
-            raise ConfigError(f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}): "
-                              f"{exc}") from None
+            short.append((row, str(exc)))
+            candidates = ()
+        needs.append((row, gemm.smallest_tile_bytes(halves)))
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
         store = "fp16" if unit.kind == "fp16" and row["out_format"] == "fp32" else row["out_format"]
         path = output_path(fused.pop(key, []), out_elems, store, table, tensors.out_elements)
         jobs.append(Job(row, unit, gemm, candidates, None, path, passes.pop(key, []), tensors, chip.chip.cores))
+    if short:
+        raise _too_small(short, needs, dict(zip(("ifmap", "filter", "ofmap"), caps, strict=True)), halves)
     leftovers = [(k, v) for k, v in passes.items()] + [(k, [(o, e, "fp32", f) for o, e, f in v]) for k, v in fused.items()]
     return jobs, leftovers

@@ -18,10 +18,11 @@ grows.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Callable
 
-from fourbit.hwsim.blocks.scaling_unit import OutputPath
+from fourbit.hwsim.blocks.dma import load_cycles
+from fourbit.hwsim.blocks.dram import channel_cycles
+from fourbit.hwsim.blocks.scaling_unit import OutputPath, lane_cycles
 from fourbit.hwsim.mapping import Candidate, Gemm, Tile, TilePlan
 
 __all__ = ["Pipeline", "choose", "lower_bound"]
@@ -38,15 +39,13 @@ class Pipeline:
                                                                      lanes, path)
 
     def channel(self, nbytes: float) -> int:
-        """Cycles one transfer holds the channel (`fourbit.hwsim.blocks.dram.Dram.cycles`)."""
-        if nbytes <= 0 or math.isinf(self.bw):
-            return 0
-        return math.ceil(nbytes / self.bw - 1e-9)
+        """Cycles one transfer holds the channel (`fourbit.hwsim.blocks.dram.channel_cycles`)."""
+        return channel_cycles(nbytes, self.bw)
 
     def load(self, tile: Tile) -> int:
         """From the DMA starting a tile to its operands in SRAM, without contention
-        (`fourbit.hwsim.blocks.dma.Dma.load_cycles`)."""
-        return 0 if tile.read_bytes <= 0 else self.setup + self.channel(tile.read_bytes) + self.latency
+        (`fourbit.hwsim.blocks.dma.load_cycles`)."""
+        return load_cycles(tile.read_bytes, self.setup, self.bw, self.latency)
 
     def tail(self, tile: Tile) -> int:
         """From the array finishing ``tile`` to its results in DRAM: state read, the lanes'
@@ -55,8 +54,7 @@ class Pipeline:
         cycles = 0
         if n and path.read_bytes:
             cycles += self.channel(n * path.read_bytes) + self.latency
-        if n and not math.isinf(self.lanes):
-            cycles += math.ceil(n * path.lane_ops / self.lanes - 1e-9)
+        cycles += lane_cycles(n, path.lane_ops, self.lanes)
         out = n * path.write_bytes + tile.spill_psum_bytes
         if out:
             cycles += self.channel(out) + self.latency
@@ -84,27 +82,42 @@ def lower_bound(plan: TilePlan, pipe: Pipeline) -> int:
     repetition on.
     """
     costs: dict = {}  # tile -> (load, tail, transfers): plans repeat few distinct tiles
+    per_pattern: dict = {}  # id(pattern) -> its part of the sums below: plans repeat few patterns
 
     def cost(tile: Tile) -> tuple[int, int, int]:
         if tile not in costs:
             costs[tile] = (pipe.load(tile), pipe.tail(tile), pipe.transfers(tile))
         return costs[tile]
 
+    def pattern(pat) -> tuple[int, int, int, int, int]:
+        """(first load, what the pattern adds to A beyond max(first load, c_prev), last tile's
+        compute, tails, channel cycles) of one pass over ``pat``."""
+        if id(pat) not in per_pattern:
+            first_load = cost(pat[0][0])[0]
+            inner = tails = channel = 0
+            c_prev = None
+            for tile, k in pat:
+                load, tail, moved = cost(tile)
+                c = tile.compute_cycles
+                inner += (0 if c_prev is None else max(load, c_prev)) + (k - 1) * max(load, c)
+                tails += tail * k
+                channel += moved * k
+                c_prev = c
+            per_pattern[id(pat)] = (first_load, inner, c_prev, tails, channel)
+        return per_pattern[id(pat)]
+
     a = c_prev = tails = channel = 0
     started = False
     for pat, repeat in plan.segments:
+        first_load, inner, c_last, pat_tails, pat_channel = pattern(pat)
         for rep in range(min(repeat, 2)):
             before = a
-            for tile, k in pat:
-                load, c = cost(tile)[0], tile.compute_cycles
-                a += (load if not started else max(load, c_prev)) + (k - 1) * max(load, c)
-                started, c_prev = True, c
+            a += (first_load if not started else max(first_load, c_prev)) + inner
+            started, c_prev = True, c_last
             if rep == 1 and repeat > 2:
                 a += (a - before) * (repeat - 2)
-        for tile, k in pat:
-            _, tail, moved = cost(tile)
-            tails += tail * k * repeat
-            channel += moved * k * repeat
+        tails += pat_tails * repeat
+        channel += pat_channel * repeat
     first, last = plan.segments[0][0][0][0], plan.segments[-1][0][-1][0]
     through_array = a + c_prev + pipe.tail(last)
     through_scaling = pipe.load(first) + first.compute_cycles + tails

@@ -82,8 +82,8 @@ from typing import NamedTuple
 from fourbit.hwsim.tensors import ConvGeometry
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["Candidate", "Gemm", "Operand", "Tile", "TilePlan", "compute_cycles", "fold_count", "plan_gemm",
-           "tile_lengths"]
+__all__ = ["Candidate", "Gemm", "Operand", "Tile", "TilePlan", "compute_cycles", "fold_count",
+           "tile_lengths", "too_small"]
 
 Run = tuple  # (Tile, count): ``count`` identical consecutive tiles
 Pattern = tuple  # (Run, ...): a sequence of runs
@@ -205,11 +205,17 @@ class TilePlan:
         them are summed in one pass and kept until the next `add` (segments change only through
         `add`, or before the first total)."""
         if self._totals is None:
-            sums = [0] * (len(Tile._fields) + 2)
+            width = len(Tile._fields) + 2
+            sums = [0] * width
+            per_pattern: dict[int, list] = {}  # plans repeat few distinct patterns (exact sums either way)
             for pat, r in self.segments:
-                for t, k in pat:
-                    n = k * r
-                    sums = [a + b * n for a, b in zip(sums, (*t, 1, 0 if t.silent else 1), strict=True)]
+                once = per_pattern.get(id(pat))
+                if once is None:
+                    once = [0] * width
+                    for t, k in pat:
+                        once = [a + b * k for a, b in zip(once, (*t, 1, 0 if t.silent else 1), strict=True)]
+                    per_pattern[id(pat)] = once
+                sums = [a + b * r for a, b in zip(sums, once, strict=True)]
             self._totals = dict(zip((*Tile._fields, "tiles", "output_tiles"), sums, strict=True))
         return self._totals[attr]
 
@@ -407,12 +413,14 @@ def staged_bytes(n_rows: int, n_cols: int, psum: float, out_conv: ConvGeometry |
     return elements * psum
 
 
-def _stationary_candidates(sh: _Shape, caps: tuple[float, float, float], lengths: list[int]) -> list[Candidate]:
-    """The feasible ws/is candidates with buffer capacities ``caps`` (x, s, ofmap bytes)."""
+def _stationary_candidates(sh: _Shape, caps: tuple[float, float, float], lengths: list[int],
+                           halves: int = 2) -> list[Candidate]:
+    """The feasible ws/is candidates with buffer capacities ``caps`` (x, s, ofmap bytes), each
+    buffer in ``halves`` halves (2: double buffered; a streamed block fits one half)."""
     x_cap, s_cap, o_cap = caps
     kp, c = min(sh.p * sh.R, sh.K), min(sh.C, sh.T)
     k_folds = _ceil(sh.K, sh.p * sh.R)
-    s_tile = _fits(sh.s.block_bytes(kp, c), s_cap / 2)
+    s_tile = _fits(sh.s.block_bytes(kp, c), s_cap / halves)
     long_folds = _ceil(sh.T, sh.C) * len(_k_folds(sh.K, sh.p * sh.R)) > 64  # a tile's folds: no one pattern
 
     def too_long(n: int) -> bool:  # m-n-k: three segments per tile when its folds are long
@@ -421,10 +429,10 @@ def _stationary_candidates(sh: _Shape, caps: tuple[float, float, float], lengths
     out = []
     for order in ("n-k-m", "n-m-k", "m-n-k"):
         for n in lengths:
-            if not _fits(sh.staged(n, c), o_cap / 2):  # outputs staged for the scaling unit (and col2im)
+            if not _fits(sh.staged(n, c), o_cap / halves):  # outputs staged for the scaling unit (and col2im)
                 continue
             if order == "m-n-k":
-                if not _fits(sh.x.block_bytes(n, sh.K), x_cap / 2) or too_long(n):
+                if not _fits(sh.x.block_bytes(n, sh.K), x_cap / halves) or too_long(n):
                     continue
                 for x_res in (False, True):  # x_res: the stripes fill a resident copy of x
                     if x_res and not _fits(sh.x.stored_bytes, x_cap):
@@ -434,7 +442,7 @@ def _stationary_candidates(sh: _Shape, caps: tuple[float, float, float], lengths
                             out.append(Candidate(order, n, x_resident=x_res, s_resident=s_res))
                 continue
             for x_res in (False, True):
-                x_ok = _fits(sh.x.stored_bytes, x_cap) if x_res else _fits(sh.x.block_bytes(n, kp), x_cap / 2)
+                x_ok = _fits(sh.x.stored_bytes, x_cap) if x_res else _fits(sh.x.block_bytes(n, kp), x_cap / halves)
                 if not x_ok:
                     continue
                 if order == "n-k-m":
@@ -443,7 +451,7 @@ def _stationary_candidates(sh: _Shape, caps: tuple[float, float, float], lengths
                     for p_res in ((False, True) if k_folds > 1 else (False,)):
                         if not p_res or _fits(sh.L * c * sh.psum, o_cap):
                             out.append(Candidate(order, n, x_resident=x_res, psum_resident=p_res))
-                    if not x_res and n == sh.L and _fits(sh.x.block_bytes(sh.L, kp), x_cap / 2):
+                    if not x_res and n == sh.L and _fits(sh.x.block_bytes(sh.L, kp), x_cap / halves):
                         out += _groups(sh, order, n, k_folds, o_cap)
                     continue
                 for s_res in (False, True):
@@ -467,16 +475,17 @@ def _groups(sh: _Shape, order: str, n: int, k_folds: int, o_cap: float) -> list[
 
 
 def _os_candidates(a: Operand, b: Operand, R: int, C: int, caps: tuple[float, float], lengths: list[int],
-                   staged: float) -> list[Candidate]:
+                   staged: float, halves: int = 2) -> list[Candidate]:
     """The feasible os candidates: K-tile lengths and whether a and b stay resident (none when
-    the ``staged`` bytes of an R x C output tile do not fit half the ofmap buffer, ``caps[2]``)."""
+    the ``staged`` bytes of an R x C output tile do not fit a half of the ofmap buffer,
+    ``caps[2]``; each buffer in ``halves`` halves)."""
     a_cap, b_cap, o_cap = caps
     rows, cols = min(R, a.rows), min(C, b.cols)
     out = []
-    if not _fits(staged, o_cap / 2):
+    if not _fits(staged, o_cap / halves):
         return out
     for n in lengths:
-        if not (_fits(a.block_bytes(rows, n), a_cap / 2) and _fits(b.block_bytes(n, cols), b_cap / 2)):
+        if not (_fits(a.block_bytes(rows, n), a_cap / halves) and _fits(b.block_bytes(n, cols), b_cap / halves)):
             continue
         for a_res in (False, True):
             if a_res and not _fits(a.stored_bytes, a_cap):
@@ -630,6 +639,21 @@ def _output_stationary(plan: TilePlan, a: Operand, b: Operand, R: int, C: int, p
                 plan.add(m_fold(m_len, first_m), n)
 
 
+def too_small(needs: dict[str, int], have: dict[str, float], halves: int, allowed: dict[str, int] | None = None,
+              why: str = "") -> ConfigError:
+    """The error for buffers ``have`` (bytes) that cannot hold the smallest tile, whose buffers
+    need ``needs`` (`Gemm.smallest_tile_bytes`): the first buffer short, what it needs per half
+    and has, and the size that works (``allowed``, default ``needs``; ``why`` follows it)."""
+    part = "per buffer half" if halves == 2 else "in the buffer (single buffered)"
+    allowed = allowed or needs
+    for buffer, need in needs.items():
+        if need > have[buffer]:
+            return ConfigError(
+                f"sram.{buffer}_bytes is too small: the smallest tile needs {math.ceil(need / halves)} bytes {part}, "
+                f"there are {int(have[buffer] / halves)}; allowed: sram.{buffer}_bytes >= {allowed[buffer]}{why}")
+    return ConfigError("no mapping of this GEMM fits the SRAM buffers")
+
+
 @dataclass(frozen=True)
 class Gemm:
     """A GEMM (one group; ``groups`` of them run one after another) on an array, ready to map:
@@ -675,42 +699,37 @@ class Gemm:
         conv = x.conv if x.pixels == "rows" else None  # its rows are output pixels
         return tile_lengths(x.rows, conv.out_w if conv else 0, conv.out_h * conv.out_w if conv else 0)
 
-    def candidates(self, ifmap_bytes: float, filter_bytes: float, ofmap_bytes: float) -> list[Candidate]:
-        """The candidates whose tiles fit the buffers (bytes each).
+    def candidates(self, ifmap_bytes: float, filter_bytes: float, ofmap_bytes: float,
+                   halves: int = 2) -> list[Candidate]:
+        """The candidates whose tiles fit the buffers (bytes each; each buffer in ``halves``
+        halves, 2 when double buffered: a streamed block fits one half).
 
         Raises ConfigError naming the buffer that cannot hold the smallest tile and the size that
-        would (double buffered)."""
+        would (`smallest_tile_bytes`)."""
         if self.dataflow == "os":
             found = _os_candidates(self.a, self.b, self.rows, self.cols, (ifmap_bytes, filter_bytes, ofmap_bytes),
-                                   self.lengths(), self._os_staged())
+                                   self.lengths(), self._os_staged(), halves)
         else:
             caps = (filter_bytes, ifmap_bytes, ofmap_bytes) if self._swap else (ifmap_bytes, filter_bytes, ofmap_bytes)
-            found = _stationary_candidates(self._shape(), caps, self.lengths())
+            found = _stationary_candidates(self._shape(), caps, self.lengths(), halves)
         if not found:
-            raise self._too_small(ifmap_bytes, filter_bytes, ofmap_bytes)
+            raise too_small(self.smallest_tile_bytes(halves), {"ifmap": ifmap_bytes, "filter": filter_bytes,
+                                                              "ofmap": ofmap_bytes}, halves)
         return found
 
-    def _too_small(self, ifmap_bytes: float, filter_bytes: float, ofmap_bytes: float) -> ConfigError:
-        """The first buffer the smallest tile does not fit (a tile of one row, one K-fold)."""
+    def smallest_tile_bytes(self, halves: int = 2) -> dict[str, int]:
+        """Bytes each buffer (``ifmap``, ``filter``, ``ofmap``) needs for the smallest tile (one
+        row, one K-fold; os: one K-step): ``halves`` times its block (ofmap: its staged outputs)."""
         if self.dataflow == "os":
             k = min(self.p, self.K)
-            needs = [("ifmap", self.a.block_bytes(min(self.rows, self.M), k), ifmap_bytes),
-                     ("filter", self.b.block_bytes(k, min(self.cols, self.N)), filter_bytes),
-                     ("ofmap", self._os_staged(), ofmap_bytes)]
+            needs = {"ifmap": self.a.block_bytes(min(self.rows, self.M), k),
+                     "filter": self.b.block_bytes(k, min(self.cols, self.N)), "ofmap": self._os_staged()}
         else:
             sh = self._shape()
             kp, c = min(self.p * self.rows, self.K), min(self.cols, sh.T)
             x_buf, s_buf = ("filter", "ifmap") if self._swap else ("ifmap", "filter")
-            caps = {"ifmap": ifmap_bytes, "filter": filter_bytes}
-            needs = [(s_buf, sh.s.block_bytes(kp, c), caps[s_buf]), (x_buf, sh.x.block_bytes(1, kp), caps[x_buf]),
-                     ("ofmap", sh.staged(1, c), ofmap_bytes)]
-        for buffer, need, have in needs:
-            if need > have / 2:
-                return ConfigError(
-                    f"sram.{buffer}_bytes is too small: the smallest tile needs {math.ceil(need)} bytes per buffer "
-                    f"half, the buffer half has {int(have / 2)}; allowed: sram.{buffer}_bytes >= {math.ceil(need * 2)} "
-                    "(double buffered)")
-        return ConfigError("no mapping of this GEMM fits the SRAM buffers")
+            needs = {s_buf: sh.s.block_bytes(kp, c), x_buf: sh.x.block_bytes(1, kp), "ofmap": sh.staged(1, c)}
+        return {buffer: math.ceil(needs[buffer] * halves) for buffer in ("ifmap", "filter", "ofmap")}
 
     def floor_cycles(self, cand: Candidate, per_load: int) -> int:
         """A lower bound of any simulation of ``cand``'s plan, without building it: the
@@ -753,27 +772,6 @@ class Gemm:
         plan._totals = totals
         plan.sram_bits = _sram_traffic(self, plan, tiles_per_fold)
         return plan
-
-
-def plan_gemm(M: int, N: int, K: int, groups: int, rows: int, cols: int, p: int, dataflow: str,
-              bytes_a: float, bytes_b: float, bytes_psum: float, ifmap_bytes: float,
-              filter_bytes: float, ofmap_bytes: float, overlap: bool = False,
-              bytes_per_cycle: float = math.inf) -> TilePlan:
-    """The plan of a GEMM of plain operands (``bytes_a``/``bytes_b`` per element) with the
-    smallest max(compute cycles, DRAM bytes / ``bytes_per_cycle``), then the fewest bytes and
-    tiles: a closed-form choice for tests and quick looks. Simulations choose among the
-    candidates by simulated time (`fourbit.hwsim.mapper`).
-
-    Raises ConfigError when no candidate fits the buffers."""
-    gemm = Gemm(M, N, K, groups, Operand(M, K, bytes_a), Operand(K, N, bytes_b), rows, cols, p, dataflow,
-                bytes_psum, overlap)
-    plans = [gemm.plan(c) for c in gemm.candidates(ifmap_bytes, filter_bytes, ofmap_bytes)]
-
-    def key(plan: TilePlan) -> tuple:
-        memory = 0.0 if math.isinf(bytes_per_cycle) else plan.traffic / bytes_per_cycle
-        return max(plan.compute_cycles, memory), plan.traffic, plan.tiles
-
-    return min(plans, key=key)
 
 
 def _sram_traffic(gemm: Gemm, plan: TilePlan, reloads: int) -> dict:

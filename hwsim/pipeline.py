@@ -5,8 +5,9 @@ end with the channel idle, so the GEMM's timing is the same whatever came before
 `Timing.after` adds the two).
 
 Events, not cycles: one event per tile movement or tile computation, so the cost of a simulation
-grows with the number of tiles. With ``compress`` silent stretches are one event each
-(`fourbit.hwsim.blocks.dma`), tested equal to tile-by-tile simulation. Each GEMM runs in a fresh
+grows with the number of tiles walked. With ``compress`` silent stretches are one event each
+(`fourbit.hwsim.blocks.dma`) and whole periods of a repeating plan are jumped over once the
+pipeline's state recurs (`fourbit.hwsim.periodic`), both tested equal to tile-by-tile simulation. Each GEMM runs in a fresh
 Environment and ends with every block idle, so its timing depends on nothing before it.
 """
 
@@ -24,6 +25,7 @@ from fourbit.hwsim.blocks.scaling_unit import ScalingUnit, op_cost
 from fourbit.hwsim.blocks.sram import Sram
 from fourbit.hwsim.config import ChipConfig
 from fourbit.hwsim.jobs import Job
+from fourbit.hwsim.periodic import Periodic
 from fourbit.traces.errors import SimulationError
 from fourbit.traces.formats import get_format
 
@@ -118,15 +120,22 @@ def simulate_gemm(job: Job, chip: ChipConfig, compress: bool, until: int | None 
     dma = Dma(env, dram, sram, chip.dma.setup_cycles, compress,
               quiet=lambda: scaling.waiting and not sram.outputs.items and dram.idle())
     array = MacArray(env, sram)
-    procs = [env.process(dma.run(job.plan.segments)), env.process(array.run(job.plan.tiles)),
-             env.process(scaling.run(job.plan.output_tiles))]
+    procs = {"dma": env.process(dma.run(job.plan.segments)), "array": env.process(array.run(job.plan.tiles)),
+             "scaling": env.process(scaling.run(job.plan.output_tiles))}
+    if compress:  # whole periods of a repeating plan at once (exact; tested against the walk)
+        dma.periodic = Periodic(env, procs, {"free": sram.free, "loaded": sram.loaded, "outputs": sram.outputs,
+                                             "channel": dram.channel},
+                                [dma, array, scaling, sram, dram],
+                                {"array": array.state, "scaling": scaling.state, "dram": dram.state})
     what = f"GEMM {job.row['layer']} {job.row['phase']}"
-    events = run_env(env, procs, what, {"dma": dma, "array": array, "scaling": scaling, "sram": sram}, until)
+    events = run_env(env, list(procs.values()), what,
+                     {"dma": dma, "array": array, "scaling": scaling, "sram": sram}, until)
     if array.busy_cycles != job.plan.compute_cycles:
         raise SimulationError(f"{what}: the array was busy {array.busy_cycles} cycles, the plan has "
                               f"{job.plan.compute_cycles}")
+    jumps = dma.periodic.jumps if dma.periodic else 0
     return Timing(int(env.now), 0, int(array.operand_wait_cycles), dram.read_bytes, dram.write_bytes, events,
-                  dma.batches)
+                  dma.batches + jumps)
 
 
 def simulate_passes(ops: list, chip: ChipConfig, cores: int = 1) -> Timing:

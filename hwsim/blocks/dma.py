@@ -6,10 +6,19 @@ from dataclasses import dataclass
 
 import simpy
 
-from fourbit.hwsim.blocks.dram import Dram
+from fourbit.hwsim.blocks.dram import Dram, channel_cycles
 from fourbit.hwsim.blocks.sram import Sram
 
-__all__ = ["Batch", "Dma"]
+__all__ = ["Batch", "Dma", "load_cycles"]
+
+
+def load_cycles(read_bytes: float, setup_cycles: int, bytes_per_cycle: float, latency_cycles: int) -> int:
+    """Cycles from the DMA starting to load a tile of ``read_bytes`` to its data in SRAM without
+    contention: descriptor setup, the transfer on the channel, the DRAM latency (0 for a tile
+    that reads nothing)."""
+    if read_bytes <= 0:
+        return 0
+    return setup_cycles + channel_cycles(read_bytes, bytes_per_cycle) + latency_cycles
 
 
 @dataclass(frozen=True)
@@ -129,21 +138,28 @@ class Dma:
     Tests check that both modes give identical counters.
     """
 
+    COUNTERS = ("batches",)
+    """What grows as the DMA works (`fourbit.hwsim.periodic` adds n periods' worth in a jump)."""
+
     def __init__(self, env: simpy.Environment, dram: Dram, sram: Sram, setup_cycles: int,
-                 compress: bool = True, quiet=None) -> None:
+                 compress: bool = True, quiet=None, periodic=None) -> None:
         self.env = env
         self.dram = dram
         self.sram = sram
         self.setup_cycles = setup_cycles
         self.compress = compress and sram.halves == 2
         self.quiet = quiet or (lambda: False)  # True when no other block can use the DRAM channel
+        self.periodic = periodic  # a `fourbit.hwsim.periodic.Periodic`, visited before each tile
         self.batches = 0
+        self.streak = 0  # silent tiles loaded just before the current one (only whether >= 2 matters)
+
+    def shift(self, cycles: int) -> None:
+        """Nothing to move: where `fourbit.hwsim.periodic` jumps (before a tile) it holds no cycle."""
 
     def load_cycles(self, tile) -> int:
-        """Cycles from starting to load ``tile`` to its data being in SRAM, without contention."""
-        if tile.read_bytes <= 0:
-            return 0
-        return self.setup_cycles + self.dram.cycles(tile.read_bytes) + self.dram.latency_cycles
+        """Cycles from starting to load ``tile`` to its data being in SRAM, without contention
+        (`load_cycles`)."""
+        return load_cycles(tile.read_bytes, self.setup_cycles, self.dram.bytes_per_cycle, self.dram.latency_cycles)
 
     def _load(self, tile):
         if tile.read_bytes > 0:
@@ -172,12 +188,13 @@ class Dma:
         """The DMA process over ``segments``: the (pattern, repeat) list of a `TilePlan`."""
         env = self.env
         cur = _Cursor(segments)
-        streak = 0  # silent tiles loaded just before the current one
         prev_compute = 0
         while not cur.done:
+            if self.periodic is not None:  # every block's state, here, is all the future depends on
+                self.periodic.visit(cur, (min(self.streak, 2), prev_compute))
             tile = cur.tile
             yield self.sram.free.get(1)
-            if self.compress and streak >= 2 and tile.silent and self.quiet():
+            if self.compress and self.streak >= 2 and tile.silent and self.quiet():
                 start = env.now
                 st = self._stretch(cur, prev_compute)
                 load = self.load_cycles(tile)
@@ -189,10 +206,10 @@ class Dma:
                 self.batches += 1
                 yield env.timeout(start + st.s - env.now)
                 prev_compute = st.c_prev
-                streak += st.count
+                self.streak += st.count
                 continue
             yield from self._load(tile)
             yield self.sram.loaded.put(tile)
-            streak = streak + 1 if tile.silent else 0
+            self.streak = self.streak + 1 if tile.silent else 0
             prev_compute = tile.compute_cycles
             cur.advance()

@@ -20,7 +20,7 @@ from fourbit.hwsim.blocks.sram import Sram
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.formats import get_format
 
-__all__ = ["OPS", "OpCost", "OutputPath", "ScalingUnit", "output_path"]
+__all__ = ["OPS", "OpCost", "OutputPath", "ScalingUnit", "lane_cycles", "output_path"]
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,21 @@ def output_path(ops_rows, out_elements: int, out_format: str, table: dict[str, f
     return OutputPath(lane, energy, write, read, store, column_store)
 
 
+def lane_cycles(elements: int, lane_ops: float, lanes: float) -> int:
+    """Cycles ``lanes`` lanes take for ``elements`` outputs of ``lane_ops`` ops each: ceil of
+    their ratio (0 with unlimited lanes; the 1e-9 absorbs the rounding of fractional ops)."""
+    if math.isinf(lanes) or not elements:
+        return 0
+    return math.ceil(elements * lane_ops / lanes - 1e-9)
+
+
 class ScalingUnit:
     """Processes each finished output tile: ``lanes`` elementary ops per cycle over the tile's
     elements x the path's lane ops, then writes the results (and spilled partial sums) to DRAM;
     reads optimizer state first where the path needs it."""
+
+    COUNTERS = ("busy_cycles", "elements", "done")
+    """What grows as the unit works (`fourbit.hwsim.periodic` adds n periods' worth in a jump)."""
 
     def __init__(self, env: simpy.Environment, sram: Sram, dram: Dram, lanes: float,
                  path: OutputPath) -> None:
@@ -135,29 +146,47 @@ class ScalingUnit:
         self.path = path
         self.busy_cycles = 0
         self.elements = 0
-        self.waiting = False  # blocked on an empty output queue: uses no DRAM until fed
+        self.done = 0  # tiles processed
+        # where the process is (``start``, ``outputs``: waiting for a tile, ``read``, ``lanes``,
+        # ``write``, ``end``) and the tile it holds: its whole state
+        self.at, self.tile = "start", None
+
+    @property
+    def waiting(self) -> bool:
+        """Blocked on an empty output queue, or done: it uses no DRAM until fed."""
+        return self.at in ("outputs", "end")
+
+    def state(self, now: int, name=None) -> tuple:
+        """The process's state (`fourbit.hwsim.periodic`; it holds no cycle)."""
+        return self.at, self.tile
+
+    def shift(self, cycles: int) -> None:
+        """Nothing to move: it holds no cycle."""
 
     def cycles(self, elements: int) -> int:
-        if math.isinf(self.lanes) or not elements:
-            return 0
-        return math.ceil(elements * self.path.lane_ops / self.lanes - 1e-9)
+        """Lane cycles of ``elements`` outputs (`lane_cycles`)."""
+        return lane_cycles(elements, self.path.lane_ops, self.lanes)
 
     def run(self, n_tiles: int):
         """The scaling-unit process over the ``n_tiles`` tiles the array passes on."""
-        for _ in range(n_tiles):
-            self.waiting = True
+        while self.done < n_tiles:
+            self.at, self.tile = "outputs", None
             tile = yield self.sram.outputs.get()
-            self.waiting = False
+            self.tile = tile
             n = tile.out_elements
             if n:
                 if self.path.read_bytes:
+                    self.at = "read"
                     yield from self.dram.transfer(n * self.path.read_bytes, write=False)
                 busy = self.cycles(n)
                 if busy:
+                    self.at = "lanes"
                     yield self.env.timeout(busy)
                     self.busy_cycles += busy
                 self.elements += n
             out = n * self.path.write_bytes + tile.spill_psum_bytes
             if out:
+                self.at = "write"
                 yield from self.dram.transfer(out, write=True)
-        self.waiting = True  # done: it will not use the DRAM again
+            self.done += 1
+        self.at, self.tile = "end", None  # it will not use the DRAM again

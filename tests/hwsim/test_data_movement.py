@@ -63,6 +63,37 @@ def test_a_buffer_too_small_for_any_candidate_names_the_size_that_works():
         simulate(conv_trace("fwd", 1, 64, 8, 8, 8, 3, 3, 1, 1), load_chip("fourbit", {"sram.ifmap_bytes": 16}))
 
 
+def _two_gemms(*shapes) -> Trace:
+    rows = [{"step": 0, "layer": f"L{i}", "layer_type": "linear", "phase": "fwd", "M": m, "N": n, "K": k,
+             "groups": 1, "a_format": "uint4", "b_format": "int4", "acc_format": "int32", "out_format": "fp16"}
+            for i, (m, n, k) in enumerate(shapes)]
+    return Trace({"batch_size": 1}, schema.from_records("gemms", rows), schema.from_records("ops", []),
+                  schema.from_records("metrics", []))
+
+
+def test_the_size_that_works_fits_every_gemm_of_the_step():
+    # L0 (K = 64) fails first but needs less filter buffer than L1 (K = 512): the advice is L1's
+    # need, so following it once is enough; 32x32 ws, p = 4: a 128 x 32 INT4 weight block = 2 kB
+    trace = _two_gemms((64, 64, 64), (64, 64, 512))
+    with pytest.raises(ConfigError, match=r"^GEMM L0 fwd .*: sram.filter_bytes is too small: the smallest tile "
+                       r"needs 1024 bytes per buffer half, there are 128; allowed: sram.filter_bytes >= 4096 "
+                       r"\(what every GEMM of this step needs; the most: GEMM L1 fwd"):
+        simulate(trace, load_chip("fourbit", {"sram.filter_bytes": 256}))
+    assert simulate(trace, load_chip("fourbit", {"sram.filter_bytes": 4096})).totals().macs == 64 * 64 * 576
+
+
+def test_single_buffered_buffers_hold_a_whole_block():
+    # without double buffering a block may fill the whole buffer: 2 kB of weights fit 2 kB
+    trace = _two_gemms((64, 64, 512))
+    with pytest.raises(ConfigError, match=r"needs 2048 bytes in the buffer \(single buffered\), there are 1024; "
+                       r"allowed: sram.filter_bytes >= 2048$"):
+        simulate(trace, load_chip("fourbit", {"sram.filter_bytes": 1024, "sram.double_buffered": False}))
+    single = simulate(trace, load_chip("fourbit", {"sram.filter_bytes": 2048, "sram.double_buffered": False}))
+    assert single.totals().macs == 64 * 64 * 512
+    with pytest.raises(ConfigError, match=r"allowed: sram.filter_bytes >= 4096"):  # double buffered: two halves
+        simulate(trace, load_chip("fourbit", {"sram.filter_bytes": 2048}))
+
+
 def test_the_lower_bound_never_exceeds_the_simulation():
     chip = load_chip("fourbit")
     gemm = Gemm(500, 40, 300, 1, Operand(500, 300, 0.5), Operand(300, 40, 0.5), 8, 8, 4, "ws", 4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fourbit.hwsim.mapping import compute_cycles, plan_gemm
+from fourbit.hwsim.mapping import Gemm, Operand, compute_cycles
 
 
 @pytest.mark.parametrize("df, M, N, K, want", [
@@ -19,6 +19,11 @@ from fourbit.hwsim.mapping import compute_cycles, plan_gemm
 ])
 def test_closed_forms_by_hand(df, M, N, K, want):
     assert compute_cycles(M, N, K, 32, 32, 4, df) == want
-    plan = plan_gemm(M, N, K, 1, 32, 32, 4, df, 0.5, 0.5, 2, 1 << 20, 1 << 20, 1 << 20)
-    assert sum(t.compute_cycles * r for t, r in plan.runs()) == want
-    assert plan.macs == M * N * K
+    gemm = Gemm(M, N, K, 1, Operand(M, K, 0.5), Operand(K, N, 0.5), 32, 32, 4, df, 2)
+    # every n-k-m candidate (os: every candidate) has the closed form's folds; tile-major orders add fills
+    cands = [c for c in gemm.candidates(1 << 20, 1 << 20, 1 << 20) if df == "os" or c.order == "n-k-m"]
+    assert cands
+    for cand in cands:
+        plan = gemm.plan(cand)
+        assert sum(t.compute_cycles * r for t, r in plan.runs()) == plan.compute_cycles == want
+        assert plan.macs == M * N * K
