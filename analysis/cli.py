@@ -200,7 +200,7 @@ def _cmd_chip(args: argparse.Namespace) -> int:
     chip = load_chip(args.preset, _overrides(args.set))
     if args.peak:
         from fourbit.hwsim.anchors import anchor_table
-        from fourbit.hwsim.energy import chip_area
+        from fourbit.hwsim.area import chip_area
 
         _print_table(anchor_table(chip))
         print()

@@ -4,9 +4,13 @@
 is built for (``fourbit`` runs ``int4``, ``fp16`` runs ``fp16``, ``int8`` runs ``int8``, ``hfp8``
 runs ``hfp8``), get each recipe's trace the way `fourbit.analysis.sweep` does (trained once and cached, or
 re-imported from a SCALE-Sim topology), and simulate every pair twice: on the preset's own array
-(iso-array: the same rows x cols as the baseline) and on the array that fits the baseline's PE
-area (iso-area, `fourbit.hwsim.iso_area`; Sun et al. 2020 section 6 compare at iso-area). The table has
-one row per (mode, chip): speed-up and energy ratio against the baseline chip in the same mode,
+(iso-array: the same rows x cols as the baseline) and on an array that fits the baseline's PE
+area (iso-area; Sun et al. 2020 section 6 compare at iso-area). At iso-area every chip, the
+baseline too, runs the fastest of its shapes that fit that area with an aspect ratio of at most
+4 (``iso_area = "search"``, `fourbit.hwsim.config.iso_area_shapes`; the metric is the workload's
+step time, ties to fewer PEs) or the most square one (``"square"``,
+`fourbit.hwsim.config.iso_area`). The table has one row per (mode, chip), with the shape used
+and the number of shapes tried: speed-up and energy ratio against the baseline chip in the same mode,
 DRAM bytes, utilization, PE-array area, test accuracy and its difference from the baseline
 recipe's (percentage points) where the recipes were trained. Written to ``out/compare.csv``.
 """
@@ -14,6 +18,7 @@ recipe's (percentage points) where the recipes were trained. Written to ``out/co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from pydantic import Field, model_validator
@@ -21,8 +26,8 @@ from pydantic import Field, model_validator
 from fourbit.analysis.jobdir import job_dir
 from fourbit.analysis.sweep import Axis, SweepSpec, _execute, _plan
 from fourbit.analysis.workloads import Source
-from fourbit.hwsim.config import iso_area, load_chip
-from fourbit.hwsim.energy import chip_area
+from fourbit.hwsim.area import chip_area
+from fourbit.hwsim.config import iso_area, iso_area_shapes, load_chip
 from fourbit.traces.config import Listed, PathText, StrictModel
 from fourbit.traces.files import atomic_write
 
@@ -43,6 +48,12 @@ class Comparison(StrictModel):
     out: PathText = Field("compare-out", description="output directory")
     workers: int = Field(1, ge=1, description="local worker processes")
     scheduler: str | None = Field(None, description="a dask.distributed scheduler address, tcp://HOST:PORT")
+    iso_area: Literal["search", "square"] = Field(
+        "search", description="iso-area array shapes: the fastest of those within the area (aspect <= 4), or the "
+                              "most square")
+    fp16_mode: Literal["preset", "separate", "shared"] = Field(
+        "preset", description="array.fp16_mode of every chip: each preset's own, or an FP16 FMA of its own, or "
+                              "the FP16 mode on the other units' datapath (fourbit.hwsim.area)")
 
     @model_validator(mode="after")
     def _known_chips(self) -> Comparison:
@@ -78,33 +89,56 @@ def compare(job: Comparison | Source | None = None, *, progress: bool = True, ov
     elif fields:
         job = job.replace(**fields)
     chips, baseline = job.chips, job.baseline
-    ref = load_chip(baseline)
-    shapes = {"iso-array": {c: load_chip(c).array for c in chips},
-              "iso-area": {c: iso_area(load_chip(c), ref).array for c in chips}}
+    over = {} if job.fp16_mode == "preset" else {"array.fp16_mode": job.fp16_mode}
+    loaded = {c: load_chip(c, over) for c in chips}
+    ref = loaded[baseline]
+    if job.iso_area == "search":
+        within = {c: iso_area_shapes(loaded[c], ref) for c in chips}
+    else:
+        within = {c: [(a.rows, a.cols) for a in [iso_area(loaded[c], ref).array]] for c in chips}
+    shapes = {"iso-array": {c: [(loaded[c].array.rows, loaded[c].array.cols)] for c in chips}, "iso-area": within}
+    fields = ("chip", "recipe", "array.rows", "array.cols", *over)
     specs, plans = {}, {}
     for mode, arrays in shapes.items():
-        values = tuple((c, CHIP_RECIPES[c], arrays[c].rows, arrays[c].cols) for c in chips)
+        values = tuple((c, CHIP_RECIPES[c], rows, cols, *over.values()) for c in chips for rows, cols in arrays[c])
         specs[mode] = SweepSpec(source=job.source, out=job.out, workers=job.workers, scheduler=job.scheduler,
-                                grid=(Axis(fields=("chip", "recipe", "array.rows", "array.cols"), values=values),))
+                                grid=(Axis(fields=fields, values=values),))
         plans[mode] = _plan(specs[mode])
     identity = {**job.model_dump(mode="json", exclude={"out", "workers", "scheduler", "source"}),
                 "source": job.source.identity()}
     with job_dir(job.out, "compare", identity, overwrite=overwrite) as out:
         tables = []
         for mode, spec in specs.items():
-            t = _execute(spec, plans[mode], out, f"results_{mode}", progress)
+            t = _fastest_shape(_execute(spec, plans[mode], out, f"results_{mode}", progress))
             t.insert(0, "mode", mode)
             tables.append(t)
-        return _finish(pd.concat(tables, ignore_index=True), baseline, out)
+        return _finish(pd.concat(tables, ignore_index=True), baseline, out, over)
 
 
-def _finish(table: pd.DataFrame, baseline: str, out: Path) -> pd.DataFrame:
+def _fastest_shape(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per chip: the shape with the shortest step (``time_s``; then fewer PEs, then
+    fewer rows), among the points that ran; with ``shapes_tried``."""
+    rows = []
+    for _, g in table.groupby("chip", sort=False):
+        ok = g[g.status == "ok"] if "time_s" in g else g.iloc[0:0]
+        if ok.empty:
+            best = g.iloc[0].copy()
+        else:
+            keys = ok.assign(_pes=ok["array.rows"] * ok["array.cols"])
+            best = keys.sort_values(["time_s", "_pes", "array.rows"], kind="stable").iloc[0].drop("_pes")
+        best["shapes_tried"] = len(g)
+        rows.append(best)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def _finish(table: pd.DataFrame, baseline: str, out: Path, over: dict) -> pd.DataFrame:
     rows = []
     for _, r in table.iterrows():
-        chip = load_chip(r["chip"], {"array.rows": int(r["array.rows"]), "array.cols": int(r["array.cols"])})
+        chip = load_chip(r["chip"], {"array.rows": int(r["array.rows"]), "array.cols": int(r["array.cols"]), **over})
         area = chip_area(chip)
         rows.append({
             "mode": r["mode"], "chip": r["chip"], "recipe": r["recipe"], "array": r["array"],
+            "shapes_tried": int(r["shapes_tried"]),
             "pe_array_mm2": float(area[area.block == "pe_array"].area_mm2.iloc[0]),
             "status": r["status"], "time_per_step_us": r.get("time_s", float("nan")) * 1e6,
             "energy_per_step_uj": r.get("energy_pj", float("nan")) * 1e-6,
@@ -117,7 +151,7 @@ def _finish(table: pd.DataFrame, baseline: str, out: Path) -> pd.DataFrame:
         df.loc[g.index, f"speedup_vs_{baseline}"] = base.time_per_step_us / g.time_per_step_us
         df.loc[g.index, f"energy_ratio_vs_{baseline}"] = g.energy_per_step_uj / base.energy_per_step_uj
         df.loc[g.index, f"accuracy_delta_vs_{baseline}_pts"] = g.test_accuracy_pct - base.test_accuracy_pct
-    order = ["mode", "chip", "recipe", "array", "pe_array_mm2", "time_per_step_us", f"speedup_vs_{baseline}",
+    order = ["mode", "chip", "recipe", "array", "shapes_tried", "pe_array_mm2", "time_per_step_us", f"speedup_vs_{baseline}",
              "energy_per_step_uj", f"energy_ratio_vs_{baseline}", "dram_bytes_per_step", "utilization",
              "test_accuracy_pct", f"accuracy_delta_vs_{baseline}_pts", "status"]
     df = df[order]

@@ -24,7 +24,7 @@ from fourbit.traces.config import IntChoice, StrictModel, set_dotted
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.formats import ACCUMULATOR_FORMATS, LogFormat
 
-__all__ = ["ChipConfig", "UNIT_KINDS", "iso_area", "load_chip", "preset_names"]
+__all__ = ["ChipConfig", "MAX_ASPECT", "UNIT_KINDS", "iso_area", "iso_area_shapes", "load_chip", "preset_names"]
 
 DATAFLOWS = ("ws", "os", "is")
 UNIT_KINDS = ("int4", "fp4xint4", "int8", "fp8", "fp16")
@@ -54,8 +54,11 @@ class ArrayConfig(StrictModel):
     ``macs_per_pe`` is p, the products a PE reduces per cycle in the units that do not set their
     own (on the 4-bit chip its 4-bit modes: 4 for the 4-way INT4 x FP4 inner-product unit of Sun et
     al. 2020, section 6); a PE loads its p stationary values in one cycle. ``overlap_fill_drain``
-    lets each fold start while its predecessor drains (off by default). ``pe_area_um2`` is the
-    area of one PE with all its units (the source of each preset's value is in its TOML file).
+    lets each fold start while its predecessor drains (off by default). ``fp16_mode`` says how a
+    PE with lower-precision units builds its FP16 mode (``separate``: an FP16 FMA of its own;
+    ``shared``: on the other units' datapath at no area; `fourbit.hwsim.area` gives the sources).
+    ``pe_area_um2`` overrides the PE area that `fourbit.hwsim.area.pe_parts` sums from its units
+    (unset: the sum).
     """
 
     PATH = "array"
@@ -65,7 +68,11 @@ class ArrayConfig(StrictModel):
     clock_hz: float = Field(1.0e9, ge=1e3, le=1e12, description="clock frequency (Hz)")
     macs_per_pe: int = Field(4, ge=1, le=1 << 10, description="products per PE per cycle of the units that do not set their own")
     overlap_fill_drain: bool = Field(False, description="each fold starts while its predecessor drains")
-    pe_area_um2: float = Field(485.0, gt=0, allow_inf_nan=False, description="area of one PE with all its units")
+    fp16_mode: Literal["separate", "shared"] = Field(
+        "separate", description="the FP16 mode of a PE with lower-precision units: an FP16 FMA of its own, or "
+                                "run on the other units' datapath")
+    pe_area_um2: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                      description="area of one PE (unset: the sum of its parts, fourbit.hwsim.area)")
 
 
 class UnitConfig(StrictModel):
@@ -289,20 +296,49 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
     return ChipConfig.from_dict(data, source).with_overrides(overrides)
 
 
-def iso_area(chip: ChipConfig, reference: ChipConfig) -> ChipConfig:
-    """``chip`` with the PE-array area of ``reference`` (design.md section 5): floor(area / PE area)
-    PEs of ``chip``, arranged as square as possible (rows = floor(sqrt(n)), cols = floor(n / rows));
-    everything else of ``chip`` unchanged. The PE areas are the effective ones of
-    `fourbit.hwsim.energy.chip_area` (the shift-add share scales with radix)."""
-    from fourbit.hwsim.energy import chip_area
+MAX_ASPECT = 4
+"""Largest rows : cols (or cols : rows) of an iso-area array shape (`iso_area_shapes`)."""
 
-    def pe_area(c: ChipConfig) -> float:
-        return float(chip_area(c).area_mm2[0]) * 1e6 / (c.array.rows * c.array.cols * c.chip.cores)
 
-    area = pe_area(reference) * reference.array.rows * reference.array.cols
-    n = int(area // pe_area(chip))
+def _iso_area_pes(chip: ChipConfig, reference: ChipConfig) -> int:
+    """PEs of ``chip`` in the PE-array area of ``reference`` (PE areas from
+    `fourbit.hwsim.area.pe_area_um2`)."""
+    from fourbit.hwsim.area import pe_area_um2
+
+    area = pe_area_um2(reference) * reference.array.rows * reference.array.cols
+    n = int(area // pe_area_um2(chip))
     if n < 1:
         raise ConfigError(f"iso-area: one PE of {chip.chip.name!r} is larger than the whole array of {reference.chip.name!r}")
-    rows = math.isqrt(n)
-    return chip.with_overrides({"array.rows": rows, "array.cols": n // rows,
+    return n
+
+
+def iso_area(chip: ChipConfig, reference: ChipConfig, shape: tuple[int, int] | None = None) -> ChipConfig:
+    """``chip`` with the PE-array area of ``reference`` (design.md section 5): floor(area / PE area)
+    PEs of ``chip``, arranged as ``shape`` (rows, cols; one of `iso_area_shapes`) or, by default,
+    as square as possible (rows = floor(sqrt(n)), cols = floor(n / rows)); everything else of
+    ``chip`` unchanged.
+
+    Raises ConfigError when one PE is larger than the area, or ``shape`` does not fit it."""
+    n = _iso_area_pes(chip, reference)
+    if shape is None:
+        rows = math.isqrt(n)
+        shape = (rows, n // rows)
+    elif shape[0] * shape[1] > n:
+        raise ConfigError(f"iso-area: {shape[0]}x{shape[1]} PEs of {chip.chip.name!r} exceed the PE-array area of "
+                          f"{reference.chip.name!r} ({n} PEs)")
+    return chip.with_overrides({"array.rows": shape[0], "array.cols": shape[1],
                                 "chip.name": f"{chip.chip.name}_iso_area_{reference.chip.name}"})
+
+
+def iso_area_shapes(chip: ChipConfig, reference: ChipConfig, max_aspect: int = MAX_ASPECT) -> list[tuple[int, int]]:
+    """The array shapes (rows, cols) of ``chip`` that fit the PE-array area of ``reference`` with
+    an aspect ratio of at most ``max_aspect``, in increasing rows, left out any shape that another
+    of them contains (no fewer rows and no fewer columns: all its PEs and more). Raises
+    ConfigError as `iso_area`."""
+    n = _iso_area_pes(chip, reference)
+    shapes = []
+    for rows in range(1, n + 1):
+        cols = min(n // rows, max_aspect * rows)
+        if cols >= 1 and rows <= max_aspect * cols:
+            shapes.append((rows, cols))
+    return [(r, c) for r, c in shapes if not any(r2 >= r and c2 >= c and (r2, c2) != (r, c) for r2, c2 in shapes)]

@@ -1,4 +1,4 @@
-"""Energy and area per event, every number with its source.
+"""Energy per event, every number with its source (areas: `fourbit.hwsim.area`).
 
 The default table is the 7 nm table of ``reference/hardware.md`` section 6 (published 7 nm
 operation energies of Jouppi et al., ISCA 2021, Table 2, where they exist; otherwise derived by
@@ -20,7 +20,7 @@ import pandas as pd
 
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["EnergyEntry", "energy_table", "sram_pj_per_bit", "table_frame"]
+__all__ = ["EnergyEntry", "energy_table", "peak_throughput", "sram_pj_per_bit", "table_frame"]
 
 
 @dataclass(frozen=True)
@@ -129,40 +129,6 @@ def sram_pj_per_bit(capacity_bytes: float, table: dict[str, float], write: bool 
     ys = [v for _, v in anchors]
     pj = float(np.interp(x, xs, ys))
     return pj * table["sram.write_factor"] if write else pj
-
-
-SRAM_BITCELL_UM2 = 0.027
-"""High-density SRAM bitcell at N7, um^2 (hardware.md 6, recalled: ASM)."""
-SRAM_ARRAY_EFFICIENCY = 0.6
-"""Bitcell area / macro area of an SRAM (hardware.md 6: 50-70%; ASM)."""
-
-
-def chip_area(chip) -> pd.DataFrame:
-    """Area per block in mm^2 with its source: the PE array (``array.pe_area_um2`` per PE; the
-    shift-add path's share scales with radix and exponent bits, `fourbit.hwsim.blocks.log_path`), each
-    SRAM buffer (bitcell / array efficiency), the scaling unit (``scaling.area_um2_per_lane``),
-    times ``chip.cores``. DRAM is off chip and not counted."""
-    from fourbit.hwsim.blocks.log_path import SHIFT_ADD_AREA_SHARE, LogPath
-
-    a = chip.array
-    pe = a.pe_area_um2
-    note = "array.pe_area_um2 (the preset's TOML names the source)"
-    if "fp4xint4" in chip.units:
-        factor = LogPath(chip.log_path).area_factor()
-        pe = pe * (1 - SHIFT_ADD_AREA_SHARE + SHIFT_ADD_AREA_SHARE * factor)
-        note += f"; shift-add share {SHIFT_ADD_AREA_SHARE} x {factor:.3f} for radix {chip.log_path.radix}, e = {chip.log_path.exponent_bits}"
-    rows = [("pe_array", a.rows * a.cols * pe, note)]
-    cell = SRAM_BITCELL_UM2 / SRAM_ARRAY_EFFICIENCY
-    for buf in ("ifmap", "filter", "ofmap"):
-        rows.append((f"sram_{buf}", getattr(chip.sram, f"{buf}_bytes") * 8 * cell,
-                     f"{SRAM_BITCELL_UM2} um^2/bit HD bitcell / {SRAM_ARRAY_EFFICIENCY} array efficiency (hardware.md 6, ASM)"))
-    lanes = chip.scaling.lanes
-    rows.append(("scaling_unit", 0.0 if math.isinf(lanes) else lanes * chip.scaling.area_um2_per_lane,
-                 "scaling.area_um2_per_lane (ASM)"))
-    df = pd.DataFrame(rows, columns=["block", "area_um2", "source"])
-    df["area_um2"] *= chip.chip.cores
-    df.insert(2, "area_mm2", df["area_um2"] / 1e6)
-    return df.drop(columns="area_um2")
 
 
 def peak_throughput(chip) -> pd.DataFrame:

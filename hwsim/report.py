@@ -119,7 +119,7 @@ class SimReport:
         return self.to_frame()[_ENERGY].sum()
 
     def area(self) -> pd.DataFrame:
-        """Chip area per block (mm^2) with sources (`fourbit.hwsim.energy.chip_area`)."""
-        from fourbit.hwsim.energy import chip_area
+        """Chip area per block (mm^2) with sources (`fourbit.hwsim.area.chip_area`)."""
+        from fourbit.hwsim.area import chip_area
 
         return chip_area(self.chip)

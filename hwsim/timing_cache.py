@@ -18,7 +18,7 @@ from fourbit.hwsim.pipeline import Timing  # noqa: F401 (the values it keeps)
 
 __all__ = ["TIMING_FREE", "TimingCache", "chip_timing_view", "clear_timing_cache", "timings"]
 
-TIMING_FREE = {"chip": {"name", "description"}, "array": {"pe_area_um2"}, "scaling": {"area_um2_per_lane"},
+TIMING_FREE = {"chip": {"name", "description"}, "array": {"pe_area_um2", "fp16_mode"}, "scaling": {"area_um2_per_lane"},
                "energy": True, "log_path": True}
 """Chip fields that no timing reads: names, areas, the energy model, the log path (its operand
 widths are the unit's, in the job)."""

@@ -17,9 +17,6 @@ from dataclasses import dataclass
 __all__ = ["LogPath"]
 
 _REFERENCE = (16, 3)  # product bits and shifter stages of radix 4, e = 3 (the table's anchor)
-SHIFT_ADD_AREA_SHARE = 0.3
-"""Share of the 4-bit PE's area taken by the shift-add path at radix 4, e = 3 (ASM: the PE also
-holds the INT4 MAC, the FP16 mode and the registers)."""
 
 
 @dataclass(frozen=True)

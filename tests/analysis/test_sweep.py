@@ -303,8 +303,17 @@ def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     base = table[table.chip == "fp16"]
     assert (base.speedup_vs_fp16 == 1).all() and (base.energy_ratio_vs_fp16 == 1).all()
     four = table[table.chip == "fourbit"].set_index("mode")
-    assert four.loc["iso-array", "array"] == "32x32" and four.loc["iso-area", "array"] == "43x43"
-    assert four.loc["iso-area", "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0]
+    assert four.loc["iso-array", "array"] == "32x32" and four.loc["iso-array", "shapes_tried"] == 1
+    # iso-area: every chip, the baseline too, ran each shape within the FP16 array's area (aspect <= 4)
+    from fourbit.hwsim.config import iso_area_shapes, load_chip
+
+    fp16 = load_chip("fp16")
+    iso = table[table["mode"] == "iso-area"].set_index("chip")
+    for chip in ("fourbit", "fp16", "int8", "hfp8"):
+        shapes = iso_area_shapes(load_chip(chip), fp16)
+        assert iso.loc[chip, "shapes_tried"] == len(shapes) > 1
+        assert tuple(int(x) for x in iso.loc[chip, "array"].split("x")) in shapes
+        assert iso.loc[chip, "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0] * (1 + 1e-12)
     assert (four.speedup_vs_fp16 > 1).all() and (four.energy_ratio_vs_fp16 < 1).all()
     assert (tmp_path / "c" / "compare.csv").is_file()
     with pytest.raises(ConfigError, match="name a chip twice"):

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fourbit.hwsim.blocks.log_path import LogPath
-from fourbit.hwsim.config import LogPathConfig, iso_area, load_chip
+from fourbit.hwsim.config import LogPathConfig, load_chip
 from fourbit.hwsim.engine import simulate
 from fourbit.hwsim.mapping import compute_cycles
 from fourbit.traces import schema
@@ -165,15 +165,6 @@ def test_deadlock_is_detected(monkeypatch):
     monkeypatch.setattr(dma_module.Dma, "run", stuck)
     with pytest.raises(SimulationError, match=r"deadlock at cycle 0 in GEMM L fwd \(free input halves 0"):
         simulate(gemm_trace(64, 64, 64), load_chip("fourbit"))
-
-
-def test_iso_area_preset_follows_the_rule():
-    fourbit, fp16 = load_chip("fourbit"), load_chip("fp16")
-    derived = iso_area(fourbit, fp16)
-    shipped = load_chip("fourbit_iso_area")
-    assert (derived.array.rows, derived.array.cols) == (shipped.array.rows, shipped.array.cols) == (43, 43)
-    # 0.497 mm^2 / 267 um^2 = 1,860 PEs; 43 x 43 = 1,849 is the most square arrangement below
-    assert 43 * 43 <= 32 * 32 * 485 / 267 < 44 * 43
 
 
 @pytest.mark.parametrize("radix, ebits, width, stages", [(4, 3, 16, 3), (2, 3, 10, 3), (16, 3, 28, 3),
