@@ -639,6 +639,11 @@ def _output_stationary(plan: TilePlan, a: Operand, b: Operand, R: int, C: int, p
                 plan.add(m_fold(m_len, first_m), n)
 
 
+def _bytes_text(n: float) -> str:
+    """Bytes as text: whole numbers without a point, halves with one (a 1-byte buffer's half is 0.5)."""
+    return f"{n:.1f}".rstrip("0").rstrip(".")
+
+
 def too_small(needs: dict[str, int], have: dict[str, float], halves: int, allowed: dict[str, int] | None = None,
               why: str = "") -> ConfigError:
     """The error for buffers ``have`` (bytes) that cannot hold the smallest tile, whose buffers
@@ -650,7 +655,7 @@ def too_small(needs: dict[str, int], have: dict[str, float], halves: int, allowe
         if need > have[buffer]:
             return ConfigError(
                 f"sram.{buffer}_bytes is too small: the smallest tile needs {math.ceil(need / halves)} bytes {part}, "
-                f"there are {int(have[buffer] / halves)}; allowed: sram.{buffer}_bytes >= {allowed[buffer]}{why}")
+                f"there are {_bytes_text(have[buffer] / halves)}; allowed: sram.{buffer}_bytes >= {allowed[buffer]}{why}")
     return ConfigError("no mapping of this GEMM fits the SRAM buffers")
 
 
