@@ -56,7 +56,7 @@ def _nonneg_int(text: str) -> int:
 def _overrides(pairs: list[str] | None) -> dict:
     """``--set FIELD=VALUE`` pairs, each value parsed by its chip field's type."""
     from fourbit.hwsim.config import ChipConfig
-    from fourbit.traces.config import field_info, parse_text
+    from fourbit.traces.config import allowed_text, field_info, parse_text
     from fourbit.traces.errors import ConfigError
 
     out = {}
@@ -64,10 +64,13 @@ def _overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {pair!r}")
         key, value = (part.strip() for part in pair.split("=", 1))
-        try:  # worded like the range checks of `ChipConfig.with_overrides`
-            out[key] = parse_text(field_info(ChipConfig, key)[1], value, key)
+        try:  # worded like the checks of `ChipConfig.with_overrides`
+            info, annotation = field_info(ChipConfig, key)
+            out[key] = parse_text(annotation, value, key)
         except ConfigError as exc:
-            raise ConfigError(f"overrides: {exc}") from None
+            allowed = "" if "allowed" in str(exc) or "unknown field" in str(exc) else \
+                f"; allowed {allowed_text(info, annotation)}"
+            raise ConfigError(f"overrides: {exc}{allowed}") from None
     return out
 
 

@@ -43,7 +43,7 @@ class ChipInfo(StrictModel):
     split each GEMM's output rows (or columns, when there are more) evenly."""
 
     PATH = "chip"
-    name: str = Field("chip", description="the design's name")
+    name: str = Field("chip", min_length=1, description="the design's name")
     description: str = Field("", description="free text")
     cores: int = Field(1, ge=1, le=1 << 12, description="identical cores sharing the DRAM channel")
 

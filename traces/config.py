@@ -257,9 +257,12 @@ def parse_text(annotation: Any, text: str, name: str) -> Any:
         raise ConfigError(f"{name} = {text!r}: expected an integer")
     if t is float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ConfigError(f"{name} = {text!r}: expected a number") from None
+        if math.isinf(value) and low.lstrip("+-") not in ("inf", "infinity"):
+            raise ConfigError(f"{name} = {text!r} overflows a number; write inf for an infinite value")
+        return value
     if t is str:
         return text
     if isinstance(t, type) and hasattr(t, "parse"):
@@ -309,7 +312,8 @@ def allowed_text(info: FieldInfo | None, annotation: Any = None) -> str:
         if bounds:
             text += " " + " and ".join(bounds)
     elif t is str:
-        text = "a string"
+        least = next((getattr(m, "min_length", None) for m in metadata if getattr(m, "min_length", None)), None)
+        text = "a non-empty string" if least == 1 else f"a string of at least {least} characters" if least else "a string"
     elif origin in (tuple, list):
         items = [a for a in typing.get_args(t) if a is not Ellipsis]
         least = next((getattr(m, "min_length", None) for m in metadata if getattr(m, "min_length", None)), None)

@@ -62,6 +62,13 @@ def check_main_job(out: Path, stdout: str) -> None:
     (["compare", "--trace", "nowhere"], "nowhere: not a directory"),
     (["simulate", "nowhere", "--chip", "fourbit"], "nowhere: not a directory"),
     (["simulate", "nowhere", "--chip", "fourbit", "--set", "array.rows=0"], "array.rows = 0 is out of range"),
+    # a wrong type is worded like a value out of range, with what is allowed
+    (["simulate", "nowhere", "--chip", "fourbit", "--set", "sram.ifmap_bytes=abc"],
+     "overrides: sram.ifmap_bytes = 'abc': expected an integer; allowed an integer >= 1 and <= 1099511627776"),
+    (["simulate", "nowhere", "--chip", "fourbit", "--set", "dram.bandwidth_bytes_per_s=1e400"],
+     "dram.bandwidth_bytes_per_s = '1e400' overflows a number; write inf for an infinite value"),
+    (["simulate", "nowhere", "--chip", "fourbit", "--set", "chip.name="],
+     "chip.name = '' is out of range: allowed a non-empty string"),
     (["import-scalesim", "nope", "--batch", "1"], "topology 'nope' is neither a file nor a shipped topology"),
     (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.rows=8", "--scheduler", "nonsense"],
      "--scheduler 'nonsense': no dask.distributed scheduler reached"),
