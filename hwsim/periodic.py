@@ -15,12 +15,14 @@ where the DMA is about to take its next tile (`fourbit.hwsim.blocks.dma.Dma.run`
 - the DMA's own: its place in the plan (segment, run, tile of the run), the previous tile's
   compute cycles and whether at least two silent tiles precede (all its batching looks at).
 
-Three kinds of places are compared: the first tile taken in two segments of equal content (a
+Four kinds of places are compared: the first tile taken in two segments of equal content (a
 period of whole segments, e.g. one column fold's segments after another's), the same tile of the
-pattern in two repetitions of a segment (a period of whole repetitions), and two tiles of one
-run (a period of tiles). When the states are equal, the run jumps ahead by as many whole periods
-as the plan still repeats (segments that repeat the period's one by one; the repetitions or
-tiles the segment or run still holds), keeping at least its last tile: the clock and every pending event move on by n periods' cycles, and every counter
+pattern in two repetitions of a segment (a period of whole repetitions), the first tile taken in
+two runs of one repetition of a pattern (a period of runs, e.g. the column folds merged into one
+pattern), and two tiles of one run (a period of tiles). When the states are equal, the run jumps
+ahead by as many whole periods as the plan still repeats (segments or runs that repeat the
+period's one by one, landing on one like the current; the repetitions or tiles the segment or
+run still holds, keeping at least its last): the clock and every pending event move on by n periods' cycles, and every counter
 (`COUNTERS` of each block: busy and stall cycles, bytes, tiles done) grows by n times what it grew
 over one period. That is exactly what simulating those periods would have given, so counters
 equal the tile-by-tile run (tested on random plans, `tests/hwsim/test_properties.py`); only the
@@ -68,9 +70,12 @@ class Periodic:
         # repetition of the current segment, and at each tile of the current run
         self.by_segment: dict = {}
         self.by_rep: dict = {}
+        self.by_run: dict = {}
         self.by_tile: dict = {}
         self.segment = -1
         self.rep_checked = None  # (segment, repetition) whose first tile was checked
+        self.run_checked = None  # (segment, repetition, run) whose first tile was checked
+        self.pattern_at = None  # (segment, repetition) whose runs are in by_run
         self.run = None  # (segment, repetition, run) being checked tile by tile
         self.run_checks = 0
         self.jumps = 0
@@ -86,6 +91,7 @@ class Periodic:
         if by_seg:
             self.segment, self.by_rep, self.rep_checked = cur.si, {}, None
         by_rep = repeat - cur.rep >= MIN_LEFT and self.rep_checked != (cur.si, cur.rep)
+        by_run = len(pattern) - cur.ri >= MIN_LEFT and self.run_checked != (cur.si, cur.rep, cur.ri)
         by_tile = count - cur.off >= MIN_LEFT
         if by_tile:
             where = (cur.si, cur.rep, cur.ri)
@@ -93,7 +99,7 @@ class Periodic:
                 self.run, self.run_checks, self.by_tile = where, 0, {}
             self.run_checks += 1
             by_tile = self.run_checks <= RUN_CHECKS
-        if not (by_seg or by_rep or by_tile):
+        if not (by_seg or by_rep or by_run or by_tile):
             return
         try:
             state = self._state(dma_state)
@@ -101,33 +107,51 @@ class Periodic:
             return
         now, values = self.env.now, tuple(getattr(b, name) for b, name in self.counters)
         if by_seg:
-            key = (segments[cur.si], cur.rep, cur.ri, cur.off, state)
-            seen = self.by_segment.get(key)
-            if seen is not None:
-                si0, now0, values0 = seen
-                period = cur.si - si0
-                same = 1  # segments from here on that repeat those from si0 on, period by period
-                while cur.si + same < len(segments) and segments[cur.si + same] == segments[si0 + same % period]:
-                    same += 1
-                n = (same - 1) // period  # whole periods, landing on a segment like this one
-                if n:
-                    self._jump(n, now - now0, values, values0)
-                    cur.si += n * period
-                    return
-            else:
-                if len(self.by_segment) >= MAX_RECORDS:
-                    self.by_segment.clear()
-                self.by_segment[key] = (cur.si, now, values)
+            n, period = self._match_sequence(self.by_segment, (segments[cur.si], cur.rep, cur.ri, cur.off, state),
+                                             segments, cur.si, now, values)
+            if n:
+                cur.si += n * period
+                return
         if by_rep:
             self.rep_checked = (cur.si, cur.rep)
             n, period = self._match(self.by_rep, (cur.ri, cur.off, state), cur.rep, now, values, repeat - 1)
             if n:
                 cur.rep += n * period
                 return
+        if by_run:
+            self.run_checked = (cur.si, cur.rep, cur.ri)
+            if (cur.si, cur.rep) != self.pattern_at:
+                self.pattern_at, self.by_run = (cur.si, cur.rep), {}
+            n, period = self._match_sequence(self.by_run, (pattern[cur.ri], cur.off, state), pattern, cur.ri, now,
+                                             values)
+            if n:
+                cur.ri += n * period
+                return
         if by_tile:
             n, period = self._match(self.by_tile, state, cur.off, now, values, count - 1)
             if n:
                 cur.off += n * period
+
+    def _match_sequence(self, records: dict, key: tuple, items, at: int, now: int, values: tuple) -> tuple[int, int]:
+        """Jump when ``key`` is in ``records``, seen at item ``at0`` of ``items`` (segments of the
+        plan, or runs of a pattern): by n periods of at - at0 items, as far as the items from
+        ``at`` on repeat those from ``at0`` on, landing on an item equal to this one; (n, period)
+        or (0, 0). Else remember it."""
+        seen = records.get(key)
+        if seen is None:
+            if len(records) >= MAX_RECORDS:
+                records.clear()
+            records[key] = (at, now, values)
+            return 0, 0
+        at0, now0, values0 = seen
+        period = at - at0
+        same = 1  # items from here on that repeat those from at0 on, period by period
+        while at + same < len(items) and items[at + same] == items[at0 + same % period]:
+            same += 1
+        n = (same - 1) // period  # whole periods, landing on an item like this one
+        if n:
+            self._jump(n, now - now0, values, values0)
+        return (n, period) if n else (0, 0)
 
     def _match(self, records: dict, key: tuple, at: int, now: int, values: tuple, last: int) -> tuple[int, int]:
         """Jump when ``key`` is in ``records`` (seen at an earlier place ``at``): by n periods,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from fourbit.hwsim.config import load_chip
 from fourbit.hwsim.energy import energy_table
 from fourbit.hwsim.jobs import plan_jobs
+from fourbit.hwsim.mapping import Candidate
 from fourbit.hwsim.pipeline import simulate_gemm
 from fourbit.traces.errors import ConfigError
 from tests.hwsim.test_data_movement import conv_trace
@@ -61,6 +62,18 @@ def test_segments_that_repeat_one_by_one_are_jumped_over_whole():
     fast, walked = _both(job, chip)
     _same(fast, walked)
     assert fast.events * 5 < walked.events
+
+
+def test_runs_that_repeat_within_a_pattern_are_jumped_over_whole():
+    # one PE, os: each of the 200 output columns is 4 K-tiles (3 silent, then outputs), merged into one
+    # pattern of 400 runs repeated for the 6 output rows: the column folds repeat run by run
+    chip = load_chip("fourbit", {"array.rows": 1, "array.cols": 1, "array.dataflow": "os", "scaling.lanes": 4.0})
+    job = _job(gemm_trace(6, 200, 16), chip)
+    job = job.with_plan(job.gemm.plan(Candidate("m-n-k", 4)))
+    assert [(len(pattern), repeat) for pattern, repeat in job.plan.segments] == [(400, 6)]
+    fast, walked = _both(job, chip)
+    _same(fast, walked)
+    assert fast.events * 100 < walked.events
 
 
 chips = st.fixed_dictionaries({
