@@ -142,14 +142,14 @@ class Dma:
     """What grows as the DMA works (`fourbit.hwsim.periodic` adds n periods' worth in a jump)."""
 
     def __init__(self, env: simpy.Environment, dram: Dram, sram: Sram, setup_cycles: int,
-                 compress: bool = True, quiet=None, periodic=None) -> None:
+                 compress: bool = True, quiet=None) -> None:
         self.env = env
         self.dram = dram
         self.sram = sram
         self.setup_cycles = setup_cycles
         self.compress = compress and sram.halves == 2
         self.quiet = quiet or (lambda: False)  # True when no other block can use the DRAM channel
-        self.periodic = periodic  # a `fourbit.hwsim.periodic.Periodic`, visited before each tile
+        self.periodic = None  # a `fourbit.hwsim.periodic.Periodic` (set by the pipeline), visited before each tile
         self.batches = 0
         self.streak = 0  # silent tiles loaded just before the current one (only whether >= 2 matters)
 

@@ -3,8 +3,6 @@ counters of walking every tile, with far fewer events."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +14,7 @@ from fourbit.hwsim.mapping import Candidate
 from fourbit.hwsim.pipeline import simulate_gemm
 from fourbit.traces.errors import ConfigError
 from tests.hwsim.test_data_movement import conv_trace
-from tests.hwsim.test_properties import gemm_trace
+from tests.hwsim.test_properties import chips, gemm_trace
 
 
 def _job(trace, chip):
@@ -76,19 +74,6 @@ def test_runs_that_repeat_within_a_pattern_are_jumped_over_whole():
     assert fast.events * 100 < walked.events
 
 
-chips = st.fixed_dictionaries({
-    "array.rows": st.integers(1, 12), "array.cols": st.integers(1, 12),
-    "array.dataflow": st.sampled_from(["ws", "os", "is"]),
-    "array.overlap_fill_drain": st.booleans(),
-    "dram.bandwidth_bytes_per_s": st.sampled_from([2e8, 1e9, 8e9, math.inf]),
-    "dram.latency_cycles": st.sampled_from([0, 7, 100]),
-    "dma.setup_cycles": st.sampled_from([0, 3]),
-    "scaling.lanes": st.sampled_from([1.0, 4.0, 128.0, math.inf]),
-    "sram.ifmap_bytes": st.sampled_from([512, 4096, 1 << 20]),
-    "sram.filter_bytes": st.sampled_from([512, 4096, 1 << 20]),
-    "sram.ofmap_bytes": st.sampled_from([1024, 8192, 1 << 20]),
-    "sram.double_buffered": st.booleans(),
-})
 gemms = st.tuples(st.integers(100, 2500), st.integers(1, 80), st.integers(1, 400),
                   st.sampled_from(["int4", "fp4xint4", "fp16"]), st.booleans())
 
