@@ -296,25 +296,38 @@ def test_toml_spec_and_cli_with_report(small_trace, tmp_path):
 
 def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     from fourbit.analysis.compare import compare
+    from fourbit.hwsim.config import iso_area, load_chip
 
-    table = compare(Source(trace=small_trace), out=tmp_path / "c", progress=False)
+    table = compare(Source(trace=small_trace), out=tmp_path / "c", iso_area="square", progress=False)
     assert len(table) == 8 and (table.status == "ok").all()
     assert table["mode"].tolist() == ["iso-array"] * 4 + ["iso-area"] * 4
     base = table[table.chip == "fp16"]
     assert (base.speedup_vs_fp16 == 1).all() and (base.energy_ratio_vs_fp16 == 1).all()
     four = table[table.chip == "fourbit"].set_index("mode")
     assert four.loc["iso-array", "array"] == "32x32" and four.loc["iso-array", "shapes_tried"] == 1
-    # iso-area: every chip, the baseline too, ran each shape within the FP16 array's area (aspect <= 4)
-    from fourbit.hwsim.config import iso_area_shapes, load_chip
-
-    fp16 = load_chip("fp16")
-    iso = table[table["mode"] == "iso-area"].set_index("chip")
-    for chip in ("fourbit", "fp16", "int8", "hfp8"):
-        shapes = iso_area_shapes(load_chip(chip), fp16)
-        assert iso.loc[chip, "shapes_tried"] == len(shapes) > 1
-        assert tuple(int(x) for x in iso.loc[chip, "array"].split("x")) in shapes
-        assert iso.loc[chip, "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0] * (1 + 1e-12)
+    # the most square array within the FP16 array's area: 29x30 (PE areas from parts)
+    square = iso_area(load_chip("fourbit"), load_chip("fp16")).array
+    assert four.loc["iso-area", "array"] == f"{square.rows}x{square.cols}" == "29x30"
+    assert four.loc["iso-area", "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0]
     assert (four.speedup_vs_fp16 > 1).all() and (four.energy_ratio_vs_fp16 < 1).all()
     assert (tmp_path / "c" / "compare.csv").is_file()
     with pytest.raises(ConfigError, match="name a chip twice"):
         compare(Source(trace=small_trace), chips=("fourbit", "fourbit", "fp16"), out=tmp_path / "d", progress=False)
+
+
+def test_compare_searches_the_iso_area_shapes_of_every_chip(small_trace, tmp_path):
+    # every shape within the FP16 array's area (aspect <= 4) runs, for the baseline too; the
+    # table keeps each chip's fastest
+    from fourbit.analysis.compare import compare
+    from fourbit.hwsim.config import iso_area_shapes, load_chip
+
+    table = compare(Source(trace=small_trace), chips=("fourbit", "fp16"), out=tmp_path / "c", progress=False)
+    iso = table[table["mode"] == "iso-area"].set_index("chip")
+    tried = pd.read_csv(tmp_path / "c" / "results_iso-area.csv")
+    for chip in ("fourbit", "fp16"):
+        shapes = iso_area_shapes(load_chip(chip), load_chip("fp16"))
+        assert iso.loc[chip, "shapes_tried"] == len(shapes) > 1
+        ran = tried[tried.chip == chip]
+        assert sorted(zip(ran["array.rows"], ran["array.cols"], strict=True)) == sorted(shapes)
+        assert iso.loc[chip, "time_per_step_us"] == pytest.approx(ran.time_s.min() * 1e6)
+        assert iso.loc[chip, "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0] * (1 + 1e-12)
