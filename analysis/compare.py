@@ -9,7 +9,7 @@ area (iso-area; Sun et al. 2020 section 6 compare at iso-area). At iso-area ever
 baseline too, runs the fastest of its shapes that fit that area with an aspect ratio of at most
 4 (``iso_area = "search"``, `fourbit.hwsim.config.iso_area_shapes`; the metric is the workload's
 step time, ties to fewer PEs) or the most square one (``"square"``,
-`fourbit.hwsim.config.iso_area`). The table has one row per (mode, chip), with the shape used
+`fourbit.hwsim.config.iso_area`); ``iso_area_shape`` fixes the shapes of some chips instead. The table has one row per (mode, chip), with the shape used
 and the number of shapes tried: speed-up and energy ratio against the baseline chip in the same mode,
 DRAM bytes, utilization, PE-array area, test accuracy and its difference from the baseline
 recipe's (percentage points) where the recipes were trained. Written to ``out/compare.csv``.
@@ -51,6 +51,8 @@ class Comparison(StrictModel):
     iso_area: Literal["search", "square"] = Field(
         "search", description="iso-area array shapes: the fastest of those within the area (aspect <= 4), or the "
                               "most square")
+    iso_area_shape: str = Field(
+        "", description="fixed iso-area shapes of some chips, e.g. fourbit=29x30,int8=32x28 (the others as --iso-area)")
     fp16_mode: Literal["preset", "separate", "shared"] = Field(
         "preset", description="array.fp16_mode of every chip: each preset's own, or an FP16 FMA of its own, or "
                               "the FP16 mode on the other units' datapath (fourbit.hwsim.area)")
@@ -64,7 +66,22 @@ class Comparison(StrictModel):
                 raise ValueError(f"compare: chip {c!r} has no recipe; chips: {', '.join(CHIP_RECIPES)}")
         if self.baseline not in self.chips:
             raise ValueError(f"compare: the baseline {self.baseline!r} must be one of the chips {self.chips}")
+        for chip in self.fixed_shapes():
+            if chip not in self.chips:
+                raise ValueError(f"compare: iso_area_shape names {chip!r}, which is not among the chips {self.chips}")
         return self
+
+    def fixed_shapes(self) -> dict[str, tuple[int, int]]:
+        """``iso_area_shape`` as {chip: (rows, cols)}. Raises ValueError naming a malformed item."""
+        out: dict[str, tuple[int, int]] = {}
+        for item in filter(None, (part.strip() for part in self.iso_area_shape.split(","))):
+            chip, _, shape = item.partition("=")
+            rows, _, cols = shape.strip().lower().partition("x")
+            if not (rows.isdigit() and cols.isdigit() and int(rows) >= 1 and int(cols) >= 1) or chip.strip() in out:
+                raise ValueError(f"compare: iso_area_shape item {item!r} is not CHIP=ROWSxCOLS (each chip once), "
+                                 "e.g. fourbit=29x30")
+            out[chip.strip()] = (int(rows), int(cols))
+        return out
 
 
 def compare(job: Comparison | Source | None = None, *, progress: bool = True, overwrite: bool = False,
@@ -92,10 +109,17 @@ def compare(job: Comparison | Source | None = None, *, progress: bool = True, ov
     over = {} if job.fp16_mode == "preset" else {"array.fp16_mode": job.fp16_mode}
     loaded = {c: load_chip(c, over) for c in chips}
     ref = loaded[baseline]
-    if job.iso_area == "search":
-        within = {c: iso_area_shapes(loaded[c], ref) for c in chips}
-    else:
-        within = {c: [(a.rows, a.cols) for a in [iso_area(loaded[c], ref).array]] for c in chips}
+    fixed = job.fixed_shapes()
+    within = {}
+    for c in chips:
+        if c in fixed:
+            iso_area(loaded[c], ref, fixed[c])  # raises when the shape exceeds the area
+            within[c] = [fixed[c]]
+        elif job.iso_area == "search":
+            within[c] = iso_area_shapes(loaded[c], ref)
+        else:
+            a = iso_area(loaded[c], ref).array
+            within[c] = [(a.rows, a.cols)]
     shapes = {"iso-array": {c: [(loaded[c].array.rows, loaded[c].array.cols)] for c in chips}, "iso-area": within}
     fields = ("chip", "recipe", "array.rows", "array.cols", *over)
     specs, plans = {}, {}

@@ -298,8 +298,10 @@ def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     from fourbit.analysis.compare import compare
     from fourbit.hwsim.config import iso_area, load_chip
 
-    table = compare(Source(trace=small_trace), out=tmp_path / "c", iso_area="square", progress=False)
+    table = compare(Source(trace=small_trace), out=tmp_path / "c", iso_area="square", iso_area_shape="int8=20x40",
+                    progress=False)
     assert len(table) == 8 and (table.status == "ok").all()
+    assert table[(table["mode"] == "iso-area") & (table.chip == "int8")].array.tolist() == ["20x40"]  # as given
     assert table["mode"].tolist() == ["iso-array"] * 4 + ["iso-area"] * 4
     base = table[table.chip == "fp16"]
     assert (base.speedup_vs_fp16 == 1).all() and (base.energy_ratio_vs_fp16 == 1).all()
@@ -313,6 +315,13 @@ def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     assert (tmp_path / "c" / "compare.csv").is_file()
     with pytest.raises(ConfigError, match="name a chip twice"):
         compare(Source(trace=small_trace), chips=("fourbit", "fourbit", "fp16"), out=tmp_path / "d", progress=False)
+    with pytest.raises(ConfigError, match=r"iso-area: 30x30 PEs of 'fourbit' exceed the PE-array area of 'fp16' \(881 PEs\)"):
+        compare(Source(trace=small_trace), iso_area_shape="fourbit=30x30", out=tmp_path / "e", progress=False)
+    with pytest.raises(ConfigError, match=r"iso_area_shape item 'fourbit=29by30' is not CHIP=ROWSxCOLS"):
+        compare(Source(trace=small_trace), iso_area_shape="fourbit=29by30", out=tmp_path / "e", progress=False)
+    with pytest.raises(ConfigError, match=r"iso_area_shape names 'rapid', which is not among the chips"):
+        compare(Source(trace=small_trace), iso_area_shape="rapid=8x8", out=tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
 
 
 def test_compare_searches_the_iso_area_shapes_of_every_chip(small_trace, tmp_path):
