@@ -9,8 +9,8 @@ area (iso-area; Sun et al. 2020 section 6 compare at iso-area). At iso-area ever
 baseline too, runs the fastest of its shapes that fit that area with an aspect ratio of at most
 4 (``iso_area = "search"``, `fourbit.hwsim.config.iso_area_shapes`; the metric is the workload's
 step time, ties to fewer PEs) or the most square one (``"square"``,
-`fourbit.hwsim.config.iso_area`); ``iso_area_shape`` fixes the shapes of some chips instead. The table has one row per (mode, chip), with the shape used
-and the number of shapes tried: speed-up and energy ratio against the baseline chip in the same mode,
+`fourbit.hwsim.config.iso_area`); ``iso_area_shape`` fixes the shapes of some chips instead.
+The table has one row per (mode, chip), with the shape used and the number of shapes tried: speed-up and energy ratio against the baseline chip in the same mode,
 DRAM bytes, utilization, PE-array area, test accuracy and its difference from the baseline
 recipe's (percentage points) where the recipes were trained. Written to ``out/compare.csv``.
 """

@@ -53,7 +53,7 @@ MAX_TILES = 5_000_000
 
 def too_many(row: dict, tiles: int, what: str) -> SimulationError:
     return SimulationError(
-        f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']}) brings {what} to "
+        f"{_name(row)} brings {what} to "
         f"{tiles:,} tiles to simulate one by one on this chip, more than {MAX_TILES:,}; use a larger "
         "array, larger SRAM buffers or steady-state extrapolation (--extrapolate)")
 
@@ -79,10 +79,12 @@ def _name(row: dict) -> str:
     return f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']})"
 
 
-def _too_small(short: list, needs: list, have: dict, halves: int) -> ConfigError:
+def _too_small(short: list, gemms: list, have: dict, halves: int) -> ConfigError:
     """One error for a step whose GEMMs in ``short`` fit no candidate: the first of them, with
-    each buffer's size raised to the largest smallest-tile need of all the step's GEMMs, so that
-    following its advice fits every GEMM (where the buffers alone are at fault)."""
+    each buffer's size raised to the largest smallest-tile need of all the step's ``gemms``
+    ((row, Gemm)), so that following its advice fits every GEMM (where the buffers alone are at
+    fault)."""
+    needs = [(r, g.smallest_tile_bytes(halves)) for r, g in gemms]
     row, why = short[0]
     own = next(n for r, n in needs if r is row)
     buffer = next((b for b in have if own[b] > have[b]), None)
@@ -118,7 +120,7 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
     sram = chip.sram
     caps, halves = (sram.ifmap_bytes, sram.filter_bytes, sram.ofmap_bytes), 2 if sram.double_buffered else 1
     short: list[tuple[dict, str]] = []  # GEMMs no candidate fits, and why
-    needs: list[tuple[dict, dict]] = []  # each GEMM's smallest tile, per buffer
+    gemms: list[tuple[dict, Gemm]] = []  # every GEMM of the step, for the advice when one does not fit
     for row in rows:
         if not input_grad and row["phase"] == "bwd_data" and row["layer"] == input_layer:
             fused.pop((row["layer"], row["phase"]), None)
@@ -132,7 +134,7 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
         except ConfigError as exc:
             short.append((row, str(exc)))
             candidates = ()
-        needs.append((row, gemm.smallest_tile_bytes(halves)))
+        gemms.append((row, gemm))
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
@@ -140,6 +142,6 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
         path = output_path(fused.pop(key, []), out_elems, store, table, tensors.out_elements)
         jobs.append(Job(row, unit, gemm, candidates, None, path, passes.pop(key, []), tensors, chip.chip.cores))
     if short:
-        raise _too_small(short, needs, dict(zip(("ifmap", "filter", "ofmap"), caps, strict=True)), halves)
+        raise _too_small(short, gemms, dict(zip(("ifmap", "filter", "ofmap"), caps, strict=True)), halves)
     leftovers = [(k, v) for k, v in passes.items()] + [(k, [(o, e, "fp32", f) for o, e, f in v]) for k, v in fused.items()]
     return jobs, leftovers
