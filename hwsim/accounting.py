@@ -1,11 +1,11 @@
 """Energy and traffic accounting of a simulated GEMM: event counts x the energy table
 (`fourbit.hwsim.energy`, every number with its source), into one `GemmResult`.
 
-MAC and accumulator energy by unit and format (zero gating optional); registers for both operands
-per MAC and the partial sum per add; SRAM bits per buffer from the tile plan at the energy per
-bit of each buffer's capacity; DRAM bits at the chip's DRAM kind; the scaling unit's fused ops per
-output element and its separate passes; leakage as a fraction of the costliest mode's peak
-dynamic power over the GEMM's cycles.
+MAC and accumulator energy by unit and format (zero gating optional); registers per bit latched,
+by the dataflow's systolic moves (`fourbit.hwsim.registers`); SRAM bits per buffer from the tile
+plan at the energy per bit of each buffer's capacity; DRAM bits at the chip's DRAM kind; the
+scaling unit's fused ops per output element and its separate passes; leakage of every block
+(from its area or its bits: `fourbit.hwsim.energy.leakage_by_block`) over the GEMM's cycles.
 """
 
 from __future__ import annotations
@@ -20,18 +20,7 @@ from fourbit.hwsim.pipeline import Timing
 from fourbit.hwsim.report import GemmResult
 from fourbit.hwsim.units import add_energy_pj, mac_energy_pj
 
-__all__ = ["gemm_result", "pass_energy_pj", "peak_pj_per_cycle"]
-
-
-def peak_pj_per_cycle(chip: ChipConfig, table: dict) -> float:
-    """Dynamic energy per cycle of the PE array at full rate in its most expensive mode."""
-    best = 0.0
-    for kind, unit in chip.units.items():
-        p = chip.unit_macs_per_pe(kind)
-        best = max(best, p * (mac_energy_pj(kind, chip, table) + add_energy_pj(kind, unit.accumulator, table) / p))
-    return best * chip.array.rows * chip.array.cols
-
-
+__all__ = ["gemm_result", "pass_energy_pj"]
 
 
 def pass_energy_pj(ops: list, table: dict) -> float:
@@ -39,8 +28,9 @@ def pass_energy_pj(ops: list, table: dict) -> float:
     return sum(sum(table[e] for e in op_cost(op).events) * elements for op, elements, *_ in ops)
 
 
-def gemm_result(job: Job, timing: Timing, chip: ChipConfig, table: dict) -> GemmResult:
-    """The `GemmResult` of ``job``: its timing, traffic and energy per component."""
+def gemm_result(job: Job, timing: Timing, chip: ChipConfig, table: dict, leak_pj_per_cycle: float) -> GemmResult:
+    """The `GemmResult` of ``job``: its timing, traffic and energy per component; the chip leaks
+    ``leak_pj_per_cycle`` (`fourbit.hwsim.energy.leakage_pj_per_cycle`) over all its cycles."""
     plan, unit, row = job.plan, job.unit, job.row
     total, pass_cycles, memory_stall = timing.total_cycles, timing.pass_cycles, timing.memory_stall_cycles
     cores = job.cores
@@ -56,7 +46,8 @@ def gemm_result(job: Job, timing: Timing, chip: ChipConfig, table: dict) -> Gemm
     adds = math.ceil(macs / unit.macs_per_pe)
     acc_pj = adds * add_energy_pj(unit.kind, unit.accumulator, table)
     psum_bits = 8 * PSUM_BYTES[unit.accumulator]
-    reg_pj = (macs * (unit.a_bits + unit.b_bits) + adds * 2 * psum_bits) * table["reg.bit"]
+    lat = plan.register_latches
+    reg_pj = cores * (lat["a"] * unit.a_bits + lat["b"] * unit.b_bits + lat["psum"] * psum_bits) * table["reg.bit"]
     sizes = {"ifmap": chip.sram.ifmap_bytes, "filter": chip.sram.filter_bytes, "ofmap": chip.sram.ofmap_bytes}
     sram_pj = cores * sum(bits["read"] * sram_pj_per_bit(sizes[b], table)
                           + bits["write"] * sram_pj_per_bit(sizes[b], table, True)
@@ -64,7 +55,7 @@ def gemm_result(job: Job, timing: Timing, chip: ChipConfig, table: dict) -> Gemm
     dram_pj = (dram_read + dram_write) * 8 * table[f"dram.bit.{chip.dram.kind}"]
     out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
     scaling_pj = out_elems * job.path.energy_pj + pass_energy_pj(job.passes, table)
-    leak_pj = chip.energy.leakage_fraction * peak_pj_per_cycle(chip, table) * cores * total
+    leak_pj = leak_pj_per_cycle * total
     t, path = job.tensors, job.path
     state_read = out_elems * path.read_bytes  # optimizer state the output path reads
     compulsory_read = t.a_elements * unit.a_bits / 8 + t.b_elements * unit.b_bits / 8 + state_read

@@ -158,14 +158,15 @@ class ScalingConfig(StrictModel):
 
 class EnergyConfig(StrictModel):
     """Energy model: ``table`` (``7nm``: reference/hardware.md section 6, default; ``45nm``:
-    Horowitz ISSCC 2014), ``leakage_fraction`` of peak dynamic power, ``gate_zeros`` (a product
+    Horowitz ISSCC 2014), ``leakage`` (count every block's leakage power from its area or bits), ``gate_zeros`` (a product
     with a zero operand costs no MAC energy), and ``overrides`` of single table entries (pJ; from
     the command line ``--set energy.overrides.mac.int4=0.02``; the event names are those of
     `fourbit.hwsim.energy.energy_table`)."""
 
     PATH = "energy"
     table: Literal[ENERGY_TABLES] = Field("7nm", description="the energy table")  # type: ignore[valid-type]
-    leakage_fraction: float = Field(0.1, ge=0, le=1, description="leakage power as a fraction of peak dynamic power")
+    leakage: bool = Field(True, description="count the leakage power of every block, from its area or bits "
+                                            "(fourbit.hwsim.energy.leakage_by_block)")
     gate_zeros: bool = Field(False, description="a product with a zero operand costs no MAC energy")
     overrides: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="energy of single events (pJ)")

@@ -7,7 +7,10 @@ a Horowitz entry: the 7 nm value x 3, the inverse of hardware.md's logic porting
 
 Source tags: PUB-V published and seen, PUB-R published and quoted from memory, DER derived by
 arithmetic, ASM engineering assumption (hardware.md "How much to trust each number").
-Energies are dynamic energy in pJ per event; per-bit entries are per bit moved.
+Energies are dynamic energy in pJ per event; per-bit entries are per bit moved (``reg.bit`` per
+bit latched, `fourbit.hwsim.registers`). The two ``leak.*`` entries are leakage energy per ns of
+a unit of area (logic, per um^2) or storage (SRAM, per bit), at nominal voltage; the 45 nm table
+keeps them (no 45 nm figure at hand).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fourbit.hwsim.area import PARTS, chip_area
 from fourbit.traces.errors import ConfigError
 
-__all__ = ["EnergyEntry", "energy_table", "peak_throughput", "sram_pj_per_bit", "table_frame"]
+__all__ = ["EnergyEntry", "energy_table", "leakage_by_block", "leakage_pj_per_cycle", "peak_throughput",
+           "sram_pj_per_bit", "table_frame"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,19 @@ _7NM = [
     EnergyEntry("add.fp16", 0.16, "Jouppi ISCA'21 Tab.2", "PUB-R"),
     EnergyEntry("add.dlfloat16", 0.16, "as fp16 (1-6-9 vs 1-5-10: same width)", "ASM"),
     EnergyEntry("add.fp32", 0.38, "Jouppi ISCA'21 Tab.2", "PUB-V"),
-    EnergyEntry("reg.bit", 0.003, "hardware.md 6: Aladdin 40nm register 0.009 pJ/bit / 3", "DER"),
-    EnergyEntry("sram.read_bit.32KB", 0.04, "hardware.md 6: CACTI 28nm 8KB x 512b wide port 0.035 pJ/b", "DER"),
-    EnergyEntry("sram.read_bit.1MB", 0.22, "Jouppi ISCA'21 Tab.2: 1 MB 14 pJ/64b", "PUB-R"),
-    EnergyEntry("sram.read_bit.8MB", 0.40, "hardware.md 6: 1 MB bank + 2-3 mm of global wire", "DER"),
+    EnergyEntry("reg.bit", 0.003, "hardware.md 6: Aladdin 40nm register 0.009 pJ/bit / 3 (one latch of one bit)", "DER"),
+    EnergyEntry("leak.logic.um2_ns", 0.10 * 0.72 / PARTS["lane.fp16"].um2,
+                "logic leakage per um^2 per ns: 10 % of dynamic at full rate (hardware.md 6, ASM) taken on the FP16 "
+                "FMA, 0.72 pJ per cycle at 1 GHz (Jouppi Tab.2) over its 485.33 um^2 (area.PARTS lane.fp16): "
+                "148 nW/um^2 = 0.148 W/mm^2 at nominal voltage", "DER"),
+    EnergyEntry("leak.sram.bit_ns", 20e-12 * 1e12 / 1e9,
+                "SRAM leakage per bit per ns: 20 pW per high-density bitcell at nominal voltage (a 7 nm 6T cell "
+                "leaks of the order of 10-50 pA at 0.75 V; no published figure at hand)", "ASM"),
+    EnergyEntry("sram.read_bit.8KB", 7.5 / 64, "Jouppi ISCA'21 Tab.2: 8 KB 7.5 pJ per 64-bit read", "PUB-R"),
+    EnergyEntry("sram.read_bit.32KB", 8.5 / 64, "Jouppi ISCA'21 Tab.2: 32 KB 8.5 pJ per 64-bit read", "PUB-R"),
+    EnergyEntry("sram.read_bit.1MB", 14 / 64, "Jouppi ISCA'21 Tab.2: 1 MB 14 pJ per 64-bit read", "PUB-R"),
+    EnergyEntry("sram.read_bit.8MB", 0.40, "hardware.md 6: the 1 MB bank (64-bit port) + 2-3 mm of global wire "
+                "at 0.05-0.1 pJ/bit/mm", "DER"),
     EnergyEntry("sram.write_factor", 1.15, "hardware.md 6: writes 1.1-1.2x reads", "ASM"),
     EnergyEntry("dram.bit.hbm2e", 4.0, "Jouppi Tab.2 HBM2 250-450 pJ/64b; Samsung HBM3E 3.9 pJ/b", "PUB-R"),
     EnergyEntry("dram.bit.lpddr4", 8.0, "hardware.md 1.3: LPDDR3 I/O 3.7, LPDDR4 13-14 pJ/b; mid value", "ASM"),
@@ -71,8 +85,9 @@ _45NM_OVERRIDES = {
     "add.dlfloat16": (0.4, "as fp16", "ASM"),
     "add.fp32": (0.9, "Horowitz ISSCC'14", "PUB-V"),
     "reg.bit": (0.009, "Aladdin 40nm register", "PUB-V"),
-    "sram.read_bit.32KB": (0.31, "Horowitz ISSCC'14: 32 KB cache 20 pJ/64b", "PUB-V"),
-    "sram.read_bit.1MB": (1.56, "Horowitz ISSCC'14: 1 MB 100 pJ/64b", "PUB-V"),
+    "sram.read_bit.8KB": (10 / 64, "Horowitz ISSCC'14: 8 KB cache 10 pJ/64b", "PUB-V"),
+    "sram.read_bit.32KB": (20 / 64, "Horowitz ISSCC'14: 32 KB cache 20 pJ/64b", "PUB-V"),
+    "sram.read_bit.1MB": (100 / 64, "Horowitz ISSCC'14: 1 MB 100 pJ/64b", "PUB-V"),
     "sram.read_bit.8MB": (2.8, "1 MB value + global wire (x1.8 as in the 7 nm table)", "ASM"),
     "dram.bit.hbm2e": (4.0, "as 7 nm (DRAM does not scale with logic)", "PUB-R"),
     "dram.bit.lpddr4": (8.0, "as 7 nm", "ASM"),
@@ -92,7 +107,7 @@ def _rows(table: str) -> list[EnergyEntry]:
             if e.event in _45NM_OVERRIDES:
                 pj, src, tag = _45NM_OVERRIDES[e.event]
                 out.append(EnergyEntry(e.event, pj, src, tag))
-            elif e.event == "sram.write_factor":
+            elif e.event == "sram.write_factor" or e.event.startswith("leak."):
                 out.append(e)
             else:
                 out.append(EnergyEntry(e.event, e.pj * 3, f"7 nm x 3 (logic porting rule, hardware.md 6): {e.source}", "DER"))
@@ -121,14 +136,38 @@ def energy_table(table: str = "7nm", overrides: dict | None = None) -> dict[str,
 
 def sram_pj_per_bit(capacity_bytes: float, table: dict[str, float], write: bool = False) -> float:
     """Read (or write) energy per bit of an SRAM of ``capacity_bytes``: log-linear in capacity
-    between the 32 KB, 1 MB and 8 MB anchors of the table, flat outside them."""
-    anchors = [(32 * 1024, table["sram.read_bit.32KB"]), (1 << 20, table["sram.read_bit.1MB"]),
-               (8 << 20, table["sram.read_bit.8MB"])]
+    between the 8 KB, 32 KB, 1 MB and 8 MB anchors of the table, flat outside them. The anchors
+    up to 1 MB are one source at one port width (64-bit reads, Jouppi et al. ISCA 2021 Table 2;
+    Horowitz ISSCC 2014 for the 45 nm table), so the slope against capacity is that source's."""
+    anchors = [(8 * 1024, table["sram.read_bit.8KB"]), (32 * 1024, table["sram.read_bit.32KB"]),
+               (1 << 20, table["sram.read_bit.1MB"]), (8 << 20, table["sram.read_bit.8MB"])]
     x = math.log2(max(capacity_bytes, 1))
     xs = [math.log2(a) for a, _ in anchors]
     ys = [v for _, v in anchors]
     pj = float(np.interp(x, xs, ys))
     return pj * table["sram.write_factor"] if write else pj
+
+
+def leakage_by_block(chip, table: dict[str, float]) -> pd.DataFrame:
+    """Leakage power of each block of ``chip`` (all cores): block, area_mm2, leakage_mw, rule.
+    Logic blocks (the PE array, the scaling unit) leak ``leak.logic.um2_ns`` per um^2 of their
+    `fourbit.hwsim.area.chip_area`; an SRAM buffer leaks ``leak.sram.bit_ns`` per bit it
+    stores. With ``energy.leakage = false`` every row is 0."""
+    on = chip.energy.leakage
+    rows = []
+    for r in chip_area(chip).itertuples():
+        if r.block.startswith("sram_"):
+            bits = getattr(chip.sram, f"{r.block[5:]}_bytes") * 8 * chip.chip.cores
+            pj_ns, rule = bits * table["leak.sram.bit_ns"], f"{bits:,} bits x leak.sram.bit_ns"
+        else:
+            pj_ns, rule = r.area_mm2 * 1e6 * table["leak.logic.um2_ns"], "area x leak.logic.um2_ns"
+        rows.append((r.block, r.area_mm2, pj_ns * on, rule))  # 1 pJ/ns = 1 mW
+    return pd.DataFrame(rows, columns=["block", "area_mm2", "leakage_mw", "rule"])
+
+
+def leakage_pj_per_cycle(chip, table: dict[str, float]) -> float:
+    """Leakage energy of the whole chip per clock cycle, pJ (`leakage_by_block` over the clock)."""
+    return float(leakage_by_block(chip, table)["leakage_mw"].sum()) * 1e9 / chip.array.clock_hz  # mW x ns
 
 
 def peak_throughput(chip) -> pd.DataFrame:

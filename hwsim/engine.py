@@ -13,7 +13,7 @@ import os
 from fourbit.hwsim import steady_state
 from fourbit.hwsim.accounting import gemm_result, pass_energy_pj
 from fourbit.hwsim.config import ChipConfig, load_chip
-from fourbit.hwsim.energy import energy_table
+from fourbit.hwsim.energy import energy_table, leakage_pj_per_cycle
 from fourbit.hwsim.jobs import MAX_TILES, Job, plan_jobs, too_many
 from fourbit.hwsim.mapper import Pipeline, choose
 from fourbit.hwsim.mapping import TilePlan
@@ -35,6 +35,7 @@ class _Runner:
         self.chip, self.table, self.cache = chip, table, cache
         self.compress, self.extrapolate = compress, extrapolate
         self.chip_view = chip_timing_view(chip)
+        self.leak_pj_per_cycle = leakage_pj_per_cycle(chip, table)
         self.extrapolated = 0
         self.results: list[GemmResult] = []
         self.events = 0
@@ -104,12 +105,13 @@ class _Runner:
             job, timing = self.mapped(job)
             if not self.compress:  # the tiles walked count against the step's budget
                 self.walked += job.plan.tiles
-            self.results.append(gemm_result(job, timing, self.chip, self.table))
+            self.results.append(gemm_result(job, timing, self.chip, self.table, self.leak_pj_per_cycle))
         for (layer, phase), ops in leftovers:
             timing = simulate_passes(ops, self.chip)
             self.events += timing.events
             self.results.append(GemmResult.vector(layer, phase, timing.total_cycles, timing.dram_read_bytes,
-                                                  timing.dram_write_bytes, pass_energy_pj(ops, self.table)))
+                                                  timing.dram_write_bytes, pass_energy_pj(ops, self.table),
+                                                  self.leak_pj_per_cycle * timing.total_cycles))
 
 
 def simulate(trace: Trace | str | os.PathLike, chip: ChipConfig | str | os.PathLike, step: int | None = None, *,

@@ -79,6 +79,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from fourbit.hwsim.registers import register_latches
 from fourbit.hwsim.tensors import ConvGeometry
 from fourbit.traces.errors import ConfigError
 
@@ -176,6 +177,7 @@ class TilePlan:
     segments: list = field(default_factory=list)  # [(Pattern, repeat)]
     candidate: Candidate | None = None  # the loop order, tile length and residencies it was built from
     sram_bits: dict = field(default_factory=dict)  # buffer -> {"read": bits, "write": bits}
+    register_latches: dict = field(default_factory=dict)  # "a", "b", "psum" -> latches (all groups)
     _totals: dict | None = field(default=None, repr=False, compare=False)  # of the tiles' fields (`total`)
 
     def add(self, pattern, repeat: int = 1, merged: bool = False) -> None:
@@ -776,6 +778,8 @@ class Gemm:
             totals["read_a_bytes"], totals["read_b_bytes"] = totals["read_b_bytes"], totals["read_a_bytes"]
         plan._totals = totals
         plan.sram_bits = _sram_traffic(self, plan, tiles_per_fold)
+        latches = register_latches(self.M, self.N, self.K, self.rows, self.cols, self.p, self.dataflow, tiles_per_fold)
+        plan.register_latches = {name: n * self.groups for name, n in latches.items()}
         return plan
 
 

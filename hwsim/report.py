@@ -66,11 +66,15 @@ class GemmResult:
     energy_leakage_pj: float = 0.0
 
     @classmethod
-    def vector(cls, layer: str, phase: str, cycles: int, read: float, write: float, pj: float) -> GemmResult:
+    def vector(cls, layer: str, phase: str, cycles: int, read: float, write: float, pj: float,
+               leakage_pj: float) -> GemmResult:
+        """A standalone vector pass: ``cycles``, DRAM bytes ``read``/``write`` (all compulsory: the
+        pass's own), its operations' energy ``pj`` and the chip's leakage over its cycles."""
         return cls(layer, phase, "vector", total_cycles=int(cycles), scaling_stall_cycles=int(cycles),
                    vector_pass_cycles=int(cycles), dram_read_bytes=read, dram_write_bytes=write,
                    compulsory_read_bytes=read, compulsory_write_bytes=write, im2col_read_bytes=read,
-                   im2col_write_bytes=write, vector_read_bytes=read, vector_write_bytes=write, energy_scaling_pj=pj)
+                   im2col_write_bytes=write, vector_read_bytes=read, vector_write_bytes=write, energy_scaling_pj=pj,
+                   energy_leakage_pj=leakage_pj)
 
 
 @dataclass

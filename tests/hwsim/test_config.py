@@ -23,8 +23,10 @@ def _toml(tmp_path, text: str):
     ("[array]\nrowz = 3\n", r"chip.toml: unknown field array.rowz; fields of \[array\]: rows, cols, dataflow"),
     ("[units.int9]\naccumulator = 'fp16'\n", r"units: unknown key 'int9'; allowed one of 'int4', 'fp4xint4'"),
     ("[array]\ncols = 0\n", r"chip.toml: array.cols = 0 is out of range: allowed an integer >= 1 and <= 65536$"),
-    ("[energy]\nleakage_fraction = 1.5\n", r"energy.leakage_fraction = 1.5 is out of range: allowed a number >= 0 "
-                                           r"and <= 1$"),
+    ('[energy.overrides]\n"mac.int4" = -1\n', r"energy.overrides.mac.int4 = -1 is out of range: allowed a finite "
+                                                r"number >= 0$"),
+    ("[energy]\nleakage_fraction = 0.1\n", r"unknown field energy.leakage_fraction; fields of \[energy\]: table, "
+                                           r"leakage, gate_zeros"),
     ("[array]\nmacs_per_pe = 8\n[units.int4]\nmacs_per_pe = 4\n",
      r"chip.toml: array.macs_per_pe = 8 has no effect: every unit of this chip sets its own \(units.int4.macs_per_pe "
      r"= 4\); set those instead$"),
