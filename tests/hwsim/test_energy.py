@@ -21,7 +21,7 @@ def test_sram_anchors_are_one_source_at_one_port_width():
     45 nm: Horowitz ISSCC 2014 (10, 20, 100). Energy per bit grows with capacity."""
     for name, per_64b in (("7nm", (7.5, 8.5, 14)), ("45nm", (10, 20, 100))):
         t = energy_table(name)
-        for size, pj in zip((8 << 10, 32 << 10, 1 << 20), per_64b):
+        for size, pj in zip((8 << 10, 32 << 10, 1 << 20), per_64b, strict=True):
             assert sram_pj_per_bit(size, t) == pytest.approx(pj / 64, rel=1e-12)
         sizes = [1 << k for k in range(10, 26)]
         pj = [sram_pj_per_bit(s, t) for s in sizes]
