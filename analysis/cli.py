@@ -12,6 +12,7 @@ each default and help text lives once, in the model:
 ``fourbit ablation``  `fourbit.ablation` (`Ablation`)
 ``fourbit sweep``     `fourbit.sweep` (`SweepSpec`)
 ``fourbit compare``   `fourbit.compare` (`Comparison`)
+``fourbit explain``   `fourbit.explain` (`fourbit.analysis.explain.explain_job`)
 ``fourbit report``    `fourbit.analysis.report.write_report`
 ``fourbit bench``     `fourbit.analysis.bench.run_benchmarks`
 
@@ -281,6 +282,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fourbit.analysis.explain import explain_job
+
+    result = explain_job(args.workload, args.chip, args.baseline, chip_set=_overrides(args.set),
+                         baseline_set=_overrides(args.baseline_set), recipe=args.recipe,
+                         baseline_recipe=args.baseline_recipe, out=args.out, overwrite=args.overwrite)
+    for title, df in (("speed-up", result.speedup), ("energy ratio", result.energy)):
+        print(f"\n{title} of {result.chip} over {result.baseline}, term by term:")
+        with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.float_format", "{:.3f}".format):
+            print(df.to_string(index=False))
+    print(f"\nwrote {args.out}/explain.csv and {args.out}/explain.png (and .svg)")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from fourbit.analysis.report import write_report
 
@@ -429,6 +446,25 @@ def _add_compare(sub) -> None:
     cm.set_defaults(func=_cmd_compare)
 
 
+def _add_explain(sub) -> None:
+    e = _verb(sub, "explain", "The gap from the ratio of peak compute densities to the measured speed-up, term "
+                              "by term, and the energy ratio by component (fourbit.explain; the terms and how each "
+                              "is switched off: `python -m pydoc fourbit.analysis.explain`).")
+    e.add_argument("workload", help="a run or imported trace directory (each chip runs its own recipe's trace of it)")
+    e.add_argument("--chip", default="fourbit", choices=CHIP_CHOICES, metavar="CHIP",
+                   help="the chip explained: a preset, one of %(choices)s, or a TOML path (default fourbit)")
+    e.add_argument("--baseline", default="fp16", choices=CHIP_CHOICES, metavar="CHIP",
+                   help="the chip it is compared with, as --chip (default fp16)")
+    e.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field of --chip, e.g. array.rows=27")
+    e.add_argument("--baseline-set", action="append", metavar="FIELD=VALUE", help="override a field of --baseline")
+    e.add_argument("--recipe", default=None, help="the recipe of --chip (default: the preset's, as in compare)")
+    e.add_argument("--baseline-recipe", default=None, help="the recipe of --baseline (default: the preset's)")
+    e.add_argument("--out", default="explain-out", help="output directory (default explain-out)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace the results already at --out (another job's, or foreign files)")
+    e.set_defaults(func=_cmd_explain)
+
+
 def _add_report(sub) -> None:
     rp = _verb(sub, "report")
     rp.add_argument("directory", help="a sweep, compare, ablation or main-job output directory")
@@ -445,7 +481,7 @@ def _add_bench(sub) -> None:
 
 
 _VERBS = {"run": _add_run, "train": _add_train, "simulate": _add_simulate, "import-scalesim": _add_import,
-          "chip": _add_chip, "ablation": _add_ablation, "sweep": _add_sweep, "compare": _add_compare,
+          "chip": _add_chip, "ablation": _add_ablation, "sweep": _add_sweep, "compare": _add_compare, "explain": _add_explain,
           "report": _add_report, "bench": _add_bench}
 _SUMMARY = {"run": "the main job: train int4 and fp32, simulate both chips, compare",
             "train": "train a model with a recipe and write its run directory",
@@ -455,6 +491,7 @@ _SUMMARY = {"run": "the main job: train int4 and fp32, simulate both chips, comp
             "ablation": "the FP4 ablation: log base, TPR, GradScale vs global scale, over seeds",
             "sweep": "a grid over chip fields and recipe parameters: simulate (and train) every point",
             "compare": "the 4-bit chip vs FP16, INT8 and HFP8 chips, iso-array and iso-area",
+            "explain": "why a chip's speed-up and energy ratio are what they are, term by term",
             "report": "one static HTML page of a sweep's (or compare's) tables and figures",
             "bench": "the software's own speed, as ratios measured side by side"}
 

@@ -28,7 +28,7 @@ __all__ = ["MANIFEST", "job_dir"]
 
 MANIFEST = "fourbit-job.json"
 RESULTS = ("results*.parquet", "results*.csv", "compare.csv", "ablation*.csv", "main_job.csv", "main_job.png",
-           "sim_*.csv", "report.html", "figures")
+           "sim_*.csv", "explain.csv", "explain.png", "explain.svg", "report.html", "figures")
 """The result tables and figures the jobs write at the top of their directory; the caches
 (``runs/``, ``traces/``, ``points/``) are not among them."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +14,7 @@ import pandas as pd  # noqa: E402
 from fourbit.hwsim.report import SimReport  # noqa: E402
 from fourbit.traces.files import atomic_write  # noqa: E402
 
-__all__ = ["main_job_figure", "sweep_figures"]
+__all__ = ["main_job_figure", "save_figure", "sweep_figures", "waterfall_figure"]
 
 _COMPONENTS = {
     "energy_mac_pj": "MAC", "energy_acc_pj": "accumulate", "energy_reg_pj": "registers",
@@ -57,7 +58,7 @@ def _write(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=120, format=path.suffix[1:])
 
 
-def _save(fig, out: Path, stem: str) -> list[Path]:
+def save_figure(fig, out: Path, stem: str) -> list[Path]:
     """Write ``fig`` as PNG and SVG."""
     paths = [out / f"{stem}.{ext}" for ext in ("png", "svg")]
     for path in paths:
@@ -115,7 +116,7 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         ax2.set_yscale("log")
         ax1.legend(fontsize=7, ncol=2)
         fig.tight_layout()
-        paths += _save(fig, out, "speedup_energy_vs_array")
+        paths += save_figure(fig, out, "speedup_energy_vs_array")
     acc = ok.dropna(subset=["test_accuracy_pct"])
     if not acc.empty and acc["radix"].nunique() > 1:
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -131,7 +132,7 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        paths += _save(fig, out, "accuracy_vs_radix")
+        paths += save_figure(fig, out, "accuracy_vs_radix")
     keys = [c for c in table.columns[: list(table.columns).index("point_id")]]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(ok) + 2), 5))
     labels = [_label(r, keys) for _, r in ok.iterrows()]
@@ -145,7 +146,7 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     ax.set_title("Energy by component")
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
-    paths += _save(fig, out, "energy_breakdown")
+    paths += save_figure(fig, out, "energy_breakdown")
     paths += _utilization_figure(ok, keys, Path(out).parent / "points", out)
     return paths
 
@@ -177,4 +178,44 @@ def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Pa
     ax.legend(title="array", fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, out, "utilization_per_layer")
+    return save_figure(fig, out, "utilization_per_layer")
+
+
+def _minor_log_label(v: float, _pos) -> str:
+    """Minor tick labels of a log axis at 2x and 5x each power of ten only."""
+    lead = round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
+    return f"{v:g}" if lead in (2, 5) else ""
+
+
+def waterfall_figure(explanation):
+    """The speed-up and energy waterfalls of an `fourbit.analysis.explain.Explanation`: one
+    floating bar per term on a log axis, from the ratio before the term to the ratio after it,
+    labelled with its factor; the measured ratio as the last, grey bar. Returns the figure."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, df, title, good_up in ((axes[0], explanation.speedup, "speed-up", True),
+                                   (axes[1], explanation.energy, "energy ratio", False)):
+        before, labels = 1.0, []
+        for i, r in enumerate(df.itertuples()):
+            lo, hi = sorted((before, r.ratio))
+            colour = "tab:green" if (r.ratio >= before) == good_up else "tab:red"
+            ax.barh(i, hi - lo, left=lo, color=colour, height=0.6)
+            ax.text(hi * 1.03, i, f"x{r.factor:.3f}", va="center", fontsize=8)
+            labels.append(r.term)
+            before = r.ratio
+        n = len(df)
+        ax.barh(n, before - 1.0 if before >= 1 else 1.0 - before, left=min(1.0, before), color="0.5", height=0.6)
+        ax.text(max(1.0, before) * 1.03, n, f"{before:.3f}", va="center", fontsize=8, weight="bold")
+        ax.set_yticks(range(n + 1), [*labels, "measured"], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_minor_log_label))
+        ax.tick_params(axis="x", which="both", labelsize=7)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel(f"{title}, {explanation.chip} over {explanation.baseline} (log scale)")
+        ax.set_title(f"{title.capitalize()}: each term's factor, cumulative")
+        lo = min(df["ratio"].min(), 1.0)
+        hi = max(df["ratio"].max(), 1.0)
+        ax.set_xlim(lo / 1.3, hi * 1.6)
+    fig.tight_layout()
+    return fig

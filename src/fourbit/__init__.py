@@ -17,6 +17,7 @@ numpy, numba or pandas:
 ``load_chip(preset_or_toml, overrides) -> ChipConfig``  `fourbit.hwsim.config.load_chip`
 ``sweep(spec) -> DataFrame``                            `fourbit.analysis.sweep.sweep`
 ``compare(source, ...) -> DataFrame``                   `fourbit.analysis.compare.compare`
+``explain(trace, chip, baseline_trace, baseline)``      `fourbit.analysis.explain.explain`
 ``main_job(job) -> DataFrame``                          `fourbit.analysis.run.main_job`
 """
 
@@ -48,6 +49,8 @@ _API = {
     "load_spec": ("fourbit.analysis.sweep", "load_spec"),
     "Source": ("fourbit.analysis.workloads", "Source"),
     "compare": ("fourbit.analysis.compare", "compare"),
+    "explain": ("fourbit.analysis.explain", "explain"),
+    "Explanation": ("fourbit.analysis.explain", "Explanation"),
     "ablation": ("fourbit.analysis.ablation", "ablation"),
     "Ablation": ("fourbit.analysis.ablation", "Ablation"),
     "main_job": ("fourbit.analysis.run", "main_job"),

@@ -171,7 +171,8 @@ def test_divergence_is_one_clear_line(tmp_path):
     assert not (tmp_path / "d").exists()  # nothing was written: no directory left behind
 
 
-VERBS = ("run", "train", "simulate", "import-scalesim", "chip", "ablation", "sweep", "compare", "report", "bench")
+VERBS = ("run", "train", "simulate", "import-scalesim", "chip", "ablation", "sweep", "compare", "explain", "report",
+         "bench")
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -186,7 +187,7 @@ def test_help_of_every_command_shows_defaults_and_choices(verb):
         assert "--lr LR peak learning rate of the cosine schedule; a finite number > 0 (default: 0.1)" in text
     if verb in ("run", "train", "sweep", "import-scalesim"):
         assert "fp32, fp16, hfp8, int8, int4-fwd, int4, int4-dw8" in text
-    if verb in ("run", "sweep", "simulate"):
+    if verb in ("run", "sweep", "simulate", "explain"):
         assert "fourbit, fourbit_iso_area, fp16, hfp8, int8, rapid" in text
     defaults = {"run": "(default: 20)", "train": "(default: 20)", "sweep": "(default: 1)", "compare": "(default: 1)",
                 "ablation": "(default: 1)"}
