@@ -65,6 +65,10 @@ def _overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE, got {pair!r}")
         key, value = (part.strip() for part in pair.split("=", 1))
+        if not key:
+            raise argparse.ArgumentTypeError(f"--set takes FIELD=VALUE with a field name, got {pair!r}")
+        if key in out:
+            raise argparse.ArgumentTypeError(f"--set {key} is given twice; give each field once")
         try:  # worded like the checks of `ChipConfig.with_overrides`
             info, annotation = field_info(ChipConfig, key)
             out[key] = parse_text(annotation, value, key)

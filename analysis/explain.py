@@ -7,8 +7,9 @@ Speed-up. Each chip runs a training step at seven levels of realism. Level 0 is 
 MAC of the step on the chip's fastest unit at full rate. Each next level adds one effect back,
 in this fixed order, and the last level is the full simulation:
 
-1. ``16-bit layers``: every GEMM on the unit its formats need (the first and last layers' FP16
-   GEMMs run at 1 product per PE per cycle, not the 4-bit unit's p), still at full rate:
+1. ``16-bit GEMMs``: every GEMM on the unit its formats need (the FP16 GEMMs of the first and
+   last layers, or any GEMM whose formats only an FP16 unit computes, run at 1 product per PE per
+   cycle, not the 4-bit unit's p), still at full rate:
    sum over GEMMs of MACs / (cores * rows * cols * p of its unit).
 2. ``partial folds and padding``: whole folds (`fourbit.hwsim.mapping`): a fold whose K, N (or M)
    does not fill the array, and a GEMM split unevenly over the cores, take as long as a full
@@ -34,7 +35,7 @@ the same GEMMs). The product of all factors is the measured speed-up, with no re
 
 Energy. From the two full simulations: the start is the ratio of the step's MACs at each chip's
 fastest unit's energy per MAC (MAC plus its share of the accumulator add); then the measured
-datapath (the unit mix: 16-bit layers, accumulators), registers, SRAM, DRAM, vector work and
+datapath (the unit mix: 16-bit GEMMs, accumulators), registers, SRAM, DRAM, vector work and
 leakage are added one by one: the ratio after term k is the chip's sum of the components so far
 over the baseline's; factors are ratios of consecutive ones, and their product is the measured
 energy ratio.
@@ -54,11 +55,12 @@ from fourbit.hwsim.energy import energy_table
 from fourbit.hwsim.engine import mapped_jobs, simulate
 from fourbit.hwsim.mapping import fold_count
 from fourbit.hwsim.units import add_energy_pj, mac_energy_pj
+from fourbit.traces.errors import ConfigError
 from fourbit.traces.io import Trace, read
 
 __all__ = ["ENERGY_TERMS", "SPEED_TERMS", "Explanation", "explain", "explain_job"]
 
-SPEED_TERMS = ("16-bit layers", "partial folds and padding", "fill and drain", "memory", "vector work",
+SPEED_TERMS = ("16-bit GEMMs", "partial folds and padding", "fill and drain", "memory", "vector work",
                "weight update")
 """The effects of the speed-up waterfall, in the order they are added back (module docstring)."""
 ENERGY_TERMS = {"datapath": ("energy_mac_pj", "energy_acc_pj"), "registers": ("energy_reg_pj",),
@@ -162,9 +164,12 @@ def _speedup(chip, base, levels_a, levels_b, macs_a, macs_b) -> pd.DataFrame:
     rows = [("peak compute density", density, "peak MACs/s per mm^2 of PE array, fastest unit"),
             ("PE-array area", area, "PE-array mm^2, chip over baseline"),
             ("work", macs_b / macs_a, "MACs of the step, baseline over chip")]
-    how = ("each GEMM on its own unit, at full rate", "whole folds, no fill or drain",
-           "simulated: memory, vector work and weight update off", "simulated: vector work and weight update off",
-           "simulated: weight update off", "simulated: the full step (measured)")
+    how = ("each GEMM on the unit its formats need, at full rate",
+           "whole folds, padding included; no fill or drain",
+           "added: each fold's fill and drain (simulated, memory, vector work and update off)",
+           "added: DRAM, DMA and SRAM stalls (simulated, vector work and update off)",
+           "added: the trace's ops on the scaling unit (simulated, update off)",
+           "added: optimizer update and weight requantization (the full step, measured)")
     ratios = [b / a for a, b in zip(levels_a, levels_b, strict=True)]
     rows += [(term, ratios[k + 1] / ratios[k], how[k]) for k, term in enumerate(SPEED_TERMS)]
     df = pd.DataFrame(rows, columns=["term", "factor", "how"])
@@ -176,7 +181,8 @@ def _energy(chip, base, full_a, full_b, macs_a, macs_b) -> pd.DataFrame:
     ta, tb = (energy_table(c.energy.table, c.energy.overrides) for c in (chip, base))
     fa, fb = _fastest(chip)[0], _fastest(base)[0]
     start = macs_a * _pj_per_mac(chip, fa, ta) / (macs_b * _pj_per_mac(base, fb, tb))
-    rows = [(f"datapath at the fastest unit ({fa} / {fb})", start, "MACs x (MAC + accumulate share) pJ")]
+    rows = [(f"datapath per MAC at the fastest units ({fa} / {fb})", start,
+             "MACs x (MAC + its share of the accumulator add) pJ")]
     ea, eb = full_a.to_frame(), full_b.to_frame()
     sum_a = sum_b = 0.0
     before = start
@@ -184,12 +190,27 @@ def _energy(chip, base, full_a, full_b, macs_a, macs_b) -> pd.DataFrame:
         sum_a += float(ea[list(cols)].sum().sum())
         sum_b += float(eb[list(cols)].sum().sum())
         after = sum_a / sum_b
-        what = "measured: every GEMM on its unit, accumulators" if term == "datapath" else "measured, added"
+        what = ("measured: every GEMM on its unit, with its accumulator" if term == "datapath"
+                else f"added: the {term} energy of the measured runs")
         rows.append((term, after / before, what))
         before = after
     df = pd.DataFrame(rows, columns=["term", "factor", "how"])
     df.insert(2, "ratio", df["factor"].cumprod())
     return df
+
+
+_SHAPE = ["layer", "phase", "M", "N", "K", "groups"]
+
+
+def _check_same_workload(trace: Trace, baseline_trace: Trace) -> None:
+    """ConfigError naming the first GEMM where the two steps differ in layer, phase or shape."""
+    a, b = (t.gemms[_SHAPE].astype(str).agg(" ".join, axis=1).tolist() for t in (trace, baseline_trace))
+    if a == b:
+        return
+    i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    show = lambda rows: rows[i] if i < len(rows) else "no GEMM"  # noqa: E731
+    raise ConfigError(f"the two traces are not the same workload: GEMM {i} is {show(a)!r} in the chip's "
+                      f"trace and {show(b)!r} in the baseline's (layer phase M N K groups)")
 
 
 def explain(trace: Trace | str | os.PathLike, chip: ChipConfig | str, baseline_trace: Trace | str | os.PathLike,
@@ -201,14 +222,33 @@ def explain(trace: Trace | str | os.PathLike, chip: ChipConfig | str, baseline_t
 
     Returns an `Explanation`; the product of each waterfall's factors is the measured ratio.
 
-    Raises ConfigError or TraceError as `fourbit.hwsim.engine.simulate` does.
+    Raises ConfigError when the two steps are not the same workload (their GEMMs differ in layer,
+    phase, shape or order), and ConfigError or TraceError as `fourbit.hwsim.engine.simulate` does.
     """
     chip, base = (c if isinstance(c, ChipConfig) else load_chip(c) for c in (chip, baseline))
     ta, tb = ((t if isinstance(t, Trace) else read(t)).step() for t in (trace, baseline_trace))
+    _check_same_workload(ta, tb)
     levels_a, macs_a, full_a = _levels(ta, chip)
     levels_b, macs_b, full_b = _levels(tb, base)
     return Explanation(chip.chip.name, base.chip.name, _speedup(chip, base, levels_a, levels_b, macs_a, macs_b),
                        _energy(chip, base, full_a, full_b, macs_a, macs_b))
+
+
+def _check_units(chip: ChipConfig, recipe: str, trace: Trace) -> None:
+    """ConfigError, before any work, when no unit of ``chip`` computes a GEMM ``recipe`` gives a
+    layer role the workload has (first, hidden, last; depthwise where it has depthwise layers)."""
+    from fourbit.hwsim.units import select_unit
+    from fourbit.models.recipes import get_recipe
+
+    described = get_recipe(recipe).describe()
+    roles = ["first", "hidden", "last"] + (["depthwise"] if (trace.gemms.layer_type == "dwconv2d").any() else [])
+    for role in roles:
+        for phase, (a, b, _, _) in described[role]["gemm_formats"].items():
+            try:
+                select_unit(chip, a, b)
+            except ConfigError as exc:
+                raise ConfigError(f"recipe {recipe!r} ({role} layers, {phase}) on chip {chip.chip.name!r}: "
+                                  f"{exc}") from None
 
 
 def explain_job(workload: str | os.PathLike, chip: str = "fourbit", baseline: str = "fp16", *,
@@ -222,33 +262,36 @@ def explain_job(workload: str | os.PathLike, chip: str = "fourbit", baseline: st
     model trained again, cached under ``out``). Writes ``out/explain.csv`` and
     ``out/explain.png`` (and ``.svg``) in a job directory (`fourbit.analysis.jobdir`).
 
-    Raises ConfigError: a chip without a recipe of its own and none given, bad overrides, ``out``
-    refused; before any work.
+    Raises ConfigError: a chip without a recipe of its own and none given, bad overrides, a
+    recipe with a GEMM no unit of its chip computes, ``out`` refused; before any work.
     """
     from fourbit.analysis.compare import CHIP_RECIPES
     from fourbit.analysis.jobdir import job_dir
     from fourbit.analysis.plots import save_figure
     from fourbit.analysis.workloads import Source, materialize
-    from fourbit.traces.errors import ConfigError
     from fourbit.traces.files import atomic_write
 
-    chips = {}
-    recipes = {}
-    for name, over, given_recipe in ((chip, chip_set, recipe), (baseline, baseline_set, baseline_recipe)):
+    given = read(workload)
+    chips, recipes = {}, {}
+    for side, name, over, given_recipe in (("chip", chip, chip_set, recipe),
+                                           ("baseline", baseline, baseline_set, baseline_recipe)):
         cfg = load_chip(name, over or {})
         own = given_recipe or CHIP_RECIPES.get(str(name))
         if own is None:
+            flag = "--recipe" if side == "chip" else "--baseline-recipe"
             raise ConfigError(f"chip {str(name)!r} has no recipe of its own ({', '.join(CHIP_RECIPES)} do); "
-                              "give one (--recipe / --baseline-recipe)")
-        chips[name], recipes[name] = cfg, own
+                              f"give one ({flag})")
+        _check_units(cfg, own, given)
+        chips[side], recipes[side] = cfg, own
     source = Source(trace=str(workload))
-    identity = {"workload": source.identity(), "chips": {str(k): v.model_dump(mode="json") for k, v in chips.items()},
-                "recipes": {str(k): v for k, v in recipes.items()}}
+    identity = {"workload": source.identity(), **{side: {"chip": cfg.model_dump(mode="json"), "recipe": recipes[side]}
+                                                  for side, cfg in chips.items()}}
     with job_dir(out, "explain", identity, overwrite=overwrite) as path:
         loads = source.workloads(sorted(set(recipes.values())), path)
         for w in loads.values():
             materialize(w)
-        result = explain(loads[recipes[chip]].path, chips[chip], loads[recipes[baseline]].path, chips[baseline])
+        result = explain(loads[recipes["chip"]].path, chips["chip"], loads[recipes["baseline"]].path,
+                         chips["baseline"])
         with atomic_write(path / "explain.csv") as tmp:
             result.to_frame().to_csv(tmp, index=False)
         save_figure(result.figure(), path, "explain")

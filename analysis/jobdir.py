@@ -55,8 +55,14 @@ def _refuse(out: Path, identity: dict, kind: str) -> None:
         raise ConfigError(f"--out {str(out)!r} holds the results of a job of kind {what!r}, not {kind!r}; {advice}")
     if old.get("job") != identity:
         where, there, here = first_difference("", old.get("job"), identity)
-        raise ConfigError(f"--out {str(out)!r} holds the results of another {kind} ({where} is {there!r} there, "
-                          f"{here!r} here); {advice}")
+        raise ConfigError(f"--out {str(out)!r} holds the results of another {kind} ({where} is {_brief(there)} "
+                          f"there, {_brief(here)} here); {advice}")
+
+
+def _brief(value, limit: int = 60) -> str:
+    """A value for a one-line message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @contextlib.contextmanager

@@ -23,6 +23,12 @@ from fourbit.traces.errors import ConfigError
 __all__ = ["atomic_dir", "atomic_write", "created_dir", "fsync_dir", "fsync_tree", "previous_dir", "replace_dir"]
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+"""The process's umask (read once at import: `os.umask` can only be read by setting it), applied
+to the files and directories written through temporary names, as a plain ``open`` would."""
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Flush a directory's entries (a rename or a new file in it) to disk. A no-op where the
     platform cannot open directories (the rename is still atomic there)."""
@@ -59,6 +65,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets a new file's usual mode
     os.close(fd)
     tmp = Path(name)
     try:
@@ -90,6 +97,7 @@ def atomic_dir(path: str | os.PathLike, *, marker: str, keep: tuple[str, ...] = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the result gets a new directory's usual mode
     try:
         yield tmp
         fsync_tree(tmp)

@@ -209,7 +209,8 @@ def read(path: str | os.PathLike) -> Trace:
         left = previous_dir(path)
         hint = (f"; an overwrite was interrupted between its two renames: the previous run directory "
                 f"is at {left}") if left else ""
-        raise TraceError(f"{path}: not a directory (a run directory holds {META} and Parquet tables){hint}")
+        what = "not a directory" if path.exists() else "does not exist"
+        raise TraceError(f"{path}: {what} (a run directory holds {META} and Parquet tables){hint}")
     meta = _read_meta(path)
     tables = {}
     for name in schema.TABLES:

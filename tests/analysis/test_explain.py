@@ -12,9 +12,9 @@ from fourbit.analysis.cli import main
 from fourbit.analysis.explain import SPEED_TERMS, _without_ops, explain
 from fourbit.hwsim.config import load_chip
 from fourbit.hwsim.engine import mapped_jobs, simulate
-from fourbit.models.recipes import get_recipe
+from fourbit.traces.errors import ConfigError
 from fourbit.traces.io import read
-from fourbit.traces.scalesim import import_topology
+from tests.analysis import import_topology_traces
 
 TOPOLOGY = """Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
 conv1, 18, 18, 3, 3, 3, 16, 1,
@@ -27,13 +27,7 @@ fc, 1, 1, 1, 1, 1200, 10, 1,
 @pytest.fixture(scope="module")
 def conv_traces(tmp_path_factory):
     """A four-layer SCALE-Sim topology at batch 8, imported with the int4 and the fp16 recipes."""
-    d = tmp_path_factory.mktemp("topo")
-    (d / "small.csv").write_text(TOPOLOGY)
-    out = {}
-    for recipe in ("int4", "fp16"):
-        out[recipe] = d / recipe
-        import_topology(d / "small.csv", 8, get_recipe(recipe).describe()).write(out[recipe])
-    return out
+    return import_topology_traces(tmp_path_factory.mktemp("topo"), TOPOLOGY, ("int4", "fp16"))
 
 
 def _workloads(conv_traces, digits_runs):
@@ -99,3 +93,30 @@ def test_the_command_writes_the_table_and_the_figure(conv_traces, tmp_path, caps
     assert main(["explain", str(conv_traces["int4"]), "--chip", str(toml), "--out", str(tmp_path / "e2")]) == 2
     assert "has no recipe of its own" in capsys.readouterr().err
     assert not (tmp_path / "e2").exists()
+
+
+def test_a_chip_against_its_own_preset_keeps_both_sides(conv_traces, tmp_path):
+    """The same preset on both sides with other overrides: each side keeps its own (a PE array
+    of 4x the baseline's area here), not the other's."""
+    from fourbit.analysis.explain import explain_job
+
+    e = explain_job(conv_traces["fp16"], "fp16", "fp16", chip_set={"array.rows": 64, "array.cols": 64},
+                    out=tmp_path / "same")
+    area = e.speedup.set_index("term").factor
+    assert area["PE-array area"] == pytest.approx(4.0) and area["peak compute density"] == pytest.approx(1.0)
+    assert e.measured_speedup > 1.1  # not the 1.0 of one chip against itself
+
+
+def test_a_recipe_the_chip_cannot_run_is_refused_before_any_work(conv_traces, tmp_path, capsys):
+    toml = tmp_path / "int4only.toml"
+    toml.write_text('[chip]\nname = "int4only"\n\n[units.int4]\nmacs_per_pe = 4\naccumulator = "int32"\n')
+    out = tmp_path / "n1"
+    assert main(["explain", str(conv_traces["int4"]), "--chip", str(toml), "--recipe", "int4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "recipe 'int4' (first layers, fwd) on chip 'int4only'" in err and "no unit" in err
+    assert not out.exists()
+
+
+def test_two_traces_of_different_workloads_are_refused(conv_traces, digits_runs):
+    with pytest.raises(ConfigError, match="not the same workload: GEMM 0"):
+        explain(conv_traces["int4"], "fourbit", digits_runs["fp32"].trace, "fp16")

@@ -9,10 +9,9 @@ import pytest
 
 from fourbit.analysis.sweep import Axis, SweepSpec, load_spec, parse_grid, sweep
 from fourbit.analysis.workloads import Source
-from fourbit.models.recipes import get_recipe
 from fourbit.models.trainer import TrainConfig
 from fourbit.traces.errors import ConfigError
-from fourbit.traces.scalesim import import_topology
+from tests.analysis import import_topology_traces
 
 sweep_mod = importlib.import_module("fourbit.analysis.sweep")
 
@@ -26,11 +25,7 @@ fc, 1, 1, 1, 1, 1568, 10, 1,
 @pytest.fixture(scope="module")
 def small_trace(tmp_path_factory):
     """A three-layer SCALE-Sim topology imported at batch 8 with the int4 recipe."""
-    d = tmp_path_factory.mktemp("topo")
-    (d / "small.csv").write_text(TOPOLOGY)
-    path = d / "trace"
-    import_topology(d / "small.csv", 8, get_recipe("int4").describe()).write(path)
-    return str(path)
+    return str(import_topology_traces(tmp_path_factory.mktemp("topo"), TOPOLOGY, ("int4",))["int4"])
 
 
 GRID = ("array.rows,array.cols=8,16", "log_path.radix=2,4", "array.dataflow=ws,os")

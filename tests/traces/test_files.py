@@ -4,6 +4,7 @@ file; a failed write leaves nothing; a failed command leaves no new directory.""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -81,3 +82,16 @@ def test_created_dir_names_an_unwritable_place(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="is not a writable directory"), created_dir(blocker / "sub"):
         pass
+
+
+def test_written_files_and_directories_get_the_usual_modes_not_the_temporaries(tmp_path):
+    """mkstemp and mkdtemp make 0600 and 0700; what they become gets the modes a plain open and
+    mkdir give under the process's umask."""
+    with atomic_write(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+    with atomic_dir(tmp_path / "d", marker="m") as tmp:
+        (tmp / "m").write_text("")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
