@@ -17,6 +17,7 @@ from fourbit.hwsim.mapping import Candidate, Gemm, Operand, TilePlan, too_small
 from fourbit.hwsim.tensors import GemmTensors, gemm_tensors
 from fourbit.hwsim.units import select_unit
 from fourbit.traces.errors import ConfigError, SimulationError
+from fourbit.traces.formats import FloatFormat, get_format
 from fourbit.traces.io import Trace
 
 __all__ = ["Job", "MAX_TILES", "PSUM_BYTES", "plan_jobs", "too_many"]
@@ -138,7 +139,9 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
         key = (row["layer"], row["phase"])
         out_elems = int(row["M"]) * int(row["N"]) * int(row["groups"])
         # mixed precision: FP32 results of FP16 units are stored as FP16, like their operands
-        store = "fp16" if unit.kind == "fp16" and row["out_format"] == "fp32" else row["out_format"]
+        out_fmt = get_format(row["out_format"])
+        store = "fp16" if unit.kind == "fp16" and isinstance(out_fmt, FloatFormat) and out_fmt.bits > 16 \
+            else row["out_format"]
         path = output_path(fused.pop(key, []), out_elems, store, table, tensors.out_elements)
         jobs.append(Job(row, unit, gemm, candidates, None, path, passes.pop(key, []), tensors, chip.chip.cores))
     if short:

@@ -17,8 +17,8 @@ from fourbit.traces.formats import FloatFormat, Format, IntFormat, LogFormat, ge
 
 __all__ = ["UnitChoice", "select_unit"]
 
-_INT4 = {"int4", "uint4"}
-_FP8 = {"fp8_e4m3", "fp8_e5m2"}
+_FP16 = get_format("fp16")
+_FP8S = (get_format("fp8_e4m3"), get_format("fp8_e5m2"))
 
 
 @dataclass(frozen=True)
@@ -28,28 +28,33 @@ class UnitChoice:
     kind: str
     macs_per_pe: int
     accumulator: str
-    a_bits: int
-    b_bits: int
+    a_bits: float
+    b_bits: float
     note: str = ""
 
 
-def _fits_fp16(fmt: Format) -> bool:
-    """Whether every value of ``fmt`` is an FP16 value (so an FP16 unit computes it exactly)."""
-    if isinstance(fmt, IntFormat):
-        return fmt.bits <= 8
-    if isinstance(fmt, LogFormat):
-        exps = fmt.level_exponents()
-        return bool(exps.min() >= -24 and exps.max() <= 15)
-    return isinstance(fmt, FloatFormat) and fmt.name in ("fp16", *_FP8)
+def _small_int(fmt: Format, bits: int) -> bool:
+    return isinstance(fmt, IntFormat) and fmt.bits <= bits
+
+
+def _wide_float(fmt: Format) -> bool:
+    """A float format wider than FP16 (FP32): FP16 units run it as FP16, the mixed-precision
+    convention of FP16 training hardware."""
+    return isinstance(fmt, FloatFormat) and fmt.bits > 16
 
 
 def _supports(kind: str, a: Format, b: Format, chip: ChipConfig) -> tuple[bool, str]:
-    names = {a.name, b.name}
+    """Whether a unit of ``kind`` computes a x b exactly, from the formats' properties: INT4 MACs
+    take integers of at most 4 bits; the shift-add unit a log format of the chip's radix and
+    exponent bits times such an integer; INT8 MACs integers of at most 8 bits; FP8 FMAs at least
+    one float of at most 8 bits, every operand's values being values of E4M3 or E5M2; FP16 FMAs
+    operands whose values are FP16 values (wider floats run as FP16)."""
+    pair = (a, b)
     if kind == "int4":
-        return names <= _INT4, ""
+        return all(_small_int(f, 4) for f in pair), ""
     if kind == "fp4xint4":
-        logs = [f for f in (a, b) if isinstance(f, LogFormat)]
-        ints = [f for f in (a, b) if f.name in _INT4]
+        logs = [f for f in pair if isinstance(f, LogFormat)]
+        ints = [f for f in pair if _small_int(f, 4)]
         if len(logs) == 1 and len(ints) == 1:
             lf = logs[0]
             ok = lf.radix == chip.log_path.radix and lf.exponent_bits == chip.log_path.exponent_bits
@@ -57,21 +62,25 @@ def _supports(kind: str, a: Format, b: Format, chip: ChipConfig) -> tuple[bool, 
                                       f"{chip.log_path.exponent_bits} exponent bits")
         return False, ""
     if kind == "int8":
-        return names <= _INT4 | {"int8"}, ""
+        return all(_small_int(f, 8) for f in pair), ""
     if kind == "fp8":
-        return bool(names & _FP8) and names <= _FP8 | _INT4, ""
+        narrow_float = any(isinstance(f, FloatFormat) and f.bits <= 8 for f in pair)
+        return narrow_float and all(any(f.representable_in(e) for e in _FP8S) for f in pair), ""
     if kind == "fp16":
-        if "fp32" in names:
-            rest = [f for f in (a, b) if f.name != "fp32"]
-            return all(_fits_fp16(f) for f in rest), "fp32 operands run as fp16"
-        return _fits_fp16(a) and _fits_fp16(b), ""
+        if any(_wide_float(f) for f in pair):
+            rest = [f for f in pair if not _wide_float(f)]
+            return all(f.representable_in(_FP16) for f in rest), "fp32 operands run as fp16"
+        return a.representable_in(_FP16) and b.representable_in(_FP16), ""
     return False, ""
 
 
-def _bits(fmt: Format, kind: str) -> int:
-    if fmt.name == "fp32" and kind == "fp16":
+def _bits(fmt: Format, kind: str) -> float:
+    """Bits moved per element: the format's own, scales included; a wide float on an FP16 unit
+    moves as FP16."""
+    if _wide_float(fmt) and kind == "fp16":
         return 16
-    return fmt.bits
+    bits = fmt.bits_per_element
+    return int(bits) if float(bits).is_integer() else bits
 
 
 def select_unit(chip: ChipConfig, a_format: str, b_format: str) -> UnitChoice:

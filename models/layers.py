@@ -17,17 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fourbit.models import numerics
-from fourbit.models.quantizers import (
-    GradScale,
-    QTensor,
-    pact_backward,
-    quantize_act,
-    quantize_grad,
-    quantize_weight,
-)
+from fourbit.models.quantizers import GradScale, QTensor
 from fourbit.models.recipes import LayerPrecision, Recipe
 from fourbit.models.recorder import Recorder
-from fourbit.traces.formats import Accumulator
+from fourbit.traces.errors import ConfigError, NumericsError
+from fourbit.traces.formats import Accumulator, FloatFormat, Format, get_format
 from fourbit.traces.lowering import GemmShape, conv2d, conv_output_size, linear
 
 __all__ = [
@@ -61,7 +55,7 @@ class Context:
 
 
 def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
-             acc: Accumulator | None, out_format: str, shape: GemmShape, *,
+             acc: Accumulator | None, out_format: Format | str, shape: GemmShape, *,
              extra_scale: float = 1.0, geometry: dict | None = None,
              grad_scale: GradScale | None = None, compute: bool = True) -> np.ndarray | None:
     """One GEMM of a layer, as the chip computes it; returns the real-valued result (float32).
@@ -69,13 +63,18 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     input layer, which training discards; no accumulator events are recorded) and returns None.
 
     The raw sum r = a.values @ b.values uses the accumulator model (`numerics.gemm_with_stats`;
-    ``acc=None`` is the host's float32 BLAS of the FP32 baseline). The scale
-    a.scale * b.scale * extra_scale is applied once, in FP32 (design.md section 3): an integer
+    ``acc=None`` is the host's float32 BLAS of the FP32 baseline). Per-tensor scales
+    a.scale * b.scale * extra_scale are applied once, in FP32 (design.md section 3): an integer
     accumulator's result is scaled and then rounded to ``out_format`` (INT4 forward: int32 ->
     FP16); a float accumulator's result is rounded to ``out_format`` and then scaled, so that
     unscaled gradients (x 1/GradScale) stay in FP32 ([P] section 3.2; technique.md 6, item 13).
+    Block scales are applied to each product before the sum: a block-scaled operand enters the
+    GEMM as values * scales (exact when the scales are powers of two, or when the products fit
+    in FP32; `numerics.gemm` refuses operands that are not exact in FP32), so it needs a float or
+    exact accumulator, not an integer one (a NumericsError otherwise).
     Grouped GEMMs (``shape.groups`` > 1) take a (G, M, K) and b (G, K, N) and return (G, M, N).
     """
+    out_format = get_format(out_format)
     g = shape.groups
     a_shape = (shape.M, shape.K) if g == 1 else (g, shape.M, shape.K)
     b_shape = (shape.K, shape.N) if g == 1 else (g, shape.K, shape.N)
@@ -85,23 +84,24 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     acc_stats = None
     if not compute:
         ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b,
-                          "fp32/g1" if acc is None else acc.name, out_format, geometry=geometry,
+                          "fp32/g1" if acc is None else acc.name, out_format.name, geometry=geometry,
                           grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
         return None
+    av, bv, scale = _scaled_operands(a, b, acc)
     if acc is None:
-        raw = np.matmul(a.values.astype(np.float32), b.values.astype(np.float32))
+        raw = np.matmul(av.astype(np.float32), bv.astype(np.float32))
         acc_name = "fp32/g1"
     elif g == 1:
-        raw, acc_stats = numerics.gemm_with_stats(a.values, b.values, acc)
+        raw, acc_stats = numerics.gemm_with_stats(av, bv, acc)
         acc_name = acc.name
     else:
-        parts = [numerics.gemm_with_stats(a.values[i], b.values[i], acc) for i in range(g)]
+        parts = [numerics.gemm_with_stats(av[i], bv[i], acc) for i in range(g)]
         raw = np.stack([p[0] for p in parts])
         acc_stats = numerics.GemmStats(sum(p[1].overflows for p in parts), sum(p[1].underflows for p in parts),
                                        sum(p[1].nonfinite_outputs for p in parts), parts[0][1].path)
         acc_name = acc.name
-    scale = np.float32(a.scale) * np.float32(b.scale) * np.float32(extra_scale)
-    integer_acc = acc is not None and acc.format in ("int32", "exact")
+    scale = scale * np.float32(extra_scale)
+    integer_acc = acc is not None and acc.sums_exactly
     if grad_scale is not None:  # the sums overflowed (inf, or inf - inf = NaN inside them)
         raw = _overflow_to_zero(raw, grad_scale)
     if integer_acc:
@@ -110,7 +110,7 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         out = _round_to(raw.astype(np.float32), out_format) * scale
     if grad_scale is not None:  # or their output format did
         out = _overflow_to_zero(out, grad_scale)
-    ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format,
+    ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format.name,
                       acc_stats=acc_stats, geometry=geometry,
                       grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
     return out.astype(np.float32, copy=False)
@@ -127,8 +127,28 @@ def _overflow_to_zero(x: np.ndarray, grad_scale: GradScale) -> np.ndarray:
     return np.where(bad, np.zeros((), x.dtype), x)
 
 
-def _round_to(x: np.ndarray, fmt: str) -> np.ndarray:
-    if fmt == "fp32":
+def _scaled_operands(a: QTensor, b: QTensor, acc: Accumulator | None) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """The operand arrays a GEMM sums and the per-tensor scale left to apply to its result: a
+    per-tensor scaled operand as its values (its scale joins the result's), a block-scaled one as
+    values * scales (see `run_gemm`)."""
+    scale = np.float32(1.0)
+    arrays = []
+    for q in (a, b):
+        if q.scaling.kind == "tensor":
+            arrays.append(q.values)
+            scale = scale * np.float32(q.scale)
+            continue
+        if acc is not None and acc.is_integer:
+            raise NumericsError(f"a {q.scaling.kind}-scaled {q.format.name} operand is summed with its block "
+                                f"scales applied, which an integer accumulator ({acc.name}) cannot; use a float "
+                                "or exact accumulator")
+        arrays.append(q.values.astype(np.float64) * q.scaling.expand(q.scales, q.values.shape))
+    return arrays[0], arrays[1], scale
+
+
+def _round_to(x: np.ndarray, fmt: Format) -> np.ndarray:
+    """Round ``x`` to ``fmt`` (a format that holds every float32 value keeps it)."""
+    if isinstance(fmt, FloatFormat) and fmt.dtype == np.dtype(np.float32):
         return np.asarray(x, np.float32)
     return numerics.quantize_float(x, fmt, dtype=np.float32)[0]
 
@@ -181,26 +201,29 @@ class QuantGemmLayer(Layer):
     def precision(self, ctx: Context) -> LayerPrecision:
         return ctx.recipe.precision(self.role)
 
-    def quant_input(self, x: np.ndarray, ctx: Context) -> QTensor:
+    def input_quantizer(self, ctx: Context):
         prec = self.precision(ctx)
-        method = prec.signed_act if self.signed_input else prec.act
-        q = quantize_act(x, method, float(self.alpha.value[0]))
-        if method != "fp32":
-            ctx.recorder.op("quantize_uniform" if q.format.kind == "int" else "cast", x.size, "fp32",
-                            q.format.name, default=(self.name, "fwd"))
+        return prec.signed_act if self.signed_input else prec.act
+
+    def quant_input(self, x: np.ndarray, ctx: Context) -> QTensor:
+        quantizer = self.input_quantizer(ctx)
+        q = quantizer(x, float(self.alpha.value[0]))
+        if quantizer.op is not None:
+            ctx.recorder.op(quantizer.op, x.size, "fp32", q.format.name, default=(self.name, "fwd"))
         return q
 
     def input_backward(self, dq: np.ndarray, x: np.ndarray, ctx: Context) -> np.ndarray:
         """The straight-through gradient of the input quantizer (PACT clips; the others pass)."""
-        if self.signed_input or self.precision(ctx).act != "uint4_pact":
+        quantizer = self.input_quantizer(ctx)
+        if not quantizer.trained_clip:
             return dq
-        dx, dalpha = pact_backward(dq, x, float(self.alpha.value[0]))
+        dx, dalpha = quantizer.backward(dq, x, float(self.alpha.value[0]))
         self.alpha.grad[0] += dalpha
         ctx.recorder.op("pact_bwd", dx.size, "fp32", "fp32")
         return dx
 
     def quant_weight(self, ctx: Context, w: np.ndarray | None = None) -> QTensor:
-        return quantize_weight(self.weight.value if w is None else w, self.precision(ctx).weight)
+        return self.precision(ctx).weight(self.weight.value if w is None else w)
 
     def quant_grads(self, dy: np.ndarray, ctx: Context, observe: bool = True) -> tuple[QTensor, QTensor, float]:
         """Scale the output gradient by GradScale (observing its max), quantize it for
@@ -215,12 +238,12 @@ class QuantGemmLayer(Layer):
             rec.op("maxabs", dy.size, "fp32", "fp32", default=(self.name, "bwd_weight"))
         s = 1.0 if gs is None else gs.scale
         scaled = dy * np.float32(s)
-        g_weight = quantize_grad(scaled, prec.grad_weight, ctx.recipe.tie)
-        g_data = g_weight if prec.grad_data == prec.grad_weight else quantize_grad(scaled, prec.grad_data, ctx.recipe.tie)
-        for g in {id(g_weight): g_weight, id(g_data): g_data}.values():
-            if g.format.name != "fp32":
-                rec.op("quantize_log" if g.codes is not None else "cast", dy.size, "fp32",
-                       g.format.name, default=(self.name, "bwd_weight"))
+        g_weight = prec.grad_weight(scaled)
+        same = prec.grad_data == prec.grad_weight
+        g_data = g_weight if same else prec.grad_data(scaled)
+        for q, g in ((prec.grad_weight, g_weight),) + (() if same else ((prec.grad_data, g_data),)):
+            if q.op is not None:
+                rec.op(q.op, dy.size, "fp32", g.format.name, default=(self.name, "bwd_weight"))
         return g_weight, g_data, 1.0 / s
 
     def update_ops(self, ctx: Context, weights: int) -> None:
@@ -228,13 +251,11 @@ class QuantGemmLayer(Layer):
         momentum read and written; SAWB's moments and re-quantization for the next step)."""
         prec = self.precision(ctx)
         rec = ctx.recorder
-        rec.op("sgd_momentum", weights, prec.output("bwd_weight"), "fp32", layer=self.name, phase="bwd_weight")
-        if prec.weight == "int4_sawb":
-            rec.op("moments", weights, "fp32", "fp32", layer=self.name, phase="bwd_weight")
-        if prec.weight != "fp32":
-            q = "quantize_uniform" if prec.weight.startswith("int") else "cast"
-            rec.op(q, weights, "fp32", quantize_weight(np.zeros(1), prec.weight).format.name,
-                   layer=self.name, phase="bwd_weight")
+        rec.op("sgd_momentum", weights, prec.output("bwd_weight").name, "fp32", layer=self.name, phase="bwd_weight")
+        for op in prec.weight.update_ops:
+            rec.op(op, weights, "fp32", "fp32", layer=self.name, phase="bwd_weight")
+        if prec.weight.op is not None:
+            rec.op(prec.weight.op, weights, "fp32", prec.weight.format.name, layer=self.name, phase="bwd_weight")
 
 
 class Linear(QuantGemmLayer):
@@ -258,7 +279,7 @@ class Linear(QuantGemmLayer):
         y = run_gemm(ctx, self, "fwd", xq, wq.T, prec.acc_fwd, prec.out, shapes["fwd"])
         if self.bias is not None:
             y += self.bias.value
-            ctx.recorder.op("bias_add", y.size, prec.out, "fp32")
+            ctx.recorder.op("bias_add", y.size, prec.out.name, "fp32")
         self._cache = (x2, xq, wq, shapes, lead)
         return y.reshape(*lead, -1)
 
@@ -346,11 +367,12 @@ class Conv2d(QuantGemmLayer):
         xq = self.quant_input(x, ctx)
         cols, p, q = _im2col(xq.values, self.kernel, self.kernel, self.stride, self.padding)
         wq = self.quant_weight(ctx)
+        _per_tensor(self, xq, wq)
         w2 = wq.values.reshape(f, -1)  # (F, C/G * R * S)
         shapes, geometry = self._geometry(x.shape)
-        a = QTensor(self._grouped(cols, cols.shape[0]), xq.format, xq.scale, xq.stats)
+        a = xq.with_values(self._grouped(cols, cols.shape[0]))
         bmat = w2.T if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1).transpose(0, 2, 1))
-        bq = QTensor(bmat, wq.format, wq.scale, wq.stats)
+        bq = wq.with_values(bmat)
         y = run_gemm(ctx, self, "fwd", a, bq, prec.acc_fwd, prec.out, shapes["fwd"], geometry=geometry)
         if g > 1:
             y = y.transpose(1, 0, 2).reshape(y.shape[1], f)
@@ -358,7 +380,7 @@ class Conv2d(QuantGemmLayer):
         y = np.ascontiguousarray(y.reshape(b, p, q, f).transpose(0, 3, 1, 2))
         if self.bias is not None:
             y += self.bias.value[None, :, None, None]
-            ctx.recorder.op("bias_add", y.size, prec.out, "fp32")
+            ctx.recorder.op("bias_add", y.size, prec.out.name, "fp32")
         self._cache = (x, a, w2, wq, shapes, geometry, p, q)
         return y
 
@@ -369,21 +391,21 @@ class Conv2d(QuantGemmLayer):
         b = x.shape[0]
         dy2 = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(b * p * q, f)
         g_weight, g_data, inv = self.quant_grads(dy2, ctx)
-        gw = g_weight.T if g == 1 else QTensor(self._grouped(g_weight.values, b * p * q).transpose(0, 2, 1),
-                                                g_weight.format, g_weight.scale, g_weight.stats,
-                                                None if g_weight.codes is None else
-                                                self._grouped(g_weight.codes, b * p * q).transpose(0, 2, 1))
+        _per_tensor(self, g_weight, g_data)
+        gw = g_weight.T if g == 1 else g_weight.with_values(
+            self._grouped(g_weight.values, b * p * q).transpose(0, 2, 1),
+            None if g_weight.codes is None else self._grouped(g_weight.codes, b * p * q).transpose(0, 2, 1))
         dw = run_gemm(ctx, self, "bwd_weight", gw, a, prec.acc_bwd_weight, prec.output("bwd_weight"),
                       shapes["bwd_weight"], extra_scale=inv, geometry=geometry, grad_scale=self.grad_scale)
         self.weight.grad += dw.reshape(self.weight.value.shape)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
         self.update_ops(ctx, self.weight.value.size)
-        gd = g_data if g == 1 else QTensor(self._grouped(g_data.values, b * p * q), g_data.format,
-                                           g_data.scale, g_data.stats,
-                                           None if g_data.codes is None else self._grouped(g_data.codes, b * p * q))
+        gd = g_data if g == 1 else g_data.with_values(
+            self._grouped(g_data.values, b * p * q),
+            None if g_data.codes is None else self._grouped(g_data.codes, b * p * q))
         wmat = w2 if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1))
-        dcols = run_gemm(ctx, self, "bwd_data", gd, QTensor(wmat, wq.format, wq.scale, wq.stats),
+        dcols = run_gemm(ctx, self, "bwd_data", gd, wq.with_values(wmat),
                          prec.acc_bwd_data, prec.output("bwd_data"), shapes["bwd_data"], extra_scale=inv,
                          geometry=geometry, grad_scale=self.grad_scale, compute=self.needs_input_grad)
         if dcols is None:
@@ -391,9 +413,20 @@ class Conv2d(QuantGemmLayer):
         if g > 1:
             dcols = dcols.transpose(1, 0, 2).reshape(b * p * q, -1)
         if self.kernel > 1 or self.stride > 1:
-            ctx.recorder.op("col2im_add", dcols.size, prec.output("bwd_data"), "fp32")
+            ctx.recorder.op("col2im_add", dcols.size, prec.output("bwd_data").name, "fp32")
         dx = _col2im(dcols, x.shape, self.kernel, self.kernel, self.stride, self.padding, p, q)
         return self.input_backward(dx, x, ctx)
+
+
+def _per_tensor(layer: Layer, *tensors: QTensor) -> None:
+    """ConfigError for a block-scaled operand of a convolution: its blocks would run along the
+    stored tensor's last axis (image width), not along the GEMM's reduction axis of the column
+    matrix, and re-blocking after im2col is not modelled."""
+    for t in tensors:
+        if t.scaling.kind != "tensor":
+            raise ConfigError(f"{layer.name}: {t.scaling.kind}-scaled {t.format.name} operands of a convolution "
+                              "are not modelled (blocks of the stored tensor do not run along the GEMM's K); "
+                              "use per-tensor quantizers for convolutions")
 
 
 class DepthwiseConv2d(Conv2d):

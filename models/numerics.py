@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from fourbit.models import _kernels as K
@@ -306,11 +305,11 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     if not isinstance(fmt, FloatFormat):
         raise FormatError(f"quantize_float takes a float format, got {fmt.name!r}")
     if saturate is None:
-        saturate = fmt.name.startswith("fp8")
+        saturate = fmt.saturates
     _option(rounding, "rounding", ("nearest", "stochastic"))
     if dtype not in (np.float64, np.float32):
         raise NumericsError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}")
-    if (rounding == "nearest" and not saturate and fmt.name in ("fp16", "fp32")
+    if (rounding == "nearest" and not saturate and fmt.ieee_dtype is not None
             and isinstance(x, np.ndarray) and x.dtype == np.float32):
         return _cast_float32(x, fmt, dtype)
     arr = _as_float_array(x, "x")
@@ -335,21 +334,13 @@ def _cast_float32(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, Q
         raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
     flat = np.ascontiguousarray(x).ravel()
     counts = np.zeros(2, np.int64)
-    if fmt.name == "fp16":
+    if fmt.ieee_dtype == np.float16:
         out = np.empty_like(flat)
         K.narrow_array(flat, out, counts)
     else:
         out = flat
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
     return out.reshape(x.shape).astype(dtype, copy=out is flat), stats
-
-
-def to_fp8(x, fmt) -> np.ndarray:
-    """Convert to an ml_dtypes FP8 array with explicit saturation (the FP8 storage type)."""
-    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
-    dt = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2}[fmt.name]
-    arr = np.clip(_as_float_array(x, "x"), -fmt.max_value, fmt.max_value)
-    return arr.astype(dt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,23 +412,24 @@ def _plan(a: _Operand, b: _Operand, k: int, acc: Accumulator) -> str:
     if a.high == 0.0 or b.high == 0.0:
         return "zero"
     low = a.low + b.low
-    if acc.format == "int32":
+    if acc.is_integer:
         bound = k * a.high * b.high  # |every partial sum| <= K * max|a| * max|b|
         if bound < 2.0**24:
             return "blas32"  # float32 BLAS is exact: integer partial sums below 2^24
         return "blas64" if bound <= 2.0**31 - 1 else "int"
-    if acc.format == "exact":
+    if acc.is_exact:
         return "blas64" if k * a.high * b.high < 2.0 ** (low + 53) else "general"
     fmt = acc.value_format
     hg = acc.group * a.high * b.high  # bound on |product| and |group sum|
-    if fmt.name == "fp16" and hg < 2.0 ** (low + 24) and low >= -149:
+    ieee = fmt.ieee_dtype
+    if ieee == np.float16 and hg < 2.0 ** (low + 24) and low >= -149:
         return "ieee32"  # binary16 roundings in hardware on float32 lanes
-    if fmt.name == "fp16" and hg < 2.0 ** (low + 53) and low >= -1074:
+    if ieee == np.float16 and hg < 2.0 ** (low + 53) and low >= -1074:
         return "half64"  # binary16 roundings on float64 lanes (FP8 x INT4 products span too much for float32)
     exact32 = hg < 2.0 ** (low + 24) or (acc.group == 1 and a.width + b.width <= 24)
-    if fmt.name == "fp32" and exact32 and low >= -149:
+    if ieee == np.float32 and exact32 and low >= -149:
         return "native32"  # float32 lane arithmetic is the binary32 accumulator (products exact)
-    if fmt.name == "fp32" and hg < 2.0 ** (low + 53) and low >= -1074:
+    if ieee == np.float32 and hg < 2.0 ** (low + 53) and low >= -1074:
         return "ieee64"  # binary32 roundings in hardware on float64 lanes
     smallest = fmt.min_normal if fmt.subnormals else np.nextafter(fmt.min_normal, np.inf)
     if 2.0**low < smallest:
@@ -463,7 +455,7 @@ def _check_operands(a, b, acc: Accumulator) -> tuple[_Operand, _Operand]:
     if a_arr.shape[1] == 0:
         raise NumericsError("K = 0: a GEMM needs at least one product per output")
     ao, bo = _scan(a_arr, "a"), _scan(b_arr, "b")
-    if acc.format == "int32" and not (ao.integer and bo.integer):
+    if acc.is_integer and not (ao.integer and bo.integer):
         raise NumericsError("the int32 accumulator takes integer operands only")
     return ao, bo
 
@@ -487,7 +479,7 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
     elif path == "int":
         res = np.empty((m, n), np.int64)
         bad = np.zeros(m, np.bool_)
-        K.gemm_int(a.as_lane(np.int64), b.as_lane(np.int64), res, acc.format == "int32", bad)
+        K.gemm_int(a.as_lane(np.int64), b.as_lane(np.int64), res, acc.is_integer, bad)
         if bad.any():
             raise NumericsError(
                 f"int32 accumulator overflow in row {int(np.argmax(bad))}: a partial sum left "
@@ -521,9 +513,9 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         dt = np.float64 if path in ("ieee64", "half64") else np.float32
         mode = {"native32": K.LANE_NATIVE, "half64": K.LANE_HALF64}.get(path, K.LANE_NARROW)
         lane_p = K.lane_params(np.float64, 10, False, 65504.0)
-        computes = "fp16" if path in ("ieee32", "half64") else "fp32"
-        if acc.format != computes:
-            raise NumericsError(f"path {path!r} computes the {computes} accumulator only")
+        computes = np.float16 if path in ("ieee32", "half64") else np.float32
+        if acc.value_format is None or getattr(acc.value_format, "ieee_dtype", None) != computes:
+            raise NumericsError(f"path {path!r} computes the IEEE {np.dtype(computes).name} accumulator only")
         lane_out = np.empty((m, n), dt)
         chunk = kk if acc.chunk is None else int(acc.chunk)
         # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
@@ -585,7 +577,7 @@ def _transposed_lanes(a: _Operand, b: _Operand, dt) -> tuple[np.ndarray, np.ndar
 def _general(a: _Operand, b: _Operand, acc: Accumulator, out: np.ndarray, rows: np.ndarray) -> tuple[int, int]:
     kk = a.array.shape[1]
     counts = np.zeros((rows.size, 2), np.int64)
-    exact = acc.format == "exact"
+    exact = acc.is_exact
     params = (0, 0, True, False, np.inf, 0.0) if exact else _float_params(acc.value_format)
     chunk = kk if acc.chunk is None else int(acc.chunk)
     K.gemm_general(a.as_lane(np.float64), b.as_lane(np.float64), out, rows.astype(np.int64),
@@ -597,7 +589,7 @@ def _shift_add(a: _Operand, b: _Operand, acc: Accumulator) -> tuple[np.ndarray, 
     """Run the shift-add kernel with the integer operand on the left (a transposed product
     keeps the k order, so the sums are the same)."""
     side = _log_side(a, b, acc.group)
-    if side is None or acc.format in ("exact", "int32"):
+    if side is None or acc.sums_exactly:
         raise NumericsError("the shift_add path needs a +-2^e operand, a small-integer operand and a rounding accumulator")
     transposed = side == "a"
     ints, logs = (b.array.T, a.array.T) if transposed else (a.array, b.array)

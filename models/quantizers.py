@@ -1,174 +1,423 @@
-"""Quantizer objects the layers use: SAWB, PACT (with its straight-through estimator), casts to
-float formats, the FP4 log quantizer with Two-Phase Rounding, GradScale and min-max.
+"""Quantizer objects the recipes hold: casts to float formats, SAWB, PACT (with its
+straight-through estimator), min-max, symmetric max scaling, the FP4 log quantizer with
+Two-Phase Rounding, and a block quantizer (one scale per block of elements).
 
-Each quantizer returns a `QTensor`: the exact operand values a GEMM consumes (INT4 codes as
-integers, FP4/FP8/FP16 values on their grid) and the one scale that turns them back into real
-numbers (real = values * scale). Scales are applied once, to the GEMM result, in FP32
-(design.md section 3). Sources: Sun et al., NeurIPS 2020 ([P]) sections 2, 3.2, 3.3; Choi et al.,
-PACT (arXiv 1805.06085); SAWB coefficients from IBM's fms-model-optimizer (technique.md 1.2).
+A quantizer turns FP32 values into a `QTensor`: the exact operand values a GEMM consumes (INT4
+codes as integers, FP4/FP8/FP16 values on their grid), their format, and the scales that turn
+them back into real numbers (real = values * scales; one per tensor, or one per block). What a
+quantizer is for is in its properties (its output ``format``, the trace ``op`` that produces it,
+the ``update_ops`` its weights need after each update, whether it needs a GradScale), never in a
+name. Sources: Sun et al., NeurIPS 2020 ([P]) sections 2, 3.2, 3.3; Choi et al., PACT (arXiv
+1805.06085); SAWB coefficients from IBM's fms-model-optimizer (technique.md 1.2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from fourbit.models import numerics
 from fourbit.models.numerics import QuantStats
-from fourbit.traces.errors import ConfigError
-from fourbit.traces.formats import Format, LogFormat, get_format
+from fourbit.traces.errors import ConfigError, FormatError, NumericsError
+from fourbit.traces.formats import TENSOR_SCALE, FloatFormat, Format, IntFormat, LogFormat, Scale, get_format
 
 __all__ = [
+    "SAWB",
+    "Block",
+    "Cast",
     "GradScale",
+    "Log",
+    "MaxScaled",
+    "MinMax",
+    "PACT",
     "QTensor",
-    "quantize_act",
-    "quantize_grad",
-    "quantize_weight",
+    "Quantizer",
+    "quantizer",
 ]
 
 
 @dataclass
 class QTensor:
-    """A quantized tensor: ``values`` (exact operand values, any shape), its ``format``, the real
-    ``scale`` (real value = values * scale) and the quantizer's statistics (None when the values
-    were not quantized, e.g. FP32)."""
+    """A quantized tensor: ``values`` (exact operand values, any shape), its ``format``, its
+    ``scales`` (float64; shape () for one scale per tensor, else `Scale.shape` of the values) as
+    ``scaling`` describes them (real value = values * scales), the quantizer's statistics (None
+    when the values were not quantized, e.g. FP32) and, for log formats, the codes."""
 
     values: np.ndarray
     format: Format
-    scale: float = 1.0
+    scales: np.ndarray | float = 1.0
     stats: QuantStats | None = None
     codes: np.ndarray | None = None  # log-format codes (for the trace's code histogram)
+    scaling: Scale = TENSOR_SCALE
+
+    def __post_init__(self) -> None:
+        self.scales = np.asarray(self.scales, dtype=np.float64)
+
+    @property
+    def scale(self) -> float:
+        """The one scale of a per-tensor scaled tensor.
+
+        Raises NumericsError for a block-scaled tensor (it has many: ``scales``)."""
+        if self.scaling.kind != "tensor":
+            raise NumericsError(f"a {self.scaling.kind}-scaled tensor has one scale per block: use .scales")
+        return float(self.scales)
 
     @property
     def T(self) -> QTensor:  # noqa: N802 - numpy's name
-        return QTensor(self.values.T, self.format, self.scale, self.stats,
-                       None if self.codes is None else self.codes.T)
+        """The transpose of the last two axes (values, codes and block scales alike)."""
+        nd = self.values.ndim
+        swap = (lambda a: np.swapaxes(a, -1, -2)) if nd > 2 else (lambda a: a.T)
+        scales = self.scales if self.scales.ndim < 2 else swap(self.scales)
+        return QTensor(swap(self.values), self.format, scales, self.stats,
+                       None if self.codes is None else swap(self.codes), self.scaling.transposed(nd))
+
+    def with_values(self, values: np.ndarray, codes: np.ndarray | None = None, scales=None) -> QTensor:
+        """The same quantization with its arrays rearranged (reshaped, grouped): ``values`` and,
+        where the tensor has them, ``codes`` and block ``scales`` rearranged alike."""
+        return QTensor(values, self.format, self.scales if scales is None else scales, self.stats, codes,
+                       self.scaling)
 
     def real(self) -> np.ndarray:
-        """values * scale as float32 (what an FP32 reference would see)."""
-        return (self.values.astype(np.float32) * np.float32(self.scale)).astype(np.float32)
+        """values * scales as float32 (what an FP32 reference would see)."""
+        if self.scaling.kind == "tensor":
+            return (self.values.astype(np.float32) * np.float32(self.scales)).astype(np.float32)
+        return (self.values.astype(np.float64) * self.scaling.expand(self.scales, self.values.shape)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
-# weights and activations
+# quantizer objects
 # ---------------------------------------------------------------------------------------------
-WEIGHT_METHODS = ("fp32", "fp16", "fp8_e4m3", "int4_sawb", "int8_max")
-ACT_METHODS = ("fp32", "fp16", "fp8_e4m3", "uint4_pact", "uint4_minmax", "int4_sawb", "int8_max")
-"""Quantizers by name: a float format is a cast (FP8 saturating); ``int4_sawb`` is SAWB (signed
--7..7, also the signed activations of embeddings and LSTMs, design.md section 3); ``uint4_pact``
-PACT with the layer's trained clip; ``uint4_minmax`` the per-iteration max baseline; ``int8_max``
-symmetric INT8, step = max|x|/127."""
-FLOAT_METHODS = ("fp32", "fp16", "fp8_e4m3", "fp8_e5m2")
+@dataclass(frozen=True)
+class Quantizer:
+    """Base of the quantizers: ``__call__(x, alpha=None) -> QTensor``.
+
+    ``format``: the format of the values it produces; ``op``: the trace op that produces them
+    (None: no work, e.g. a cast to FP32 of FP32 values); ``update_ops``: ops a weight quantized by
+    it needs on the update path before the quantization itself (SAWB's moments);
+    ``needs_grad_scale``: a gradient quantized by it must be scaled first (no scale of its own);
+    ``trained_clip``: it uses the layer's trained clip ``alpha`` (PACT); ``name``: how recipes
+    and traces name it."""
+
+    @property
+    def format(self) -> Format:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.format.name
+
+    op: str | None = field(default=None, init=False)
+    update_ops: tuple[str, ...] = field(default=(), init=False)
+    trained_clip: bool = field(default=False, init=False)
+
+    @property
+    def needs_grad_scale(self) -> bool:
+        return False
+
+    def signed(self) -> Quantizer:
+        """The quantizer for signed inputs (LSTM, attention): SAWB's signed range where this
+        one is unsigned (design.md section 3); itself otherwise."""
+        return self
+
+    def backward(self, dq: np.ndarray, x: np.ndarray, alpha: float | None) -> tuple[np.ndarray, float]:
+        """The straight-through gradient: dL/dx = dL/dq, no clip gradient."""
+        return dq, 0.0
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:  # pragma: no cover
+        raise NotImplementedError
 
 
-def _cast(x: np.ndarray, fmt_name: str) -> QTensor:
-    if fmt_name == "fp32":
-        return QTensor(np.asarray(x, np.float32), get_format("fp32"))
-    values, stats = numerics.quantize_float(x, fmt_name)
-    return QTensor(values.astype(np.float32), get_format(fmt_name), 1.0, stats)
+@dataclass(frozen=True)
+class Cast(Quantizer):
+    """Round to nearest on a float format (the format's own ties and saturation); a format that
+    holds every float32 value (FP32) is no work and keeps the values."""
+
+    target: FloatFormat = field(default_factory=lambda: get_format("fp32"))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, FloatFormat):
+            raise ConfigError(f"a cast takes a float format, got {getattr(self.target, 'name', self.target)!r}")
+        object.__setattr__(self, "op", None if self._identity else "cast")
+
+    @property
+    def _identity(self) -> bool:
+        return self.target.dtype == np.dtype(np.float32)
+
+    @property
+    def format(self) -> Format:
+        return self.target
+
+    @property
+    def needs_grad_scale(self) -> bool:
+        return not self._identity
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+        if self._identity:
+            return QTensor(np.asarray(x, np.float32), self.target)
+        values, stats = numerics.quantize_float(x, self.target)
+        return QTensor(values.astype(np.float32), self.target, 1.0, stats)
 
 
-def _int_uniform(x: np.ndarray, step: float, lo: int, hi: int, fmt: str, alpha: float) -> QTensor:
+def _int_uniform(x: np.ndarray, step: float, lo: int, hi: int, fmt: Format, alpha: float, rule: str) -> QTensor:
     """Uniform integer codes with their statistics; step 0 (an all-zero tensor) gives zeros."""
     dtype = np.uint8 if lo >= 0 else np.int8
+    scaling = Scale(rule=rule)
     if step == 0.0:
-        return QTensor(np.zeros(np.shape(x), dtype), get_format(fmt), 0.0,
-                       QuantStats(int(np.size(x)), 0, 0, int(np.size(x))))
+        return QTensor(np.zeros(np.shape(x), dtype), fmt, 0.0,
+                       QuantStats(int(np.size(x)), 0, 0, int(np.size(x))), scaling=scaling)
     codes, stats = numerics.quantize_uniform(x, step, lo, hi, dtype)
     clipped = int(np.count_nonzero(np.abs(x) > alpha)) if lo < 0 else int(np.count_nonzero(x > alpha))
-    return QTensor(codes, get_format(fmt), step,
-                   QuantStats(stats.elements, clipped, stats.flushed, stats.zeros))
+    return QTensor(codes, fmt, step, QuantStats(stats.elements, clipped, stats.flushed, stats.zeros),
+                   scaling=scaling)
 
 
-def _int8_max(x: np.ndarray) -> QTensor:
-    top = float(np.max(np.abs(x))) if np.size(x) else 0.0
-    return _int_uniform(x, top / 127, -127, 127, "int8", top)
+def _int_format(bits: int, signed: bool) -> IntFormat:
+    fmt = get_format(f"{'' if signed else 'u'}int{bits}")
+    assert isinstance(fmt, IntFormat)
+    return fmt
 
 
-def quantize_weight(w: np.ndarray, method: str) -> QTensor:
-    """Quantize FP32 master weights (any shape) for the forward and backward-data GEMMs.
+@dataclass(frozen=True)
+class _Int4Quantizer(Quantizer):
+    """What SAWB, PACT and min-max share: 4-bit integer codes (their published rules and
+    coefficients are for 4 bits), made by a uniform rounding."""
 
-    ``int4_sawb``: SAWB per tensor, codes -7..7, recomputed every call ("rescaled every
-    iteration", [P] section 2); ``int8_max``: symmetric INT8; float formats: a cast.
+    bits: int = 4
+    signed_codes: ClassVar[bool] = True
+    rule: ClassVar[str] = ""
 
-    Returns a `QTensor`: codes (int8, the shape of ``w``; float64 values for float formats), the
-    format, the step (real value of one code) and the clip/flush statistics. Raises ConfigError
-    for an unknown ``method`` and NumericsError for NaN weights.
-    """
-    if method == "int4_sawb":
-        alpha = numerics.sawb_alpha(w) if np.size(w) else 0.0
-        return _int_uniform(w, alpha / 7, -7, 7, "int4", alpha)
-    if method == "int8_max":
-        return _int8_max(w)
-    if method in FLOAT_METHODS:
-        return _cast(w, method)
-    raise ConfigError(f"weight quantizer must be one of {WEIGHT_METHODS}, got {method!r}")
+    def __post_init__(self) -> None:
+        if self.bits != 4:
+            raise ConfigError(f"{self.rule.upper()} is modelled at 4 bits (technique.md 1.2), got bits={self.bits!r}")
+        object.__setattr__(self, "op", "quantize_uniform")
+
+    @property
+    def format(self) -> Format:
+        return _int_format(self.bits, self.signed_codes)
+
+    @property
+    def name(self) -> str:
+        return f"{'' if self.signed_codes else 'u'}int{self.bits}_{self.rule}"
 
 
-def quantize_act(x: np.ndarray, method: str, alpha: float | None = None) -> QTensor:
-    """Quantize activations (any shape) for the forward and backward-weight GEMMs.
+@dataclass(frozen=True)
+class SAWB(_Int4Quantizer):
+    """SAWB per tensor ([P] section 2; Choi et al. 2019): clip alpha = c1 sqrt(E[w^2]) -
+    c2 E[|w|] (`fourbit.models.numerics.sawb_alpha`), step alpha/7, codes -7..7, recomputed every
+    call ("rescaled every iteration"). Weights, and the signed activations of embeddings and
+    LSTMs (design.md section 3); a weight quantized by it needs its moments after each update."""
 
-    ``uint4_pact``: PACT with the layer's trained clip ``alpha`` (codes 0..15);
-    ``uint4_minmax``: per-iteration max scaling (the simple baseline: alpha = max(x));
-    ``int4_sawb``: signed inputs (LSTM, embeddings) with the SAWB clip; ``int8_max``; float
-    formats: a cast.
+    rule: ClassVar[str] = "sawb"
 
-    Returns a `QTensor` (codes uint8 of the shape of ``x`` for PACT; the step is alpha/15).
-    Raises ConfigError for an unknown ``method`` and NumericsError for NaN input or a PACT
-    ``alpha`` that is not finite and positive.
-    """
-    if method == "uint4_pact":
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "update_ops", ("moments",))
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+        top = 2 ** (self.bits - 1) - 1
+        a = numerics.sawb_alpha(x) if np.size(x) else 0.0
+        return _int_uniform(x, a / top, -top, top, self.format, a, "sawb")
+
+
+@dataclass(frozen=True)
+class PACT(_Int4Quantizer):
+    """PACT (Choi et al. 2018, eq. 1-3; [P] section 2): clip to [0, alpha] with the layer's
+    trained alpha, step alpha/15, codes 0..15; its backward is the straight-through estimator
+    with the clip gradient (eq. 3)."""
+
+    signed_codes: ClassVar[bool] = False
+    rule: ClassVar[str] = "pact"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "trained_clip", True)
+
+    def signed(self) -> Quantizer:
+        return SAWB(self.bits)
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
         codes, step = numerics.quantize_uint4_pact(x, alpha)
         clipped = int(np.count_nonzero(x > alpha))
         flushed = int(np.count_nonzero((codes == 0) & (x > 0)))
-        return QTensor(codes, get_format("uint4"), step,
-                       QuantStats(codes.size, clipped, flushed, int(np.count_nonzero(codes == 0))))
-    if method == "uint4_minmax":
+        return QTensor(codes, self.format, step,
+                       QuantStats(codes.size, clipped, flushed, int(np.count_nonzero(codes == 0))),
+                       scaling=Scale(rule="pact"))
+
+    def backward(self, dq: np.ndarray, x: np.ndarray, alpha: float | None) -> tuple[np.ndarray, float]:
+        """PACT's straight-through estimator (Choi et al. 2018, eq. 3): dL/dx = dL/dq where
+        0 <= x < alpha, else 0; dL/dalpha = sum of dL/dq where x >= alpha."""
+        inside = (x >= 0) & (x < alpha)
+        dx = np.where(inside, dq, 0.0).astype(np.float32)
+        return dx, float(np.sum(dq[x >= alpha], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class MinMax(_Int4Quantizer):
+    """Unsigned 4-bit codes with the clip at this tensor's max (the simple per-iteration
+    baseline); an all-non-positive tensor gives zeros."""
+
+    signed_codes: ClassVar[bool] = False
+    rule: ClassVar[str] = "minmax"
+
+    def signed(self) -> Quantizer:
+        return SAWB(self.bits)
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
         top = float(np.max(x)) if np.size(x) else 0.0
         if top <= 0:
-            return QTensor(np.zeros(np.shape(x), np.uint8), get_format("uint4"), 0.0,
-                           QuantStats(int(np.size(x)), 0, 0, int(np.size(x))))
-        return quantize_act(x, "uint4_pact", top)
-    if method in ("int4_sawb", "int8_max"):
-        return quantize_weight(x, method)
-    if method in FLOAT_METHODS:
-        return _cast(x, method)
-    raise ConfigError(f"activation quantizer must be one of {ACT_METHODS}, got {method!r}")
+            return QTensor(np.zeros(np.shape(x), np.uint8), self.format, 0.0,
+                           QuantStats(int(np.size(x)), 0, 0, int(np.size(x))), scaling=Scale(rule="max"))
+        return PACT(self.bits)(x, top)
 
 
-def pact_backward(dq: np.ndarray, x: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """PACT's straight-through estimator (Choi et al. 2018, eq. 3).
+@dataclass(frozen=True)
+class MaxScaled(Quantizer):
+    """Symmetric integers scaled by this tensor's own max every call: step = max|x| / (2^(b-1)
+    - 1), codes -(2^(b-1) - 1)..2^(b-1) - 1 (INT8: -127..127). ``name`` is how recipes name it
+    (``int8_max`` for weights and activations; gradients are named by their format, ``int8``)."""
 
-    dL/dx = dL/dq where 0 <= x < alpha, else 0; dL/dalpha = sum of dL/dq where x >= alpha.
-    Returns (dx float32 of x's shape, dalpha float).
-    """
-    inside = (x >= 0) & (x < alpha)
-    dx = np.where(inside, dq, 0.0).astype(np.float32)
-    dalpha = float(np.sum(dq[x >= alpha], dtype=np.float64))
-    return dx, dalpha
+    bits: int = 8
+    label: str = "int8_max"
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ConfigError(f"max-scaled integers take 4 or 8 bits, got bits={self.bits!r}")
+        object.__setattr__(self, "op", "quantize_uniform")
+
+    @property
+    def format(self) -> Format:
+        return _int_format(self.bits, True)
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+        top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+        q = 2 ** (self.bits - 1) - 1
+        return _int_uniform(x, top / q, -q, q, self.format, top, "max")
 
 
-# ---------------------------------------------------------------------------------------------
-# gradients: FP4 with Two-Phase Rounding, and the casts
-# ---------------------------------------------------------------------------------------------
-def quantize_grad(g_scaled: np.ndarray, fmt_name: str, tie: str = "up") -> QTensor:
-    """Quantize an already scaled gradient onto a gradient format: a log format (FP4), a float
-    format (fp16, fp8_e5m2: saturating casts), fp32, or ``int8`` (symmetric, step = max/127).
+@dataclass(frozen=True)
+class Log(Quantizer):
+    """Round an already scaled gradient onto a log format ([P] sections 3.1, 3.3): the format
+    carries radix, exponent bits and TPR phase; ``tie`` at a threshold: ``up`` ([P] Fig. 2(c)) or
+    ``down`` ([P] Eq. 1). The GradScale factor stays in the values; the caller removes it after
+    the GEMM."""
 
-    The GradScale factor stays in the values: the caller removes it after the GEMM.
+    target: LogFormat = field(default_factory=lambda: get_format("fp4_r4_e3"))
+    tie: str = "up"
 
-    Returns a `QTensor`: float64 values of the shape of ``g_scaled`` (for log formats also the
-    uint8 codes and the clip/flush statistics, [P] section 3). Raises FormatError for an unknown
-    format and NumericsError for NaN input.
-    """
-    if fmt_name == "int8":
-        return _int8_max(g_scaled)
-    fmt = get_format(fmt_name)
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, LogFormat):
+            raise ConfigError(f"the log quantizer takes a log format, got {getattr(self.target, 'name', self.target)!r}")
+        if self.tie not in ("up", "down"):
+            raise ConfigError(f"tie must be 'up' or 'down', got {self.tie!r}")
+        object.__setattr__(self, "op", "quantize_log")
+
+    @property
+    def format(self) -> Format:
+        return self.target
+
+    @property
+    def needs_grad_scale(self) -> bool:
+        return True
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+        values, codes, stats = numerics.quantize_fp4_codes(x, self.target, self.tie)
+        return QTensor(values, self.target, 1.0, stats, codes)
+
+
+@dataclass(frozen=True)
+class Block(Quantizer):
+    """One scale per block of ``block`` consecutive elements along the last axis (the reduction
+    axis K of the GEMM operand it feeds): scale = amax / max_element, where amax is the block's
+    largest magnitude and max_element the element format's largest value; with ``pow2`` the scale
+    is rounded up to a power of two (so no element saturates and dividing by it is exact).
+    Elements are x / scale rounded to nearest on the element format (a float format: its ties and
+    saturation; an integer format: round half to even, clipped). An all-zero block has scale 0 and
+    zero elements. The scales are stored in ``scale_format`` (its bits count in the operand's
+    bits per element). Our generic rule for formats defined by users; the published block formats
+    (MXFP4, NVFP4) have their own scale rules."""
+
+    element: Format = field(default_factory=lambda: get_format("fp8_e4m3"))
+    block: int = 32
+    pow2: bool = True
+    scale_format: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.element, FloatFormat | IntFormat):
+            raise ConfigError(f"block elements must be a float or integer format, got "
+                              f"{getattr(self.element, 'name', self.element)!r}")
+        if not isinstance(self.block, int) or isinstance(self.block, bool) or self.block < 1:
+            raise ConfigError(f"block must be an integer >= 1, got {self.block!r}")
+        try:
+            get_format(self.scale_format)
+        except FormatError as exc:
+            raise ConfigError(f"block scale_format: {exc}") from None
+        object.__setattr__(self, "op", "quantize_block")
+
+    @property
+    def format(self) -> Format:
+        return self.element
+
+    @property
+    def scaling(self) -> Scale:
+        return Scale("block", self.block, -1, self.scale_format, self.pow2, "amax")
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+        x = np.asarray(x, dtype=np.float64)
+        if np.isnan(x).any():
+            raise NumericsError("x contains NaN; block quantization needs finite values")
+        scaling = self.scaling
+        shape = x.shape
+        n = shape[-1]
+        pad = -n % self.block
+        xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+        amax = np.abs(xp.reshape(*shape[:-1], -1, self.block)).max(axis=-1)
+        top = float(self.element.max_value)
+        scales = amax / top
+        if self.pow2:
+            with np.errstate(divide="ignore"):
+                exps = np.ceil(np.log2(np.where(scales > 0, scales, 1.0)))
+            scales = np.where(scales > 0, np.ldexp(1.0, exps.astype(np.int64)), 0.0)
+        full = scaling.expand(scales, shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = np.where(full > 0, x / np.where(full > 0, full, 1.0), 0.0)
+        if isinstance(self.element, FloatFormat):
+            values, stats = numerics.quantize_float(scaled, self.element, saturate=True)
+        else:
+            e = self.element
+            values, stats = numerics.quantize_uniform(scaled, 1.0, e.min_value, e.max_value, np.float64)
+        return QTensor(values, self.element, scales, stats, scaling=scaling)
+
+
+WEIGHT_QUANTIZERS = ("fp32", "fp16", "fp8_e4m3", "int4_sawb", "int8_max")
+ACT_QUANTIZERS = ("fp32", "fp16", "fp8_e4m3", "uint4_pact", "uint4_minmax", "int4_sawb", "int8_max")
+
+
+def quantizer(name: str, tie: str = "up") -> Quantizer:
+    """The quantizer a recipe names ``name``: a float format's name is a cast (a log format's the
+    log quantizer with ``tie``), ``int4_sawb``, ``uint4_pact``, ``uint4_minmax``, ``int8_max``,
+    and ``int8`` (max-scaled INT8 gradients).
+
+    Raises ConfigError for any other name."""
+    named = {"int4_sawb": SAWB(4), "uint4_pact": PACT(4), "uint4_minmax": MinMax(4),
+             "int8_max": MaxScaled(8), "int8": MaxScaled(8, "int8")}
+    if name in named:
+        return named[name]
+    try:
+        fmt = get_format(name)
+    except FormatError as exc:
+        raise ConfigError(f"unknown quantizer {name!r}: {exc}") from None
     if isinstance(fmt, LogFormat):
-        values, codes, stats = numerics.quantize_fp4_codes(g_scaled, fmt, tie)
-        return QTensor(values, fmt, 1.0, stats, codes)
-    return _cast(g_scaled, fmt_name)
+        return Log(fmt, tie)
+    if isinstance(fmt, FloatFormat):
+        return Cast(fmt)
+    raise ConfigError(f"unknown quantizer {name!r}; a format name of a float or log format, or one of "
+                      f"{', '.join(named)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,17 +28,16 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
+from fourbit.models.quantizers import PACT, SAWB, Cast, Log, Quantizer, quantizer
 from fourbit.traces.config import IntChoice, StrictModel, parse_text
 from fourbit.traces.errors import ConfigError, FormatError
-from fourbit.traces.formats import Accumulator, LogFormat, get_format
+from fourbit.traces.formats import Accumulator, Format, LogFormat, get_format
 
 __all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "param_text", "parse_recipe", "recipe_params"]
 
 ROLES = ("first", "hidden", "last", "depthwise")
-WEIGHT_FORMATS = {"fp32": "fp32", "fp16": "fp16", "fp8_e4m3": "fp8_e4m3", "int4_sawb": "int4", "int8_max": "int8"}
-ACT_FORMATS = {**WEIGHT_FORMATS, "uint4_pact": "uint4", "uint4_minmax": "uint4"}
-SIGNED_ACT = {"uint4_pact": "int4_sawb", "uint4_minmax": "int4_sawb"}
 GRAD_SCALING = ("none", "gradscale", "global")
+PHASES = ("fwd", "bwd_data", "bwd_weight")
 
 GRAD_TARGET_CAP = 64.0
 """The largest scaled gradient GradScale aims for: radix-4 FP4's maximum ([P] 3.2). Radix-16
@@ -53,57 +52,92 @@ technique.md section 6)."""
 class LayerPrecision:
     """How one layer role computes its three GEMMs.
 
-    ``weight``, ``act``: quantizer methods of `fourbit.models.quantizers` (``fp32``, ``fp16``,
-    ``int4_sawb``; ``fp32``, ``fp16``, ``uint4_pact``, ``uint4_minmax``); ``grad_data`` and
-    ``grad_weight``: format names of the output gradient fed to ``bwd_data`` and ``bwd_weight``;
-    ``acc_*``: the accumulator of each GEMM (None: host float32 BLAS, the FP32 baseline);
-    ``out``: the format the forward GEMM's result is rounded to; ``out_bwd`` the backward GEMMs'
-    (default: the same; FP32 where an integer accumulator's result is unscaled gradients).
+    ``weight``, ``act``: the quantizers of the weights and of the input activations
+    (`fourbit.models.quantizers`); ``grad_data`` and ``grad_weight``: the quantizers of the output
+    gradient fed to ``bwd_data`` and ``bwd_weight``; ``acc_*``: the accumulator of each GEMM (None:
+    host float32 BLAS, the FP32 baseline); ``out``: the format the forward GEMM's result is
+    rounded to; ``out_bwd`` the backward GEMMs' (None: the same; FP32 where an integer
+    accumulator's result is unscaled gradients). Quantizers may be given by their names
+    (``int4_sawb``, a format name) and formats by theirs.
+
+    Raises ConfigError at construction for a value of the wrong kind.
     """
 
-    def output(self, phase: str) -> str:
-        """The output format of ``phase``'s GEMM."""
-        return self.out if phase == "fwd" or not self.out_bwd else self.out_bwd
-
-    weight: str = "fp32"
-    act: str = "fp32"
-    grad_data: str = "fp32"
-    grad_weight: str = "fp32"
+    weight: Quantizer = Cast()
+    act: Quantizer = Cast()
+    grad_data: Quantizer = Cast()
+    grad_weight: Quantizer = Cast()
     acc_fwd: Accumulator | None = None
     acc_bwd_data: Accumulator | None = None
     acc_bwd_weight: Accumulator | None = None
-    out: str = "fp32"
-    out_bwd: str = ""  # the backward GEMMs' output format ("": as ``out``)
+    out: Format = get_format("fp32")
+    out_bwd: Format | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "act", "grad_data", "grad_weight"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = quantizer(value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, Quantizer):
+                raise ConfigError(f"layer precision: {name} must be a quantizer, got {value!r}")
+        for name in ("weight", "act"):
+            if isinstance(getattr(self, name).format, LogFormat):
+                raise ConfigError(f"layer precision: {name} cannot be a log format (log formats are for gradients)")
+        for phase in PHASES:
+            acc = self.accumulator(phase)
+            if acc is not None and not isinstance(acc, Accumulator):
+                raise ConfigError(f"layer precision: acc_{phase} must be an Accumulator or None, got {acc!r}")
+        for name in ("out", "out_bwd"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    object.__setattr__(self, name, get_format(value))
+                except FormatError as exc:
+                    raise ConfigError(f"layer precision: {name}: {exc}") from None
+            elif value is not None and not isinstance(value, Format) or (value is None and name == "out"):
+                raise ConfigError(f"layer precision: {name} must be a format, got {value!r}")
+
+    def output(self, phase: str) -> Format:
+        """The output format of ``phase``'s GEMM."""
+        return self.out if phase == "fwd" or self.out_bwd is None else self.out_bwd
 
     def accumulator(self, phase: str) -> Accumulator | None:
         return {"fwd": self.acc_fwd, "bwd_data": self.acc_bwd_data,
                 "bwd_weight": self.acc_bwd_weight}[phase]
 
+    def operands(self, phase: str) -> tuple[Quantizer, Quantizer]:
+        """The quantizers of the a and b operands of ``phase``'s GEMM (fourbit.traces.lowering):
+        ``fwd`` activations x weights, ``bwd_data`` gradient x weights, ``bwd_weight`` gradient x
+        activations."""
+        return {"fwd": (self.act, self.weight), "bwd_data": (self.grad_data, self.weight),
+                "bwd_weight": (self.grad_weight, self.act)}[phase]
+
     def gemm_formats(self, phase: str) -> tuple[str, str, str, str]:
         """(a_format, b_format, acc_format, out_format) of one GEMM, as the trace names them."""
-        w, x = WEIGHT_FORMATS[self.weight], ACT_FORMATS[self.act]
-        a, b = {"fwd": (x, w), "bwd_data": (self.grad_data, w), "bwd_weight": (self.grad_weight, x)}[phase]
+        a, b = self.operands(phase)
         acc = self.accumulator(phase)
-        return a, b, "fp32/g1" if acc is None else acc.name, self.output(phase)
+        return a.format.name, b.format.name, "fp32/g1" if acc is None else acc.name, self.output(phase).name
 
     @property
-    def signed_act(self) -> str:
+    def signed_act(self) -> Quantizer:
         """The activation quantizer for signed inputs (LSTM, attention): SAWB's signed range
         where the recipe uses an unsigned one (design.md section 3)."""
-        return SIGNED_ACT.get(self.act, self.act)
+        return self.act.signed()
 
     @property
     def scaled_grads(self) -> bool:
-        """Whether the gradient formats need a GradScale (float formats narrower than fp32;
-        INT8 gradients are scaled by their own max)."""
-        return any(g not in ("fp32", "int8") for g in (self.grad_data, self.grad_weight))
+        """Whether the gradient quantizers need a GradScale (narrow float and log formats;
+        max-scaled INT8 gradients carry their own scale)."""
+        return self.grad_data.needs_grad_scale or self.grad_weight.needs_grad_scale
 
     def grad_target_max(self) -> float:
         """GradScale's target for max|s*dY|: for log formats the largest FP4 value up to
         `GRAD_TARGET_CAP` (the largest value for radix 2 and 4, as in [P] 3.2; 64 for radix 8,
-        16 for radix 16); 1.0 for fp16 (our choice: 24 binades below, and headroom against FP16 overflow of
-        the GEMM result)."""
-        fmt = get_format(self.grad_data if self.grad_data not in ("fp32", "int8") else self.grad_weight)
+        16 for radix 16); 1.0 for float formats (our choice: 24 binades below, and headroom
+        against FP16 overflow of the GEMM result)."""
+        q = self.grad_data if self.grad_data.needs_grad_scale else self.grad_weight
+        fmt = q.format
         if not isinstance(fmt, LogFormat):
             return 1.0
         values = fmt.values()
@@ -127,6 +161,15 @@ class Recipe:
     exponent_bits: int | None = None
     tpr: bool | None = None
 
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            if not isinstance(getattr(self, role), LayerPrecision):
+                raise ConfigError(f"recipe {self.name!r}: {role} must be a LayerPrecision")
+        if self.grad_scaling not in GRAD_SCALING:
+            raise ConfigError(f"recipe {self.name!r}: grad_scaling must be one of {GRAD_SCALING}, got {self.grad_scaling!r}")
+        if self.tie not in ("up", "down"):
+            raise ConfigError(f"recipe {self.name!r}: tie must be 'up' or 'down', got {self.tie!r}")
+
     def precision(self, role: str) -> LayerPrecision:
         if role not in ROLES:
             raise ConfigError(f"layer role must be one of {ROLES}, got {role!r}")
@@ -135,7 +178,9 @@ class Recipe:
     def describe(self) -> dict:
         """A JSON-able description (written to the trace's meta.json)."""
         def lp(p: LayerPrecision) -> dict:
-            d = {k: getattr(p, k) for k in ("weight", "act", "grad_data", "grad_weight", "out", "out_bwd")}
+            d = {"weight": p.weight.name, "act": p.act.name, "grad_data": p.grad_data.format.name,
+                 "grad_weight": p.grad_weight.format.name, "out": p.out.name,
+                 "out_bwd": "" if p.out_bwd is None else p.out_bwd.name}
             for ph in ("fwd", "bwd_data", "bwd_weight"):
                 acc = p.accumulator(ph)
                 d[f"acc_{ph}"] = None if acc is None else acc.name
@@ -162,7 +207,7 @@ groups of 4 (the 4-way INT4xFP4 inner product), chunks of 64 (after Wang et al. 
 
 
 def int4_hidden(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
-                bwd_acc: Accumulator = BWD_ACC) -> LayerPrecision:
+                bwd_acc: Accumulator = BWD_ACC, tie: str = "up") -> LayerPrecision:
     """The paper's hidden layer: INT4 forward, radix-``radix`` FP4 backward (TPR: even phase for
     ``bwd_data``, odd for ``bwd_weight``; without TPR both use the even phase).
 
@@ -174,7 +219,7 @@ def int4_hidden(radix: int = 4, exponent_bits: int = 3, tpr: bool = True,
     except FormatError as exc:
         raise ConfigError(f"recipe parameters: {exc}") from exc
     return LayerPrecision(
-        weight="int4_sawb", act="uint4_pact", grad_data=even.name, grad_weight=odd.name,
+        weight=SAWB(4), act=PACT(4), grad_data=Log(even, tie), grad_weight=Log(odd, tie),
         acc_fwd=Accumulator("int32"), acc_bwd_data=bwd_acc, acc_bwd_weight=bwd_acc, out="fp16",
     )
 
@@ -210,8 +255,8 @@ def _int8() -> Recipe:
 def _int4_fwd() -> Recipe:
     """INT4 forward (SAWB, PACT), FP32 backward (the "INT4 / FP32" column of [P] Tables 1-2):
     the backward GEMMs multiply FP32 gradients with the forward's INT4 operands on the host."""
-    hidden = replace(int4_hidden(), grad_data="fp32", grad_weight="fp32", acc_bwd_data=None,
-                     acc_bwd_weight=None, out_bwd="fp32")
+    hidden = replace(int4_hidden(), grad_data=Cast(), grad_weight=Cast(), acc_bwd_data=None,
+                     acc_bwd_weight=None, out_bwd=get_format("fp32"))
     return Recipe("int4-fwd", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
 
 
@@ -248,7 +293,7 @@ class Int4Params(FP4GradParams):
 
 def _int4(p: Int4Params) -> Recipe:
     # depthwise convolutions stay in FP16 ("< 3% of total ops", [P] section 5)
-    return Recipe("int4", FP16_LAYER, int4_hidden(p.radix, p.exponent_bits, p.tpr, p.bwd_acc), FP16_LAYER,
+    return Recipe("int4", FP16_LAYER, int4_hidden(p.radix, p.exponent_bits, p.tpr, p.bwd_acc, p.tie), FP16_LAYER,
                   FP16_LAYER, p.grad_scaling, p.tie, p.radix, p.exponent_bits, p.tpr)
 
 
@@ -256,7 +301,7 @@ def _int4_dw8(p: FP4GradParams) -> Recipe:
     """INT4 forward; FP4 (even phase) gradients for ``bwd_data`` and FP8 (1-5-2) gradients for
     ``bwd_weight`` (the "dx(FP4) dW(FP8)" column of [P] Tables 1-3)."""
     r = _int4(Int4Params(**dict(p), tpr=False))
-    return replace(r, hidden=replace(r.hidden, grad_weight="fp8_e5m2"), tpr=None)
+    return replace(r, hidden=replace(r.hidden, grad_weight=Cast(get_format("fp8_e5m2"))), tpr=None)
 
 
 RECIPES: dict[str, tuple[type[StrictModel], Callable]] = {

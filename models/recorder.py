@@ -72,8 +72,10 @@ class Recorder:
             "a_format": a.format.name, "b_format": b.format.name, "acc_format": acc_format,
             "out_format": out_format,
             "a_zero_frac": _zero_frac(a.values), "b_zero_frac": _zero_frac(b.values),
-            "a_scale": float(a.scale), "b_scale": float(b.scale),
         }
+        for prefix, q in (("a", a), ("b", b)):
+            if q.scaling.kind == "tensor":
+                row[f"{prefix}_scale"] = q.scale
         for prefix, q in (("a", a), ("b", b)):
             if q.stats is not None:
                 row[f"{prefix}_clip_frac"] = q.stats.clip_frac

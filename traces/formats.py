@@ -53,6 +53,9 @@ __all__ = [
     "Format",
     "IntFormat",
     "LogFormat",
+    "SCALE_KINDS",
+    "Scale",
+    "TENSOR_SCALE",
     "format_names",
     "get_format",
     "pack_nibbles",
@@ -62,7 +65,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Format:
-    """Base of every number format: a standard name and a width in bits."""
+    """Base of every number format: a standard name and a width in bits.
+
+    What code may ask of any format (no code dispatches on a format's name):
+    ``saturates`` (rounding beyond the largest value gives the largest value, not an infinity),
+    ``has_inf``, ``has_nan``, ``dtype`` (the numpy or ml_dtypes type whose values are exactly this
+    format's, or None), ``bits_per_element`` (storage per element, scales included), ``values()``
+    (every value), ``holds(x)`` (which of ``x`` are values of the format) and
+    ``representable_in(other)`` (every value of this format is one of ``other``).
+    """
 
     name: str
     bits: int
@@ -71,8 +82,42 @@ class Format:
 
     @property
     def bytes_per_value(self) -> float:
-        """Storage per value in bytes (0.5 for 4-bit formats packed two per byte)."""
-        return self.bits / 8
+        """Storage per value in bytes, scales included (0.5 for 4-bit formats packed two per
+        byte)."""
+        return self.bits_per_element / 8
+
+    @property
+    def bits_per_element(self) -> float:
+        """Bits stored per element, scales included: an element format's own width (a per-tensor
+        scale is one register value, not stored per element)."""
+        return float(self.bits)
+
+    saturates: ClassVar[bool] = True
+    has_inf: ClassVar[bool] = False
+    has_nan: ClassVar[bool] = False
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The numpy dtype whose values are exactly this format's (None when there is none)."""
+        return None
+
+    def holds(self, x) -> np.ndarray:
+        """Whether each value of ``x`` is exactly a value of this format (bool, shape of x)."""
+        v = np.asarray(x, dtype=np.float64)
+        out = np.zeros(v.shape, bool)
+        values = self.values()
+        finite = np.isfinite(values)
+        out |= np.isin(v, values[finite])
+        if self.has_inf:
+            out |= np.isinf(v)
+        return out
+
+    def representable_in(self, other: Format) -> bool:
+        """Whether every value of this format (infinities and NaN aside) is a value of ``other``."""
+        if self.bits > 16:
+            return self == other
+        values = self.values()
+        return bool(other.holds(values[np.isfinite(values)]).all())
 
     def values(self) -> np.ndarray:
         """Every value of the format, in code order (float64, shape (2**bits,))."""
@@ -130,6 +175,18 @@ class IntFormat(Format):
         return f"{kind}, {self.bits} bits"
 
     bias: ClassVar[int] = 0
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """ml_dtypes ``int4``/``uint4`` for 4 bits, numpy's integer of 8, 16, 32 or 64 bits."""
+        name = f"{'' if self.signed else 'u'}int{self.bits}"
+        found = getattr(ml_dtypes, name, None) if self.bits == 4 else getattr(np, name, None)
+        return None if found is None else np.dtype(found)
+
+    def holds(self, x) -> np.ndarray:
+        v = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(v) & (v == np.rint(v)) & (v >= self.min_value) & (v <= self.max_value)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         c = np.asarray(codes).astype(np.int64) & (2**self.bits - 1)
@@ -257,7 +314,10 @@ class FloatFormat(Format):
 
     ``ties`` is the rounding tie rule of the hardware (``even`` or ``away``), ``subnormals``
     whether the lowest exponent field holds subnormals, ``has_inf`` whether overflow has an
-    infinity code.
+    infinity code, ``has_nan`` whether a code is NaN, ``saturates`` whether rounding clamps
+    overflow to +-max (the FP8 formats as the HFP8 recipes use them, design.md section 3) instead
+    of giving +-inf, ``numpy_type`` the name of the numpy or ml_dtypes type with exactly these
+    values ("" for none).
     """
 
     exponent_bits: int = 5
@@ -268,7 +328,39 @@ class FloatFormat(Format):
     has_inf: bool = True
     max_value: float = 65504.0
     min_normal: float = 2.0**-14
+    has_nan: bool = True
+    saturates: bool = False
+    numpy_type: str = ""
     kind: ClassVar[str] = "float"
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        if not self.numpy_type:
+            return None
+        return np.dtype(getattr(ml_dtypes, self.numpy_type, None) or getattr(np, self.numpy_type))
+
+    @property
+    def ieee_dtype(self) -> np.dtype | None:
+        """numpy's float16 or float32 when this format is that IEEE 754 binary format with its
+        default arithmetic (round to nearest even, overflow to inf): then the CPU's own
+        conversions and arithmetic compute it. None otherwise."""
+        dt = self.dtype
+        if dt in (np.dtype(np.float16), np.dtype(np.float32)) and self.ties == "even" and not self.saturates:
+            return dt
+        return None
+
+    def holds(self, x) -> np.ndarray:
+        v = np.asarray(x, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            back = self.decode(self._encode_nearest(v))
+        return (back == v) & (np.isfinite(v) | self.has_inf)
+
+    def representable_in(self, other: Format) -> bool:
+        if self.bits <= 16 or not isinstance(other, FloatFormat):
+            return super().representable_in(other)
+        smallest = lambda f: f.min_positive  # noqa: E731
+        return (self.mantissa_bits <= other.mantissa_bits and self.max_value <= other.max_value
+                and smallest(self) >= smallest(other) and self.min_normal >= other.min_normal)
 
     @property
     def precision(self) -> int:
@@ -291,29 +383,28 @@ class FloatFormat(Format):
     def layout(self) -> str:
         return f"1-{self.exponent_bits}-{self.mantissa_bits} (sign, exponent, mantissa), bias {self.bias}"
 
-    def _numpy_dtype(self):
-        return {
-            "fp8_e4m3": ml_dtypes.float8_e4m3fn,
-            "fp8_e5m2": ml_dtypes.float8_e5m2,
-            "fp16": np.float16,
-            "fp32": np.float32,
-        }.get(self.name)
-
     def decode(self, codes: np.ndarray) -> np.ndarray:
         c = np.asarray(codes)
-        dt = self._numpy_dtype()
+        dt = self.dtype
         if dt is not None:
-            raw = c.astype(np.dtype(f"u{np.dtype(dt).itemsize}"))
+            raw = c.astype(np.dtype(f"u{dt.itemsize}"))
             return raw.view(dt).astype(np.float64)
-        return _decode_dlfloat16(c)
+        if (self.exponent_bits, self.mantissa_bits, self.bias, self.subnormals) == (6, 9, 31, False):
+            return _decode_dlfloat16(c)
+        raise FormatError(f"format {self.name!r} has no numpy type and no decoder")
+
+    def _encode_nearest(self, v: np.ndarray) -> np.ndarray:
+        """Codes of the values nearest to ``v`` (exact values give their own codes)."""
+        dt = self.dtype
+        if dt is not None:
+            return v.astype(dt).view(np.dtype(f"u{dt.itemsize}")).astype(self.code_dtype)
+        if (self.exponent_bits, self.mantissa_bits, self.bias, self.subnormals) == (6, 9, 31, False):
+            return _encode_dlfloat16(v)
+        raise FormatError(f"format {self.name!r} has no numpy type and no encoder")
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         v = np.asarray(values, dtype=np.float64)
-        dt = self._numpy_dtype()
-        if dt is not None:
-            codes = v.astype(dt).view(np.dtype(f"u{np.dtype(dt).itemsize}"))
-            return self._check_exact(v, codes.astype(self.code_dtype))
-        return self._check_exact(v, _encode_dlfloat16(v))
+        return self._check_exact(v, self._encode_nearest(v))
 
 
 def _decode_dlfloat16(codes: np.ndarray) -> np.ndarray:
@@ -347,20 +438,21 @@ _FIXED: dict[str, Format] = {
     "int32": IntFormat("int32", 32, signed=True),
     "fp8_e4m3": FloatFormat(
         "fp8_e4m3", 8, exponent_bits=4, mantissa_bits=3, bias=7, has_inf=False,
-        max_value=448.0, min_normal=2.0**-6,
+        max_value=448.0, min_normal=2.0**-6, saturates=True, numpy_type="float8_e4m3fn",
     ),
     "fp8_e5m2": FloatFormat(
         "fp8_e5m2", 8, exponent_bits=5, mantissa_bits=2, bias=15, max_value=57344.0,
-        min_normal=2.0**-14,
+        min_normal=2.0**-14, saturates=True, numpy_type="float8_e5m2",
     ),
-    "fp16": FloatFormat("fp16", 16),
+    "fp16": FloatFormat("fp16", 16, numpy_type="float16"),
     "dlfloat16": FloatFormat(
         "dlfloat16", 16, exponent_bits=6, mantissa_bits=9, bias=31, subnormals=False,
         ties="away", max_value=2.0**32 * (2 - 2.0**-8), min_normal=2.0**-31 * (1 + 2.0**-9),
+        has_nan=False,  # one code for NaN and infinity, decoded as inf (Agrawal et al. 2019)
     ),
     "fp32": FloatFormat(
         "fp32", 32, exponent_bits=8, mantissa_bits=23, bias=127,
-        max_value=float(np.finfo(np.float32).max), min_normal=2.0**-126,
+        max_value=float(np.finfo(np.float32).max), min_normal=2.0**-126, numpy_type="float32",
     ),
 }
 
@@ -468,7 +560,7 @@ class Accumulator:
             )
         if not isinstance(self.group, int | np.integer) or isinstance(self.group, bool) or self.group < 1:
             raise FormatError(f"accumulator group must be an integer >= 1, got {self.group!r}")
-        if self.format in ("exact", "int32"):
+        if self.sums_exactly:
             # integer and exact sums do not depend on the order: one canonical object
             object.__setattr__(self, "group", 1)
             object.__setattr__(self, "chunk", None)
@@ -494,9 +586,25 @@ class Accumulator:
         return None if self.format == "exact" else get_format(self.format)
 
     @property
+    def is_exact(self) -> bool:
+        """The mathematical sum (``exact``): no rounding at all."""
+        return self.value_format is None
+
+    @property
+    def is_integer(self) -> bool:
+        """An integer accumulator (``int32``): integer operands, exact sums, overflow an error."""
+        return isinstance(self.value_format, IntFormat)
+
+    @property
+    def sums_exactly(self) -> bool:
+        """Whether the result is the exact sum (``exact`` or an integer accumulator): then the
+        order of the adds does not matter."""
+        return self.is_exact or self.is_integer
+
+    @property
     def name(self) -> str:
         """Canonical name, e.g. ``fp16/g4/c64``, ``fp32/g1``, ``int32``, ``exact``."""
-        if self.format in ("exact", "int32"):
+        if self.sums_exactly:
             return self.format
         chunk = "" if self.chunk is None else f"/c{self.chunk}"
         return f"{self.format}/g{self.group}{chunk}"
@@ -520,3 +628,81 @@ class Accumulator:
         if chunk is not None:
             chunk_v = chunk if chunk == "array" else int(chunk)
         return cls(fmt, int(group) if group else 1, chunk_v)
+
+
+SCALE_KINDS = ("tensor", "block", "block2d")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How a quantized tensor's values map back to real numbers: real = value * scale.
+
+    ``kind``: ``tensor`` (one scale for the whole tensor), ``block`` (one scale per ``block``
+    consecutive elements along ``axis``; the last block of a row may be partial) or ``block2d``
+    (one scale per ``block`` x ``block`` tile of the last two axes). ``format``: the name of the
+    format the scales are stored in (``fp32``; block formats use narrow ones). ``pow2``: every
+    scale is a power of two (its rule rounds it to one), so multiplying by it is exact.
+    ``rule``: how the quantizer computes it, for the reader (e.g. ``sawb``, ``pact``, ``max``).
+
+    Raises FormatError for an unknown kind, a block size that is not an integer >= 1 with a block
+    kind (or given with ``tensor``), or an unknown scale format.
+    """
+
+    kind: str = "tensor"
+    block: int | None = None
+    axis: int = -1
+    format: str = "fp32"
+    pow2: bool = False
+    rule: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCALE_KINDS:
+            raise FormatError(f"scale kind must be one of {SCALE_KINDS}, got {self.kind!r}")
+        if self.kind == "tensor":
+            if self.block is not None:
+                raise FormatError(f"a per-tensor scale has no block size, got block={self.block!r}")
+        elif not isinstance(self.block, int) or isinstance(self.block, bool) or self.block < 1:
+            raise FormatError(f"a {self.kind} scale needs a block size, an integer >= 1, got {self.block!r}")
+        get_format(self.format)
+
+    @property
+    def bits_per_element(self) -> float:
+        """Scale bits stored per element: the scale format's bits over the elements of a block
+        (0 for a per-tensor scale: one register value)."""
+        if self.kind == "tensor":
+            return 0.0
+        per_block = self.block * (self.block if self.kind == "block2d" else 1)
+        return get_format(self.format).bits / per_block
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the scale array of a tensor of ``shape``."""
+        if self.kind == "tensor":
+            return ()
+        out = list(shape)
+        axes = (-2, -1) if self.kind == "block2d" else (self.axis,)
+        for ax in axes:
+            out[ax] = -(-out[ax] // self.block)
+        return tuple(out)
+
+    def expand(self, scales: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The scale of every element of a tensor of ``shape`` (float64, broadcastable to it)."""
+        s = np.asarray(scales, dtype=np.float64)
+        if self.kind == "tensor":
+            return s
+        axes = (-2, -1) if self.kind == "block2d" else (self.axis,)
+        for ax in axes:
+            s = np.repeat(s, self.block, axis=ax)
+            s = np.take(s, np.arange(shape[ax]), axis=ax)
+        return s
+
+    def transposed(self, ndim: int) -> Scale:
+        """The same scaling of the tensor transposed in its last two axes."""
+        if self.kind != "block":
+            return self
+        axis = self.axis % ndim
+        swap = {ndim - 1: ndim - 2, ndim - 2: ndim - 1}
+        return Scale(self.kind, self.block, swap.get(axis, axis) - ndim, self.format, self.pow2, self.rule)
+
+
+TENSOR_SCALE = Scale()
+"""One FP32 scale per tensor (every recipe before the block formats)."""

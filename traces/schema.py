@@ -53,7 +53,7 @@ LAYER_TYPES = ("linear", "conv2d", "dwconv2d", "lstm", "embedding", "matmul")
 HIST_BINS = 16
 """Magnitude codes of a log format (exponent bits <= 4): the gradient-code histogram's bins."""
 OP_KINDS = (
-    "cast", "quantize_uniform", "quantize_log", "maxabs", "moments", "scale", "bias_add",
+    "cast", "quantize_uniform", "quantize_log", "quantize_block", "maxabs", "moments", "scale", "bias_add",
     "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum", "bn_fwd", "bn_bwd",
     "col2im_add", "pool_fwd", "pool_bwd", "residual_add", "embedding_bwd", "lstm_cell",
     "lstm_cell_bwd", "grad_norm",

@@ -40,6 +40,9 @@ OPS: dict[str, OpCost] = {
     "cast": OpCost(1, ("op.quantize_float",), emits=True),
     "quantize_uniform": OpCost(2, ("op.mul_fp16", "op.quantize_int"), emits=True),
     "quantize_log": OpCost(2, ("op.scale_pow2", "op.quantize_fp4"), emits=True),
+    # one scale per block: the block's max (a compare per element), the scale applied (a multiply
+    # or, for a power of two, an exponent add) and the element rounded (ASM: the float cast's cost)
+    "quantize_block": OpCost(3, ("op.maxabs", "op.mul_fp16", "op.quantize_float"), emits=True),
     "maxabs": OpCost(1, ("op.maxabs",)),
     "moments": OpCost(3, ("op.mul_fp32", "op.add_fp32", "op.add_fp32")),
     "scale": OpCost(1, ("op.scale_pow2",)),
@@ -115,7 +118,7 @@ def output_path(ops_rows, out_elements: int, out_format: str, table: dict[str, f
             emitted = True
     store = column_store = 0.0
     if not emitted and out_elements:
-        column_store = get_format(out_format).bytes_per_value if out_format != "fp32" else 4.0
+        column_store = get_format(out_format).bytes_per_value
         store = column_store * (out_elements if stored_elements is None else stored_elements) / out_elements
         write += store
     return OutputPath(lane, energy, write, read, store, column_store)

@@ -127,3 +127,63 @@ def test_accumulator_descriptor():
         Accumulator("bf16")
     with pytest.raises(FormatError, match="group must be an integer >= 1"):
         Accumulator("fp16", 0)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_a_formats_dtype_holds_exactly_its_values(name):
+    """Where a format names a numpy or ml_dtypes type, that type's finite values are exactly the
+    format's (every code, compared as float64), so code that asks for the dtype gets the format."""
+    fmt = get_format(name)
+    if fmt.dtype is None:
+        return
+    dt = fmt.dtype
+    if fmt.kind == "int":  # every integer of the range survives the dtype, and no other fits it
+        ref = np.arange(fmt.min_value, fmt.max_value + 1).astype(dt).astype(np.float64)
+        assert (ml_dtypes.iinfo(dt).min, ml_dtypes.iinfo(dt).max) == (fmt.min_value, fmt.max_value)
+    else:
+        ref = np.arange(2**fmt.bits).astype(f"u{dt.itemsize}").view(dt).astype(np.float64)
+    np.testing.assert_array_equal(np.unique(ref[np.isfinite(ref)]), np.unique(fmt.values()[np.isfinite(fmt.values())]))
+
+
+def test_behaviour_comes_from_properties():
+    fp16, e4m3, e5m2 = get_format("fp16"), get_format("fp8_e4m3"), get_format("fp8_e5m2")
+    assert (fp16.saturates, fp16.has_inf, fp16.has_nan) == (False, True, True)
+    assert (e4m3.saturates, e4m3.has_inf, e4m3.has_nan) == (True, False, True)
+    assert e5m2.saturates and e5m2.has_inf
+    assert get_format("int4").saturates and get_format("fp4_r4_e3").saturates
+    assert fp16.ieee_dtype == np.float16 and get_format("fp32").ieee_dtype == np.float32
+    assert e4m3.ieee_dtype is None and get_format("dlfloat16").ieee_dtype is None
+    assert get_format("int4").dtype == ml_dtypes.int4 and get_format("uint4").dtype == ml_dtypes.uint4
+    np.testing.assert_array_equal(fp16.holds([1.0, 2.0**-24, 2.0**-25, 65504.0, 65520.0, np.inf, 1 + 2**-10]),
+                                  [True, True, False, True, False, True, True])
+    np.testing.assert_array_equal(e4m3.holds([448.0, 464.0, np.inf]), [True, False, False])
+    np.testing.assert_array_equal(get_format("int4").holds([-8, 7, 8, 0.5]), [True, True, False, False])
+    # which formats FP16 units compute exactly: INT4, INT8, FP8 and radix-4 FP4 values are FP16
+    # values; DLFloat16 (9 mantissa bits, range 2^32) and FP32 are not
+    for name, fits in (("int4", True), ("int8", True), ("fp8_e4m3", True), ("fp8_e5m2", True),
+                       ("fp4_r4_e3", True), ("fp4_r16_e4", False), ("dlfloat16", False), ("fp32", False),
+                       ("int32", False)):
+        assert get_format(name).representable_in(fp16) is fits, name
+    assert get_format("fp16").representable_in(get_format("fp32"))
+    assert get_format("int4").bits_per_element == 4 and get_format("int4").bytes_per_value == 0.5
+
+
+def test_scales_per_tensor_per_block_and_2d():
+    from fourbit.traces.formats import Scale
+
+    assert Scale().bits_per_element == 0 and Scale().shape((3, 5)) == ()
+    s = Scale("block", 4, -1, "fp8_e4m3", rule="amax")
+    assert s.bits_per_element == 2.0 and s.shape((3, 10)) == (3, 3)
+    np.testing.assert_array_equal(s.expand(np.array([[1.0, 2.0, 4.0]]), (1, 10)),
+                                  [[1, 1, 1, 1, 2, 2, 2, 2, 4, 4]])
+    assert s.transposed(2).axis == -2 and s.transposed(2).shape((10, 3)) == (3, 3)
+    two = Scale("block2d", 2, format="fp32")
+    assert two.shape((3, 5)) == (2, 3) and two.bits_per_element == 8.0
+    np.testing.assert_array_equal(two.expand(np.array([[1.0, 2.0], [3.0, 4.0]]), (3, 4)),
+                                  [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4]])
+    with pytest.raises(FormatError, match="needs a block size"):
+        Scale("block")
+    with pytest.raises(FormatError, match="scale kind must be one of"):
+        Scale("row")
+    with pytest.raises(FormatError, match="unknown format"):
+        Scale("block", 32, format="e9m9")
