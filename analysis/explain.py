@@ -23,9 +23,10 @@ in this fixed order, and the last level is the full simulation:
    passes: BatchNorm, activations, quantization, statistics, col2im), with their traffic. Off
    means: the trace's ops removed (but the weight update's, when it is on) and
    ``scaling.lanes = inf``.
-6. ``weight update``: the fused ops of each ``bwd_weight`` output path (the optimizer step on
-   FP32 master weights and momentum, the new weights' quantization and its statistics). Off
-   means: those ops removed, so ``bwd_weight`` stores its gradient as its output format.
+6. ``weight update``: the fused ops of the output path of each weight gradient (a ``bwd_weight``
+   GEMM whose ``out_role`` is ``weight_gradient``: the optimizer step on FP32 master weights and
+   momentum, the new weights' quantization and its statistics). Off means: those ops removed, so
+   ``bwd_weight`` stores its gradient as its output format.
 
 The speed-up at level k is the baseline's time over the chip's (seconds: the clocks may differ),
 both at level k; term k's factor is speed-up(k) / speed-up(k - 1). Level 0's speed-up is split
@@ -128,7 +129,9 @@ def _streamed(g) -> int:
 def _levels(trace: Trace, chip: ChipConfig) -> tuple[list[float], int, object]:
     """Step time in seconds at levels 0..6 (module docstring), the step's MACs and the full
     simulation's report."""
-    update = lambda ops: (ops.phase == "bwd_weight") & ops.fused.astype(bool)  # noqa: E731
+    g = trace.gemms
+    weight_grads = set(g.layer[(g.phase == "bwd_weight") & (g.out_role == "weight_gradient")])
+    update = lambda ops: (ops.phase == "bwd_weight") & ops.fused.astype(bool) & ops.layer.isin(weight_grads)  # noqa: E731
     no_update = _without_ops(trace, lambda ops: ~update(ops))
     bare = _without_ops(trace, lambda ops: pd.Series(False, index=ops.index))
     vector_off = chip.with_overrides({"scaling.lanes": math.inf})

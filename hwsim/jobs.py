@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import pandas as pd
+
 from fourbit.hwsim.blocks.scaling_unit import OutputPath, output_path
 from fourbit.hwsim.config import ChipConfig
 from fourbit.hwsim.mapping import Candidate, Gemm, Operand, TilePlan, too_small
@@ -76,6 +78,10 @@ def gemm_of(row: dict, unit, tensors: GemmTensors, chip: ChipConfig) -> Gemm:
                 PSUM_BYTES[unit.accumulator], arr.overlap_fill_drain, tensors.conv if tensors.out_col2im else None)
 
 
+def _given(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
 def _name(row: dict) -> str:
     return f"GEMM {row['layer']} {row['phase']} (M={row['M']}, N={row['N']}, K={row['K']})"
 
@@ -127,7 +133,7 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
             fused.pop((row["layer"], row["phase"]), None)
             passes.pop((row["layer"], row["phase"]), None)
             continue  # training never needs the gradient of the input data
-        unit = select_unit(chip, row["a_format"], row["b_format"])
+        unit = select_unit(chip, row["a_format"], row["b_format"], _given(row.get("a_bits")), _given(row.get("b_bits")))
         tensors = gemm_tensors(row)
         gemm = gemm_of(row, unit, tensors, chip)
         try:

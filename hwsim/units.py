@@ -74,17 +74,19 @@ def _supports(kind: str, a: Format, b: Format, chip: ChipConfig) -> tuple[bool, 
     return False, ""
 
 
-def _bits(fmt: Format, kind: str) -> float:
-    """Bits moved per element: the format's own, scales included; a wide float on an FP16 unit
-    moves as FP16."""
+def _bits(fmt: Format, kind: str, given: float | None) -> float:
+    """Bits moved per element: ``given`` (the trace's, scales included) or the format's own; a
+    wide float on an FP16 unit moves as FP16."""
     if _wide_float(fmt) and kind == "fp16":
         return 16
-    bits = fmt.bits_per_element
+    bits = fmt.bits_per_element if given is None else given
     return int(bits) if float(bits).is_integer() else bits
 
 
-def select_unit(chip: ChipConfig, a_format: str, b_format: str) -> UnitChoice:
-    """The cheapest unit of ``chip`` that computes a_format x b_format.
+def select_unit(chip: ChipConfig, a_format: str, b_format: str, a_bits: float | None = None,
+                b_bits: float | None = None) -> UnitChoice:
+    """The cheapest unit of ``chip`` that computes a_format x b_format; ``a_bits``, ``b_bits``:
+    the operands' bits per element with their scales (the trace's; default the formats' own).
 
     Raises
     ------
@@ -99,7 +101,7 @@ def select_unit(chip: ChipConfig, a_format: str, b_format: str) -> UnitChoice:
         ok, note = _supports(kind, a, b, chip)
         if ok:
             return UnitChoice(kind, chip.unit_macs_per_pe(kind), chip.units[kind].accumulator,
-                              _bits(a, kind), _bits(b, kind), note)
+                              _bits(a, kind, a_bits), _bits(b, kind, b_bits), note)
         if note:
             hints.append(f"{kind}: {note}")
     extra = f" ({'; '.join(hints)})" if hints else ""

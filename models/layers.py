@@ -22,7 +22,7 @@ from fourbit.models.recipes import LayerPrecision, Recipe
 from fourbit.models.recorder import Recorder
 from fourbit.traces.errors import ConfigError, NumericsError
 from fourbit.traces.formats import Accumulator, FloatFormat, Format, get_format
-from fourbit.traces.lowering import GemmShape, conv2d, conv_output_size, linear
+from fourbit.traces.lowering import GemmShape, conv2d, conv_output_size, linear, operand_tensors
 
 __all__ = [
     "AvgPool2d", "BatchNorm2d", "Context", "Conv2d", "DepthwiseConv2d", "Embedding", "Flatten",
@@ -57,7 +57,8 @@ class Context:
 def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
              acc: Accumulator | None, out_format: Format | str, shape: GemmShape, *,
              extra_scale: float = 1.0, geometry: dict | None = None,
-             grad_scale: GradScale | None = None, compute: bool = True) -> np.ndarray | None:
+             grad_scale: GradScale | None = None, compute: bool = True,
+             tensor_prefix: str | None = None) -> np.ndarray | None:
     """One GEMM of a layer, as the chip computes it; returns the real-valued result (float32).
     ``compute=False`` records the GEMM without computing it (the data gradient of the network's
     input layer, which training discards; no accumulator events are recorded) and returns None.
@@ -73,8 +74,12 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     in FP32; `numerics.gemm` refuses operands that are not exact in FP32), so it needs a float or
     exact accumulator, not an integer one (a NumericsError otherwise).
     Grouped GEMMs (``shape.groups`` > 1) take a (G, M, K) and b (G, K, N) and return (G, M, N).
+    The trace names the tensors the operands are copies of after ``tensor_prefix`` (default: the
+    layer's name; `fourbit.traces.lowering.operand_tensors`).
     """
     out_format = get_format(out_format)
+    prec = ctx.recipe.precision(layer.role)
+    tensors = operand_tensors(tensor_prefix or layer.name, phase, prec.grad_data != prec.grad_weight)
     g = shape.groups
     a_shape = (shape.M, shape.K) if g == 1 else (g, shape.M, shape.K)
     b_shape = (shape.K, shape.N) if g == 1 else (g, shape.K, shape.N)
@@ -85,7 +90,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     if not compute:
         ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b,
                           "fp32/g1" if acc is None else acc.name, out_format.name, geometry=geometry,
-                          grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
+                          grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent),
+                          tensors=tensors)
         return None
     av, bv, scale = _scaled_operands(a, b, acc)
     if acc is None:
@@ -112,7 +118,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         out = _overflow_to_zero(out, grad_scale)
     ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format.name,
                       acc_stats=acc_stats, geometry=geometry,
-                      grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent))
+                      grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent),
+                      tensors=tensors)
     return out.astype(np.float32, copy=False)
 
 
@@ -246,16 +253,22 @@ class QuantGemmLayer(Layer):
                 rec.op(q.op, dy.size, "fp32", g.format.name, default=(self.name, "bwd_weight"))
         return g_weight, g_data, 1.0 / s
 
-    def update_ops(self, ctx: Context, weights: int) -> None:
-        """The optimizer update on this layer's bwd_weight output path (FP32 master weights and
-        momentum read and written; SAWB's moments and re-quantization for the next step)."""
+    def update_ops(self, ctx: Context, gemm: str, weights: int) -> None:
+        """The optimizer update of ``weights`` weights on the bwd_weight output path of the GEMM
+        ``gemm`` that computes their gradient (FP32 master weights and momentum read and
+        written; the weight quantizer's statistics and the re-quantization for the next step)."""
         prec = self.precision(ctx)
         rec = ctx.recorder
-        rec.op("sgd_momentum", weights, prec.output("bwd_weight").name, "fp32", layer=self.name, phase="bwd_weight")
+        rec.op("sgd_momentum", weights, prec.output("bwd_weight").name, "fp32", layer=gemm, phase="bwd_weight")
         for op in prec.weight.update_ops:
-            rec.op(op, weights, "fp32", "fp32", layer=self.name, phase="bwd_weight")
+            rec.op(op, weights, "fp32", "fp32", layer=gemm, phase="bwd_weight")
         if prec.weight.op is not None:
-            rec.op(prec.weight.op, weights, "fp32", prec.weight.format.name, layer=self.name, phase="bwd_weight")
+            rec.op(prec.weight.op, weights, "fp32", prec.weight.format.name, layer=gemm, phase="bwd_weight")
+
+    def param_gemms(self) -> list[tuple[str, int]]:
+        """(GEMM layer name, parameters) for each GEMM whose bwd_weight output path updates
+        parameters of this layer (weights, bias and clip value ride with the weights)."""
+        return [(self.name, sum(p.value.size for p in self.params()))]
 
 
 class Linear(QuantGemmLayer):
@@ -294,7 +307,7 @@ class Linear(QuantGemmLayer):
                                      grad_scale=self.grad_scale)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        self.update_ops(ctx, self.weight.value.size)
+        self.update_ops(ctx, self.name, self.weight.value.size)
         dx = run_gemm(ctx, self, "bwd_data", g_data, wq, prec.acc_bwd_data, prec.output("bwd_data"),
                       shapes["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
                       compute=self.needs_input_grad)
@@ -400,7 +413,7 @@ class Conv2d(QuantGemmLayer):
         self.weight.grad += dw.reshape(self.weight.value.shape)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=(0, 2, 3))
-        self.update_ops(ctx, self.weight.value.size)
+        self.update_ops(ctx, self.name, self.weight.value.size)
         gd = g_data if g == 1 else g_data.with_values(
             self._grouped(g_data.values, b * p * q),
             None if g_data.codes is None else self._grouped(g_data.codes, b * p * q))
@@ -459,11 +472,15 @@ class LSTM(QuantGemmLayer):
         self.weight_hh = Param(f"{name}.weight_hh", rng.uniform(-k, k, (4 * hidden_size, hidden_size)))
         self.bias.value[hidden_size:2 * hidden_size] = 1.0  # forget-gate bias 1 (Jozefowicz et al. 2015)
         self.hidden = hidden_size
-        self.ih = _Named(f"{name}.ih", "lstm")
-        self.hh = _Named(f"{name}.hh", "lstm")
+        self.ih = _Named(f"{name}.ih", "lstm", self)
+        self.hh = _Named(f"{name}.hh", "lstm", self)
 
     def params(self) -> list[Param]:
         return [self.weight, self.weight_hh, self.bias]
+
+    def param_gemms(self) -> list[tuple[str, int]]:
+        return [(self.ih.name, self.weight.value.size + self.bias.value.size),
+                (self.hh.name, self.weight_hh.value.size)]
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         prec = self.precision(ctx)
@@ -485,7 +502,8 @@ class LSTM(QuantGemmLayer):
         for step in range(t):
             hq = self.quant_input(hs[:, step], ctx)
             hq_steps.append(hq)
-            z = gx[:, step] + run_gemm(ctx, self.hh, "fwd", hq, wq_hh.T, prec.acc_fwd, prec.out, sh_hh["fwd"])
+            z = gx[:, step] + run_gemm(ctx, self.hh, "fwd", hq, wq_hh.T, prec.acc_fwd, prec.out, sh_hh["fwd"],
+                                       tensor_prefix=f"{self.hh.name}@{step}")
             ig, fg = _sigmoid(z[:, :h]), _sigmoid(z[:, h:2 * h])
             gg, og = np.tanh(z[:, 2 * h:3 * h]), _sigmoid(z[:, 3 * h:])
             cs[:, step + 1] = fg * cs[:, step] + ig * gg
@@ -519,9 +537,11 @@ class LSTM(QuantGemmLayer):
             gd_steps.append(g_data)
             self.weight_hh.grad += run_gemm(ctx, self.hh, "bwd_weight", g_weight.T, hq_steps[step],
                                             prec.acc_bwd_weight, prec.output("bwd_weight"), sh_hh["bwd_weight"],
-                                            extra_scale=inv, grad_scale=self.grad_scale)
+                                            extra_scale=inv, grad_scale=self.grad_scale,
+                                            tensor_prefix=f"{self.hh.name}@{step}")
             dh_next = run_gemm(ctx, self.hh, "bwd_data", g_data, wq_hh, prec.acc_bwd_data, prec.output("bwd_data"),
-                               sh_hh["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale)
+                               sh_hh["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
+                               tensor_prefix=f"{self.hh.name}@{step}")
             dc_next = dc * fg
         self.bias.grad += dz_all.sum(axis=(0, 1))
         # the input GEMMs take every step's quantized gradient, in (b, t) order
@@ -532,7 +552,8 @@ class LSTM(QuantGemmLayer):
         self.weight.grad += run_gemm(ctx, self.ih, "bwd_weight", gw.T, xq, prec.acc_bwd_weight,
                                      prec.output("bwd_weight"), sh_ih["bwd_weight"], extra_scale=inv,
                                      grad_scale=self.grad_scale)
-        self.update_ops(ctx, self.weight.value.size + self.weight_hh.value.size)
+        self.update_ops(ctx, self.hh.name, self.weight_hh.value.size)
+        self.update_ops(ctx, self.ih.name, self.weight.value.size)
         dx = run_gemm(ctx, self.ih, "bwd_data", gd, wq_ih, prec.acc_bwd_data, prec.output("bwd_data"),
                       sh_ih["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
                       compute=self.needs_input_grad)
@@ -540,10 +561,15 @@ class LSTM(QuantGemmLayer):
 
 
 class _Named:
-    """A name and layer type under which a sub-GEMM of a layer is recorded (LSTM's ih and hh)."""
+    """A name and layer type under which a sub-GEMM of a layer is recorded (LSTM's ih and hh),
+    with the role of the layer it belongs to."""
 
-    def __init__(self, name: str, layer_type: str) -> None:
-        self.name, self.layer_type = name, layer_type
+    def __init__(self, name: str, layer_type: str, parent: Layer) -> None:
+        self.name, self.layer_type, self.parent = name, layer_type, parent
+
+    @property
+    def role(self) -> str:
+        return self.parent.role
 
 
 def _stack_steps(steps: list[QTensor], order: list[int], b: int, t: int) -> QTensor:

@@ -27,6 +27,23 @@ def _zero_frac(values: np.ndarray) -> float:
     return float(np.count_nonzero(values == 0)) / values.size if values.size else 0.0
 
 
+def operand_columns(prefix: str, q: QTensor) -> dict:
+    """The trace columns that describe operand ``prefix`` (``a``: M x K, ``b``: K x N): its
+    scaling, block size and the GEMM dimension blocks run along, the scale format, bits per
+    element with scales, and its per-tensor scale."""
+    s = q.scaling
+    cols = {f"{prefix}_scale_kind": s.kind, f"{prefix}_scale_format": s.format,
+            f"{prefix}_bits": float(q.format.bits_per_element + s.bits_per_element)}
+    if s.kind == "tensor":
+        cols[f"{prefix}_scale"] = q.scale
+    else:
+        cols[f"{prefix}_block"] = s.block
+    if s.kind == "block":
+        last = s.axis % q.values.ndim == q.values.ndim - 1
+        cols[f"{prefix}_block_axis"] = ("K" if last else "M") if prefix == "a" else ("N" if last else "K")
+    return cols
+
+
 class Recorder:
     """Collects ``gemms`` and ``ops`` rows of the steps being recorded."""
 
@@ -56,9 +73,14 @@ class Recorder:
 
     def gemm(self, layer: str, layer_type: str, phase: str, shape: GemmShape, a: QTensor,
              b: QTensor, acc_format: str, out_format: str, *, acc_stats=None,
-             geometry: dict | None = None, grad_scale_log2: float | None = None) -> None:
-        """Record one GEMM with its operand statistics (zero, clip and flush fractions, the
-        gradient operand's log-code histogram, accumulator events, scales)."""
+             geometry: dict | None = None, grad_scale_log2: float | None = None,
+             roles: tuple[str, str, str] | None = None,
+             tensors: tuple[tuple[str, int], tuple[str, int]] | None = None) -> None:
+        """Record one GEMM with its operands' descriptions (role, scaling, bits, which copy of
+        which tensor) and statistics (zero, clip and flush fractions, the gradient operand's
+        log-code histogram, accumulator events, scales). ``roles`` (a, b, result) default to a
+        weight layer's (`fourbit.traces.schema.PHASE_ROLES`); ``tensors`` ((a tensor, copy),
+        (b tensor, copy)) are not recorded when None."""
         if not self.active:
             return
         self._producer = (layer, phase)
@@ -73,9 +95,11 @@ class Recorder:
             "out_format": out_format,
             "a_zero_frac": _zero_frac(a.values), "b_zero_frac": _zero_frac(b.values),
         }
-        for prefix, q in (("a", a), ("b", b)):
-            if q.scaling.kind == "tensor":
-                row[f"{prefix}_scale"] = q.scale
+        row["a_role"], row["b_role"], row["out_role"] = roles or schema.PHASE_ROLES[phase]
+        for prefix, q, i in (("a", a, 0), ("b", b, 1)):
+            row.update(operand_columns(prefix, q))
+            if tensors is not None:
+                row[f"{prefix}_tensor"], row[f"{prefix}_copy"] = tensors[i]
         for prefix, q in (("a", a), ("b", b)):
             if q.stats is not None:
                 row[f"{prefix}_clip_frac"] = q.stats.clip_frac

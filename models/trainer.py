@@ -113,8 +113,8 @@ def _clip_grads(net: Sequential, ctx: Context, clip_norm: float) -> None:
     params = net.params()
     norm = math.sqrt(sum(float(np.sum(np.square(p.grad, dtype=np.float64))) for p in params))
     for layer in net.gemm_layers():
-        ctx.recorder.op("grad_norm", sum(p.value.size for p in layer.params()), "fp32", "fp32",
-                        layer=layer.name, phase="bwd_weight")
+        for gemm, count in layer.param_gemms():
+            ctx.recorder.op("grad_norm", count, "fp32", "fp32", layer=gemm, phase="bwd_weight")
     if norm > clip_norm:
         factor = np.float32(clip_norm / norm)
         for p in params:

@@ -36,6 +36,7 @@ name           bits   values
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -56,8 +57,11 @@ __all__ = [
     "SCALE_KINDS",
     "Scale",
     "TENSOR_SCALE",
+    "format_from_spec",
     "format_names",
+    "format_spec",
     "get_format",
+    "register_format",
     "pack_nibbles",
     "unpack_nibbles",
 ]
@@ -457,11 +461,68 @@ _FIXED: dict[str, Format] = {
 }
 
 _LOG_NAME = re.compile(r"^fp4_r(\d+)_e(\d+)(_odd)?$")
+_REGISTERED: dict[str, Format] = {}
+_KINDS: dict[str, type] = {cls.kind: cls for cls in (IntFormat, LogFormat, FloatFormat)}
+
+
+def register_format(fmt: Format) -> Format:
+    """Make ``fmt`` known by its name to every part of fourbit (`get_format`), e.g. a format a
+    user defines; registering the same definition again is a no-op. Traces record the definition
+    of every format they use, and reading one registers the formats it defines.
+
+    Raises FormatError when the name is taken by a different format."""
+    if not isinstance(fmt, IntFormat | LogFormat | FloatFormat):
+        raise FormatError(f"register_format takes an IntFormat, LogFormat or FloatFormat, got {type(fmt).__name__}")
+    try:
+        known = get_format(fmt.name)
+    except FormatError:
+        _REGISTERED[fmt.name] = fmt
+        return fmt
+    if known != fmt:
+        raise FormatError(f"format name {fmt.name!r} is taken by a different format ({known!r})")
+    return known
+
+
+def format_spec(fmt: Format) -> dict:
+    """A JSON-able definition of ``fmt``: its kind and every field (`format_from_spec` inverts it)."""
+    return {"kind": fmt.kind, **dataclasses.asdict(fmt)}
+
+
+def format_from_spec(spec: dict) -> Format:
+    """The format a `format_spec` dict defines.
+
+    Raises FormatError for an unknown kind, missing or unknown fields, or values of the wrong type."""
+    if not isinstance(spec, dict) or spec.get("kind") not in _KINDS:
+        raise FormatError(f"a format definition needs a kind, one of {tuple(_KINDS)}, got {spec!r}")
+    cls = _KINDS[spec["kind"]]
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in spec.items() if k != "kind"}
+    unknown = sorted(set(values) - set(fields))
+    if unknown or not {"name", "bits"} <= set(values):
+        raise FormatError(f"format definition {spec!r}: unknown fields {unknown} or no name and bits")
+    for key, value in values.items():
+        want = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(fields[key]))
+        if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+            raise FormatError(f"format definition of {values.get('name')!r}: {key} = {value!r} is not {fields[key]}")
+    return cls(**values)
 
 
 @functools.cache
+def _builtin(name: str) -> Format:
+    if name in _FIXED:
+        return _FIXED[name]
+    m = _LOG_NAME.match(str(name))
+    if m:
+        return LogFormat.make(int(m.group(1)), int(m.group(2)), "odd" if m.group(3) else "even")
+    raise FormatError(
+        f"unknown format {name!r}; allowed: {', '.join([*_FIXED, *_REGISTERED])}, or fp4_r{{2,4,8,16}}_e{{2,3,4}} "
+        f"with an optional _odd suffix (radix 4 and 16)"
+    )
+
+
 def get_format(name: str) -> Format:
-    """The format called ``name`` (see the module table).
+    """The format called ``name`` (see the module table; also the formats `register_format`
+    made known).
 
     Raises
     ------
@@ -470,15 +531,9 @@ def get_format(name: str) -> Format:
     """
     if isinstance(name, Format):
         return name
-    if name in _FIXED:
-        return _FIXED[name]
-    m = _LOG_NAME.match(str(name))
-    if m:
-        return LogFormat.make(int(m.group(1)), int(m.group(2)), "odd" if m.group(3) else "even")
-    raise FormatError(
-        f"unknown format {name!r}; allowed: {', '.join(_FIXED)}, or fp4_r{{2,4,8,16}}_e{{2,3,4}} "
-        f"with an optional _odd suffix (radix 4 and 16)"
-    )
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    return _builtin(name)
 
 
 def format_names() -> list[str]:
@@ -490,7 +545,7 @@ def format_names() -> list[str]:
         for p in LogFormat.PHASES
         if not (p == "odd" and r not in (4, 16))
     ]
-    return list(_FIXED) + logs
+    return list(_FIXED) + logs + list(_REGISTERED)
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:

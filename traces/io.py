@@ -3,9 +3,14 @@
 One module writes and reads (style.md rule 13). Writing is atomic: the directory is built under a
 temporary name next to the target and renamed into place, and ``meta.json`` (written last)
 carries the sha256 of every table, so a crash never leaves a half-written trace that reads as
-valid. Reading checks the schema version (an unknown major version is refused; a newer minor is read,
-without the columns it added, since a minor version only adds columns), every checksum, and every
-table (`fourbit.traces.schema.validate`).
+valid. Reading checks the schema version (version 1 is read through
+`fourbit.traces.schema.upgrade_v1`; an unknown major version is refused; a newer minor is read,
+without the columns it added, since a minor version only adds columns), every checksum, every
+table (`fourbit.traces.schema.validate`) and that weight-update ops sit on weight gradients.
+
+``meta.json`` records the definition of every number format the tables name (``formats``:
+`fourbit.traces.formats.format_spec`), so a trace of a format a user defined reads anywhere:
+reading registers the formats it defines and refuses one whose name means another format here.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fourbit.traces import schema
-from fourbit.traces.errors import ConfigError, TraceError
+from fourbit.traces.errors import ConfigError, FormatError, TraceError
 from fourbit.traces.files import atomic_dir, previous_dir
+from fourbit.traces.formats import format_from_spec, format_spec, get_format, register_format
 
 __all__ = ["Trace", "package_version", "read", "write"]
 
@@ -116,14 +122,40 @@ def write(trace: Trace, path: str | os.PathLike, *, overwrite: bool = False) -> 
             f = tmp / f"{name}.parquet"
             df.to_parquet(f, index=False)
             entries[name] = {"file": f.name, "rows": len(df), "sha256": _sha256(f)}
-        meta = {k: v for k, v in trace.meta.items() if k not in ("schema_version", "tables")}
-        meta = {"schema_version": schema.SCHEMA_VERSION, **meta, "tables": entries}
+        meta = {k: v for k, v in trace.meta.items() if k not in ("schema_version", "tables", "formats")}
+        meta = {"schema_version": schema.SCHEMA_VERSION, **meta, "formats": _format_specs(tables), "tables": entries}
         meta.setdefault("package_version", package_version())
         with open(tmp / META, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
     trace.meta = meta
     return path
+
+
+def _format_specs(tables: dict[str, pd.DataFrame]) -> dict:
+    """The definition of every format the tables name (their format columns)."""
+    names = set()
+    for name, df in tables.items():
+        for c in schema.TABLES[name]:
+            if c.check == "format" and c.name in df.columns:
+                names.update(str(v) for v in df[c.name].dropna().unique())
+    return {n: format_spec(get_format(n)) for n in sorted(names)}
+
+
+def _register_formats(f: Path, meta: dict) -> None:
+    """Make the formats the trace defines known (`register_format`); TraceError for a malformed
+    definition or a name that means another format here."""
+    specs = meta.get("formats", {})
+    if not isinstance(specs, dict):
+        raise TraceError(f"{f}: field 'formats' must map format names to their definitions")
+    for name, spec in specs.items():
+        try:
+            fmt = format_from_spec(spec)
+            if fmt.name != name:
+                raise FormatError(f"its definition names {fmt.name!r}")
+            register_format(fmt)
+        except FormatError as exc:
+            raise TraceError(f"{f}: format {name!r}: {exc}") from None
 
 
 def _json_default(obj):
@@ -145,25 +177,33 @@ def _read_meta(path: Path) -> dict:
         raise TraceError(f"{f}: expected a JSON object with schema_version and tables, got {type(meta).__name__}")
     version = str(meta.get("schema_version", ""))
     major = version.split(".")[0]
-    if major != schema.SCHEMA_VERSION.split(".")[0]:
+    if major not in (schema.SCHEMA_VERSION.split(".")[0], "1"):
         raise TraceError(
             f"{f}: schema_version {version!r} has an unknown major version; this fourbit reads "
-            f"{schema.SCHEMA_VERSION.split('.')[0]}.x"
+            f"{schema.SCHEMA_VERSION.split('.')[0]}.x (and 1.x, converted)"
         )
     if not isinstance(meta.get("tables"), dict):
         raise TraceError(f"{f}: field 'tables' is missing")
     return meta
 
 
+def _upgraded(meta: dict) -> bool:
+    """Whether the trace has schema version 1 (read through `fourbit.traces.schema.upgrade_v1`)."""
+    return str(meta.get("schema_version", "")).split(".")[0] == "1"
+
+
 def _newer_minor(meta: dict) -> bool:
     """Whether the trace was written by a newer minor version of the schema than this reader's."""
+    if _upgraded(meta):
+        return False
+
     def minor(v: str) -> int:
         part = v.split(".")[1] if "." in v else "0"
         return int(part) if part.isdigit() else 0
     return minor(str(meta.get("schema_version", ""))) > minor(schema.SCHEMA_VERSION)
 
 
-def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False) -> pd.DataFrame:
+def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False, v1: bool = False) -> pd.DataFrame:
     f = path / str(entry.get("file", f"{name}.parquet"))
     if not f.is_file():
         raise TraceError(f"table {name}: file {f} is missing")
@@ -189,6 +229,8 @@ def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False) -
     for col in df.columns:
         if col in dtypes and str(df[col].dtype) != dtypes[col]:
             df[col] = df[col].astype(dtypes[col])  # same Arrow type, pandas' default mapping differs
+    if v1 and name == "gemms":
+        df = schema.coerce(name, df)  # the operand descriptions version 1 left implicit
     schema.validate(name, df)
     if len(df) != entry.get("rows", len(df)):
         raise TraceError(f"table {name}: {len(df)} rows, meta.json says {entry.get('rows')}")
@@ -212,10 +254,14 @@ def read(path: str | os.PathLike) -> Trace:
         what = "not a directory" if path.exists() else "does not exist"
         raise TraceError(f"{path}: {what} (a run directory holds {META} and Parquet tables){hint}")
     meta = _read_meta(path)
+    _register_formats(path / META, meta)
     tables = {}
     for name in schema.TABLES:
         entry = meta["tables"].get(name)
         if entry is None:
             raise TraceError(f"{path / META}: table {name!r} is not listed")
-        tables[name] = _read_table(path, name, entry, _newer_minor(meta))
+        tables[name] = _read_table(path, name, entry, _newer_minor(meta), _upgraded(meta))
+    schema.validate_step_ops(tables["gemms"], tables["ops"])
+    if _upgraded(meta):
+        meta = {**meta, "schema_version": schema.SCHEMA_VERSION, "upgraded_from": meta["schema_version"]}
     return Trace(meta, tables["gemms"], tables["ops"], tables["metrics"])

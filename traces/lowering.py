@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from fourbit.traces.errors import TraceError
 
-__all__ = ["GemmShape", "conv2d", "conv_output_size", "linear"]
+__all__ = ["GemmShape", "conv2d", "conv_output_size", "linear", "operand_tensors"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +95,21 @@ def conv2d(batch: int, in_channels: int, in_h: int, in_w: int, out_channels: int
         "bwd_data": GemmShape(bpq, crs, f, groups),
         "bwd_weight": GemmShape(f, crs, bpq, groups),
     }
+
+
+def operand_tensors(layer: str, phase: str, separate_grad_copies: bool) -> tuple[tuple[str, int], tuple[str, int]]:
+    """Which quantized copy of which tensor each operand of a weight layer's GEMM is: ((a tensor,
+    copy), (b tensor, copy)). The tensors are ``LAYER.x`` (the input activations), ``LAYER.w``
+    (the weights) and ``LAYER.dy`` (the output gradient); ``fwd`` reads x and w, ``bwd_data`` dy
+    and w (the same copy of w as ``fwd``), ``bwd_weight`` dy and x (the same copy of x as
+    ``fwd``). The output gradient is quantized once per backward GEMM when the two need different
+    copies (``separate_grad_copies``: Two-Phase Rounding's two phases, or two formats): copy 0
+    for ``bwd_weight`` (quantized first), copy 1 for ``bwd_data``; else both read copy 0."""
+    x, w, dy = f"{layer}.x", f"{layer}.w", f"{layer}.dy"
+    if phase == "fwd":
+        return (x, 0), (w, 0)
+    if phase == "bwd_data":
+        return (dy, 1 if separate_grad_copies else 0), (w, 0)
+    if phase == "bwd_weight":
+        return (dy, 0), (x, 0)
+    raise TraceError(f"phase must be fwd, bwd_data or bwd_weight, got {phase!r}")

@@ -232,9 +232,12 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
         lay, (shapes, geometry) = layers[i], lowered[i]
         a, b, acc, out = formats[i][phase]
         sh = shapes[phase]
+        separate = formats[i]["bwd_data"][0] != formats[i]["bwd_weight"][0]
+        (a_t, a_c), (b_t, b_c) = lowering.operand_tensors(lay.name, phase, separate)
         gemms.append({"step": 0, "layer": lay.name, "layer_type": lay.kind, "phase": phase, "M": sh.M,
                       "N": sh.N, "K": sh.K, "groups": sh.groups, "a_format": a, "b_format": b,
-                      "acc_format": acc, "out_format": out, **geometry})
+                      "acc_format": acc, "out_format": out, "a_tensor": a_t, "a_copy": a_c, "b_tensor": b_t,
+                      "b_copy": b_c, **geometry})
 
     def op(i: int, phase: str, kind: str | None, elements: int, fin: str, fout: str, fused: bool = True) -> None:
         if kind is not None:

@@ -1,14 +1,23 @@
-"""The trace schema, version 1: tables, columns, dtypes, units, and validation.
+"""The trace schema, version 2: tables, columns, dtypes, units, and validation.
 
 A run directory holds ``meta.json`` and three Parquet tables (design.md section 4):
 
 ``gemms``
     One row per GEMM per recorded step, in execution order. A GEMM multiplies ``a`` (M x K) by
-    ``b`` (K x N), ``groups`` times (grouped and depthwise convolutions; MACs = groups*M*N*K). The
-    operand roles are fixed by the phase (`fourbit.traces.lowering`): ``fwd`` a = activations (ifmap),
-    b = weights (filter); ``bwd_data`` a = output gradient, b = weights; ``bwd_weight`` a = output
-    gradient (transposed), b = activations. Statistics columns are nullable (``Float64``,
-    ``Int64``): <NA> means "not recorded" (shape-only traces are valid); NaN is an error.
+    ``b`` (K x N), ``groups`` times (grouped and depthwise convolutions, attention heads;
+    MACs = groups*M*N*K). The phases keep their GEMM meaning: with the forward GEMM Y = A B,
+    ``fwd`` computes Y (a = A, b = B), ``bwd_data`` dA = dY B^T (a = dY, b = B^T), ``bwd_weight``
+    the gradient of the second operand, dB^T = dY^T A (a = dY^T, b = A; its M is the forward's N,
+    its N the forward's K). Each operand says what it is: its ``role`` (``activation``,
+    ``weight``, ``gradient``), its format and scaling (``scale_kind`` per tensor or per block,
+    ``block`` size, ``block_axis`` the GEMM dimension blocks run along, ``scale_format``), its
+    bits per element with its scales (``bits``), and which quantized copy of which tensor it is
+    (``tensor``, ``copy``: two GEMMs that read the same copy read the same bits). ``out_role`` is
+    what the result is: ``activation`` (fwd), ``gradient`` (of an activation) or
+    ``weight_gradient`` (bwd_weight of a GEMM whose second operand is a weight: only these get a
+    weight update, master-weight traffic and weight requantization). Statistics columns are
+    nullable (``Float64``, ``Int64``): <NA> means "not recorded" (shape-only traces are valid);
+    NaN is an error. Version 1 traces (no operand descriptions) are read through `upgrade_v1`.
 ``ops``
     The non-GEMM vector work of a (layer, phase): quantize, max-abs, GradScale, activation, BN,
     col2im adds, optimizer update; ``elements`` per op. ``fused`` ops run on the GEMM's output
@@ -33,6 +42,11 @@ from fourbit.traces.formats import Accumulator, get_format
 __all__ = [
     "HIST_BINS",
     "LAYER_TYPES",
+    "OUT_ROLES",
+    "PHASE_ROLES",
+    "ROLES",
+    "SCALE_KINDS",
+    "WEIGHT_UPDATE_OPS",
     "OP_KINDS",
     "OP_PHASES",
     "PHASES",
@@ -41,15 +55,28 @@ __all__ = [
     "Column",
     "coerce",
     "from_records",
+    "upgrade_v1",
     "validate",
+    "validate_step_ops",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
 """major.minor: a reader refuses an unknown major version and reads newer minors."""
 
 PHASES = ("fwd", "bwd_data", "bwd_weight")
 OP_PHASES = PHASES + ("update",)
-LAYER_TYPES = ("linear", "conv2d", "dwconv2d", "lstm", "embedding", "matmul")
+LAYER_TYPES = ("linear", "conv2d", "dwconv2d", "lstm", "embedding", "matmul", "attention")
+"""What a GEMM row's layer is: ``attention`` is an activation x activation GEMM (scores Q K^T,
+context P V); ``matmul`` a bare GEMM with a weight (benchmarks, anchors)."""
+ROLES = ("activation", "weight", "gradient")
+OUT_ROLES = ("activation", "gradient", "weight_gradient")
+SCALE_KINDS = ("tensor", "block", "block2d")
+PHASE_ROLES = {"fwd": ("activation", "weight", "activation"), "bwd_data": ("gradient", "weight", "gradient"),
+               "bwd_weight": ("gradient", "activation", "weight_gradient")}
+"""(a_role, b_role, out_role) of each phase of a layer with a weight: the roles a writer that
+does not say otherwise gets, and what a version 1 trace meant."""
+WEIGHT_UPDATE_OPS = ("sgd_momentum", "moments", "grad_norm")
+"""Ops that exist only for a weight: on a GEMM's output path they belong to a weight gradient."""
 HIST_BINS = 16
 """Magnitude codes of a log format (exponent bits <= 4): the gradient-code histogram's bins."""
 OP_KINDS = (
@@ -69,7 +96,7 @@ class Column:
     name: str
     dtype: str
     required: bool
-    check: str  # "", "positive", "nonneg", "fraction", "finite", "phase", "op_phase", "op", "format", "acc", "layer_type"
+    check: str  # "", "positive", "nonneg", "fraction", "finite", "phase", "op_phase", "op", "format", "acc", "layer_type", "role", "out_role", "scale_kind", "axis_a", "axis_b"
     doc: str
 
 
@@ -103,6 +130,17 @@ GEMMS = [
     *_GEOMETRY,
     Column("a_format", "string", True, "format", "format of operand a (traces.formats)"),
     Column("b_format", "string", True, "format", "format of operand b"),
+    *[c for x, axis in (("a", "M"), ("b", "N")) for c in (
+        Column(f"{x}_role", "string", True, "role", f"what operand {x} is: one of {ROLES}"),
+        Column(f"{x}_scale_kind", "string", True, "scale_kind", f"how {x}'s values are scaled: one of {SCALE_KINDS}"),
+        Column(f"{x}_block", "Int64", False, "positive", f"elements per scale block of {x} (per side for 2-D blocks)"),
+        Column(f"{x}_block_axis", "string", False, f"axis_{x}", f"the GEMM dimension {x}'s blocks run along: K or {axis}"),
+        Column(f"{x}_scale_format", "string", True, "format", f"format {x}'s scales are stored in"),
+        Column(f"{x}_bits", "Float64", True, "positive", f"bits stored per element of {x}, scales included"),
+        Column(f"{x}_tensor", "string", False, "", f"the tensor {x} is a quantized copy of"),
+        Column(f"{x}_copy", "Int64", False, "nonneg", f"which quantized copy of {x}_tensor (0, 1, ...) this step"),
+    )],
+    Column("out_role", "string", True, "out_role", f"what the result is: one of {OUT_ROLES}"),
     Column("acc_format", "string", True, "acc", "accumulator (Accumulator.name)"),
     Column("out_format", "string", True, "format", "format the result is rounded to"),
     _stat("a_zero_frac", "fraction of zero values in a"),
@@ -162,6 +200,8 @@ def coerce(table: str, df: pd.DataFrame | None) -> pd.DataFrame:
     """
     cols = _columns(table)
     df = pd.DataFrame(columns=[c.name for c in cols]) if df is None else df
+    if table == "gemms":
+        df = upgrade_v1(df)
     names = [c.name for c in cols]
     extra = [c for c in df.columns if c not in names]
     if extra:
@@ -203,7 +243,10 @@ def from_records(table: str, rows: list[dict]) -> pd.DataFrame:
             if isinstance(value, float) and value != value:
                 raise TraceError(f"table {table}, column {key!r}, row {i}: NaN (use <NA> for not recorded)")
     data = {}
+    present = {key for row in rows for key in row}
     for c in cols:
+        if c.name not in present and c.name in _DERIVED:
+            continue  # left to `upgrade_v1`, which derives it
         values = [row.get(c.name, pd.NA) for row in rows]
         try:
             data[c.name] = pd.array(values, dtype=c.dtype)
@@ -262,7 +305,9 @@ def _check_values(table: str, c: Column, col: pd.Series, present: np.ndarray) ->
         if bad.any():
             _fail(table, c.name, idx[bad], what, vals)
         return
-    allowed = {"phase": PHASES, "op_phase": OP_PHASES, "layer_type": LAYER_TYPES, "op": OP_KINDS}.get(c.check)
+    allowed = {"phase": PHASES, "op_phase": OP_PHASES, "layer_type": LAYER_TYPES, "op": OP_KINDS, "role": ROLES,
+               "out_role": OUT_ROLES, "scale_kind": SCALE_KINDS, "axis_a": ("K", "M"),
+               "axis_b": ("K", "N")}.get(c.check)
     present_vals = vals[idx]
     for value in pd.unique(present_vals):  # check each distinct value once
         rows = idx[present_vals == value]
@@ -275,3 +320,59 @@ def _check_values(table: str, c: Column, col: pd.Series, present: np.ndarray) ->
             except FormatError as exc:
                 kind = "accumulator" if c.check == "acc" else "format"
                 _fail(table, c.name, rows, f"unknown {kind}: {exc}", vals)
+
+
+_DERIVED = ("a_role", "b_role", "out_role", "a_scale_kind", "b_scale_kind", "a_scale_format", "b_scale_format",
+            "a_bits", "b_bits")
+"""The required gemms columns `upgrade_v1` derives when a table leaves them out."""
+
+
+def upgrade_v1(gemms: pd.DataFrame) -> pd.DataFrame:
+    """A ``gemms`` table with the operand descriptions of version 2 filled in where its columns
+    are absent: the roles of a layer with a weight (`PHASE_ROLES`), per-tensor FP32 scales, bits
+    per element from the formats, tensor and copy not recorded. This reads a version 1 trace
+    (which meant exactly that) and lets a writer that has shapes only leave them out; a column
+    that is present is kept as it is.
+
+    Raises TraceError for a phase or format the defaults cannot be derived from."""
+    need = [name for name in _DERIVED if name not in gemms.columns]
+    if not need or not len(gemms):
+        return gemms
+    df = gemms.copy()
+    phases = df["phase"].astype(str)
+    bad = ~phases.isin(PHASES)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TraceError(f"table gemms, column 'phase', row {row}: unknown value, allowed {PHASES} "
+                         f"(got {phases.iloc[row]!r})")
+    for i, name in enumerate(("a_role", "b_role", "out_role")):
+        if name in need:
+            df[name] = phases.map(lambda ph, i=i: PHASE_ROLES[ph][i])
+    for x in ("a", "b"):
+        if f"{x}_scale_kind" in need:
+            df[f"{x}_scale_kind"] = "tensor"
+        if f"{x}_scale_format" in need:
+            df[f"{x}_scale_format"] = "fp32"
+        if f"{x}_bits" in need:
+            try:
+                df[f"{x}_bits"] = [float(get_format(f).bits_per_element) for f in df[f"{x}_format"].astype(str)]
+            except FormatError as exc:
+                raise TraceError(f"table gemms, column '{x}_format': {exc}") from None
+    return df
+
+
+def validate_step_ops(gemms: pd.DataFrame, ops: pd.DataFrame) -> None:
+    """Check that weight-update ops (`WEIGHT_UPDATE_OPS`) sit only on the output path of a weight
+    gradient: a (layer, phase) of ``ops`` with such an op must have a GEMM row of that step whose
+    ``out_role`` is ``weight_gradient``.
+
+    Raises TraceError naming the op's row, layer and phase."""
+    if not len(ops):
+        return
+    weight_grads = set(zip(gemms.step[gemms.out_role == "weight_gradient"],
+                           gemms.layer[gemms.out_role == "weight_gradient"], strict=True))
+    updates = ops[ops.op.isin(WEIGHT_UPDATE_OPS)]
+    for i, r in zip(updates.index, updates.itertuples(index=False), strict=True):
+        if (r.step, r.layer) not in weight_grads or r.phase != "bwd_weight":
+            raise TraceError(f"table ops, row {int(i)}: {r.op} on {r.layer} {r.phase}, which is not the "
+                             "bwd_weight of a GEMM whose second operand is a weight (out_role weight_gradient)")

@@ -95,7 +95,7 @@ def test_a_gemm_of_block_scaled_operands_applies_each_products_scales():
     shape = linear(5, 20, 3)["fwd"]
 
     class _Layer:
-        name, layer_type = "fc", "linear"
+        name, layer_type, role = "fc", "linear", "hidden"
 
     ctx = Context(get_recipe("fp32"), Recorder())
     acc = Accumulator("fp32", 1, None)

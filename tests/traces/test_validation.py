@@ -54,6 +54,11 @@ def gemms(path) -> pd.DataFrame:
     (lambda g: g.assign(acc_format=np.where(g.index == 1, "fp16/g4/c6", g.acc_format)), r"table gemms, column 'acc_format', row 1: unknown accumulator"),
     (lambda g: g.assign(a_zero_frac=np.where(g.index == 4, 1.5, g.a_zero_frac)), r"table gemms, column 'a_zero_frac', row 4: must be in \[0, 1\]"),
     (lambda g: g.assign(layer=np.where(g.index == 0, None, g.layer)), r"table gemms, column 'layer', row 0: missing value in a required column"),
+    (lambda g: g.assign(b_role=np.where(g.index == 2, "bias", g.b_role)), r"table gemms, column 'b_role', row 2: unknown value"),
+    (lambda g: g.assign(a_scale_kind=np.where(g.index == 1, "row", g.a_scale_kind)),
+     r"table gemms, column 'a_scale_kind', row 1: unknown value"),
+    (lambda g: g.assign(b_block_axis=np.where(g.index == 0, "M", None)), r"table gemms, column 'b_block_axis', row 0: unknown value"),
+    (lambda g: g.assign(a_bits=np.where(g.index == 3, 0.0, g.a_bits)), r"table gemms, column 'a_bits', row 3: must be > 0"),
 ])
 def test_gemms_failures(run_dir, change, message):
     _rewrite(run_dir, "gemms", change(gemms(run_dir)))
@@ -93,19 +98,48 @@ def test_ops_and_metrics_failures(run_dir):
 
 def test_versions(run_dir):
     meta = json.loads((run_dir / "meta.json").read_text())
-    meta["schema_version"] = "1.7"  # a newer minor version is read
+    meta["schema_version"] = "2.7"  # a newer minor version is read
     (run_dir / "meta.json").write_text(json.dumps(meta))
-    assert read(run_dir).meta["schema_version"] == "1.7"
-    _rewrite(run_dir, "gemms", gemms(run_dir).assign(a_new_statistic=0.5))  # what 1.7 may add
+    assert read(run_dir).meta["schema_version"] == "2.7"
+    _rewrite(run_dir, "gemms", gemms(run_dir).assign(a_new_statistic=0.5))  # what 2.7 may add
     assert "a_new_statistic" not in read(run_dir).gemms.columns
     meta = json.loads((run_dir / "meta.json").read_text())
-    meta["schema_version"] = "1.0"  # at this reader's own version an unknown column is an error
+    meta["schema_version"] = "2.0"  # at this reader's own version an unknown column is an error
     (run_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TraceError, match=r"table gemms: unexpected column 'a_new_statistic'"):
         read(run_dir)
-    meta["schema_version"] = "2.0"
+    meta["schema_version"] = "3.0"
     (run_dir / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(TraceError, match=r"schema_version '2.0' has an unknown major version"):
+    with pytest.raises(TraceError, match=r"schema_version '3.0' has an unknown major version; this fourbit reads 2.x"):
+        read(run_dir)
+
+
+def test_a_version_1_trace_is_read_through_the_one_conversion(run_dir):
+    """Version 1 had no operand descriptions: reading fills them with what version 1 meant (a
+    weight layer's roles by phase, per-tensor FP32 scales, bits from the formats), says so in the
+    metadata, and gives the same table as the version 2 trace apart from the columns version 1
+    could not know (which tensor copy)."""
+    new = read(run_dir)
+    v2_only = [c for c in new.gemms.columns if c.endswith(("_role", "_scale_kind", "_scale_format", "_bits",
+                                                             "_block", "_block_axis", "_tensor", "_copy"))]
+    _rewrite(run_dir, "gemms", gemms(run_dir).drop(columns=v2_only))
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["schema_version"] = "1.0"
+    del meta["formats"]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    old = read(run_dir)
+    assert old.meta["upgraded_from"] == "1.0" and old.meta["schema_version"] == schema.SCHEMA_VERSION
+    copies = [c for c in v2_only if c.endswith(("_tensor", "_copy"))]
+    assert old.gemms[copies].isna().all().all()
+    pd.testing.assert_frame_equal(old.gemms.drop(columns=copies), new.gemms.drop(columns=copies))
+
+
+def test_weight_update_ops_only_on_weight_gradients(run_dir):
+    g = gemms(run_dir)
+    last = g.index[(g.phase == "bwd_weight")][0]
+    _rewrite(run_dir, "gemms", g.assign(out_role=np.where(g.index == last, "gradient", g.out_role)))
+    with pytest.raises(TraceError, match=r"sgd_momentum on .* bwd_weight, which is not the bwd_weight of a GEMM "
+                                         r"whose second operand is a weight"):
         read(run_dir)
 
 
