@@ -20,6 +20,7 @@ from fourbit.models import numerics
 from fourbit.models.quantizers import GradScale, QTensor
 from fourbit.models.recipes import LayerPrecision, Recipe
 from fourbit.models.recorder import Recorder
+from fourbit.traces import registry
 from fourbit.traces.errors import ConfigError, NumericsError
 from fourbit.traces.formats import Accumulator, FloatFormat, Format, get_format
 from fourbit.traces.lowering import GemmShape, conv2d, conv_output_size, linear, operand_tensors
@@ -216,7 +217,7 @@ class QuantGemmLayer(Layer):
         quantizer = self.input_quantizer(ctx)
         q = quantizer(x, float(self.alpha.value[0]))
         if quantizer.op is not None:
-            ctx.recorder.op(quantizer.op, x.size, "fp32", q.format.name, default=(self.name, "fwd"))
+            registry.quantize_input(ctx.recorder, self.name, x.size, quantizer.op, q.format.name)
         return q
 
     def input_backward(self, dq: np.ndarray, x: np.ndarray, ctx: Context) -> np.ndarray:
@@ -226,7 +227,7 @@ class QuantGemmLayer(Layer):
             return dq
         dx, dalpha = quantizer.backward(dq, x, float(self.alpha.value[0]))
         self.alpha.grad[0] += dalpha
-        ctx.recorder.op("pact_bwd", dx.size, "fp32", "fp32")
+        registry.clip_backward(ctx.recorder, dx.size)
         return dx
 
     def quant_weight(self, ctx: Context, w: np.ndarray | None = None) -> QTensor:
@@ -237,20 +238,16 @@ class QuantGemmLayer(Layer):
         ``bwd_weight`` and ``bwd_data`` (the two TPR phases); returns (weight grad operand, data
         grad operand, 1/scale)."""
         prec = self.precision(ctx)
-        rec = ctx.recorder
         gs = self.grad_scale
-        if gs is not None:
-            if observe:
-                gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
-            rec.op("maxabs", dy.size, "fp32", "fp32", default=(self.name, "bwd_weight"))
+        if gs is not None and observe:
+            gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
         s = 1.0 if gs is None else gs.scale
         scaled = dy * np.float32(s)
         g_weight = prec.grad_weight(scaled)
         same = prec.grad_data == prec.grad_weight
         g_data = g_weight if same else prec.grad_data(scaled)
-        for q, g in ((prec.grad_weight, g_weight),) + (() if same else ((prec.grad_data, g_data),)):
-            if q.op is not None:
-                rec.op(q.op, dy.size, "fp32", g.format.name, default=(self.name, "bwd_weight"))
+        copies = [(prec.grad_weight.op, g_weight.format.name)] + ([] if same else [(prec.grad_data.op, g_data.format.name)])
+        registry.quantize_gradient(ctx.recorder, self.name, dy.size, gs is not None, copies)
         return g_weight, g_data, 1.0 / s
 
     def update_ops(self, ctx: Context, gemm: str, weights: int) -> None:
@@ -258,12 +255,8 @@ class QuantGemmLayer(Layer):
         ``gemm`` that computes their gradient (FP32 master weights and momentum read and
         written; the weight quantizer's statistics and the re-quantization for the next step)."""
         prec = self.precision(ctx)
-        rec = ctx.recorder
-        rec.op("sgd_momentum", weights, prec.output("bwd_weight").name, "fp32", layer=gemm, phase="bwd_weight")
-        for op in prec.weight.update_ops:
-            rec.op(op, weights, "fp32", "fp32", layer=gemm, phase="bwd_weight")
-        if prec.weight.op is not None:
-            rec.op(prec.weight.op, weights, "fp32", prec.weight.format.name, layer=gemm, phase="bwd_weight")
+        registry.weight_update(ctx.recorder, gemm, weights, prec.output("bwd_weight").name, prec.weight.update_ops,
+                               (prec.weight.op, prec.weight.format.name))
 
     def param_gemms(self) -> list[tuple[str, int]]:
         """(GEMM layer name, parameters) for each GEMM whose bwd_weight output path updates
@@ -292,7 +285,7 @@ class Linear(QuantGemmLayer):
         y = run_gemm(ctx, self, "fwd", xq, wq.T, prec.acc_fwd, prec.out, shapes["fwd"])
         if self.bias is not None:
             y += self.bias.value
-            ctx.recorder.op("bias_add", y.size, prec.out.name, "fp32")
+            registry.bias_add(ctx.recorder, y.size, prec.out.name)
         self._cache = (x2, xq, wq, shapes, lead)
         return y.reshape(*lead, -1)
 
@@ -393,7 +386,7 @@ class Conv2d(QuantGemmLayer):
         y = np.ascontiguousarray(y.reshape(b, p, q, f).transpose(0, 3, 1, 2))
         if self.bias is not None:
             y += self.bias.value[None, :, None, None]
-            ctx.recorder.op("bias_add", y.size, prec.out.name, "fp32")
+            registry.bias_add(ctx.recorder, y.size, prec.out.name)
         self._cache = (x, a, w2, wq, shapes, geometry, p, q)
         return y
 
@@ -426,7 +419,7 @@ class Conv2d(QuantGemmLayer):
         if g > 1:
             dcols = dcols.transpose(1, 0, 2).reshape(b * p * q, -1)
         if self.kernel > 1 or self.stride > 1:
-            ctx.recorder.op("col2im_add", dcols.size, prec.output("bwd_data").name, "fp32")
+            registry.col2im(ctx.recorder, dcols.size, prec.output("bwd_data").name)
         dx = _col2im(dcols, x.shape, self.kernel, self.kernel, self.stride, self.padding, p, q)
         return self.input_backward(dx, x, ctx)
 
@@ -509,7 +502,7 @@ class LSTM(QuantGemmLayer):
             cs[:, step + 1] = fg * cs[:, step] + ig * gg
             hs[:, step + 1] = og * np.tanh(cs[:, step + 1])
             gates[:, step] = np.concatenate([ig, fg, gg, og], axis=1)
-            rec.op("lstm_cell", b * h, "fp32", "fp32")
+            registry.lstm_cell(rec, b * h)
         self._cache = (x2, xq, wq_ih, wq_hh, hq_steps, hs, cs, gates, sh_ih, sh_hh)
         return hs[:, 1:].copy()
 
@@ -530,7 +523,7 @@ class LSTM(QuantGemmLayer):
             dc = dh * og * (1 - tc * tc) + dc_next
             dz = np.concatenate([dc * gg * ig * (1 - ig), dc * cs[:, step] * fg * (1 - fg),
                                  dc * ig * (1 - gg * gg), dh * tc * og * (1 - og)], axis=1).astype(np.float32)
-            rec.op("lstm_cell_bwd", b * h, "fp32", "fp32")
+            registry.lstm_cell_backward(rec, b * h)
             dz_all[:, step] = dz
             g_weight, g_data, inv = self.quant_grads(dz, ctx)
             gw_steps.append(g_weight)
@@ -599,11 +592,11 @@ class ReLU(Layer):
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         self._mask = x > 0
-        ctx.recorder.op("relu", x.size, "fp32", "fp32", default=(self.name, "fwd"))
+        registry.relu(ctx.recorder, self.name, x.size)
         return np.where(self._mask, x, 0.0).astype(np.float32)
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
-        ctx.recorder.op("relu_bwd", dy.size, "fp32", "fp32", default=(self.name, "bwd_data"))
+        registry.relu_backward(ctx.recorder, self.name, dy.size)
         return np.where(self._mask, dy, 0.0).astype(np.float32)
 
 
@@ -640,7 +633,7 @@ class BatchNorm2d(Layer):
         inv = (1.0 / np.sqrt(var + np.float32(self.eps))).astype(np.float32)
         xhat = (x - mean[None, :, None, None]) * inv[None, :, None, None]
         self._cache = (xhat, inv)
-        ctx.recorder.op("bn_fwd", x.size, "fp16", "fp32", fused=False)
+        registry.batchnorm(ctx.recorder, x.size)
         return (xhat * self.gamma.value[None, :, None, None] + self.beta.value[None, :, None, None]).astype(np.float32)
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
@@ -650,7 +643,7 @@ class BatchNorm2d(Layer):
         dxhat = dy * self.gamma.value[None, :, None, None]
         mean_d = dxhat.mean(axis=(0, 2, 3), keepdims=True)
         mean_dx = (dxhat * xhat).mean(axis=(0, 2, 3), keepdims=True)
-        ctx.recorder.op("bn_bwd", dy.size, "fp32", "fp32", fused=False)
+        registry.batchnorm_backward(ctx.recorder, dy.size)
         return ((dxhat - mean_d - xhat * mean_dx) * inv[None, :, None, None]).astype(np.float32)
 
 
@@ -672,7 +665,7 @@ class MaxPool2d(Layer):
         win = win.reshape(b, c, hk, wk, k * k)
         idx = win.argmax(axis=-1)
         self._cache = (x.shape, idx)
-        ctx.recorder.op("pool_fwd", x.size, "fp32", "fp32")
+        registry.pool(ctx.recorder, x.size)
         return np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
@@ -684,7 +677,7 @@ class MaxPool2d(Layer):
         np.put_along_axis(win, idx[..., None], dy[..., None], axis=-1)
         out = np.zeros(shape, np.float32)
         out[:, :, :hk * k, :wk * k] = win.reshape(b, c, hk, wk, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hk * k, wk * k)
-        ctx.recorder.op("pool_bwd", out.size, "fp32", "fp32")
+        registry.pool_backward(ctx.recorder, out.size)
         return out
 
 
@@ -695,12 +688,12 @@ class AvgPool2d(Layer):
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         self._shape = x.shape
-        ctx.recorder.op("pool_fwd", x.size, "fp32", "fp32")
+        registry.pool(ctx.recorder, x.size)
         return x.mean(axis=(2, 3), dtype=np.float64).astype(np.float32)
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
         b, c, h, w = self._shape
-        ctx.recorder.op("pool_bwd", b * c * h * w, "fp32", "fp32")
+        registry.pool_backward(ctx.recorder, b * c * h * w)
         return np.broadcast_to((dy / np.float32(h * w))[:, :, None, None], self._shape).astype(np.float32)
 
 
@@ -785,7 +778,7 @@ class Residual(Layer):
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         y = self.main.forward(x, ctx)
         s = x if self.shortcut is None else self.shortcut.forward(x, ctx)
-        ctx.recorder.op("residual_add", y.size, "fp32", "fp32")
+        registry.residual_add(ctx.recorder, y.size)
         return (y + s).astype(np.float32)
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
@@ -813,7 +806,7 @@ class Embedding(Layer):
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
         np.add.at(self.table.grad, self._ids.ravel(), dy.reshape(-1, dy.shape[-1]))
-        ctx.recorder.op("embedding_bwd", dy.size, "fp32", "fp32")
+        registry.embedding_backward(ctx.recorder, dy.size)
         return np.zeros(self._ids.shape, np.float32)
 
 

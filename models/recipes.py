@@ -185,6 +185,12 @@ class Recipe:
                 acc = p.accumulator(ph)
                 d[f"acc_{ph}"] = None if acc is None else acc.name
             d["gemm_formats"] = {ph: list(p.gemm_formats(ph)) for ph in ("fwd", "bwd_data", "bwd_weight")}
+            # what a shape-only importer needs to record the same ops (fourbit.traces.registry)
+            d["ops"] = {"act": p.act.op, "weight": p.weight.op, "grad_data": p.grad_data.op,
+                        "grad_weight": p.grad_weight.op, "weight_statistics": list(p.weight.update_ops)}
+            d["separate_grad_copies"] = p.grad_data != p.grad_weight
+            d["grad_scale"] = self.grad_scaling != "none" and p.scaled_grads
+            d["trained_clip"] = p.act.trained_clip
             return d
         return {"name": self.name, "grad_scaling": self.grad_scaling, "tie": self.tie,
                 "radix": self.radix, "exponent_bits": self.exponent_bits, "tpr": self.tpr,

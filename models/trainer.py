@@ -24,7 +24,7 @@ from fourbit.models.quantizers import GradScale
 from fourbit.models.recipes import Recipe, get_recipe
 from fourbit.models.recorder import Recorder
 from fourbit.models.zoo import build_model
-from fourbit.traces import schema
+from fourbit.traces import registry, schema
 from fourbit.traces.config import StrictModel, first_difference
 from fourbit.traces.errors import ConfigError, NumericsError, TrainingError
 from fourbit.traces.files import atomic_dir, created_dir
@@ -114,7 +114,7 @@ def _clip_grads(net: Sequential, ctx: Context, clip_norm: float) -> None:
     norm = math.sqrt(sum(float(np.sum(np.square(p.grad, dtype=np.float64))) for p in params))
     for layer in net.gemm_layers():
         for gemm, count in layer.param_gemms():
-            ctx.recorder.op("grad_norm", count, "fp32", "fp32", layer=gemm, phase="bwd_weight")
+            registry.grad_norm(ctx.recorder, gemm, count)
     if norm > clip_norm:
         factor = np.float32(clip_norm / norm)
         for p in params:
@@ -129,7 +129,7 @@ def _step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, step: int
         try:
             logits = net.forward(x, ctx)
             loss, dlogits = softmax_xent(logits, y)
-            ctx.recorder.op("softmax_xent", logits.size, "fp32", "fp32")
+            registry.loss(ctx.recorder, logits.size)
             if not math.isfinite(loss):
                 raise TrainingError(f"loss is {loss} {diverged}")
             net.backward(dlogits, ctx)

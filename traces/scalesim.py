@@ -22,9 +22,12 @@ input) is a `TraceError` naming the file and the line.
 The trace has all three phases of every layer (`fourbit.traces.lowering`) in training order (every
 layer's ``fwd``; then, from the last layer down, ``bwd_weight`` and ``bwd_data``) with the
 operand formats the recipe gives each layer role (first and last layer, depthwise layers, the
-rest), and the vector work (``ops``) a training step does around them: quantization for the next
-layer, BatchNorm (conv topologies; off with ``batchnorm=False``), activation, GradScale max-abs
-and FP4 quantization of gradients, col2im, the optimizer update.
+rest), and the vector work (``ops``) a training step does around them, recorded through the
+registry the emulator's layers record through (`fourbit.traces.registry`), so a model trained
+with the same layers and shapes gives the same rows (tested): the input's quantization, BatchNorm
+(conv topologies; off with ``batchnorm=False``, when conv layers add a bias instead), ReLU, the
+loss, GradScale max-abs and the gradient quantizations, col2im, PACT's clip gradient, the
+optimizer update.
 """
 
 from __future__ import annotations
@@ -35,9 +38,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from fourbit.traces import lowering, schema
+from fourbit.traces import lowering, registry, schema
 from fourbit.traces.errors import TraceError
-from fourbit.traces.formats import get_format
 from fourbit.traces.io import Trace, package_version
 
 __all__ = ["TopologyLayer", "import_topology", "read_topology", "shipped_topologies"]
@@ -188,121 +190,127 @@ def _input_elements(layer: TopologyLayer, batch: int) -> int:
     return batch * layer.channels * layer.in_h * layer.in_w
 
 
-def _act_format(formats: dict) -> str:
-    return formats["fwd"][0]
+@dataclass(frozen=True)
+class _Layer:
+    """One topology layer made ready to record: its lowering, its role's precision (a recipe
+    description's role entry) and what follows it in the network."""
+
+    spec: TopologyLayer
+    shapes: dict
+    geometry: dict
+    precision: dict
+    input_elements: int
+    batchnorm: bool  # a BatchNorm follows it (conv layers of a conv topology, unless the last)
+    bias: bool  # it adds a bias (linear layers; conv layers without BatchNorm in the topology)
+    last: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def output_elements(self) -> int:
+        f = self.shapes["fwd"]
+        return f.M * f.N * f.groups
+
+    def formats(self, phase: str) -> list[str]:
+        return self.precision["gemm_formats"][phase]
+
+    def row(self, phase: str) -> dict:
+        tensors = lowering.operand_tensors(self.name, phase, self.precision["separate_grad_copies"])
+        return registry.gemm_row(self.name, self.spec.kind, phase, self.shapes[phase], tuple(self.formats(phase)),
+                                 tensors=tensors, geometry=self.geometry)
 
 
-def _quantize_op(fmt: str) -> str | None:
-    """The op that turns FP32 values into ``fmt`` (None for fp32)."""
-    if fmt == "fp32":
-        return None
-    f = get_format(fmt)
-    if f.kind == "log":
-        return "quantize_log"
-    return "quantize_uniform" if f.kind == "int" else "cast"
+def _forward(rec: registry.StepRecorder, layer: _Layer) -> None:
+    """What the emulator's layers record forward: the input's quantization, the GEMM, then the
+    bias (a layer without BatchNorm after it), BatchNorm and ReLU, or the loss after the last."""
+    ops = layer.precision["ops"]
+    registry.quantize_input(rec, layer.name, layer.input_elements, ops["act"], layer.formats("fwd")[0])
+    rec.add_gemm(layer.row("fwd"))
+    out = layer.output_elements
+    if layer.bias:
+        registry.bias_add(rec, out, layer.formats("fwd")[3])
+    if layer.last:
+        registry.loss(rec, out)
+        return
+    if layer.batchnorm:
+        registry.batchnorm(rec, out)
+    registry.relu(rec, layer.name, out)
+
+
+def _backward(rec: registry.StepRecorder, layer: _Layer, below: _Layer | None) -> None:
+    """What the emulator's layers record backward: the output gradient's scaling and
+    quantizations, ``bwd_weight``, the weight update, ``bwd_data``, col2im and PACT's clip
+    gradient, then the backward of the ReLU and BatchNorm of the layer below."""
+    p, ops = layer.precision, layer.precision["ops"]
+    copies = [(ops["grad_weight"], layer.formats("bwd_weight")[0])]
+    if p["separate_grad_copies"]:
+        copies.append((ops["grad_data"], layer.formats("bwd_data")[0]))
+    registry.quantize_gradient(rec, layer.name, layer.output_elements, p["grad_scale"], copies)
+    rec.add_gemm(layer.row("bwd_weight"))
+    w = layer.shapes["bwd_weight"]
+    registry.weight_update(rec, layer.name, w.M * w.N * w.groups, layer.formats("bwd_weight")[3],
+                           tuple(ops["weight_statistics"]), (ops["weight"], layer.formats("fwd")[1]))
+    rec.add_gemm(layer.row("bwd_data"))
+    if below is None:
+        return  # the data's gradient: recorded, never used
+    spec = layer.spec
+    if spec.kind != "linear" and (spec.kernel_h * spec.kernel_w > 1 or spec.stride > 1):
+        d = layer.shapes["bwd_data"]
+        registry.col2im(rec, d.M * d.N * d.groups, layer.formats("bwd_data")[3])
+    if p["trained_clip"]:
+        registry.clip_backward(rec, layer.input_elements)
+    registry.relu_backward(rec, below.name, below.output_elements)
+    if below.batchnorm:
+        registry.batchnorm_backward(rec, below.output_elements)
 
 
 def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm: bool = True) -> Trace:
     """A shape-only training trace of ``topology`` at ``batch`` samples per step.
 
     ``recipe`` is a recipe description (``fourbit.models.recipes.Recipe.describe()``): its per-role
-    ``gemm_formats`` decide each GEMM's operand, accumulator and output formats.
+    entries decide each GEMM's operand, accumulator and output formats and the quantization ops.
+    The network is the one the topology implies, recorded through `fourbit.traces.registry` as the
+    emulator records its layers: each conv layer followed by BatchNorm (``batchnorm``; without it,
+    a bias) and ReLU, each GEMM-topology layer a linear layer with a bias and ReLU, the last layer
+    followed by the loss.
 
     Raises
     ------
     TraceError
         A malformed topology (see `read_topology`), a batch < 1, or a recipe description
-        without the formats of a role the topology needs.
+        without the entries of a role the topology needs.
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise TraceError(f"batch must be an integer >= 1, got {batch!r}")
-    name, layers = read_topology(topology)
-    n = len(layers)
-    roles = [_role(i, n, lay) for i, lay in enumerate(layers)]
-    formats = []
-    for role in roles:
-        try:
-            formats.append(recipe[role]["gemm_formats"])
-        except (KeyError, TypeError):
-            raise TraceError(f"recipe description has no gemm_formats for layer role {role!r}") from None
-    gemms, ops = [], []
-    lowered = [_shapes(lay, batch) for lay in layers]
-
-    def gemm(i: int, phase: str) -> None:
-        lay, (shapes, geometry) = layers[i], lowered[i]
-        a, b, acc, out = formats[i][phase]
-        sh = shapes[phase]
-        separate = formats[i]["bwd_data"][0] != formats[i]["bwd_weight"][0]
-        (a_t, a_c), (b_t, b_c) = lowering.operand_tensors(lay.name, phase, separate)
-        gemms.append({"step": 0, "layer": lay.name, "layer_type": lay.kind, "phase": phase, "M": sh.M,
-                      "N": sh.N, "K": sh.K, "groups": sh.groups, "a_format": a, "b_format": b,
-                      "acc_format": acc, "out_format": out, "a_tensor": a_t, "a_copy": a_c, "b_tensor": b_t,
-                      "b_copy": b_c, **geometry})
-
-    def op(i: int, phase: str, kind: str | None, elements: int, fin: str, fout: str, fused: bool = True) -> None:
-        if kind is not None:
-            ops.append({"step": 0, "layer": layers[i].name, "phase": phase, "op": kind,
-                        "elements": int(elements), "in_format": fin, "out_format": fout, "fused": fused})
-
-    conv = [lay.kind != "linear" for lay in layers]
-    for i, lay in enumerate(layers):
-        shapes = lowered[i][0]
-        out_elems = shapes["fwd"].M * shapes["fwd"].N * shapes["fwd"].groups
-        act = _act_format(formats[i])
-        if i == 0:  # the input data, cast to the first layer's format in a pass of its own
-            op(0, "fwd", _quantize_op(act), _input_elements(lay, batch), "fp32", act, fused=False)
-        elif batchnorm and conv[i - 1]:  # BN of the previous output needs its statistics first
-            prev = lowered[i - 1][0]["fwd"]
-            e = prev.M * prev.N * prev.groups
-            out_prev = formats[i - 1]["fwd"][3]
-            op(i, "fwd", "bn_fwd", e, out_prev, "fp32", fused=False)
-            op(i, "fwd", "relu", e, "fp32", "fp32", fused=False)
-            op(i, "fwd", _quantize_op(act), e, "fp32", act, fused=False)
-        gemm(i, "fwd")
-        out_fmt = formats[i]["fwd"][3]
-        if i == n - 1:
-            op(i, "fwd", "softmax_xent", out_elems, out_fmt, "fp32")
-            grad = formats[i]["bwd_weight"][0]
-            op(i, "fwd", "maxabs", out_elems, "fp32", "fp32")
-            op(i, "fwd", _quantize_op(grad), out_elems, "fp32", grad)
-        elif not (batchnorm and conv[i]):
-            nxt = _act_format(formats[i + 1])
-            op(i, "fwd", "bias_add", out_elems, out_fmt, "fp32")
-            op(i, "fwd", "relu", out_elems, "fp32", "fp32")
-            op(i, "fwd", _quantize_op(nxt), out_elems, "fp32", nxt)
+    name, specs = read_topology(topology)
+    n = len(specs)
+    layers = []
+    for i, spec in enumerate(specs):
+        role = _role(i, n, spec)
+        precision = recipe.get(role) if isinstance(recipe, dict) else None
+        need = ("gemm_formats", "ops", "separate_grad_copies", "grad_scale", "trained_clip")
+        if not isinstance(precision, dict) or any(k not in precision for k in need):
+            raise TraceError(f"recipe description has no complete entry for layer role {role!r} (needs {', '.join(need)})")
+        shapes, geometry = _shapes(spec, batch)
+        last = i == n - 1
+        conv = spec.kind != "linear"
+        layers.append(_Layer(spec, shapes, geometry, precision, _input_elements(spec, batch),
+                             batchnorm and conv and not last, not (batchnorm and conv), last))
+    rec = registry.StepRecorder()
+    rec.start(0)
+    for layer in layers:
+        _forward(rec, layer)
     for i in reversed(range(n)):
-        lay = layers[i]
-        shapes = lowered[i][0]
-        gemm(i, "bwd_weight")
-        weights = shapes["bwd_weight"].M * shapes["bwd_weight"].N * shapes["bwd_weight"].groups
-        wfmt = formats[i]["fwd"][1]
-        op(i, "bwd_weight", "sgd_momentum", weights, formats[i]["bwd_weight"][3], "fp32")
-        if wfmt == "int4":
-            op(i, "bwd_weight", "moments", weights, "fp32", "fp32")
-        op(i, "bwd_weight", _quantize_op(wfmt), weights, "fp32", wfmt)
-        gemm(i, "bwd_data")
-        if i == 0:
-            continue
-        cols = shapes["bwd_data"].M * shapes["bwd_data"].N * shapes["bwd_data"].groups
-        if lay.kind != "linear" and (lay.kernel_h * lay.kernel_w > 1 or lay.stride > 1):
-            op(i, "bwd_data", "col2im_add", cols, formats[i]["bwd_data"][3], "fp32")
-        e = _input_elements(lay, batch)
-        below = formats[i - 1]
-        fused = not (batchnorm and conv[i - 1])  # BN backward needs reductions: a pass of its own
-        where = i if fused else i - 1
-        phase = "bwd_data" if fused else "bwd_weight"
-        op(where, phase, "relu_bwd", e, "fp32", "fp32", fused)
-        if not fused:
-            op(where, phase, "bn_bwd", e, "fp32", "fp32", fused)
-        op(where, phase, "maxabs", e, "fp32", "fp32", fused)
-        for fmt in dict.fromkeys((below["bwd_weight"][0], below["bwd_data"][0])):
-            op(where, phase, _quantize_op(fmt), e, "fp32", fmt, fused)
+        _backward(rec, layers[i], layers[i - 1] if i else None)
+    rec.stop()
+    gemms, ops = rec.tables()
     digest = hashlib.sha256(read_text(topology).encode()).hexdigest()
     meta = {"model": name, "dataset": None, "source": {"kind": "scalesim", "topology": str(topology),
             "sha256": digest, "batchnorm": batchnorm}, "recipe": recipe, "seed": None,
             "batch_size": batch, "epochs": None, "steps": 1, "package_version": package_version()}
-    return Trace(meta, schema.from_records("gemms", gemms), schema.from_records("ops", ops),
-                 schema.from_records("metrics", []))
+    return Trace(meta, gemms, ops, schema.from_records("metrics", []))
 
 
 def read_text(topology: str | Path) -> str:

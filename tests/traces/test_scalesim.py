@@ -94,3 +94,45 @@ def test_gemm_topology_and_errors(tmp_path):
         read_topology("vgg99")
     with pytest.raises(TraceError, match="batch must be an integer >= 1"):
         import_topology("resnet18", 0, INT4)
+
+
+CONV_NET = """Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
+conv1, 12, 12, 3, 3, 1, 8, 1,
+conv2, 10, 10, 3, 3, 8, 16, 2,
+fc, 4, 4, 4, 4, 16, 10, 1,
+"""
+STRUCTURE = ["layer", "layer_type", "phase", "M", "N", "K", "groups", "batch", "in_channels", "out_channels", "in_h",
+             "in_w", "kernel_h", "kernel_w", "stride", "padding", "a_format", "b_format", "acc_format", "out_format",
+             "a_role", "b_role", "out_role", "a_scale_kind", "b_scale_kind", "a_scale_format", "b_scale_format",
+             "a_bits", "b_bits", "a_tensor", "a_copy", "b_tensor", "b_copy"]
+
+
+@pytest.mark.parametrize("recipe", ["int4", "fp32", "int8", "hfp8", "int4-dw8", "int4:grad_scaling=none"])
+def test_a_trained_conv_net_and_its_topology_give_the_same_rows(tmp_path, recipe):
+    """The emulator's layers (conv, BatchNorm, ReLU; the last a conv over the whole input) trained
+    one step, and the SCALE-Sim topology of the same shapes imported: the same GEMM rows (all but
+    the value statistics) and the same op rows, since both record through one registry."""
+    import numpy as np
+
+    from fourbit.models.layers import BatchNorm2d, Context, Conv2d, Flatten, ReLU, Sequential
+    from fourbit.models.recorder import Recorder
+    from fourbit.models.trainer import TrainConfig, grad_scales, train_step
+    from fourbit.models.zoo import _assign_roles
+
+    rng = np.random.default_rng(0)
+    net = _assign_roles(Sequential("net", [
+        Conv2d("conv1", 1, 8, 3, rng), BatchNorm2d("bn1", 8), ReLU("relu1"),
+        Conv2d("conv2", 8, 16, 3, rng, stride=2), BatchNorm2d("bn2", 16), ReLU("relu2"),
+        Conv2d("fc", 16, 10, 4, rng), Flatten("flatten")]))
+    ctx = Context(get_recipe(recipe), Recorder())
+    ctx.recorder.start(0)
+    x = rng.standard_normal((4, 1, 12, 12)).astype(np.float32)
+    train_step(net, ctx, x, np.arange(4) % 10, {}, grad_scales(net, ctx.recipe), 0.01, TrainConfig())
+    ctx.recorder.stop()
+    gemms, ops = ctx.recorder.tables()
+    (tmp_path / "net.csv").write_text(CONV_NET)
+    imported = import_topology(tmp_path / "net.csv", 4, get_recipe(recipe).describe())
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(imported.gemms[STRUCTURE], gemms[STRUCTURE])
+    pd.testing.assert_frame_equal(imported.ops, ops)
