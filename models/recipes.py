@@ -35,7 +35,7 @@ from fourbit.traces.formats import Accumulator, Format, LogFormat, get_format
 
 __all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "param_text", "parse_recipe", "recipe_params"]
 
-ROLES = ("first", "hidden", "last", "depthwise")
+ROLES = ("first", "hidden", "last", "depthwise", "attention")
 GRAD_SCALING = ("none", "gradscale", "global")
 PHASES = ("fwd", "bwd_data", "bwd_weight")
 
@@ -119,6 +119,11 @@ class LayerPrecision:
         acc = self.accumulator(phase)
         return a.format.name, b.format.name, "fp32/g1" if acc is None else acc.name, self.output(phase).name
 
+    def activation_pair(self) -> LayerPrecision:
+        """This precision for an activation x activation GEMM (attention): both operands
+        quantized with the signed activation quantizer, the gradients as given."""
+        return replace(self, weight=self.signed_act, act=self.signed_act)
+
     @property
     def signed_act(self) -> Quantizer:
         """The activation quantizer for signed inputs (LSTM, attention): SAWB's signed range
@@ -147,7 +152,10 @@ class LayerPrecision:
 @dataclass(frozen=True)
 class Recipe:
     """A named precision recipe: a `LayerPrecision` per role (``first``, ``hidden``, ``last``,
-    ``depthwise``) and the gradient-scaling policy (``none``, ``gradscale`` per layer, or
+    ``depthwise``, ``attention``: the activation x activation GEMMs of attention, both operands
+    quantized with the role's signed activation quantizer; by default the first layer's
+    precision, so the 4-bit recipes keep attention in FP16, as NVIDIA's NVFP4 recipe keeps it in
+    BF16, arXiv 2509.25149) and the gradient-scaling policy (``none``, ``gradscale`` per layer, or
     ``global``: one loss scale for all layers)."""
 
     name: str
@@ -160,8 +168,11 @@ class Recipe:
     radix: int | None = None
     exponent_bits: int | None = None
     tpr: bool | None = None
+    attention: LayerPrecision | None = None
 
     def __post_init__(self) -> None:
+        if self.attention is None:
+            object.__setattr__(self, "attention", self.first)
         for role in ROLES:
             if not isinstance(getattr(self, role), LayerPrecision):
                 raise ConfigError(f"recipe {self.name!r}: {role} must be a LayerPrecision")
@@ -192,9 +203,16 @@ class Recipe:
             d["grad_scale"] = self.grad_scaling != "none" and p.scaled_grads
             d["trained_clip"] = p.act.trained_clip
             return d
+
+        def roles(p: LayerPrecision) -> dict:
+            d = lp(p)
+            signed = replace(p, act=p.signed_act)  # for inputs that can be negative (LayerNorm, attention)
+            d["signed_inputs"] = lp(signed) if signed != p else lp(p)
+            return d
         return {"name": self.name, "grad_scaling": self.grad_scaling, "tie": self.tie,
                 "radix": self.radix, "exponent_bits": self.exponent_bits, "tpr": self.tpr,
-                **{role: lp(self.precision(role)) for role in ROLES}}
+                **{role: roles(self.precision(role).activation_pair() if role == "attention" else self.precision(role))
+                   for role in ROLES}}
 
 
 FP32 = LayerPrecision()

@@ -24,9 +24,9 @@ from fourbit.traces.lowering import GemmShape
 
 __all__ = [
     "STORED_ACTIVATION", "StepRecorder", "batchnorm", "batchnorm_backward", "bias_add", "clip_backward", "col2im",
-    "embedding_backward", "gemm_row", "grad_norm", "loss", "lstm_cell", "lstm_cell_backward", "pool",
-    "pool_backward", "quantize_gradient", "quantize_input", "relu", "relu_backward", "residual_add",
-    "weight_update",
+    "embedding_backward", "gelu", "gelu_backward", "gemm_row", "grad_norm", "layer_norm", "layer_norm_backward",
+    "loss", "lstm_cell", "lstm_cell_backward", "pool", "pool_backward", "quantize_gradient", "quantize_input", "relu",
+    "relu_backward", "residual_add", "softmax", "softmax_backward", "weight_update",
 ]
 
 STORED_ACTIVATION = "fp16"
@@ -226,3 +226,33 @@ def lstm_cell(rec: StepRecorder, elements: int) -> None:
 
 def lstm_cell_backward(rec: StepRecorder, elements: int) -> None:
     rec.op("lstm_cell_bwd", elements, "fp32", "fp32")
+
+
+def layer_norm(rec: StepRecorder, elements: int) -> None:
+    """LayerNorm forward in FP32: each token's statistics over the width, then the affine
+    normalisation; a pass of its own (the statistics come before the normalisation)."""
+    rec.op("layer_norm", elements, "fp32", "fp32", fused=False)
+
+
+def layer_norm_backward(rec: StepRecorder, elements: int) -> None:
+    rec.op("layer_norm_bwd", elements, "fp32", "fp32", fused=False)
+
+
+def softmax(rec: StepRecorder, elements: int) -> None:
+    """Softmax over each row of attention scores (the 1/sqrt(d) scale and the causal mask folded
+    in), in FP32; a pass of its own (each row's max and sum come first)."""
+    rec.op("softmax", elements, "fp32", "fp32", fused=False)
+
+
+def softmax_backward(rec: StepRecorder, elements: int) -> None:
+    """dS = P * (dP - rowsum(dP * P)): a pass of its own (the row sums come first)."""
+    rec.op("softmax_bwd", elements, "fp32", "fp32", fused=False)
+
+
+def gelu(rec: StepRecorder, layer: str, elements: int) -> None:
+    """GELU (tanh form) on the output path of the GEMM that produced its input, in FP32."""
+    rec.op("gelu", elements, "fp32", "fp32", default=(layer, "fwd"))
+
+
+def gelu_backward(rec: StepRecorder, layer: str, elements: int) -> None:
+    rec.op("gelu_bwd", elements, "fp32", "fp32", default=(layer, "bwd_data"))

@@ -73,9 +73,12 @@ class TopologyLayer:
 
 
 def shipped_topologies() -> list[str]:
-    """Names of the topologies shipped with fourbit (``traces/topologies/*.csv``)."""
-    return sorted(p.name[:-4] for p in resources.files("fourbit.traces").joinpath("topologies").iterdir()
-                  if p.name.endswith(".csv"))
+    """Names of the topologies shipped with fourbit: SCALE-Sim files (``traces/topologies/*.csv``)
+    and transformer descriptions (``traces/transformers/*.toml``, `fourbit.traces.transformer`)."""
+    from fourbit.traces.transformer import shipped_transformers
+
+    return sorted([p.name[:-4] for p in resources.files("fourbit.traces").joinpath("topologies").iterdir()
+                   if p.name.endswith(".csv")] + shipped_transformers())
 
 
 def _resolve(topology: str | Path) -> tuple[Path | None, str, str]:
@@ -267,7 +270,8 @@ def _backward(rec: registry.StepRecorder, layer: _Layer, below: _Layer | None) -
 
 
 def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm: bool = True) -> Trace:
-    """A shape-only training trace of ``topology`` at ``batch`` samples per step.
+    """A shape-only training trace of ``topology`` at ``batch`` samples per step (a transformer
+    description, ``.toml`` or a shipped name, goes to `fourbit.traces.transformer.import_transformer`).
 
     ``recipe`` is a recipe description (``fourbit.models.recipes.Recipe.describe()``): its per-role
     entries decide each GEMM's operand, accumulator and output formats and the quantization ops.
@@ -284,6 +288,10 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise TraceError(f"batch must be an integer >= 1, got {batch!r}")
+    from fourbit.traces.transformer import import_transformer, is_transformer
+
+    if is_transformer(topology):
+        return import_transformer(topology, batch, recipe)
     name, specs = read_topology(topology)
     n = len(specs)
     layers = []

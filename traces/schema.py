@@ -40,6 +40,7 @@ from fourbit.traces.errors import FormatError, TraceError
 from fourbit.traces.formats import Accumulator, get_format
 
 __all__ = [
+    "ATTENTION_ROLES",
     "HIST_BINS",
     "LAYER_TYPES",
     "OUT_ROLES",
@@ -75,6 +76,11 @@ PHASE_ROLES = {"fwd": ("activation", "weight", "activation"), "bwd_data": ("grad
                "bwd_weight": ("gradient", "activation", "weight_gradient")}
 """(a_role, b_role, out_role) of each phase of a layer with a weight: the roles a writer that
 does not say otherwise gets, and what a version 1 trace meant."""
+ATTENTION_ROLES = {"fwd": ("activation", "activation", "activation"),
+                   "bwd_data": ("gradient", "activation", "gradient"),
+                   "bwd_weight": ("gradient", "activation", "gradient")}
+"""(a_role, b_role, out_role) of an activation x activation GEMM (attention scores and context):
+its ``bwd_weight`` is the gradient of its second operand, an activation."""
 WEIGHT_UPDATE_OPS = ("sgd_momentum", "moments", "grad_norm")
 """Ops that exist only for a weight: on a GEMM's output path they belong to a weight gradient."""
 HIST_BINS = 16
@@ -83,7 +89,7 @@ OP_KINDS = (
     "cast", "quantize_uniform", "quantize_log", "quantize_block", "maxabs", "moments", "scale", "bias_add",
     "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum", "bn_fwd", "bn_bwd",
     "col2im_add", "pool_fwd", "pool_bwd", "residual_add", "embedding_bwd", "lstm_cell",
-    "lstm_cell_bwd", "grad_norm",
+    "lstm_cell_bwd", "grad_norm", "softmax", "softmax_bwd", "layer_norm", "layer_norm_bwd", "gelu", "gelu_bwd",
 )
 """The op vocabulary of the ``ops`` table; `fourbit.hwsim.blocks.scaling_unit.OPS` gives each its cost."""
 

@@ -67,6 +67,16 @@ OPS: dict[str, OpCost] = {
     # LSTM gates per cell element: 3 sigmoids, 1 tanh (~4 mul + 4 add each, ASM) and the state update
     "lstm_cell": OpCost(20, ("op.mul_fp32",) * 10 + ("op.add_fp32",) * 10),
     "lstm_cell_bwd": OpCost(24, ("op.mul_fp32",) * 12 + ("op.add_fp32",) * 12),
+    # transformer ops, FP32 (ASM, counted like the ops above): softmax as the loss's softmax (max,
+    # exp by a short polynomial, sum, normalise); its backward P * (dP - rowsum(dP * P)); LayerNorm
+    # and its backward as BatchNorm's; GELU's tanh form x/2 (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))
+    # with tanh as ~4 mul + 4 add, and its derivative
+    "softmax": OpCost(8, ("op.mul_fp32",) * 4 + ("op.add_fp32",) * 4),
+    "softmax_bwd": OpCost(4, ("op.mul_fp32",) * 2 + ("op.add_fp32",) * 2),
+    "layer_norm": OpCost(5, ("op.add_fp32",) * 3 + ("op.mul_fp32",) * 2),
+    "layer_norm_bwd": OpCost(6, ("op.add_fp32",) * 3 + ("op.mul_fp32",) * 3),
+    "gelu": OpCost(15, ("op.mul_fp32",) * 9 + ("op.add_fp32",) * 6),
+    "gelu_bwd": OpCost(20, ("op.mul_fp32",) * 12 + ("op.add_fp32",) * 8),
     # global gradient-norm clipping: square and sum each FP32 weight gradient (the rescale folds
     # into the SGD update's learning-rate multiply)
     "grad_norm": OpCost(2, ("op.mul_fp32", "op.add_fp32")),
