@@ -12,6 +12,7 @@ the odd phase for ``bwd_weight``) and unscale the GEMM results.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,7 +162,7 @@ def _round_to(x: np.ndarray, fmt: Format) -> np.ndarray:
     return numerics.quantize_float(x, fmt, dtype=np.float32)[0]
 
 
-class Layer:
+class Layer(ABC):
     """Base of every layer: ``forward(x, ctx)`` and ``backward(dy, ctx)``."""
 
     layer_type = "none"
@@ -176,11 +177,14 @@ class Layer:
     def children(self) -> list[Layer]:
         return []
 
-    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        """The layer's output for input ``x``; records its GEMMs and ops while a step is recorded."""
 
-    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        """The gradient of the input for the output gradient ``dy``; accumulates parameter
+        gradients into ``Param.grad``."""
 
 
 # ---------------------------------------------------------------------------------------------

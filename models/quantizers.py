@@ -13,6 +13,7 @@ name. Sources: Sun et al., NeurIPS 2020 ([P]) sections 2, 3.2, 3.3; Choi et al.,
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -90,7 +91,7 @@ class QTensor:
 # quantizer objects
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Quantizer:
+class Quantizer(ABC):
     """Base of the quantizers: ``__call__(x, alpha=None) -> QTensor``.
 
     ``format``: the format of the values it produces; ``op``: the trace op that produces them
@@ -101,8 +102,9 @@ class Quantizer:
     and traces name it."""
 
     @property
-    def format(self) -> Format:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def format(self) -> Format:
+        """The format of the values it produces."""
 
     @property
     def name(self) -> str:
@@ -125,8 +127,9 @@ class Quantizer:
         """The straight-through gradient: dL/dx = dL/dq, no clip gradient."""
         return dq, 0.0
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+        """Quantize ``x`` (any shape; ``alpha`` the layer's trained clip where it uses one)."""
 
 
 @dataclass(frozen=True)
@@ -392,10 +395,6 @@ class Block(Quantizer):
             e = self.element
             values, stats = numerics.quantize_uniform(scaled, 1.0, e.min_value, e.max_value, np.float64)
         return QTensor(values, self.element, scales, stats, scaling=scaling)
-
-
-WEIGHT_QUANTIZERS = ("fp32", "fp16", "fp8_e4m3", "int4_sawb", "int8_max")
-ACT_QUANTIZERS = ("fp32", "fp16", "fp8_e4m3", "uint4_pact", "uint4_minmax", "int4_sawb", "int8_max")
 
 
 def quantizer(name: str, tie: str = "up") -> Quantizer:
