@@ -483,6 +483,12 @@ def register_format(fmt: Format) -> Format:
     return known
 
 
+def unregister_formats(names: list[str]) -> None:
+    """Forget formats `register_format` added (a reader undoing what a refused trace defined)."""
+    for name in names:
+        _REGISTERED.pop(name, None)
+
+
 def format_spec(fmt: Format) -> dict:
     """A JSON-able definition of ``fmt``: its kind and every field (`format_from_spec` inverts it)."""
     return {"kind": fmt.kind, **dataclasses.asdict(fmt)}

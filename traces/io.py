@@ -30,7 +30,14 @@ import pyarrow.parquet as pq
 from fourbit.traces import schema
 from fourbit.traces.errors import ConfigError, FormatError, TraceError
 from fourbit.traces.files import atomic_dir, previous_dir
-from fourbit.traces.formats import format_from_spec, format_spec, get_format, register_format
+from fourbit.traces.formats import (
+    format_from_spec,
+    format_names,
+    format_spec,
+    get_format,
+    register_format,
+    unregister_formats,
+)
 
 __all__ = ["Trace", "package_version", "read", "write"]
 
@@ -142,20 +149,27 @@ def _format_specs(tables: dict[str, pd.DataFrame]) -> dict:
     return {n: format_spec(get_format(n)) for n in sorted(names)}
 
 
-def _register_formats(f: Path, meta: dict) -> None:
-    """Make the formats the trace defines known (`register_format`); TraceError for a malformed
-    definition or a name that means another format here."""
+def _register_formats(f: Path, meta: dict) -> list[str]:
+    """Make the formats the trace defines known (`register_format`); returns the names it added.
+    TraceError (nothing added) for a malformed definition or a name that means another format
+    here."""
     specs = meta.get("formats", {})
     if not isinstance(specs, dict):
         raise TraceError(f"{f}: field 'formats' must map format names to their definitions")
+    formats = []
     for name, spec in specs.items():
         try:
             fmt = format_from_spec(spec)
             if fmt.name != name:
                 raise FormatError(f"its definition names {fmt.name!r}")
-            register_format(fmt)
+            known = get_format(name) if name in format_names() else None
+            if known is not None and known != fmt:
+                raise FormatError(f"this fourbit's {name!r} is a different format ({known!r})")
         except FormatError as exc:
             raise TraceError(f"{f}: format {name!r}: {exc}") from None
+        if known is None:
+            formats.append(fmt)
+    return [register_format(fmt).name for fmt in formats]
 
 
 def _json_default(obj):
@@ -254,14 +268,18 @@ def read(path: str | os.PathLike) -> Trace:
         what = "not a directory" if path.exists() else "does not exist"
         raise TraceError(f"{path}: {what} (a run directory holds {META} and Parquet tables){hint}")
     meta = _read_meta(path)
-    _register_formats(path / META, meta)
-    tables = {}
-    for name in schema.TABLES:
-        entry = meta["tables"].get(name)
-        if entry is None:
-            raise TraceError(f"{path / META}: table {name!r} is not listed")
-        tables[name] = _read_table(path, name, entry, _newer_minor(meta), _upgraded(meta))
-    schema.validate_step_ops(tables["gemms"], tables["ops"])
+    added = _register_formats(path / META, meta)
+    try:
+        tables = {}
+        for name in schema.TABLES:
+            entry = meta["tables"].get(name)
+            if entry is None:
+                raise TraceError(f"{path / META}: table {name!r} is not listed")
+            tables[name] = _read_table(path, name, entry, _newer_minor(meta), _upgraded(meta))
+        schema.validate_step_ops(tables["gemms"], tables["ops"])
+    except BaseException:
+        unregister_formats(added)  # a trace that is refused leaves nothing behind
+        raise
     if _upgraded(meta):
         meta = {**meta, "schema_version": schema.SCHEMA_VERSION, "upgraded_from": meta["schema_version"]}
     return Trace(meta, tables["gemms"], tables["ops"], tables["metrics"])

@@ -228,3 +228,30 @@ def test_trace_every_records_statistics_at_every_recorded_step():
     assert g[skipped].acc_overflows.isna().all()  # recorded for the chip, never computed
     assert g[~skipped].acc_overflows.notna().all() and (g.a_zero_frac.between(0, 1)).all()
     assert isinstance(run.trace.step(7), Trace) and len(run.trace.step(7).gemms) == 12
+
+
+def test_format_definitions_in_meta_are_checked_and_a_refused_trace_registers_nothing(run_dir):
+    from fourbit.traces.formats import format_names
+
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["formats"]["fp4_r4_e3"]["radix"] == 4  # every format the tables name is defined
+    bad = json.loads(json.dumps(meta))
+    bad["formats"]["fp16"]["mantissa_bits"] = 9
+    (run_dir / "meta.json").write_text(json.dumps(bad))
+    with pytest.raises(TraceError, match="format 'fp16': this fourbit's 'fp16' is a different format"):
+        read(run_dir)
+    bad = json.loads(json.dumps(meta))
+    bad["formats"]["fp16"]["bits"] = "16"
+    (run_dir / "meta.json").write_text(json.dumps(bad))
+    with pytest.raises(TraceError, match="format 'fp16': .*bits = '16' is not int"):
+        read(run_dir)
+    # a new format defined by a trace whose table is broken: refused, and not left registered
+    new = json.loads(json.dumps(meta))
+    new["formats"]["mine_e2m3"] = {**meta["formats"]["fp16"], "name": "mine_e2m3", "bits": 6, "exponent_bits": 2,
+                                   "mantissa_bits": 3, "bias": 1, "max_value": 7.5, "min_normal": 1.0,
+                                   "numpy_type": "float6_e2m3fn", "has_inf": False, "has_nan": False}
+    (run_dir / "meta.json").write_text(json.dumps(new))
+    _rewrite(run_dir, "gemms", gemms(run_dir).assign(M=np.where(gemms(run_dir).index == 0, 0, gemms(run_dir).M)))
+    with pytest.raises(TraceError, match="column 'M', row 0: must be > 0"):
+        read(run_dir)
+    assert "mine_e2m3" not in format_names()
