@@ -388,8 +388,9 @@ def _add_simulate(sub) -> None:
 
 def _add_import(sub) -> None:
     im = _verb(sub, "import-scalesim", "A SCALE-Sim topology as a training trace, shapes only (fourbit.import_topology).")
-    im.add_argument("topology", help="a SCALE-Sim conv or GEMM topology CSV, or a shipped name "
-                    "(resnet18, resnet50, mobilenet_v1, gpt2_small)")
+    im.add_argument("topology", help="a SCALE-Sim conv or GEMM topology CSV, a transformer description "
+                    "(.toml with a [transformer] table: width, heads, layers, context, vocab, mlp_ratio "
+                    "(default 4)), or a shipped name (resnet18, resnet50, mobilenet_v1, gpt2_small)")
     im.add_argument("--batch", type=_positive_int, required=True, help="samples per training step")
     im.add_argument("--recipe", default="int4", choices=RECIPE_CHOICES, metavar="RECIPE",
                     help="the recipe whose per-layer formats the trace takes: one of %(choices)s (default: int4)")

@@ -123,7 +123,8 @@ def plan_jobs(trace: Trace, chip: ChipConfig, table: dict, input_grad: bool) -> 
     jobs = []
     rows = trace.gemms.to_dict("records")
     fwd = [r["layer"] for r in rows if r["phase"] == "fwd"]
-    input_layer = fwd[0] if fwd else None
+    # the layer whose bwd_data is the gradient of the data (the trace says; older traces: the first)
+    input_layer = trace.meta.get("data_input_layer", fwd[0] if fwd else None)
     sram = chip.sram
     caps, halves = (sram.ifmap_bytes, sram.filter_bytes, sram.ofmap_bytes), 2 if sram.double_buffered else 1
     short: list[tuple[dict, str]] = []  # GEMMs no candidate fits, and why

@@ -21,15 +21,15 @@ from fourbit.models import numerics
 from fourbit.models.quantizers import GradScale, QTensor
 from fourbit.models.recipes import LayerPrecision, Recipe
 from fourbit.models.recorder import Recorder
-from fourbit.traces import registry
+from fourbit.traces import registry, schema
 from fourbit.traces.errors import ConfigError, NumericsError
 from fourbit.traces.formats import Accumulator, FloatFormat, Format, get_format
 from fourbit.traces.lowering import GemmShape, conv2d, conv_output_size, linear, operand_tensors
 
 __all__ = [
-    "AvgPool2d", "BatchNorm2d", "Context", "Conv2d", "DepthwiseConv2d", "Embedding", "Flatten",
-    "LSTM", "Layer", "Linear", "MaxPool2d", "Param", "QuantGemmLayer", "ReLU", "Residual",
-    "Sequential", "run_gemm", "softmax_xent",
+    "GELU", "AvgPool2d", "BatchNorm2d", "Context", "Conv2d", "DepthwiseConv2d", "Embedding", "Flatten", "GemmLayer",
+    "LSTM", "Layer", "LayerNorm", "Linear", "MaxPool2d", "Param", "QuantGemmLayer", "ReLU", "Residual",
+    "SelfAttention", "Sequential", "TokenPositionEmbedding", "run_gemm", "softmax_xent",
 ]
 
 
@@ -60,7 +60,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
              acc: Accumulator | None, out_format: Format | str, shape: GemmShape, *,
              extra_scale: float = 1.0, geometry: dict | None = None,
              grad_scale: GradScale | None = None, compute: bool = True,
-             tensor_prefix: str | None = None) -> np.ndarray | None:
+             tensor_prefix: str | None = None, roles: tuple[str, str, str] | None = None,
+             tensors: tuple[tuple[str, int], tuple[str, int]] | None = None) -> np.ndarray | None:
     """One GEMM of a layer, as the chip computes it; returns the real-valued result (float32).
     ``compute=False`` records the GEMM without computing it (the data gradient of the network's
     input layer, which training discards; no accumulator events are recorded) and returns None.
@@ -76,12 +77,14 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     in FP32; `numerics.gemm` refuses operands that are not exact in FP32), so it needs a float or
     exact accumulator, not an integer one (a NumericsError otherwise).
     Grouped GEMMs (``shape.groups`` > 1) take a (G, M, K) and b (G, K, N) and return (G, M, N).
-    The trace names the tensors the operands are copies of after ``tensor_prefix`` (default: the
-    layer's name; `fourbit.traces.lowering.operand_tensors`).
+    The trace names the tensors the operands are copies of (``tensors``; default a weight
+    layer's after ``tensor_prefix`` or the layer's name, `fourbit.traces.lowering.operand_tensors`)
+    and their ``roles`` (default a weight layer's).
     """
     out_format = get_format(out_format)
-    prec = ctx.recipe.precision(layer.role)
-    tensors = operand_tensors(tensor_prefix or layer.name, phase, prec.grad_data != prec.grad_weight)
+    if tensors is None:
+        prec = ctx.recipe.precision(layer.role)
+        tensors = operand_tensors(tensor_prefix or layer.name, phase, prec.grad_data != prec.grad_weight)
     g = shape.groups
     a_shape = (shape.M, shape.K) if g == 1 else (g, shape.M, shape.K)
     b_shape = (shape.K, shape.N) if g == 1 else (g, shape.K, shape.N)
@@ -93,7 +96,7 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b,
                           "fp32/g1" if acc is None else acc.name, out_format.name, geometry=geometry,
                           grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent),
-                          tensors=tensors)
+                          tensors=tensors, roles=roles)
         return None
     av, bv, scale = _scaled_operands(a, b, acc)
     if acc is None:
@@ -121,7 +124,7 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     ctx.recorder.gemm(layer.name, layer.layer_type, phase, shape, a, b, acc_name, out_format.name,
                       acc_stats=acc_stats, geometry=geometry,
                       grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent),
-                      tensors=tensors)
+                      tensors=tensors, roles=roles)
     return out.astype(np.float32, copy=False)
 
 
@@ -190,28 +193,59 @@ class Layer(ABC):
 # ---------------------------------------------------------------------------------------------
 # GEMM layers
 # ---------------------------------------------------------------------------------------------
-class QuantGemmLayer(Layer):
-    """What the GEMM layers share: the FP32 master weight (and bias), PACT's trained clip, the
-    GradScale, and the quantization of inputs, weights and output gradients per the recipe's
-    precision for the layer's role."""
+class GemmLayer(Layer):
+    """What every layer with GEMMs shares: its role (which precision of the recipe it takes), its
+    GradScale, and the scaling and quantization of its output gradients."""
+
+    def __init__(self, name: str, role: str = "hidden") -> None:
+        super().__init__(name)
+        self.role = role
+        self.grad_scale: GradScale | None = None
+
+    def precision(self, ctx: Context) -> LayerPrecision:
+        return ctx.recipe.precision(self.role)
+
+    def param_gemms(self) -> list[tuple[str, int]]:
+        """(GEMM layer name, parameters) for each GEMM whose bwd_weight output path updates
+        parameters of this layer (none for a layer without weights)."""
+        return []
+
+    def quant_grads(self, dy: np.ndarray, ctx: Context, observe: bool = True,
+                    gemm: str | None = None) -> tuple[QTensor, QTensor, float]:
+        """Scale the output gradient by GradScale (observing its max), quantize it for
+        ``bwd_weight`` and ``bwd_data`` (the two TPR phases); returns (weight grad operand, data
+        grad operand, 1/scale). ``gemm`` names the GEMM the ops belong to (default the layer)."""
+        prec = self.precision(ctx)
+        gs = self.grad_scale
+        if gs is not None and observe:
+            gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
+        s = 1.0 if gs is None else gs.scale
+        scaled = dy * np.float32(s)
+        g_weight = prec.grad_weight(scaled)
+        same = prec.grad_data == prec.grad_weight
+        g_data = g_weight if same else prec.grad_data(scaled)
+        copies = [(prec.grad_weight.op, g_weight.format.name)] + ([] if same else [(prec.grad_data.op, g_data.format.name)])
+        registry.quantize_gradient(ctx.recorder, gemm or self.name, dy.size, gs is not None, copies)
+        return g_weight, g_data, 1.0 / s
+
+
+class QuantGemmLayer(GemmLayer):
+    """What the GEMM layers with weights share: the FP32 master weight (and bias), PACT's trained
+    clip, and the quantization of inputs and weights per the recipe's precision for the layer's
+    role."""
 
     signed_input = False  # inputs can be negative: SAWB's signed range instead of PACT
     needs_input_grad = True  # False for the network's input layer: bwd_data is recorded, not run
 
     def __init__(self, name: str, weight: np.ndarray, bias: bool, role: str = "hidden",
                  pact_alpha: float = 8.0) -> None:
-        super().__init__(name)
-        self.role = role
+        super().__init__(name, role)
         self.weight = Param(f"{name}.weight", weight)
         self.bias = Param(f"{name}.bias", np.zeros(weight.shape[0]), decay=False) if bias else None
         self.alpha = Param(f"{name}.pact_alpha", np.array([pact_alpha]), decay=False)
-        self.grad_scale: GradScale | None = None
 
     def params(self) -> list[Param]:
         return [p for p in (self.weight, self.bias, self.alpha) if p is not None]
-
-    def precision(self, ctx: Context) -> LayerPrecision:
-        return ctx.recipe.precision(self.role)
 
     def input_quantizer(self, ctx: Context):
         prec = self.precision(ctx)
@@ -237,23 +271,6 @@ class QuantGemmLayer(Layer):
     def quant_weight(self, ctx: Context, w: np.ndarray | None = None) -> QTensor:
         return self.precision(ctx).weight(self.weight.value if w is None else w)
 
-    def quant_grads(self, dy: np.ndarray, ctx: Context, observe: bool = True) -> tuple[QTensor, QTensor, float]:
-        """Scale the output gradient by GradScale (observing its max), quantize it for
-        ``bwd_weight`` and ``bwd_data`` (the two TPR phases); returns (weight grad operand, data
-        grad operand, 1/scale)."""
-        prec = self.precision(ctx)
-        gs = self.grad_scale
-        if gs is not None and observe:
-            gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
-        s = 1.0 if gs is None else gs.scale
-        scaled = dy * np.float32(s)
-        g_weight = prec.grad_weight(scaled)
-        same = prec.grad_data == prec.grad_weight
-        g_data = g_weight if same else prec.grad_data(scaled)
-        copies = [(prec.grad_weight.op, g_weight.format.name)] + ([] if same else [(prec.grad_data.op, g_data.format.name)])
-        registry.quantize_gradient(ctx.recorder, self.name, dy.size, gs is not None, copies)
-        return g_weight, g_data, 1.0 / s
-
     def update_ops(self, ctx: Context, gemm: str, weights: int) -> None:
         """The optimizer update of ``weights`` weights on the bwd_weight output path of the GEMM
         ``gemm`` that computes their gradient (FP32 master weights and momentum read and
@@ -275,9 +292,11 @@ class Linear(QuantGemmLayer):
     layer_type = "linear"
 
     def __init__(self, name: str, in_features: int, out_features: int, rng: np.random.Generator,
-                 role: str = "hidden", bias: bool = True, pact_alpha: float = 8.0) -> None:
-        std = np.sqrt(2.0 / in_features)  # He et al. 2015 initialisation for ReLU networks
+                 role: str = "hidden", bias: bool = True, pact_alpha: float = 8.0, signed_input: bool = False,
+                 std: float | None = None) -> None:
+        std = np.sqrt(2.0 / in_features) if std is None else std  # He et al. 2015 for ReLU networks
         super().__init__(name, rng.standard_normal((out_features, in_features)) * std, bias, role, pact_alpha)
+        self.signed_input = signed_input  # inputs from LayerNorm, attention or GELU: SAWB's signed range
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         prec = self.precision(ctx)
@@ -740,8 +759,8 @@ class Sequential(Layer):
                     out += child.all_layers()
         return out
 
-    def gemm_layers(self) -> list[QuantGemmLayer]:
-        return [layer for layer in self.all_layers() if isinstance(layer, QuantGemmLayer)]
+    def gemm_layers(self) -> list[GemmLayer]:
+        return [layer for layer in self.all_layers() if isinstance(layer, GemmLayer)]
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         for layer in self.layers:
@@ -829,3 +848,179 @@ def softmax_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndar
     grad = np.exp(logp)
     grad[np.arange(n), y] -= 1.0
     return loss, (grad / n).astype(np.float32).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# transformer layers (FP32 outside the GEMMs, design.md section 3)
+# ---------------------------------------------------------------------------------------------
+class LayerNorm(Layer):
+    """Layer normalisation over the last axis (Ba et al. 2016), FP32 (statistics in float64):
+    y = (x - mean) / sqrt(var + eps) * gamma + beta. A pass of its own in the trace
+    (`fourbit.traces.registry.layer_norm`)."""
+
+    layer_type = "layernorm"
+
+    def __init__(self, name: str, dim: int, eps: float = 1e-5) -> None:
+        super().__init__(name)
+        self.gamma = Param(f"{name}.gamma", np.ones(dim), decay=False)
+        self.beta = Param(f"{name}.beta", np.zeros(dim), decay=False)
+        self.eps = eps
+
+    def params(self) -> list[Param]:
+        return [self.gamma, self.beta]
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        mean = x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+        var = x.var(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+        inv = (1.0 / np.sqrt(var + np.float32(self.eps))).astype(np.float32)
+        xhat = ((x - mean) * inv).astype(np.float32)
+        self._cache = (xhat, inv)
+        registry.layer_norm(ctx.recorder, x.size)
+        return (xhat * self.gamma.value + self.beta.value).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        xhat, inv = self._cache
+        lead = tuple(range(dy.ndim - 1))
+        self.gamma.grad += (dy * xhat).sum(axis=lead)
+        self.beta.grad += dy.sum(axis=lead)
+        dxhat = dy * self.gamma.value
+        mean_d = dxhat.mean(axis=-1, keepdims=True)
+        mean_dx = (dxhat * xhat).mean(axis=-1, keepdims=True)
+        registry.layer_norm_backward(ctx.recorder, dy.size)
+        return ((dxhat - mean_d - xhat * mean_dx) * inv).astype(np.float32)
+
+
+_GELU_C = np.float32(np.sqrt(2.0 / np.pi))
+
+
+class GELU(Layer):
+    """GELU in its tanh form (Hendrycks and Gimpel 2016, as GPT-2 uses it):
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), FP32, on the output path of the GEMM before
+    it."""
+
+    layer_type = "gelu"
+
+    def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
+        u = _GELU_C * (x + np.float32(0.044715) * x * x * x)
+        th = np.tanh(u).astype(np.float32)
+        self._cache = (x, th)
+        registry.gelu(ctx.recorder, self.name, x.size)
+        return (np.float32(0.5) * x * (1 + th)).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        x, th = self._cache
+        du = _GELU_C * (1 + np.float32(3 * 0.044715) * x * x)
+        grad = np.float32(0.5) * (1 + th) + np.float32(0.5) * x * (1 - th * th) * du
+        registry.gelu_backward(ctx.recorder, self.name, dy.size)
+        return (dy * grad).astype(np.float32)
+
+
+class SelfAttention(GemmLayer):
+    """Causal multi-head self-attention between the QKV and the output projections:
+    (B, T, 3D) -> (B, T, D), ``heads`` heads of width d = D / heads. Per (sequence, head), as
+    groups of one GEMM row: scores = Q K^T (``<name>.scores``, M = N = T, K = d), scaled by
+    1/sqrt(d), causally masked and softmaxed in FP32, context = P V (``<name>.context``,
+    M = T, N = d, K = T). Both operands of both GEMMs are activations, quantized with the recipe's
+    ``attention`` role (`LayerPrecision.activation_pair`), so their ``bwd_weight`` is the gradient
+    of K or V and no weight is updated."""
+
+    layer_type = "attention"
+
+    def __init__(self, name: str, width: int, heads: int) -> None:
+        if width % heads:
+            raise ConfigError(f"{name}: width {width} is not divisible by heads {heads}")
+        super().__init__(name, role="attention")
+        self.width, self.heads = width, heads
+        self.scores = _Named(f"{name}.scores", "attention", self)
+        self.context = _Named(f"{name}.context", "attention", self)
+
+    def precision(self, ctx: Context) -> LayerPrecision:
+        return ctx.recipe.precision(self.role).activation_pair()
+
+    def _heads(self, x: np.ndarray, b: int, t: int) -> np.ndarray:
+        """(B, T, D) -> (B*H, T, d)."""
+        d = self.width // self.heads
+        return np.ascontiguousarray(x.reshape(b, t, self.heads, d).transpose(0, 2, 1, 3)).reshape(b * self.heads, t, d)
+
+    def _merge(self, x: np.ndarray, b: int, t: int) -> np.ndarray:
+        """(B*H, T, d) -> (B, T, D)."""
+        return np.ascontiguousarray(x.reshape(b, self.heads, t, -1).transpose(0, 2, 1, 3)).reshape(b, t, self.width)
+
+    def _quant(self, x: np.ndarray, ctx: Context, gemm: str) -> QTensor:
+        quantizer = self.precision(ctx).act
+        q = quantizer(x)
+        registry.quantize_input(ctx.recorder, gemm, x.size, quantizer.op, q.format.name)
+        return q
+
+    def _gemm(self, ctx: Context, named: _Named, phase: str, a: QTensor, b: QTensor, shape: GemmShape,
+              tensors, extra_scale: float = 1.0) -> np.ndarray:
+        prec = self.precision(ctx)
+        return run_gemm(ctx, named, phase, a, b, prec.accumulator(phase), prec.output(phase), shape,
+                        extra_scale=extra_scale, grad_scale=self.grad_scale if phase != "fwd" else None,
+                        roles=schema.ATTENTION_ROLES[phase], tensors=tensors)
+
+    def forward(self, qkv: np.ndarray, ctx: Context) -> np.ndarray:
+        b, t, _ = qkv.shape
+        g, d = b * self.heads, self.width // self.heads
+        q, k, v = (self._heads(qkv[..., i * self.width:(i + 1) * self.width], b, t) for i in range(3))
+        n = self.name
+        qq, kq = self._quant(q, ctx, self.scores.name), self._quant(k, ctx, self.scores.name)
+        raw = self._gemm(ctx, self.scores, "fwd", qq, kq.T, GemmShape(t, t, d, g), ((f"{n}.q", 0), (f"{n}.k", 0)))
+        s = raw.astype(np.float64) / np.sqrt(d)
+        s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+        s -= s.max(axis=-1, keepdims=True)
+        p = np.exp(s)
+        p = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
+        registry.softmax(ctx.recorder, p.size)
+        pq, vq = self._quant(p, ctx, self.context.name), self._quant(v, ctx, self.context.name)
+        out = self._gemm(ctx, self.context, "fwd", pq, vq, GemmShape(t, d, t, g), ((f"{n}.p", 0), (f"{n}.v", 0)))
+        self._cache = (qq, kq, pq, vq, p, b, t)
+        return self._merge(out, b, t)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        qq, kq, pq, vq, p, b, t = self._cache
+        g, d = b * self.heads, self.width // self.heads
+        n = self.name
+        second = 1 if self.precision(ctx).grad_data != self.precision(ctx).grad_weight else 0
+        dc = self._heads(dy, b, t)
+        gw, gd, inv = self.quant_grads(dc, ctx, gemm=self.context.name)
+        dy_c = f"{self.context.name}.dy"
+        dv = self._gemm(ctx, self.context, "bwd_weight", gw.T, pq, GemmShape(d, t, t, g),
+                        ((dy_c, 0), (f"{n}.p", 0)), inv).transpose(0, 2, 1)
+        dp = self._gemm(ctx, self.context, "bwd_data", gd, vq.T, GemmShape(t, t, d, g),
+                        ((dy_c, second), (f"{n}.v", 0)), inv)
+        ds = (p * (dp - (dp * p).sum(axis=-1, keepdims=True)) / np.float32(np.sqrt(d))).astype(np.float32)
+        registry.softmax_backward(ctx.recorder, ds.size)
+        gw, gd, inv = self.quant_grads(ds, ctx, gemm=self.scores.name)
+        dy_s = f"{self.scores.name}.dy"
+        dk = self._gemm(ctx, self.scores, "bwd_weight", gw.T, qq, GemmShape(t, d, t, g),
+                        ((dy_s, 0), (f"{n}.q", 0)), inv)
+        dq = self._gemm(ctx, self.scores, "bwd_data", gd, kq, GemmShape(t, d, t, g),
+                        ((dy_s, second), (f"{n}.k", 0)), inv)
+        return np.concatenate([self._merge(x, b, t) for x in (dq, dk, dv)], axis=-1).astype(np.float32)
+
+
+class TokenPositionEmbedding(Layer):
+    """Token ids (B, T) -> token plus position vectors (B, T, D) from two FP32 tables (lookups,
+    not GEMMs); backward scatter-adds the gradient rows into both (one ``embedding_bwd`` op)."""
+
+    layer_type = "embedding"
+
+    def __init__(self, name: str, vocab: int, context: int, dim: int, rng: np.random.Generator) -> None:
+        super().__init__(name)
+        self.tokens = Param(f"{name}.tokens", rng.standard_normal((vocab, dim)) * 0.02, decay=False)
+        self.positions = Param(f"{name}.positions", rng.standard_normal((context, dim)) * 0.01, decay=False)
+        self.role = "first"
+
+    def params(self) -> list[Param]:
+        return [self.tokens, self.positions]
+
+    def forward(self, ids: np.ndarray, ctx: Context) -> np.ndarray:
+        self._ids = ids
+        return (self.tokens.value[ids] + self.positions.value[: ids.shape[1]]).astype(np.float32)
+
+    def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
+        np.add.at(self.tokens.grad, self._ids.ravel(), dy.reshape(-1, dy.shape[-1]))
+        self.positions.grad[: dy.shape[1]] += dy.sum(axis=0)
+        registry.embedding_backward(ctx.recorder, dy.size)
+        return np.zeros(self._ids.shape, np.float32)

@@ -370,8 +370,9 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
         final = {"test_accuracy": last["accuracy_test"], "test_loss": last["loss_test"],
                  "train_loss": last["loss_train"],
                  "skipped_steps": int(sum(m["value"] for m in loop.metrics if m["metric"] == "skipped_steps"))}
+        data_layer = next((g.name for g in net.gemm_layers() if not getattr(g, "needs_input_grad", True)), None)
         meta = {**run_id, "seed": cfg.seed, "batch_size": cfg.batch_size, "epochs": cfg.epochs,
-                "steps": cfg.epochs * steps_per_epoch, "final": final}
+                "steps": cfg.epochs * steps_per_epoch, "final": final, "data_input_layer": data_layer}
         trace = Trace(meta, gemms, ops, schema.from_records("metrics", loop.metrics))
         written = None if path is None else trace.write(path, overwrite=True)  # the policy: check_out
     return Run(trace, final, net, written)

@@ -29,11 +29,11 @@ __all__ = ["MODELS", "build_model"]
 
 
 def _assign_roles(net: Sequential) -> Sequential:
-    gemm = net.gemm_layers()
+    gemm = [layer for layer in net.gemm_layers() if layer.role != "attention"]  # attention keeps its role
     for layer in gemm:
         if layer.role != "depthwise":
             layer.role = "hidden"
-    if not isinstance(net.layers[0], Embedding):  # an embedding table is the first layer itself
+    if net.layers[0].layer_type != "embedding":  # an embedding table is the first layer itself
         gemm[0].role = "first"
     gemm[-1].role = "last"
     leading = [layer for layer in net.layers if not isinstance(layer, Flatten)]

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -46,6 +47,8 @@ import ml_dtypes
 import numpy as np
 
 from fourbit.traces.errors import FormatError
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 __all__ = [
     "ACCUMULATOR_FORMATS",
@@ -83,6 +86,12 @@ class Format:
     bits: int
 
     kind: ClassVar[str] = "format"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise FormatError(f"a format name is lower-case letters, digits and underscores, got {self.name!r}")
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 64:
+            raise FormatError(f"format {self.name!r}: bits must be an integer in 1..64, got {self.bits!r}")
 
     @property
     def bytes_per_value(self) -> float:
@@ -165,6 +174,11 @@ class IntFormat(Format):
     signed: bool = True
     kind: ClassVar[str] = "int"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.signed, bool):
+            raise FormatError(f"format {self.name!r}: signed must be true or false, got {self.signed!r}")
+
     @property
     def min_value(self) -> int:
         return -(2 ** (self.bits - 1)) if self.signed else 0
@@ -227,6 +241,14 @@ class LogFormat(Format):
     RADIXES: ClassVar[tuple[int, ...]] = (2, 4, 8, 16)
     EXPONENT_BITS: ClassVar[tuple[int, ...]] = (2, 3, 4)
     PHASES: ClassVar[tuple[str, ...]] = ("even", "odd")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.radix not in self.RADIXES or self.exponent_bits not in self.EXPONENT_BITS or self.phase not in self.PHASES:
+            raise FormatError(f"format {self.name!r}: radix {self.radix!r}, exponent_bits {self.exponent_bits!r}, "
+                              f"phase {self.phase!r}; allowed {self.RADIXES}, {self.EXPONENT_BITS}, {self.PHASES}")
+        if self.bits != 1 + self.exponent_bits or (self.phase == "odd" and self.radix not in (4, 16)):
+            raise FormatError(f"format {self.name!r}: bits must be 1 + exponent_bits and the odd phase needs radix 4 or 16")
 
     @classmethod
     def make(cls, radix: int = 4, exponent_bits: int = 3, phase: str = "even") -> LogFormat:
@@ -336,6 +358,40 @@ class FloatFormat(Format):
     saturates: bool = False
     numpy_type: str = ""
     kind: ClassVar[str] = "float"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"format {self.name!r}"
+        for field_, lo, hi in (("exponent_bits", 1, 11), ("mantissa_bits", 0, 52)):
+            v = getattr(self, field_)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise FormatError(f"{where}: {field_} must be an integer in {lo}..{hi}, got {v!r}")
+        if self.bits != 1 + self.exponent_bits + self.mantissa_bits:
+            raise FormatError(f"{where}: bits {self.bits} is not 1 + exponent_bits + mantissa_bits "
+                              f"({1 + self.exponent_bits + self.mantissa_bits})")
+        if self.ties not in ("even", "away"):
+            raise FormatError(f"{where}: ties must be 'even' or 'away', got {self.ties!r}")
+        for field_ in ("subnormals", "has_inf", "has_nan", "saturates"):
+            if not isinstance(getattr(self, field_), bool):
+                raise FormatError(f"{where}: {field_} must be true or false, got {getattr(self, field_)!r}")
+        for field_ in ("max_value", "min_normal"):
+            v = getattr(self, field_)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not (math.isfinite(v) and v > 0):
+                raise FormatError(f"{where}: {field_} must be a finite number > 0, got {v!r}")
+        if self.min_normal >= self.max_value:
+            raise FormatError(f"{where}: min_normal {self.min_normal} is not below max_value {self.max_value}")
+        if not isinstance(self.numpy_type, str):
+            raise FormatError(f"{where}: numpy_type must be a type name or empty, got {self.numpy_type!r}")
+        if self.numpy_type:
+            found = getattr(ml_dtypes, self.numpy_type, None) or getattr(np, self.numpy_type, None)
+            if found is None:
+                raise FormatError(f"{where}: numpy_type {self.numpy_type!r} is neither an ml_dtypes nor a numpy type")
+            info = ml_dtypes.finfo(found)
+            if (info.nmant, float(info.max), float(info.smallest_normal)) != (self.mantissa_bits, float(self.max_value),
+                                                                              float(self.min_normal)):
+                raise FormatError(f"{where}: numpy_type {self.numpy_type} has {info.nmant} mantissa bits, max "
+                                  f"{float(info.max)} and smallest normal {float(info.smallest_normal)}, not "
+                                  f"{self.mantissa_bits}, {self.max_value} and {self.min_normal}")
 
     @property
     def dtype(self) -> np.dtype | None:

@@ -290,6 +290,8 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
         raise TraceError(f"batch must be an integer >= 1, got {batch!r}")
     from fourbit.traces.transformer import import_transformer, is_transformer
 
+    if not isinstance(recipe, dict):
+        raise TraceError(f"recipe must be a recipe description (fourbit.get_recipe(name).describe()), got {recipe!r}")
     if is_transformer(topology):
         return import_transformer(topology, batch, recipe)
     name, specs = read_topology(topology)
@@ -317,7 +319,8 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
     digest = hashlib.sha256(read_text(topology).encode()).hexdigest()
     meta = {"model": name, "dataset": None, "source": {"kind": "scalesim", "topology": str(topology),
             "sha256": digest, "batchnorm": batchnorm}, "recipe": recipe, "seed": None,
-            "batch_size": batch, "epochs": None, "steps": 1, "package_version": package_version()}
+            "batch_size": batch, "epochs": None, "steps": 1, "data_input_layer": specs[0].name,
+            "package_version": package_version()}
     return Trace(meta, gemms, ops, schema.from_records("metrics", []))
 
 

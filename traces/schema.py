@@ -335,7 +335,8 @@ _DERIVED = ("a_role", "b_role", "out_role", "a_scale_kind", "b_scale_kind", "a_s
 
 def upgrade_v1(gemms: pd.DataFrame) -> pd.DataFrame:
     """A ``gemms`` table with the operand descriptions of version 2 filled in where its columns
-    are absent: the roles of a layer with a weight (`PHASE_ROLES`), per-tensor FP32 scales, bits
+    are absent: the roles of a layer with a weight (`PHASE_ROLES`; an ``attention`` row's
+    `ATTENTION_ROLES`), per-tensor FP32 scales, bits
     per element from the formats, tensor and copy not recorded. This reads a version 1 trace
     (which meant exactly that) and lets a writer that has shapes only leave them out; a column
     that is present is kept as it is.
@@ -351,9 +352,10 @@ def upgrade_v1(gemms: pd.DataFrame) -> pd.DataFrame:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise TraceError(f"table gemms, column 'phase', row {row}: unknown value, allowed {PHASES} "
                          f"(got {phases.iloc[row]!r})")
+    attention = df["layer_type"].astype(str).eq("attention").to_numpy() if "layer_type" in df else np.zeros(len(df), bool)
     for i, name in enumerate(("a_role", "b_role", "out_role")):
         if name in need:
-            df[name] = phases.map(lambda ph, i=i: PHASE_ROLES[ph][i])
+            df[name] = [ATTENTION_ROLES[ph][i] if att else PHASE_ROLES[ph][i] for ph, att in zip(phases, attention, strict=True)]
     for x in ("a", "b"):
         if f"{x}_scale_kind" in need:
             df[f"{x}_scale_kind"] = "tensor"

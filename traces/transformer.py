@@ -185,7 +185,7 @@ class _Step:
             registry.quantize_input(self.rec, name, sh.groups * sh.M * sh.K, op, fmt)
             registry.quantize_input(self.rec, name, sh.groups * sh.K * sh.N, op, p["gemm_formats"]["fwd"][1])
             self.rec.add_gemm(self._row(name, "attention", "fwd", sh, p, schema.ATTENTION_ROLES["fwd"],
-                                        ((f"{block}.{a}", 0), (f"{block}.{b}", 0))))
+                                        ((f"{block}.attn.{a}", 0), (f"{block}.attn.{b}", 0))))
             if gemm == "scores":
                 registry.softmax(self.rec, sh.groups * sh.M * sh.N)
 
@@ -199,9 +199,9 @@ class _Step:
             dy = f"{name}.dy"
             second = 1 if p["separate_grad_copies"] else 0
             self.rec.add_gemm(self._row(name, "attention", "bwd_weight", sh["bwd_weight"], p,
-                                        schema.ATTENTION_ROLES["bwd_weight"], ((dy, 0), (f"{block}.{a}", 0))))
+                                        schema.ATTENTION_ROLES["bwd_weight"], ((dy, 0), (f"{block}.attn.{a}", 0))))
             self.rec.add_gemm(self._row(name, "attention", "bwd_data", sh["bwd_data"], p,
-                                        schema.ATTENTION_ROLES["bwd_data"], ((dy, second), (f"{block}.{b}", 0))))
+                                        schema.ATTENTION_ROLES["bwd_data"], ((dy, second), (f"{block}.attn.{b}", 0))))
             if gemm == "context":
                 registry.softmax_backward(self.rec, sh["fwd"].groups * sh["fwd"].M * sh["fwd"].K)
 
@@ -258,5 +258,6 @@ def import_transformer(source: str | Path, batch: int, recipe: dict) -> Trace:
             "source": {"kind": "transformer", "topology": str(source), "sha256": hashlib.sha256(text.encode()).hexdigest(),
                        **spec.model_dump()},
             "recipe": recipe, "seed": None, "batch_size": batch, "epochs": None, "steps": 1,
+            "data_input_layer": None,  # token ids feed an embedding: every bwd_data is needed
             "package_version": package_version()}
     return Trace(meta, gemms, ops, schema.from_records("metrics", []))

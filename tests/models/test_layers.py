@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fourbit.models.layers import (
+    GELU,
     LSTM,
     AvgPool2d,
     BatchNorm2d,
@@ -19,11 +20,14 @@ from fourbit.models.layers import (
     DepthwiseConv2d,
     Embedding,
     Flatten,
+    LayerNorm,
     Linear,
     MaxPool2d,
     ReLU,
     Residual,
+    SelfAttention,
     Sequential,
+    TokenPositionEmbedding,
     softmax_xent,
 )
 from fourbit.models.quantizers import GradScale
@@ -203,3 +207,31 @@ def test_quantized_gradients_point_the_same_way_as_fp32(recipe):
         assert np.corrcoef(ref, got)[0, 1] > 0.9
     if recipe in ("int4", "int4-dw8"):  # without GradScale, gradients of 1e-3 fall below radix-4 FP4
         assert not np.any(grads(recipe, scaled=False)[0])
+
+
+def test_layernorm_and_gelu_gradients():
+    layer = LayerNorm("ln", 6)
+    layer.gamma.value[...] = np.linspace(0.5, 1.5, 6)
+    layer.beta.value[...] = np.linspace(-0.2, 0.3, 6)
+    _check_gradients(layer, _images((3, 4, 6)) * 2 + 0.5)
+    _check_gradients(GELU("gelu"), _images((3, 7)) * 2, eps=1e-3)
+
+
+def test_self_attention_gradients_and_causality():
+    """Finite differences through the FP32 recipe (its attention GEMMs on host BLAS); a change of
+    the last token leaves every earlier position's output unchanged (the causal mask)."""
+    layer = SelfAttention("attn", 8, 2)
+    x = _images((2, 5, 24))
+    _check_gradients(layer, x)
+    ctx = Context(get_recipe("fp32"))
+    y = layer.forward(x, ctx)
+    x2 = x.copy()
+    x2[:, -1] += 1.0
+    y2 = layer.forward(x2, ctx)
+    np.testing.assert_array_equal(y[:, :-1], y2[:, :-1])
+    assert not np.array_equal(y[:, -1], y2[:, -1])
+
+
+def test_token_position_embedding_gradients():
+    layer = TokenPositionEmbedding("embed", 7, 5, 3, np.random.default_rng(0))
+    _check_gradients(layer, np.array([[1, 2, 1], [6, 0, 1]]), check_input=False)

@@ -187,3 +187,27 @@ def test_scales_per_tensor_per_block_and_2d():
         Scale("row")
     with pytest.raises(FormatError, match="unknown format"):
         Scale("block", 32, format="e9m9")
+
+
+def test_a_format_definition_that_contradicts_itself_is_refused():
+    from fourbit.traces.formats import IntFormat, register_format
+
+    ok = dict(exponent_bits=3, mantissa_bits=2, bias=3, has_inf=False, has_nan=False, max_value=28.0,
+              min_normal=0.25, saturates=True, numpy_type="float6_e3m2fn")
+    assert FloatFormat("ok_e3m2", 6, **ok).max_value == 28.0
+    for change, message in (({"max_value": 1e9}, "numpy_type float6_e3m2fn has 2 mantissa bits, max 28.0"),
+                            ({"numpy_type": "nosuchtype"}, "neither an ml_dtypes nor a numpy type"),
+                            ({"ties": "sideways"}, "ties must be 'even' or 'away'"),
+                            ({"exponent_bits": 5}, "bits 6 is not 1 \\+ exponent_bits"),
+                            ({"min_normal": 0.0}, "min_normal must be a finite number > 0"),
+                            ({"max_value": float("nan")}, "max_value must be a finite number > 0")):
+        with pytest.raises(FormatError, match=message):
+            FloatFormat("bad_e3m2", 6, **{**ok, **change})
+    with pytest.raises(FormatError, match="bits must be an integer in 1..64"):
+        FloatFormat("bad", "6", **ok)
+    with pytest.raises(FormatError, match="a format name is lower-case"):
+        register_format(FloatFormat("fp16/g4", 6, **ok))
+    with pytest.raises(FormatError, match="bits must be an integer in 1..64"):
+        IntFormat("int0", 0)
+    with pytest.raises(FormatError, match="radix 3"):
+        LogFormat("fp4_r3_e3", 4, radix=3)

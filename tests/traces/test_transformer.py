@@ -97,3 +97,75 @@ def test_bad_descriptions_are_refused_with_the_field(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(TraceError, match=message):
         read_transformer(path)
+
+
+@pytest.mark.parametrize("recipe", ["int4", "fp32", "hfp8"])
+def test_a_trained_transformer_and_its_description_give_the_same_rows(tiny, recipe):
+    """The emulator's layers (token and position embedding, pre-LayerNorm blocks of causal
+    self-attention and a GELU MLP, final LayerNorm, vocabulary projection) trained one step, and
+    the description of the same shapes imported: the same GEMM rows (all but the value
+    statistics) and the same op rows, since both record through one registry."""
+    import numpy as np
+    import pandas as pd
+
+    from fourbit.models.layers import (
+        GELU,
+        Context,
+        LayerNorm,
+        Linear,
+        Residual,
+        SelfAttention,
+        Sequential,
+        TokenPositionEmbedding,
+    )
+    from fourbit.models.recorder import Recorder
+    from fourbit.models.trainer import TrainConfig, grad_scales, train_step
+    from fourbit.models.zoo import _assign_roles
+
+    _, s = read_transformer(tiny)
+    d, rng = s.width, np.random.default_rng(0)
+
+    def linear(name, i, o, bias=True):
+        return Linear(name, i, o, rng, bias=bias, signed_input=True, std=0.02)
+
+    blocks = []
+    for i in range(s.layers):
+        h = f"h{i}"
+        blocks.append(Residual(f"{h}.attn.res", Sequential(f"{h}.attn.main", [
+            LayerNorm(f"{h}.ln1", d), linear(f"{h}.attn.qkv", d, 3 * d), SelfAttention(f"{h}.attn", d, s.heads),
+            linear(f"{h}.attn.proj", d, d)])))
+        blocks.append(Residual(f"{h}.mlp.res", Sequential(f"{h}.mlp.main", [
+            LayerNorm(f"{h}.ln2", d), linear(f"{h}.mlp.fc", d, s.mlp_ratio * d), GELU(f"{h}.gelu"),
+            linear(f"{h}.mlp.proj", s.mlp_ratio * d, d)])))
+    net = _assign_roles(Sequential("gpt", [TokenPositionEmbedding("embed", s.vocab, s.context, d, rng), *blocks,
+                                           LayerNorm("ln_f", d), linear("lm_head", d, s.vocab, bias=False)]))
+    ctx = Context(get_recipe(recipe), Recorder())
+    ids = rng.integers(0, s.vocab, (2, s.context))
+    ctx.recorder.start(0)
+    train_step(net, ctx, ids, np.roll(ids, -1, axis=1), {}, grad_scales(net, ctx.recipe), 0.01, TrainConfig())
+    ctx.recorder.stop()
+    gemms, ops = ctx.recorder.tables()
+    imported = import_transformer(tiny, 2, get_recipe(recipe).describe())
+    from tests.traces.test_scalesim import STRUCTURE
+
+    cols = [c for c in STRUCTURE if c in gemms.columns and not c.startswith(("batch", "in_", "out_c", "kernel", "stride", "padding"))]
+    pd.testing.assert_frame_equal(imported.gemms[cols], gemms[cols])
+    pd.testing.assert_frame_equal(imported.ops, ops)
+
+
+def test_every_bwd_data_of_a_transformer_is_simulated(tiny):
+    """Token ids feed an embedding, so the first layer's bwd_data carries the embeddings'
+    gradient: the trace says no layer's input is the data, and the simulation keeps it."""
+    t = import_transformer(tiny, 2, get_recipe("int4").describe())
+    assert t.meta["data_input_layer"] is None
+    rows = simulate(t, "fourbit").to_frame()
+    assert ("h0.attn.qkv", "bwd_data") in set(zip(rows.layer, rows.phase, strict=True))
+
+
+def test_a_version_1_attention_row_keeps_activation_roles():
+    from fourbit.traces.schema import upgrade_v1
+
+    g = import_transformer("gpt2_small", 1, get_recipe("int4").describe()).gemms
+    old = upgrade_v1(g.drop(columns=["a_role", "b_role", "out_role"]))
+    cols = ["a_role", "b_role", "out_role"]
+    assert old[cols].astype(str).values.tolist() == g[cols].astype(str).values.tolist()

@@ -236,9 +236,13 @@ def test_format_definitions_in_meta_are_checked_and_a_refused_trace_registers_no
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["formats"]["fp4_r4_e3"]["radix"] == 4  # every format the tables name is defined
     bad = json.loads(json.dumps(meta))
-    bad["formats"]["fp16"]["mantissa_bits"] = 9
+    bad["formats"]["fp16"]["saturates"] = True  # a consistent definition, but not this fourbit's fp16
     (run_dir / "meta.json").write_text(json.dumps(bad))
     with pytest.raises(TraceError, match="format 'fp16': this fourbit's 'fp16' is a different format"):
+        read(run_dir)
+    bad["formats"]["fp16"]["mantissa_bits"] = 9  # one that contradicts itself
+    (run_dir / "meta.json").write_text(json.dumps(bad))
+    with pytest.raises(TraceError, match="format 'fp16': .*bits 16 is not 1 \\+ exponent_bits \\+ mantissa_bits"):
         read(run_dir)
     bad = json.loads(json.dumps(meta))
     bad["formats"]["fp16"]["bits"] = "16"
