@@ -95,7 +95,7 @@ class LayerPrecision:
                     object.__setattr__(self, name, get_format(value))
                 except FormatError as exc:
                     raise ConfigError(f"layer precision: {name}: {exc}") from None
-            elif value is not None and not isinstance(value, Format) or (value is None and name == "out"):
+            elif not isinstance(value, Format) and not (value is None and name == "out_bwd"):
                 raise ConfigError(f"layer precision: {name} must be a format, got {value!r}")
 
     def output(self, phase: str) -> Format:

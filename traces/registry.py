@@ -20,10 +20,11 @@ import pandas as pd
 
 from fourbit.traces import schema
 from fourbit.traces.errors import TraceError
-from fourbit.traces.lowering import GemmShape
+from fourbit.traces.lowering import GemmShape, operand_tensors
 
 __all__ = [
-    "STORED_ACTIVATION", "StepRecorder", "batchnorm", "batchnorm_backward", "bias_add", "clip_backward", "col2im",
+    "STORED_ACTIVATION", "StepRecorder", "batchnorm", "described_role", "described_row",
+    "quantize_described_gradient", "weight_layer_backward", "weight_layer_forward", "batchnorm_backward", "bias_add", "clip_backward", "col2im",
     "embedding_backward", "gelu", "gelu_backward", "gemm_row", "grad_norm", "layer_norm", "layer_norm_backward",
     "loss", "lstm_cell", "lstm_cell_backward", "pool", "pool_backward", "quantize_gradient", "quantize_input", "relu",
     "relu_backward", "residual_add", "softmax", "softmax_backward", "weight_update",
@@ -256,3 +257,62 @@ def gelu(rec: StepRecorder, layer: str, elements: int) -> None:
 
 def gelu_backward(rec: StepRecorder, layer: str, elements: int) -> None:
     rec.op("gelu_bwd", elements, "fp32", "fp32", default=(layer, "bwd_data"))
+
+
+# ------------------------------------------------------------------------------------------------
+# shape-only recording of a weight layer from a recipe description (the importers)
+# ------------------------------------------------------------------------------------------------
+_ROLE_KEYS = ("gemm_formats", "ops", "separate_grad_copies", "grad_scale", "trained_clip")
+
+
+def described_role(recipe: dict, role: str, *, signed_inputs: bool = False) -> dict:
+    """A role's entry of a recipe description (`fourbit.models.recipes.Recipe.describe`), or its
+    entry for inputs that can be negative (``signed_inputs``: SAWB's signed range, not PACT's).
+
+    Raises TraceError when the description has no complete entry for the role."""
+    p = recipe.get(role) if isinstance(recipe, dict) else None
+    if signed_inputs and isinstance(p, dict):
+        p = p.get("signed_inputs")
+    if not isinstance(p, dict) or any(k not in p for k in _ROLE_KEYS):
+        what = f"{role!r} with signed inputs" if signed_inputs else repr(role)
+        raise TraceError(f"recipe description has no complete entry for layer role {what} (needs {', '.join(_ROLE_KEYS)})")
+    return p
+
+
+def described_row(name: str, layer_type: str, phase: str, shape: GemmShape, precision: dict, *,
+                  roles: tuple[str, str, str] | None = None, tensors=None, geometry: dict | None = None) -> dict:
+    """`gemm_row` of one GEMM of a layer with a described role's formats (default tensors: a
+    weight layer's, `fourbit.traces.lowering.operand_tensors`)."""
+    if tensors is None:
+        tensors = operand_tensors(name, phase, precision["separate_grad_copies"])
+    return gemm_row(name, layer_type, phase, shape, tuple(precision["gemm_formats"][phase]), roles=roles,
+                    tensors=tensors, geometry=geometry)
+
+
+def quantize_described_gradient(rec: StepRecorder, name: str, elements: int, precision: dict) -> None:
+    """`quantize_gradient` with a described role's GradScale and gradient copies."""
+    ops, formats = precision["ops"], precision["gemm_formats"]
+    copies = [(ops["grad_weight"], formats["bwd_weight"][0])]
+    if precision["separate_grad_copies"]:
+        copies.append((ops["grad_data"], formats["bwd_data"][0]))
+    quantize_gradient(rec, name, elements, precision["grad_scale"], copies)
+
+
+def weight_layer_forward(rec: StepRecorder, name: str, layer_type: str, shapes: dict, precision: dict,
+                         input_elements: int, geometry: dict | None = None) -> None:
+    """What a weight layer records forward up to its GEMM: the input's quantization, the GEMM."""
+    quantize_input(rec, name, input_elements, precision["ops"]["act"], precision["gemm_formats"]["fwd"][0])
+    rec.add_gemm(described_row(name, layer_type, "fwd", shapes["fwd"], precision, geometry=geometry))
+
+
+def weight_layer_backward(rec: StepRecorder, name: str, layer_type: str, shapes: dict, precision: dict,
+                          geometry: dict | None = None) -> None:
+    """What a weight layer records backward up to its ``bwd_data``: the output gradient's scaling
+    and quantizations, ``bwd_weight``, the weight update, ``bwd_data``."""
+    f, w = shapes["fwd"], shapes["bwd_weight"]
+    quantize_described_gradient(rec, name, f.M * f.N * f.groups, precision)
+    rec.add_gemm(described_row(name, layer_type, "bwd_weight", w, precision, geometry=geometry))
+    ops, formats = precision["ops"], precision["gemm_formats"]
+    weight_update(rec, name, w.M * w.N * w.groups, formats["bwd_weight"][3], tuple(ops["weight_statistics"]),
+                  (ops["weight"], formats["fwd"][1]))
+    rec.add_gemm(described_row(name, layer_type, "bwd_data", shapes["bwd_data"], precision, geometry=geometry))

@@ -219,18 +219,12 @@ class _Layer:
     def formats(self, phase: str) -> list[str]:
         return self.precision["gemm_formats"][phase]
 
-    def row(self, phase: str) -> dict:
-        tensors = lowering.operand_tensors(self.name, phase, self.precision["separate_grad_copies"])
-        return registry.gemm_row(self.name, self.spec.kind, phase, self.shapes[phase], tuple(self.formats(phase)),
-                                 tensors=tensors, geometry=self.geometry)
-
 
 def _forward(rec: registry.StepRecorder, layer: _Layer) -> None:
     """What the emulator's layers record forward: the input's quantization, the GEMM, then the
     bias (a layer without BatchNorm after it), BatchNorm and ReLU, or the loss after the last."""
-    ops = layer.precision["ops"]
-    registry.quantize_input(rec, layer.name, layer.input_elements, ops["act"], layer.formats("fwd")[0])
-    rec.add_gemm(layer.row("fwd"))
+    registry.weight_layer_forward(rec, layer.name, layer.spec.kind, layer.shapes, layer.precision,
+                                  layer.input_elements, layer.geometry)
     out = layer.output_elements
     if layer.bias:
         registry.bias_add(rec, out, layer.formats("fwd")[3])
@@ -246,23 +240,14 @@ def _backward(rec: registry.StepRecorder, layer: _Layer, below: _Layer | None) -
     """What the emulator's layers record backward: the output gradient's scaling and
     quantizations, ``bwd_weight``, the weight update, ``bwd_data``, col2im and PACT's clip
     gradient, then the backward of the ReLU and BatchNorm of the layer below."""
-    p, ops = layer.precision, layer.precision["ops"]
-    copies = [(ops["grad_weight"], layer.formats("bwd_weight")[0])]
-    if p["separate_grad_copies"]:
-        copies.append((ops["grad_data"], layer.formats("bwd_data")[0]))
-    registry.quantize_gradient(rec, layer.name, layer.output_elements, p["grad_scale"], copies)
-    rec.add_gemm(layer.row("bwd_weight"))
-    w = layer.shapes["bwd_weight"]
-    registry.weight_update(rec, layer.name, w.M * w.N * w.groups, layer.formats("bwd_weight")[3],
-                           tuple(ops["weight_statistics"]), (ops["weight"], layer.formats("fwd")[1]))
-    rec.add_gemm(layer.row("bwd_data"))
+    registry.weight_layer_backward(rec, layer.name, layer.spec.kind, layer.shapes, layer.precision, layer.geometry)
     if below is None:
         return  # the data's gradient: recorded, never used
     spec = layer.spec
     if spec.kind != "linear" and (spec.kernel_h * spec.kernel_w > 1 or spec.stride > 1):
         d = layer.shapes["bwd_data"]
         registry.col2im(rec, d.M * d.N * d.groups, layer.formats("bwd_data")[3])
-    if p["trained_clip"]:
+    if layer.precision["trained_clip"]:
         registry.clip_backward(rec, layer.input_elements)
     registry.relu_backward(rec, below.name, below.output_elements)
     if below.batchnorm:
@@ -298,11 +283,7 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
     n = len(specs)
     layers = []
     for i, spec in enumerate(specs):
-        role = _role(i, n, spec)
-        precision = recipe.get(role) if isinstance(recipe, dict) else None
-        need = ("gemm_formats", "ops", "separate_grad_copies", "grad_scale", "trained_clip")
-        if not isinstance(precision, dict) or any(k not in precision for k in need):
-            raise TraceError(f"recipe description has no complete entry for layer role {role!r} (needs {', '.join(need)})")
+        precision = registry.described_role(recipe, _role(i, n, spec))
         shapes, geometry = _shapes(spec, batch)
         last = i == n - 1
         conv = spec.kind != "linear"

@@ -126,45 +126,21 @@ class _Step:
     def role(self, name: str) -> dict:
         """The role's precision for signed inputs (a transformer's GEMM inputs come from
         LayerNorm, attention and GELU, not from a ReLU: SAWB's signed range, not PACT's)."""
-        p = self.recipe.get(name) if isinstance(self.recipe, dict) else None
-        p = p.get("signed_inputs") if isinstance(p, dict) else None
-        need = ("gemm_formats", "ops", "separate_grad_copies", "grad_scale", "trained_clip")
-        if not isinstance(p, dict) or any(k not in p for k in need):
-            raise TraceError(f"recipe description has no complete entry for layer role {name!r} with signed inputs "
-                             f"(needs {', '.join(need)})")
-        return p
+        return registry.described_role(self.recipe, name, signed_inputs=True)
 
     # -- linear layers (weights) ---------------------------------------------------------------
     def linear_forward(self, name: str, role: str, inputs: int, outputs: int, bias: bool) -> None:
         p = self.role(role)
-        shape = lowering.linear(self.tokens, inputs, outputs)
-        registry.quantize_input(self.rec, name, self.tokens * inputs, p["ops"]["act"], p["gemm_formats"]["fwd"][0])
-        self.rec.add_gemm(self._row(name, "linear", "fwd", shape["fwd"], p))
+        registry.weight_layer_forward(self.rec, name, "linear", lowering.linear(self.tokens, inputs, outputs), p,
+                                      self.tokens * inputs)
         if bias:
             registry.bias_add(self.rec, self.tokens * outputs, p["gemm_formats"]["fwd"][3])
 
     def linear_backward(self, name: str, role: str, inputs: int, outputs: int) -> None:
         p = self.role(role)
-        shape = lowering.linear(self.tokens, inputs, outputs)
-        self._grads(name, p, self.tokens * outputs)
-        self.rec.add_gemm(self._row(name, "linear", "bwd_weight", shape["bwd_weight"], p))
-        registry.weight_update(self.rec, name, inputs * outputs, p["gemm_formats"]["bwd_weight"][3],
-                               tuple(p["ops"]["weight_statistics"]), (p["ops"]["weight"], p["gemm_formats"]["fwd"][1]))
-        self.rec.add_gemm(self._row(name, "linear", "bwd_data", shape["bwd_data"], p))
+        registry.weight_layer_backward(self.rec, name, "linear", lowering.linear(self.tokens, inputs, outputs), p)
         if p["trained_clip"]:
             registry.clip_backward(self.rec, self.tokens * inputs)
-
-    def _grads(self, name: str, p: dict, elements: int) -> None:
-        copies = [(p["ops"]["grad_weight"], p["gemm_formats"]["bwd_weight"][0])]
-        if p["separate_grad_copies"]:
-            copies.append((p["ops"]["grad_data"], p["gemm_formats"]["bwd_data"][0]))
-        registry.quantize_gradient(self.rec, name, elements, p["grad_scale"], copies)
-
-    def _row(self, name: str, layer_type: str, phase: str, shape: GemmShape, p: dict,
-             roles: tuple[str, str, str] | None = None, tensors=None) -> dict:
-        tensors = tensors or lowering.operand_tensors(name, phase, p["separate_grad_copies"])
-        return registry.gemm_row(name, layer_type, phase, shape, tuple(p["gemm_formats"][phase]), roles=roles,
-                                 tensors=tensors)
 
     # -- attention (activation x activation) ----------------------------------------------------
     def _attention_shapes(self) -> dict[str, dict[str, GemmShape]]:
@@ -184,8 +160,8 @@ class _Step:
             sh = shapes[gemm]["fwd"]
             registry.quantize_input(self.rec, name, sh.groups * sh.M * sh.K, op, fmt)
             registry.quantize_input(self.rec, name, sh.groups * sh.K * sh.N, op, p["gemm_formats"]["fwd"][1])
-            self.rec.add_gemm(self._row(name, "attention", "fwd", sh, p, schema.ATTENTION_ROLES["fwd"],
-                                        ((f"{block}.attn.{a}", 0), (f"{block}.attn.{b}", 0))))
+            self.rec.add_gemm(registry.described_row(name, "attention", "fwd", sh, p, roles=schema.ATTENTION_ROLES["fwd"],
+                                                     tensors=((f"{block}.attn.{a}", 0), (f"{block}.attn.{b}", 0))))
             if gemm == "scores":
                 registry.softmax(self.rec, sh.groups * sh.M * sh.N)
 
@@ -195,13 +171,13 @@ class _Step:
         for gemm, (a, b) in (("context", ("p", "v")), ("scores", ("q", "k"))):
             name = f"{block}.attn.{gemm}"
             sh = shapes[gemm]
-            self._grads(name, p, sh["fwd"].groups * sh["fwd"].M * sh["fwd"].N)
+            registry.quantize_described_gradient(self.rec, name, sh["fwd"].groups * sh["fwd"].M * sh["fwd"].N, p)
             dy = f"{name}.dy"
             second = 1 if p["separate_grad_copies"] else 0
-            self.rec.add_gemm(self._row(name, "attention", "bwd_weight", sh["bwd_weight"], p,
-                                        schema.ATTENTION_ROLES["bwd_weight"], ((dy, 0), (f"{block}.attn.{a}", 0))))
-            self.rec.add_gemm(self._row(name, "attention", "bwd_data", sh["bwd_data"], p,
-                                        schema.ATTENTION_ROLES["bwd_data"], ((dy, second), (f"{block}.attn.{b}", 0))))
+            for phase, tensors in (("bwd_weight", ((dy, 0), (f"{block}.attn.{a}", 0))),
+                                   ("bwd_data", ((dy, second), (f"{block}.attn.{b}", 0)))):
+                self.rec.add_gemm(registry.described_row(name, "attention", phase, sh[phase], p,
+                                                         roles=schema.ATTENTION_ROLES[phase], tensors=tensors))
             if gemm == "context":
                 registry.softmax_backward(self.rec, sh["fwd"].groups * sh["fwd"].M * sh["fwd"].K)
 
