@@ -68,8 +68,9 @@ def _record(benchmark: str, metric: str, value: float, unit: str, target: float 
 
 
 def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) -> list[dict]:
-    """The GEMM kernels on one shape, each against numpy's float32 matmul of that shape."""
-    from fourbit.models.numerics import gemm_with_stats, quantize_fp4
+    """The GEMM kernels on one shape, each against numpy's float32 matmul of that shape; the
+    block-scaled GEMMs (MXFP4, NVFP4) on operands quantized beforehand (target <= 8, issue 17)."""
+    from fourbit.models.numerics import gemm_block_with_stats, gemm_with_stats, quantize_block, quantize_fp4
     from fourbit.traces.formats import Accumulator
 
     tag = f"{m}x{n}x{k}"
@@ -80,21 +81,29 @@ def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) 
     grad = quantize_fp4(rng.standard_normal((m, k)) * 8)    # radix-4 FP4 values (even phase)
     grad16 = quantize_fp4(rng.standard_normal((m, k)) * 2.0**rng.integers(-12, 12, (m, k)), 16, 3)
     fp16 = Accumulator("fp16", 4, 64)
+    def plain(a, b, acc, path=None):
+        return lambda: gemm_with_stats(a, b, acc, path=path)
+
+    def block(fmt, block_size):
+        qa, qb = quantize_block(af, fmt), quantize_block(bf, fmt, axis=0)
+        return lambda: gemm_block_with_stats(qa, qb, Accumulator("fp32", block_size, None))
+
     cases = [
-        ("int4xint4_int32_exact", act, wgt, Accumulator("int32"), None, 2.0),
-        ("int4xint4_int32_int_kernel", act, wgt, Accumulator("int32"), "int", None),
-        ("fp4xint4_fp16_g4_c64_shift_add", grad, wgt, fp16, None, 8.0),
-        ("fp4xint4_dlfloat16_g4_c64", grad, wgt, Accumulator("dlfloat16", 4, 64), None, None),
-        ("fp4xint4_fp32_g4_c64", grad, wgt, Accumulator("fp32", 4, 64), None, None),
-        ("fp4r16xint4_fp16_g4_c64_int_shift_kernel", grad16, wgt, fp16, "shift_add", None),
+        ("int4xint4_int32_exact", plain(act, wgt, Accumulator("int32")), 2.0),
+        ("int4xint4_int32_int_kernel", plain(act, wgt, Accumulator("int32"), "int"), None),
+        ("fp4xint4_fp16_g4_c64_shift_add", plain(grad, wgt, fp16), 8.0),
+        ("fp4xint4_dlfloat16_g4_c64", plain(grad, wgt, Accumulator("dlfloat16", 4, 64)), None),
+        ("fp4xint4_fp32_g4_c64", plain(grad, wgt, Accumulator("fp32", 4, 64)), None),
+        ("fp4r16xint4_fp16_g4_c64_int_shift_kernel", plain(grad16, wgt, fp16, "shift_add"), None),
+        ("mxfp4_block_gemm_fp32", block("mxfp4", 32), 8.0),
+        ("nvfp4_block_gemm_fp32", block("nvfp4", 16), 8.0),
     ]
     if not quick:
-        cases.append(("fp4xint4_fp16_g4_c64_general_kernel", grad, wgt, fp16, "general", None))
+        cases.append(("fp4xint4_fp16_g4_c64_general_kernel", plain(grad, wgt, fp16, "general"), None))
     out = []
     reference = None
-    for name, a, b, acc, path, target in cases:
-        ts, reference = in_blocks(lambda a=a, b=b, acc=acc, path=path: gemm_with_stats(a, b, acc, path=path),
-                                  lambda: af @ bf, repeats=6 if quick else 12, rounds=2 if quick else 3)
+    for name, fn, target in cases:
+        ts, reference = in_blocks(fn, lambda: af @ bf, repeats=6 if quick else 12, rounds=2 if quick else 3)
         out.append(_record("numerics", f"{name} {tag} / float32 matmul", ts / reference, "ratio", target))
         out.append(_record("numerics", f"{name} {tag}", ts * 1e3, "ms", None))
     out.append(_record("numerics", f"float32 matmul {tag}", reference * 1e3, "ms", None))
@@ -104,7 +113,7 @@ def _gemm_ratios(m: int, n: int, k: int, quick: bool, rng: np.random.Generator) 
 def bench_numerics(quick: bool = False) -> list[dict]:
     """Each GEMM kernel / numpy float32 matmul of the same shape (M = N = K = 512, and the conv-like
     M = 3136, N = 64, K = 576), and the quantizers' throughput."""
-    from fourbit.models.numerics import quantize_fp4, quantize_uint4_pact
+    from fourbit.models.numerics import quantize_block, quantize_fp4, quantize_uint4_pact
 
     rng = np.random.default_rng(0)
     out = []
@@ -115,6 +124,9 @@ def bench_numerics(quick: bool = False) -> list[dict]:
     out.append(_record("numerics", "quantize_fp4 1M elements", (1 << 20) / ts / 1e6, "Melements/s", None))
     ts, _ = side_by_side(lambda: quantize_uint4_pact(x, 2.0), lambda: np.abs(x), repeats=5)
     out.append(_record("numerics", "quantize_uint4_pact 1M elements", (1 << 20) / ts / 1e6, "Melements/s", None))
+    for fmt in ("mxfp4", "nvfp4"):
+        ts, _ = side_by_side(lambda fmt=fmt: quantize_block(x, fmt), lambda: np.abs(x), repeats=5)
+        out.append(_record("numerics", f"quantize_block {fmt} 1M elements", (1 << 20) / ts / 1e6, "Melements/s", None))
     return out
 
 

@@ -1096,3 +1096,201 @@ def quantize_uniform(x, step, lo, hi, codes, counts):
         flush[i] = c == 0.0 and x[i] != 0.0
     counts[0] += clip.sum()
     counts[1] += flush.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# stochastic rounding onto integer and log grids (64 random bits per rounding)
+# ---------------------------------------------------------------------------------------------
+_TWO64 = 18446744073709551616.0
+
+
+@njit(cache=True, inline="always")
+def sr_threshold(d, c):
+    """floor(2^64 * d / c) for a float64 0 <= d < c and an integer c in 1..255: the random bits
+    below which a stochastic rounding goes up (probability d / c, exact to 2^-64). With c > 1,
+    d * 2^56 must be an integer (the wrapper's cases: d's lowest bit is at least 2^-52)."""
+    if c == 1:
+        return np.uint64(np.floor(d * _TWO64))
+    big = np.uint64(d * 72057594037927936.0)  # d * 2^56, an integer below 2^64
+    cc = np.uint64(c)
+    return ((big // cc) << np.uint64(8)) + (((big % cc) << np.uint64(8)) // cc)
+
+
+@njit(cache=True, parallel=True)
+def quantize_uniform_stochastic(x, step, lo, hi, codes, counts, seed, stp, tensor_id):
+    """codes = clip(sign(q) (floor(|q|) + [up]), lo, hi) with q = x / step in float64 and ``up``
+    when the 64 random bits of element i, keyed by (seed, stp, tensor_id, i), are below
+    floor(2^64 (|q| - floor(|q|))) (exact: the fraction of |q| is exact in float64): unbiased
+    inside [lo, hi], symmetric in sign. counts as `quantize_uniform`."""
+    n = x.size
+    clip = np.zeros(n, np.bool_)
+    flush = np.zeros(n, np.bool_)
+    for i in prange(n):
+        q = x[i] / step
+        clip[i] = q < lo or q > hi
+        q = min(max(q, lo), hi)
+        a = abs(q)
+        f = np.floor(a)
+        if counter_bits(seed, stp, tensor_id, i) < sr_threshold(a - f, 1):
+            f += 1.0
+        c = -f if q < 0 else f
+        codes[i] = c
+        flush[i] = c == 0.0 and x[i] != 0.0
+    counts[0] += clip.sum()
+    counts[1] += flush.sum()
+
+
+@njit(cache=True, parallel=True)
+def quantize_log_stochastic(x, values, codes, b, bias, n_levels, phase_shift, levels, radix,
+                            exponent_bits, counts, seed, stp, tensor_id):
+    """Stochastic rounding of flat float64 ``x`` onto a radix-2^b log format: between the levels
+    v <= |x| < radix * v, radix * v with probability (|x| - v) / ((radix - 1) v); below the
+    smallest level v_min, v_min with probability |x| / v_min, else zero; from the largest level
+    up, the largest level (saturation). Unbiased inside the format's range (logarithmic
+    stochastic rounding and stochastic underflow, Chmiel et al., ICLR 2023, eqs. 10 and 12, for
+    radix 2). The 64 random bits of element i are keyed by (seed, stp, tensor_id, i). Writes the
+    signed value and the code; counts as `quantize_log`."""
+    n = x.size
+    clip = np.zeros(n, np.bool_)
+    flush = np.zeros(n, np.bool_)
+    vmin = levels[1]
+    vmax = levels[n_levels]
+    for i in prange(n):
+        bits = float_bits(x[i])
+        neg = bits < 0
+        mag = bits & _ABS64
+        ax = bits_float(mag)
+        rbits = counter_bits(seed, stp, tensor_id, i)
+        c = 0
+        if ax >= vmax:
+            c = n_levels
+        elif ax >= vmin:
+            e2 = ((mag >> 52) & 0x7FF) - 1023
+            c = (e2 + phase_shift) // b + bias  # the level at or below |x|
+            v = levels[c]
+            if rbits < sr_threshold((ax - v) / v, radix - 1):
+                c += 1
+        elif ax != 0.0:
+            if rbits < sr_threshold(ax / vmin, 1):
+                c = 1
+        v = levels[c]
+        values[i] = -v if neg else v
+        codes[i] = c | (neg << exponent_bits)
+        clip[i] = ax > vmax
+        flush[i] = c == 0 and ax != 0.0
+    counts[0] += clip.sum()
+    counts[1] += flush.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# random Hadamard transform
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def hadamard_rows(x, out, hadamard):
+    """out[r, j*n:(j+1)*n] = x[r, j*n:(j+1)*n] @ hadamard for each block j of n = len(hadamard)
+    columns: every output the exact sum of n signed inputs (a Shewchuk expansion) rounded once,
+    to odd in float64 and then to float32 (correct, since 53 >= 24 + 2). ``x`` (R, C) float32,
+    C a multiple of n; ``hadamard`` (n, n) float64 of +-1; ``out`` (R, C) float32."""
+    R, C = x.shape
+    n = hadamard.shape[0]
+    for r in prange(R):
+        parts = np.empty(n + 1, np.float64)
+        for j0 in range(0, C, n):
+            for j in range(n):
+                np_ = 0
+                for i in range(n):
+                    v = np.float64(x[r, j0 + i]) * hadamard[i, j]
+                    if v != 0.0:
+                        np_ = expansion_add(parts, np_, v)
+                out[r, j0 + j] = np.float32(expansion_value(parts, np_, True))
+
+
+# ---------------------------------------------------------------------------------------------
+# block-scaled GEMM: exact block sums, scaled exactly, accumulated with one rounding per add
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _acc_add(a, t, native32, frac_bits, emin, subnormals, ties_away, max_value, flush_below):
+    """One accumulator add: fl(a + t) rounded to odd, then to the format (the CPU's float32
+    conversion with ``native32``, else `round_float`); returns (sum, overflowed, underflowed)."""
+    s = a + t
+    bb = s - a
+    e = (a - (s - bb)) + (t - bb)
+    bits = float_bits(s)
+    fix = np.int64(e != 0.0) & np.int64((bits & 1) == 0)
+    same = np.int64((float_bits(e) ^ bits) >= 0)  # e and s have the same sign: away from zero
+    s = bits_float(bits + fix * (2 * same - 1))
+    if native32:
+        r = np.float64(np.float32(s))
+        return r, (r - r != 0.0) & (s - s == 0.0), (r == 0.0) & (s != 0.0)
+    r, over, under = round_float(s, frac_bits, emin, subnormals, ties_away, max_value, flush_below, False)
+    return r, over & (s - s == 0.0), under & (s != 0.0)
+
+
+@njit(cache=True, inline="always")
+def _block_sums(a, b, m, j, ps):
+    """ps[n] = the sum over block j of a[m, k] * b[j, k', n], in the lane type of ``b`` (exact:
+    the wrapper checks that every partial sum is)."""
+    B = b.shape[1]
+    N = b.shape[2]
+    base = j * B
+    for n in range(N):
+        ps[n] = a[m, base] * b[j, 0, n]
+    for k in range(1, B):
+        av = a[m, base + k]
+        for n in range(N):
+            ps[n] += av * b[j, k, n]
+
+
+@njit(cache=True, parallel=True)
+def gemm_block(a, b, sa, sb, out, native32, frac_bits, emin, subnormals, ties_away, max_value,
+               flush_below, counts):
+    """The block-scaled GEMM: out[m, n] = the sum over K blocks j, in increasing j, of
+    (sum of a[m, k] * b[j, k', n] over the block) * sa[m, j] * sb[j, n], each add rounded once.
+
+    ``a`` (M, J * B) and ``b`` (J, B, N) hold the elements (float32 or float64 lanes in which
+    every partial block sum is exact: the wrapper checks it; zero-padded to whole blocks),
+    ``sa`` (M, J), ``sb`` (J, N) float64 block scales whose product with a block sum is exact
+    (checked too). Each add is `_acc_add`: fl(acc + term) rounded to odd and then to the format
+    (correct, since 53 >= 24 + 2 for binary32). counts[m] = (overflows, underflows) of row m: adds
+    whose rounded sum became +-inf from a finite sum, or zero from a non-zero one.
+    """
+    M = a.shape[0]
+    J, B, N = b.shape
+    for m in prange(M):
+        acc = np.zeros(N, np.float64)
+        ps = np.zeros(N, b.dtype)
+        nover = 0
+        nunder = 0
+        for j in range(J):
+            _block_sums(a, b, m, j, ps)
+            s_a = sa[m, j]
+            for n in range(N):
+                r, o, u = _acc_add(acc[n], np.float64(ps[n]) * s_a * sb[j, n], native32, frac_bits, emin,
+                                   subnormals, ties_away, max_value, flush_below)
+                acc[n] = r
+                nover += o
+                nunder += u
+        for n in range(N):
+            out[m, n] = acc[n]
+        counts[m, 0] = nover
+        counts[m, 1] = nunder
+
+
+@njit(cache=True, parallel=True)
+def gemm_block_fp32(a, b, sa, sb, out):
+    """`gemm_block` with a binary32 accumulator when every scaled block sum is a binary32 value
+    (the wrapper checks widths and exponent range): then each add is the CPU's float32 add of two
+    binary32 values, which rounds once, to nearest even, as the model says. ``a``, ``b``, ``sa``,
+    ``sb`` float32; ``out`` (M, N) float32."""
+    M = a.shape[0]
+    J, B, N = b.shape
+    for m in prange(M):
+        acc = np.zeros(N, np.float32)
+        ps = np.zeros(N, np.float32)
+        for j in range(J):
+            _block_sums(a, b, m, j, ps)
+            s_a = sa[m, j]
+            for n in range(N):
+                acc[n] += ps[n] * s_a * sb[j, n]
+        for n in range(N):
+            out[m, n] = acc[n]

@@ -72,10 +72,13 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     accumulator's result is scaled and then rounded to ``out_format`` (INT4 forward: int32 ->
     FP16); a float accumulator's result is rounded to ``out_format`` and then scaled, so that
     unscaled gradients (x 1/GradScale) stay in FP32 ([P] section 3.2; technique.md 6, item 13).
-    Block scales are applied to each product before the sum: a block-scaled operand enters the
-    GEMM as values * scales (exact when the scales are powers of two, or when the products fit
-    in FP32; `numerics.gemm` refuses operands that are not exact in FP32), so it needs a float or
-    exact accumulator, not an integer one (a NumericsError otherwise).
+    Two operands block-scaled along K alike run the block-scaled GEMM
+    (`numerics.gemm_block_with_stats`: exact block sums times both block scales, one rounding per
+    add, the tensor scales once at the end). Otherwise a block-scaled operand (next to a
+    per-tensor scaled one, or blocked along another axis) enters the GEMM as values * scales
+    (exact when the scales are powers of two, or when the products fit in FP32; `numerics.gemm`
+    refuses operands that are not exact in FP32), so it needs a float or exact accumulator, not an
+    integer one (a NumericsError otherwise); its tensor scale joins the result's scale.
     Grouped GEMMs (``shape.groups`` > 1) take a (G, M, K) and b (G, K, N) and return (G, M, N).
     The trace names the tensors the operands are copies of (``tensors``; default a weight
     layer's after ``tensor_prefix`` or the layer's name, `fourbit.traces.lowering.operand_tensors`)
@@ -98,19 +101,19 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
                           grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent),
                           tensors=tensors, roles=roles)
         return None
-    av, bv, scale = _scaled_operands(a, b, acc)
-    if acc is None:
-        raw = np.matmul(av.astype(np.float32), bv.astype(np.float32))
-        acc_name = "fp32/g1"
-    elif g == 1:
-        raw, acc_stats = numerics.gemm_with_stats(av, bv, acc)
-        acc_name = acc.name
+    first = 0 if g > 1 else None
+    if acc is not None and numerics.blocks_along_k(_group(a, first), _group(b, first)):
+        raw, acc_stats = _per_group(g, lambda i: numerics.gemm_block_with_stats(_group(a, i), _group(b, i), acc))
+        scale, acc_name = np.float32(1.0), acc.name
     else:
-        parts = [numerics.gemm_with_stats(av[i], bv[i], acc) for i in range(g)]
-        raw = np.stack([p[0] for p in parts])
-        acc_stats = numerics.GemmStats(sum(p[1].overflows for p in parts), sum(p[1].underflows for p in parts),
-                                       sum(p[1].nonfinite_outputs for p in parts), parts[0][1].path)
-        acc_name = acc.name
+        av, bv, scale = _scaled_operands(a, b, acc)
+        if acc is None:
+            raw = np.matmul(av.astype(np.float32), bv.astype(np.float32))
+            acc_name = "fp32/g1"
+        else:
+            raw, acc_stats = _per_group(g, lambda i: numerics.gemm_with_stats(av if i is None else av[i],
+                                                                              bv if i is None else bv[i], acc))
+            acc_name = acc.name
     scale = scale * np.float32(extra_scale)
     integer_acc = acc is not None and acc.sums_exactly
     if grad_scale is not None:  # the sums overflowed (inf, or inf - inf = NaN inside them)
@@ -126,6 +129,24 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
                       grad_scale_log2=None if grad_scale is None else float(grad_scale.exponent),
                       tensors=tensors, roles=roles)
     return out.astype(np.float32, copy=False)
+
+
+def _per_group(g: int, gemm_of) -> tuple[np.ndarray, numerics.GemmStats]:
+    """``gemm_of(None)`` for one GEMM, else the G results of ``gemm_of(i)`` stacked, their
+    accumulator events summed."""
+    if g == 1:
+        return gemm_of(None)
+    parts = [gemm_of(i) for i in range(g)]
+    stats = numerics.GemmStats(sum(p[1].overflows for p in parts), sum(p[1].underflows for p in parts),
+                               sum(p[1].nonfinite_outputs for p in parts), parts[0][1].path)
+    return np.stack([p[0] for p in parts]), stats
+
+
+def _group(q: QTensor, i: int | None) -> QTensor:
+    """Group ``i`` of a grouped operand (values and block scales sliced alike); ``q`` for None."""
+    if i is None:
+        return q
+    return q.with_values(q.values[i], scales=q.scales if q.scaling.kind == "tensor" else q.scales[i])
 
 
 def _overflow_to_zero(x: np.ndarray, grad_scale: GradScale) -> np.ndarray:
@@ -155,6 +176,7 @@ def _scaled_operands(a: QTensor, b: QTensor, acc: Accumulator | None) -> tuple[n
                                 f"scales applied, which an integer accumulator ({acc.name}) cannot; use a float "
                                 "or exact accumulator")
         arrays.append(q.values.astype(np.float64) * q.scaling.expand(q.scales, q.values.shape))
+        scale = scale * np.float32(q.tensor_scale)
     return arrays[0], arrays[1], scale
 
 

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fourbit.models import _kernels as K
+from fourbit.models import scale_rules
+from fourbit.models.qtensor import QTensor
+from fourbit.models.stats import QuantStats
+from fourbit.traces.block_formats import BlockFormat
 from fourbit.traces.errors import FormatError, NumericsError
 from fourbit.traces.formats import Accumulator, FloatFormat, LogFormat, get_format
 
@@ -39,32 +43,6 @@ SAWB_C1 = 12.035
 technique.md 1.2)."""
 SAWB_C2 = 12.03
 """SAWB coefficient c2 (same source)."""
-
-
-@dataclass(frozen=True)
-class QuantStats:
-    """What a quantizer did to a tensor: element count, clipped (saturated) and flushed counts.
-
-    ``clipped``: |x| beyond the largest representable magnitude (or x/step outside the code
-    range); ``flushed``: non-zero inputs that became zero; ``zeros``: zero outputs.
-    """
-
-    elements: int
-    clipped: int
-    flushed: int
-    zeros: int
-
-    @property
-    def clip_frac(self) -> float:
-        return self.clipped / self.elements if self.elements else 0.0
-
-    @property
-    def flush_frac(self) -> float:
-        return self.flushed / self.elements if self.elements else 0.0
-
-    @property
-    def zero_frac(self) -> float:
-        return self.zeros / self.elements if self.elements else 0.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +74,22 @@ def _as_float_array(x, name: str) -> np.ndarray:
     return arr
 
 
+ROUNDINGS = ("nearest", "stochastic")
+"""Rounding modes of every element quantizer: round to nearest (the format's ties) or stochastic
+rounding with 64 counter-based random bits per element (unbiased; results do not depend on the
+thread count)."""
+
+
+def _check_key(key) -> tuple[int, int, int]:
+    """A stochastic rounding's key (seed, step, tensor_id) as three integers in 0..2^64 - 1."""
+    ok = isinstance(key, tuple | list) and len(key) == 3 and all(
+        isinstance(k, int | np.integer) and not isinstance(k, bool) and 0 <= int(k) < 2**64 for k in key)
+    if not ok:
+        raise NumericsError(f"stochastic rounding needs key=(seed, step, tensor_id), three integers in 0..2^64-1, "
+                            f"got {key!r}")
+    return int(key[0]), int(key[1]), int(key[2])
+
+
 def _option(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise NumericsError(f"{name} must be one of {allowed}, got {value!r}")
@@ -105,7 +99,8 @@ def _option(value: str, name: str, allowed: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------------------------------------
 # FP4 (radix-r logarithmic) quantization with Two-Phase Rounding
 # ---------------------------------------------------------------------------------------------
-def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up") -> tuple[np.ndarray, np.ndarray, QuantStats]:
+def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up", *, rounding: str = "nearest",
+                       key: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray, QuantStats]:
     """Round ``x`` onto the log format ``fmt``; values, codes and statistics.
 
     Parameters
@@ -116,6 +111,13 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up") -> tuple[np.ndarray, 
     tie : {"up", "down"}
         At exactly a threshold: ``up`` takes the larger magnitude ([P] Fig. 2(c), "multiply by
         1.6 and truncate the exponent", in any IEEE precision), ``down`` the smaller ([P] Eq. 1).
+    rounding : {"nearest", "stochastic"}
+        ``stochastic``: between the levels v <= |x| < r*v, r*v with probability
+        (|x| - v) / ((r - 1) v); below the smallest level v_min, v_min with probability
+        |x| / v_min, else 0; saturation above the largest (logarithmic stochastic rounding and
+        stochastic underflow, Chmiel et al., ICLR 2023, eqs. 10 and 12). One rounding uses 64
+        random bits, keyed by ``key`` and the element's flat index (`_kernels.counter_bits`).
+    key : (seed, step, tensor_id), non-negative integers; required with ``stochastic``
 
     Returns
     -------
@@ -128,17 +130,23 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up") -> tuple[np.ndarray, 
     Raises
     ------
     NumericsError
-        If x contains NaN (FP4 has no NaN code). +-inf saturates.
+        If x contains NaN (FP4 has no NaN code), a bad ``tie`` or ``rounding``, stochastic
+        rounding without a key. +-inf saturates.
     """
     _option(tie, "tie", ("up", "down"))
+    _option(rounding, "rounding", ROUNDINGS)
     arr = _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     values = np.empty(flat.size, np.float64)
     codes = np.empty(flat.size, np.uint8)
     counts = np.zeros(2, np.int64)
     levels = np.concatenate([[0.0], fmt.levels()])
-    K.quantize_log(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
-                   fmt.thresholds(), levels, tie == "up", fmt.exponent_bits, counts)
+    if rounding == "stochastic":
+        K.quantize_log_stochastic(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
+                                  levels, fmt.radix, fmt.exponent_bits, counts, *_check_key(key))
+    else:
+        K.quantize_log(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
+                       fmt.thresholds(), levels, tie == "up", fmt.exponent_bits, counts)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(values == 0)))
     return values.reshape(arr.shape), codes.reshape(arr.shape), stats
 
@@ -181,19 +189,29 @@ def quantize_fp4(x, radix: int = 4, exponent_bits: int = 3, phase: str = "even",
 # ---------------------------------------------------------------------------------------------
 # uniform integer quantizers: SAWB (weights) and PACT (activations)
 # ---------------------------------------------------------------------------------------------
-def quantize_uniform(x, step: float, lo: int, hi: int, dtype=np.int8) -> tuple[np.ndarray, QuantStats]:
+def quantize_uniform(x, step: float, lo: int, hi: int, dtype=np.int8, *, rounding: str = "nearest",
+                     key: tuple[int, int, int] | None = None) -> tuple[np.ndarray, QuantStats]:
     """codes = rint(clip(x / step, lo, hi)), round half to even; one fused kernel pass.
 
-    Returns codes of ``dtype`` (shape of x) and statistics. Raises NumericsError for NaN input or
-    a step that is not finite and positive.
+    ``rounding="stochastic"``: |code| = floor(|q|) + 1 with probability |q| - floor(|q|), else
+    floor(|q|), with q's sign, q = the clipped x / step in float64 (unbiased inside [lo, hi];
+    Gupta et al., ICML 2015), from 64
+    random bits keyed by ``key = (seed, step, tensor_id)`` and the element's flat index.
+    Returns codes of ``dtype`` (shape of x) and statistics. Raises NumericsError for NaN input,
+    a step that is not finite and positive, an unknown ``rounding``, stochastic rounding without
+    a key.
     """
     if not (np.isfinite(step) and step > 0):
         raise NumericsError(f"step must be finite and > 0, got {step!r}")
+    _option(rounding, "rounding", ROUNDINGS)
     arr = _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     codes = np.empty(flat.size, np.float64)
     counts = np.zeros(2, np.int64)
-    K.quantize_uniform(flat, float(step), float(lo), float(hi), codes, counts)
+    if rounding == "stochastic":
+        K.quantize_uniform_stochastic(flat, float(step), float(lo), float(hi), codes, counts, *_check_key(key))
+    else:
+        K.quantize_uniform(flat, float(step), float(lo), float(hi), codes, counts)
     out = codes.astype(dtype).reshape(arr.shape)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(codes == 0)))
     return out, stats
@@ -306,7 +324,7 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
         raise FormatError(f"quantize_float takes a float format, got {fmt.name!r}")
     if saturate is None:
         saturate = fmt.saturates
-    _option(rounding, "rounding", ("nearest", "stochastic"))
+    _option(rounding, "rounding", ROUNDINGS)
     if dtype not in (np.float64, np.float32):
         raise NumericsError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}")
     if (rounding == "nearest" and not saturate and fmt.ieee_dtype is not None
@@ -319,10 +337,8 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     if rounding == "nearest":
         K.round_float_array(flat, out, *_float_params(fmt), bool(saturate), counts)
     else:
-        if key is None or len(key) != 3 or any(int(k) < 0 for k in key):
-            raise NumericsError("stochastic rounding needs key=(seed, step, tensor_id), non-negative integers")
         frac, emin, sub, _, mx, flush = _float_params(fmt)
-        K.round_float_stochastic_array(flat, out, *(int(k) for k in key), frac, emin, sub, mx,
+        K.round_float_stochastic_array(flat, out, *_check_key(key), frac, emin, sub, mx,
                                        flush, bool(saturate), counts)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
     return out.reshape(arr.shape).astype(dtype, copy=False), stats
@@ -341,6 +357,198 @@ def _cast_float32(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, Q
         out = flat
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
     return out.reshape(x.shape).astype(dtype, copy=out is flat), stats
+
+
+# ---------------------------------------------------------------------------------------------
+# block-scaled formats
+# ---------------------------------------------------------------------------------------------
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _block_format(fmt) -> BlockFormat:
+    found = get_format(fmt)
+    if not isinstance(found, BlockFormat):
+        raise FormatError(f"fmt must be a block format (mxfp4, nvfp4, int4_block, ...), got {found.name!r}")
+    return found
+
+
+def _round_elements(scaled: np.ndarray, fmt: BlockFormat, rounding: str, key) -> tuple[np.ndarray, np.ndarray]:
+    """Round scaled elements (float64, original layout) onto the element format, saturating at
+    +-M; returns the values (float64, flat) and counts (clipped, flushed)."""
+    elem = fmt.element_format
+    flat = np.ascontiguousarray(scaled).ravel()
+    out = np.empty_like(flat)
+    counts = np.zeros(2, np.int64)
+    if isinstance(elem, FloatFormat):
+        frac, emin, sub, away, mx, flush = _float_params(elem)
+        if rounding == "stochastic":
+            K.round_float_stochastic_array(flat, out, *_check_key(key), frac, emin, sub, mx, flush, True, counts)
+        else:
+            K.round_float_array(flat, out, frac, emin, sub, away, mx, flush, True, counts)
+    else:
+        top = fmt.element_max
+        if rounding == "stochastic":
+            K.quantize_uniform_stochastic(flat, 1.0, -top, top, out, counts, *_check_key(key))
+        else:
+            K.quantize_uniform(flat, 1.0, -top, top, out, counts)
+    return out, counts
+
+
+def _blocks_view(x32: np.ndarray, fmt: BlockFormat, axis: int) -> np.ndarray:
+    """|x| arranged so that the last axis (1-D blocks, along ``axis``) or the last two axes
+    (2-D blocks, with the block rows and columns next to each other) hold one block."""
+    bs = fmt.block
+    if fmt.block_2d:
+        r, c = x32.shape[-2:]
+        pad = [(0, 0)] * (x32.ndim - 2) + [(0, -r % bs), (0, -c % bs)]
+        p = np.pad(np.abs(x32), pad)
+        v = p.reshape(*p.shape[:-2], p.shape[-2] // bs, bs, p.shape[-1] // bs, bs)
+        return np.moveaxis(v, -3, -2).reshape(*v.shape[:-4], v.shape[-4], v.shape[-2], bs * bs)
+    moved = np.moveaxis(np.abs(x32), axis, -1)
+    p = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -moved.shape[-1] % bs)])
+    return p.reshape(*p.shape[:-1], p.shape[-1] // bs, bs)
+
+
+def quantize_block(x, fmt, axis: int = -1, *, rounding: str = "nearest",
+                   key: tuple[int, int, int] | None = None) -> QTensor:
+    """Quantize ``x`` onto a block-scaled format: one scale per block of ``fmt.block``
+    consecutive elements along ``axis`` (the last block may be partial), or per block x block
+    tile of the last two axes for a 2-D format (``axis`` unused). The scale rule, its source and
+    the common choices (binary32 inputs, +-inf as +-largest binary32, zero blocks, saturation)
+    are stated in `fourbit.traces.block_formats`.
+
+    Parameters
+    ----------
+    x : array_like of float, at least 1-D (2-D for a 2-D block format)
+    fmt : BlockFormat or its name (``mxfp4``, ``nvfp4``, ``int4_block``, ``nvfp4_2d``, ...)
+    axis : int
+        The axis blocks run along: the GEMM's reduction axis K of the operand.
+    rounding : {"nearest", "stochastic"}
+        Elements round to nearest even, or stochastically with 64 random bits each keyed by
+        ``key`` and the element's flat index in ``x`` (unbiased below the saturation limit).
+    key : (seed, step, tensor_id), non-negative integers; required with ``stochastic``
+
+    Returns
+    -------
+    QTensor
+        ``values`` the elements (float32, shape of x), ``format`` the element format,
+        ``scales`` the decoded block scales (float64, `Scale.shape` of x), ``scaling`` the
+        block layout, ``tensor_scale`` the per-tensor decode scale (two-level rules; else 1);
+        ``real()`` is the dequantized tensor, exactly.
+
+    Raises
+    ------
+    FormatError
+        ``fmt`` is not a block format.
+    NumericsError
+        NaN in ``x`` (the element formats have none), an empty or 0-d ``x``, a 2-D format on
+        a 1-D ``x``, ``axis`` out of range, an unknown ``rounding``, stochastic rounding
+        without a ``key``.
+    """
+    fmt = _block_format(fmt)
+    _option(rounding, "rounding", ROUNDINGS)
+    if rounding == "stochastic":
+        _check_key(key)
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise NumericsError(f"x must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim < (2 if fmt.block_2d else 1) or arr.size == 0:
+        raise NumericsError(f"x of shape {arr.shape}: {fmt.name} needs a non-empty array of at least "
+                            f"{2 if fmt.block_2d else 1} dimension(s)")
+    if not isinstance(axis, int | np.integer) or not -arr.ndim <= axis < arr.ndim:
+        raise NumericsError(f"axis must be an integer in {-arr.ndim}..{arr.ndim - 1} for x of shape {arr.shape}, "
+                            f"got {axis!r}")
+    arr64 = arr.astype(np.float64)
+    if np.isnan(arr64).any():
+        where = np.unravel_index(int(np.argmax(np.isnan(arr64))), arr.shape)
+        raise NumericsError(f"x contains NaN (first at index {tuple(int(i) for i in where)}); {fmt.name}'s elements "
+                            f"({fmt.element}) have no NaN")
+    x32 = np.clip(arr64, -_FLT_MAX, _FLT_MAX).astype(np.float32)
+    ax = int(axis) % arr.ndim
+    amax = _blocks_view(x32, fmt, ax).max(axis=-1)
+    scales, encode, tensor_scale = scale_rules.block_scales(fmt, amax, np.abs(x32).max())
+    if not fmt.block_2d:
+        scales, encode = np.moveaxis(scales, -1, ax), np.moveaxis(encode, -1, ax)
+    scaling = fmt.scaling(ax - arr.ndim)
+    enc = scaling.expand(encode, arr.shape)
+    live = scaling.expand(scales, arr.shape) > 0
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        if fmt.pow2:
+            scaled = x32.astype(np.float64) * enc  # exact: a power of two
+        elif scale_rules.encode_divides(fmt):
+            scaled = (x32 / enc.astype(np.float32)).astype(np.float64)
+        else:
+            scaled = (x32 * enc.astype(np.float32)).astype(np.float64)
+    scaled = np.where(live, scaled, 0.0)
+    values, counts = _round_elements(scaled, fmt, rounding, key)
+    values = values.reshape(arr.shape).astype(np.float32)
+    stats = QuantStats(arr.size, int(counts[0]), int(np.count_nonzero((values == 0) & (arr64 != 0))),
+                       int(np.count_nonzero(values == 0)))
+    return QTensor(values, fmt.element_format, scales, stats, None, scaling, tensor_scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# random Hadamard transform
+# ---------------------------------------------------------------------------------------------
+def hadamard_matrix(n: int, key: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The unnormalised n x n Hadamard matrix of Sylvester's construction, H[i, j] =
+    (-1)^popcount(i & j), with row i multiplied by a random sign s_i when ``key`` is given
+    (s_i from the low bit of `_kernels.counter_bits(seed, step, tensor_id, i)`): D H with D =
+    diag(s), so (D H)(D H)^T = n I. float64, shape (n, n).
+
+    Raises NumericsError when n is not a power of two in 1..2^12."""
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1 or n & (n - 1) or n > 4096:
+        raise NumericsError(f"the Hadamard block must be a power of two in 1..4096, got {n!r}")
+    i = np.arange(n)
+    parity = np.zeros((n, n), np.int64)
+    both = i[:, None] & i[None, :]
+    while both.any():
+        parity ^= both & 1
+        both = both >> 1
+    h = 1.0 - 2.0 * parity
+    if key is not None:
+        seed, step, tid = _check_key(key)
+        signs = np.array([1.0 - 2.0 * (int(K.counter_bits(seed, step, tid, int(j))) & 1) for j in range(n)])
+        h = signs[:, None] * h
+    return h
+
+
+def hadamard_transform(x, n: int, key: tuple[int, int, int] | None = None, axis: int = -1) -> np.ndarray:
+    """The random Hadamard transform of ``x`` along ``axis`` in blocks of ``n``: each block
+    x_b -> x_b D H (`hadamard_matrix`), every output the exact sum of n signed inputs rounded
+    once to binary32. Applied along K to both operands of a GEMM A B with the same key, the
+    product of the transformed operands is n A B, because (D H)(D H)^T = n I: dividing by n
+    (exact, a power of two) cancels it in exact arithmetic (NVIDIA's NVFP4 recipe, arXiv
+    2509.25149: 16 x 16 on the weight-gradient GEMM's inputs; Tseng et al., arXiv 2502.20586).
+
+    Parameters
+    ----------
+    x : array_like of float, shape (..., L, ...) with L = x.shape[axis] a multiple of n
+    n : int, a power of two
+    key : (seed, step, tensor_id) for the random signs; None: no signs (D = I)
+    axis : int
+
+    Returns
+    -------
+    ndarray of float32, shape of x
+
+    Raises
+    ------
+    NumericsError
+        n not a power of two, L not a multiple of n, NaN in x, axis out of range."""
+    h = hadamard_matrix(n, key)
+    arr = np.asarray(x)
+    if arr.ndim == 0 or not isinstance(axis, int | np.integer) or not -arr.ndim <= axis < arr.ndim:
+        raise NumericsError(f"axis {axis!r} is out of range for x of shape {arr.shape}")
+    if arr.shape[axis] % n:
+        raise NumericsError(f"the transformed axis has length {arr.shape[axis]}, not a multiple of the Hadamard "
+                            f"block {n}")
+    arr32 = _as_float_array(arr, "x").astype(np.float32)
+    moved = np.ascontiguousarray(np.moveaxis(arr32, axis, -1))
+    rows = moved.reshape(-1, moved.shape[-1]) if moved.size else moved.reshape(0, max(moved.shape[-1], 1))
+    out = np.empty_like(rows)
+    K.hadamard_rows(rows, out, h)
+    return np.moveaxis(out.reshape(moved.shape), -1, axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,3 +882,159 @@ def gemm(a, b, accumulator: Accumulator) -> np.ndarray:
         operands with ``int32``, int32 overflow, an unresolved ``chunk="array"``.
     """
     return gemm_with_stats(a, b, accumulator)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# block-scaled GEMM
+# ---------------------------------------------------------------------------------------------
+def _k_scales(q: QTensor, side: str) -> tuple[int, np.ndarray]:
+    """(block, scales per (row, K block) of a or (K block, column) of b) of a block-scaled GEMM
+    operand, 2-D blocks expanded along the dimension that is not K."""
+    s = q.scaling
+    rows, cols = q.values.shape
+    k_axis = 1 if side == "a" else 0
+    if s.kind == "block" and s.axis % 2 == k_axis:
+        return s.block, np.asarray(q.scales, np.float64)
+    if s.kind == "block2d":
+        other = 0 if side == "a" else 1
+        full = np.repeat(np.asarray(q.scales, np.float64), s.block, axis=other)
+        return s.block, np.take(full, np.arange((rows, cols)[other]), axis=other)
+    raise NumericsError(f"operand {side} is {s.kind}-scaled{'' if s.kind == 'tensor' else f' along axis {s.axis}'}; a "
+                        f"block-scaled GEMM needs both operands in blocks along K (a: axis -1, b: axis -2, or 2-D)")
+
+
+def blocks_along_k(a: QTensor, b: QTensor) -> bool:
+    """Whether ``a`` (M, K) and ``b`` (K, N) are both block-scaled along K with the same block
+    (2-D blocks count), so that `gemm_block_with_stats` computes their product."""
+    try:
+        return _k_scales(a, "a")[0] == _k_scales(b, "b")[0]
+    except NumericsError:
+        return False
+
+
+def _width_bits(x: np.ndarray) -> int:
+    """The widest significand (bits) among the values of ``x`` (0 when all are zero)."""
+    flat = np.ascontiguousarray(x, np.float64).ravel()
+    return int(K.scan_operand(flat)[4]) if flat.size else 0
+
+
+@dataclass(frozen=True)
+class _BlockPlan:
+    """What `_check_block_gemm` found: the block, the scales per K block, the operands, the lane
+    type in which block sums are exact, and whether every scaled block sum is a binary32 value."""
+
+    block: int
+    sa: np.ndarray
+    sb: np.ndarray
+    a: _Operand
+    b: _Operand
+    lane: np.dtype
+    terms_fp32: bool
+
+
+def _check_block_gemm(a: QTensor, b: QTensor, acc: Accumulator) -> _BlockPlan:
+    if not isinstance(acc, Accumulator):
+        raise NumericsError(f"accumulator must be an Accumulator, got {type(acc).__name__}")
+    if np.ndim(a.values) != 2 or np.ndim(b.values) != 2 or a.values.shape[1] != b.values.shape[0]:
+        raise NumericsError(f"a and b must be 2-D with matching K, got {np.shape(a.values)} and {np.shape(b.values)}")
+    block, sa = _k_scales(a, "a")
+    block_b, sb = _k_scales(b, "b")
+    if block != block_b:
+        raise NumericsError(f"the operands' K blocks differ ({block} and {block_b}); a block-scaled GEMM pairs blocks")
+    if not isinstance(acc.value_format, FloatFormat) or acc.chunk is not None or acc.group != block:
+        raise NumericsError(f"a block-scaled GEMM sums each block of {block} products exactly and accumulates the "
+                            f"scaled block sums in a float format: its accumulator must be FORMAT/g{block} without "
+                            f"chunks, got {acc.name}")
+    ao, bo = _scan(np.asarray(a.values), "a"), _scan(np.asarray(b.values), "b")
+    low = ao.low + bo.low
+    bound = block * ao.high * bo.high  # |every partial block sum|
+    if bound < 2.0 ** (low + 24) and low >= -149:
+        lane = np.dtype(np.float32)
+    elif bound < 2.0 ** (low + 53) and low >= -1074:
+        lane = np.dtype(np.float64)
+    else:
+        raise NumericsError(f"block sums of these elements (|sum| <= {bound:g}, quantum 2^{low}) are not exact in "
+                            f"float64; the block-scaled GEMM takes narrow elements")
+    psum_bits = (math.frexp(bound)[1] - low) if bound else 0
+    scan_a, scan_b = _scan(sa, "a's scales"), _scan(sb, "b's scales")
+    bits = psum_bits + scan_a.width + scan_b.width
+    if bits > 53:
+        raise NumericsError(f"a block sum ({psum_bits} bits) times the two block scales ({scan_a.width} and "
+                            f"{scan_b.width} bits) is not exact in float64; use narrower scale formats")
+    # every partial product psum * sa and psum * sa * sb a binary32 value: few enough bits, its
+    # lowest bit at or above binary32's 2^-149 and its magnitude below 2^127
+    lows = low + min(0, scan_a.low) + min(0, scan_b.low)
+    top = bound * max(1.0, scan_a.high) * max(1.0, scan_b.high)
+    terms_fp32 = bool(lane == np.float32 and bits <= 24 and lows >= -149 and top < 2.0**127
+                      and acc.value_format.ieee_dtype == np.dtype(np.float32))
+    return _BlockPlan(block, sa, sb, ao, bo, lane, terms_fp32)
+
+
+def gemm_block_with_stats(a: QTensor, b: QTensor, accumulator: Accumulator) -> tuple[np.ndarray, GemmStats]:
+    """The block-scaled GEMM as block-scaled hardware computes it, bit for bit.
+
+    For each output, in increasing K block j: the block's products of elements are exact and
+    summed exactly, the sum is multiplied by the two block scales a.scales[m, j] * b.scales[j, n]
+    exactly, and the result is added to the accumulator with one rounding per add
+    (``accumulator.format``, IEEE round to nearest even for fp32; overflow to +-inf, counted).
+    Two-level formats' tensor scales are then applied once, in binary32: out =
+    fp32(fp32(a.tensor_scale * b.tensor_scale) * acc) (the GEMM epilogue's alpha, as cuBLAS
+    scales D = alpha A B). A last partial block (K not a multiple of the block) is summed the
+    same way. Results do not depend on the thread count.
+
+    Parameters
+    ----------
+    a : QTensor, values (M, K), blocks along K (axis -1) or 2-D blocks
+    b : QTensor, values (K, N), blocks along K (axis -2) or 2-D blocks, the same block size
+    accumulator : Accumulator, a float format with group equal to the block and no chunk
+        (e.g. ``fp32/g16`` for NVFP4)
+
+    Returns
+    -------
+    out : ndarray of float64 (M, N), values of binary32 (fp32 accumulator)
+    stats : GemmStats, path ``block_fp32`` (every scaled block sum is a binary32 value and the
+        accumulator is binary32: float32 adds, which round exactly as the model) or ``block``
+        (each add exactly, rounded to odd in float64 and then to the format)
+
+    Raises
+    ------
+    NumericsError
+        Operands not blocked along K alike, a wrong accumulator, element or scale widths whose
+        block sums or scaled sums are not exact in float64, non-finite values.
+    """
+    plan = _check_block_gemm(a, b, accumulator)
+    block = plan.block
+    m, kk = plan.a.array.shape
+    n = plan.b.array.shape[1]
+    nb = -(-kk // block)
+    pad = nb * block - kk
+    av, bv = plan.a.as_lane(plan.lane), plan.b.as_lane(plan.lane)
+    if pad:  # a last partial block: zeros complete it
+        av, bv = np.pad(av, [(0, 0), (0, pad)]), np.pad(bv, [(0, pad), (0, 0)])
+    bv = bv.reshape(nb, block, n)
+    counts = np.zeros((m, 2), np.int64)
+    alpha = np.float32(np.float32(a.tensor_scale) * np.float32(b.tensor_scale))
+    out32 = None
+    if plan.terms_fp32:
+        out32 = np.empty((m, n), np.float32)
+        K.gemm_block_fp32(av, bv, plan.sa.astype(np.float32), plan.sb.astype(np.float32), out32)
+        counts[:, 0] = np.count_nonzero(~np.isfinite(out32), axis=1)  # an overflow stays inf (or NaN)
+        path = "block_fp32"
+    else:
+        out = np.empty((m, n), np.float64)
+        fmt = accumulator.value_format
+        K.gemm_block(av, bv, np.ascontiguousarray(plan.sa), np.ascontiguousarray(plan.sb), out,
+                     fmt.ieee_dtype == np.dtype(np.float32), *_float_params(fmt), counts)
+        path = "block"
+    if alpha != 1:  # the tensor scales, once, in binary32
+        with np.errstate(over="ignore"):
+            out32 = (out.astype(np.float32) if out32 is None else out32) * alpha
+    if out32 is not None:
+        out = out32.astype(np.float64)
+    nonfinite = int(np.count_nonzero(~np.isfinite(out)))
+    return out, GemmStats(int(counts[:, 0].sum()), int(counts[:, 1].sum()), nonfinite, path)
+
+
+def gemm_block(a: QTensor, b: QTensor, accumulator: Accumulator) -> np.ndarray:
+    """`gemm_block_with_stats` without the statistics: the (M, N) float64 result."""
+    return gemm_block_with_stats(a, b, accumulator)[0]

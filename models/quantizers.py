@@ -1,6 +1,6 @@
 """Quantizer objects the recipes hold: casts to float formats, SAWB, PACT (with its
 straight-through estimator), min-max, symmetric max scaling, the FP4 log quantizer with
-Two-Phase Rounding, and a block quantizer (one scale per block of elements).
+Two-Phase Rounding, and the block quantizer (block-scaled formats: one scale per block of elements).
 
 A quantizer turns FP32 values into a `QTensor`: the exact operand values a GEMM consumes (INT4
 codes as integers, FP4/FP8/FP16 values on their grid), their format, and the scales that turn
@@ -21,8 +21,10 @@ import numpy as np
 
 from fourbit.models import numerics
 from fourbit.models.numerics import QuantStats
-from fourbit.traces.errors import ConfigError, FormatError, NumericsError
-from fourbit.traces.formats import TENSOR_SCALE, FloatFormat, Format, IntFormat, LogFormat, Scale, get_format
+from fourbit.models.qtensor import QTensor
+from fourbit.traces.block_formats import BlockFormat
+from fourbit.traces.errors import ConfigError, FormatError
+from fourbit.traces.formats import FloatFormat, Format, IntFormat, LogFormat, Scale, get_format
 
 __all__ = [
     "SAWB",
@@ -37,54 +39,6 @@ __all__ = [
     "Quantizer",
     "quantizer",
 ]
-
-
-@dataclass
-class QTensor:
-    """A quantized tensor: ``values`` (exact operand values, any shape), its ``format``, its
-    ``scales`` (float64; shape () for one scale per tensor, else `Scale.shape` of the values) as
-    ``scaling`` describes them (real value = values * scales), the quantizer's statistics (None
-    when the values were not quantized, e.g. FP32) and, for log formats, the codes."""
-
-    values: np.ndarray
-    format: Format
-    scales: np.ndarray | float = 1.0
-    stats: QuantStats | None = None
-    codes: np.ndarray | None = None  # log-format codes (for the trace's code histogram)
-    scaling: Scale = TENSOR_SCALE
-
-    def __post_init__(self) -> None:
-        self.scales = np.asarray(self.scales, dtype=np.float64)
-
-    @property
-    def scale(self) -> float:
-        """The one scale of a per-tensor scaled tensor.
-
-        Raises NumericsError for a block-scaled tensor (it has many: ``scales``)."""
-        if self.scaling.kind != "tensor":
-            raise NumericsError(f"a {self.scaling.kind}-scaled tensor has one scale per block: use .scales")
-        return float(self.scales)
-
-    @property
-    def T(self) -> QTensor:  # noqa: N802 - numpy's name
-        """The transpose of the last two axes (values, codes and block scales alike)."""
-        nd = self.values.ndim
-        swap = (lambda a: np.swapaxes(a, -1, -2)) if nd > 2 else (lambda a: a.T)
-        scales = self.scales if self.scales.ndim < 2 else swap(self.scales)
-        return QTensor(swap(self.values), self.format, scales, self.stats,
-                       None if self.codes is None else swap(self.codes), self.scaling.transposed(nd))
-
-    def with_values(self, values: np.ndarray, codes: np.ndarray | None = None, scales=None) -> QTensor:
-        """The same quantization with its arrays rearranged (reshaped, grouped): ``values`` and,
-        where the tensor has them, ``codes`` and block ``scales`` rearranged alike."""
-        return QTensor(values, self.format, self.scales if scales is None else scales, self.stats, codes,
-                       self.scaling)
-
-    def real(self) -> np.ndarray:
-        """values * scales as float32 (what an FP32 reference would see)."""
-        if self.scaling.kind == "tensor":
-            return (self.values.astype(np.float32) * np.float32(self.scales)).astype(np.float32)
-        return (self.values.astype(np.float64) * self.scaling.expand(self.scales, self.values.shape)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,71 +289,39 @@ class Log(Quantizer):
 
 @dataclass(frozen=True)
 class Block(Quantizer):
-    """One scale per block of ``block`` consecutive elements along the last axis (the reduction
-    axis K of the GEMM operand it feeds): scale = amax / max_element, where amax is the block's
-    largest magnitude and max_element the element format's largest value; with ``pow2`` the scale
-    is rounded up to a power of two (so no element saturates and dividing by it is exact).
-    Elements are x / scale rounded to nearest on the element format (a float format: its ties and
-    saturation; an integer format: round half to even, clipped). An all-zero block has scale 0 and
-    zero elements. The scales are stored in ``scale_format`` (its bits count in the operand's
-    bits per element). Our generic rule for formats defined by users; the published block formats
-    (MXFP4, NVFP4) have their own scale rules."""
+    """A block-scaled format (`fourbit.traces.block_formats`: MXFP4, NVFP4, INT4 blocks, or one a
+    user defines) with blocks along the last axis, the reduction axis K of the GEMM operand it
+    feeds (`fourbit.models.numerics.quantize_block`: the format's scale rule, elements rounded to
+    nearest even and saturated). Its values are the elements (``format``); ``name`` is the block
+    format's."""
 
-    element: Format = field(default_factory=lambda: get_format("fp8_e4m3"))
-    block: int = 32
-    pow2: bool = True
-    scale_format: str = "fp32"
+    target: BlockFormat = field(default_factory=lambda: get_format("mxfp4"))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.element, FloatFormat | IntFormat):
-            raise ConfigError(f"block elements must be a float or integer format, got "
-                              f"{getattr(self.element, 'name', self.element)!r}")
-        if not isinstance(self.block, int) or isinstance(self.block, bool) or self.block < 1:
-            raise ConfigError(f"block must be an integer >= 1, got {self.block!r}")
-        try:
-            get_format(self.scale_format)
-        except FormatError as exc:
-            raise ConfigError(f"block scale_format: {exc}") from None
+        if not isinstance(self.target, BlockFormat):
+            raise ConfigError(f"a block quantizer takes a block format (mxfp4, nvfp4, int4_block, ...), got "
+                              f"{getattr(self.target, 'name', self.target)!r}")
         object.__setattr__(self, "op", "quantize_block")
 
     @property
     def format(self) -> Format:
-        return self.element
+        return self.target.element_format
+
+    @property
+    def name(self) -> str:
+        return self.target.name
 
     @property
     def scaling(self) -> Scale:
-        return Scale("block", self.block, -1, self.scale_format, self.pow2, "amax")
+        return self.target.scaling(-1)
 
     def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
-        x = np.asarray(x, dtype=np.float64)
-        if np.isnan(x).any():
-            raise NumericsError("x contains NaN; block quantization needs finite values")
-        scaling = self.scaling
-        shape = x.shape
-        n = shape[-1]
-        pad = -n % self.block
-        xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-        amax = np.abs(xp.reshape(*shape[:-1], -1, self.block)).max(axis=-1)
-        top = float(self.element.max_value)
-        scales = amax / top
-        if self.pow2:
-            with np.errstate(divide="ignore"):
-                exps = np.ceil(np.log2(np.where(scales > 0, scales, 1.0)))
-            scales = np.where(scales > 0, np.ldexp(1.0, exps.astype(np.int64)), 0.0)
-        full = scaling.expand(scales, shape)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scaled = np.where(full > 0, x / np.where(full > 0, full, 1.0), 0.0)
-        if isinstance(self.element, FloatFormat):
-            values, stats = numerics.quantize_float(scaled, self.element, saturate=True)
-        else:
-            e = self.element
-            values, stats = numerics.quantize_uniform(scaled, 1.0, e.min_value, e.max_value, np.float64)
-        return QTensor(values, self.element, scales, stats, scaling=scaling)
+        return numerics.quantize_block(x, self.target, -1)
 
 
 def quantizer(name: str, tie: str = "up") -> Quantizer:
     """The quantizer a recipe names ``name``: a float format's name is a cast (a log format's the
-    log quantizer with ``tie``), ``int4_sawb``, ``uint4_pact``, ``uint4_minmax``, ``int8_max``,
+    log quantizer with ``tie``, a block format's the block quantizer), ``int4_sawb``, ``uint4_pact``, ``uint4_minmax``, ``int8_max``,
     and ``int8`` (max-scaled INT8 gradients).
 
     Raises ConfigError for any other name."""
@@ -413,6 +335,8 @@ def quantizer(name: str, tie: str = "up") -> Quantizer:
         raise ConfigError(f"unknown quantizer {name!r}: {exc}") from None
     if isinstance(fmt, LogFormat):
         return Log(fmt, tie)
+    if isinstance(fmt, BlockFormat):
+        return Block(fmt)
     if isinstance(fmt, FloatFormat):
         return Cast(fmt)
     raise ConfigError(f"unknown quantizer {name!r}; a format name of a float or log format, or one of "

@@ -193,3 +193,144 @@ def gemm(a: np.ndarray, b: np.ndarray, acc: Accumulator) -> np.ndarray:
                 tot = _add(tot, cs, fmt)
             out[i, j] = tot
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# stochastic rounding onto integer and log grids
+# ---------------------------------------------------------------------------------------------
+def _goes_up(rbits: int, p: Fraction) -> bool:
+    """A stochastic rounding goes up when the random bits are below floor(2^64 p)."""
+    return rbits < math.floor(p * 2**64)
+
+
+def quantize_uniform_stochastic(x: np.ndarray, step: float, lo: int, hi: int, key: tuple[int, int, int]) -> np.ndarray:
+    """sign(q) (floor(|q|) + [up]) of q = clip(x / step) in float64, up with probability
+    |q| - floor(|q|)."""
+    out = []
+    for i, v in enumerate(np.asarray(x, np.float64).ravel()):
+        q = min(max(v / step, lo), hi)
+        f = math.floor(abs(q))
+        out.append(math.copysign(f + _goes_up(counter_bits(*key, i), Fraction(abs(q)) - f), q))
+    return np.array(out, np.float64).reshape(np.shape(x))
+
+
+def quantize_log_stochastic(x: np.ndarray, fmt: LogFormat, key: tuple[int, int, int]) -> np.ndarray:
+    """Stochastic rounding between neighbouring levels, found by search in the level table,
+    with the probabilities of the kernel as exact fractions."""
+    levels = [Fraction(0)] + [Fraction(v) for v in fmt.levels()]
+    out = []
+    for i, v in enumerate(np.asarray(x, np.float64).ravel()):
+        a = abs(Fraction(v)) if math.isfinite(v) else levels[-1]
+        c = max(j for j, lv in enumerate(levels) if lv <= a)
+        if c < len(levels) - 1 and a > levels[c]:
+            if _goes_up(counter_bits(*key, i), (a - levels[c]) / (levels[c + 1] - levels[c])):
+                c += 1
+        out.append(math.copysign(float(levels[c]), v))
+    return np.array(out, np.float64).reshape(np.shape(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# block formats: scale rules, quantization, Hadamard transform, block-scaled GEMM
+# ---------------------------------------------------------------------------------------------
+def block_scale(fmt, amax: float, amax_tensor: float) -> tuple[float, float]:
+    """(decoded scale, encode factor) of one block by the rule's definition: powers of two found
+    by search on exact rationals, the two-level and amax rules in numpy binary32 scalars."""
+    m = Fraction(fmt.element_max)
+    scale_fmt = fmt.scale_fmt
+    if fmt.scale_rule in ("floor", "ceil"):
+        if amax == 0:
+            return 0.0, 0.0
+        lo, hi = (scale_fmt.min_exponent, scale_fmt.max_exponent) if hasattr(scale_fmt, "min_exponent") else (
+            math.frexp(scale_fmt.min_positive)[1] - 1, math.frexp(scale_fmt.max_value)[1] - 1)
+        a = Fraction(amax)
+        if fmt.scale_rule == "floor":
+            e = max(k for k in range(-1200, 1200) if Fraction(2) ** k <= a) - (math.frexp(float(m))[1] - 1)
+        else:
+            e = min(k for k in range(-1200, 1200) if m * Fraction(2) ** k >= a)
+        e = min(max(e, lo), hi)
+        return 2.0**e, 2.0**-e
+    f32 = np.float32
+    if fmt.scale_rule == "two_level":
+        top = f32(scale_fmt.max_value) * f32(fmt.element_max)
+        s_enc = f32(1.0) if amax_tensor == 0 else min(f32(top / f32(amax_tensor)), f32(np.finfo(np.float32).max))
+        s_dec = f32(1.0) / s_enc
+        d = f32(min(round_fraction(Fraction(float(f32(f32(amax) / f32(fmt.element_max)) * s_enc)), scale_fmt),
+                    scale_fmt.max_value))
+        if d == 0:
+            return 0.0, 0.0
+        return float(d), float(min(f32(1.0) / (d * s_dec), f32(np.finfo(np.float32).max)))
+    x = min(round_fraction(Fraction(float(f32(f32(amax) / f32(fmt.element_max)))), scale_fmt), scale_fmt.max_value)
+    return x, x
+
+
+def quantize_block(x: np.ndarray, fmt) -> tuple[np.ndarray, np.ndarray]:
+    """(elements, decoded scales) of a 2-D ``x`` with 1-D blocks along the last axis, round to
+    nearest, one block at a time."""
+    x = np.asarray(x, np.float64)
+    rows, cols = x.shape
+    nb = -(-cols // fmt.block)
+    amax_t = float(np.max(np.abs(x.astype(np.float32))))
+    elems = np.zeros_like(x)
+    scales = np.zeros((rows, nb))
+    elem = fmt.element_format
+    for r in range(rows):
+        for j in range(nb):
+            blk = x[r, j * fmt.block:(j + 1) * fmt.block].astype(np.float32)
+            scale, enc = block_scale(fmt, float(np.max(np.abs(blk))), amax_t)
+            scales[r, j] = scale
+            for i, v in enumerate(blk):
+                if scale == 0:
+                    q = 0.0
+                elif fmt.pow2:
+                    q = Fraction(float(v)) * Fraction(enc)
+                elif fmt.scale_rule == "amax":
+                    q = Fraction(float(np.float32(v / np.float32(enc))))
+                else:
+                    q = Fraction(float(np.float32(v * np.float32(enc))))
+                if scale != 0:
+                    top = Fraction(fmt.element_max)
+                    q = max(min(q, top), -top)
+                    if isinstance(elem, FloatFormat):
+                        q = round_fraction(q, elem)
+                    else:
+                        n = math.floor(q)
+                        rem = q - n
+                        q = float(n + (rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1)))
+                elems[r, j * fmt.block + i] = q
+    return elems, scales
+
+
+def hadamard_rows(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Each block of len(h) columns times h, every output summed exactly and rounded once to
+    binary32."""
+    x = np.asarray(x, np.float32)
+    n = h.shape[0]
+    fp32 = get_format("fp32")
+    out = np.empty(x.shape, np.float32)
+    for r in range(x.shape[0]):
+        for j0 in range(0, x.shape[1], n):
+            for j in range(n):
+                s = sum((Fraction(float(x[r, j0 + i])) * int(h[i, j]) for i in range(n)), Fraction(0))
+                out[r, j0 + j] = round_fraction(s, fp32)
+    return out
+
+
+def gemm_block(a_values: np.ndarray, sa: np.ndarray, b_values: np.ndarray, sb: np.ndarray, block: int,
+               acc_format: str, alpha: float = 1.0) -> np.ndarray:
+    """The block-scaled GEMM literally: per output, per K block j in order, the exact sum of
+    products times sa[m, j] * sb[j, n], added with one rounding; then times alpha in binary32."""
+    fmt = get_format(acc_format)
+    m, k = a_values.shape
+    n = b_values.shape[1]
+    out = np.empty((m, n))
+    for i in range(m):
+        for c in range(n):
+            acc: float | Fraction = 0.0
+            for j, k0 in enumerate(range(0, k, block)):
+                s = sum((Fraction(float(a_values[i, kk])) * Fraction(float(b_values[kk, c]))
+                         for kk in range(k0, min(k0 + block, k))), Fraction(0))
+                acc = _add(acc, s * Fraction(float(sa[i, j])) * Fraction(float(sb[j, c])), fmt)
+            out[i, c] = acc
+    if alpha != 1.0:
+        out = (out.astype(np.float32) * np.float32(alpha)).astype(np.float64)
+    return out

@@ -1,5 +1,5 @@
 """A number format defined here and nowhere in the library: a 6-bit E3M2 float with one
-power-of-two scale per block of 16. Quantize, train (every GEMM), write the trace, and read and
+power-of-two FP32 scale per block of 16. Quantize, train (every GEMM), write the trace, and read and
 simulate it in a fresh process: what each part does comes from the format's properties."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from fourbit.models.quantizers import Block
 from fourbit.models.recipes import LayerPrecision, Recipe
 from fourbit.models.trainer import train
+from fourbit.traces.block_formats import BlockFormat
 from fourbit.traces.formats import Accumulator, FloatFormat, register_format
 
 E3M2 = FloatFormat("test_fp6_e3m2", 6, exponent_bits=3, mantissa_bits=2, bias=3, has_inf=False, has_nan=False,
@@ -25,8 +26,9 @@ def test_a_format_defined_in_a_test_runs_quantize_gemm_trace_simulate(tmp_path):
     # its values are ml_dtypes' float6_e3m2fn, as the format says
     ref = np.unique(np.arange(64, dtype=np.uint8).view(ml_dtypes.float6_e3m2fn).astype(np.float64))
     np.testing.assert_array_equal(np.unique(E3M2.values()), ref)
-    q = Block(E3M2, 16)
-    acc = Accumulator("fp32", 1, None)
+    q = Block(register_format(BlockFormat("test_e3m2_b16", 6, element=E3M2.name, block=16, scale_format="fp32",
+                                          scale_rule="ceil")))
+    acc = Accumulator("fp32", 16, None)
     layer = LayerPrecision(weight=q, act=q, grad_data=q, grad_weight=q, acc_fwd=acc, acc_bwd_data=acc,
                            acc_bwd_weight=acc, out="fp32")
     recipe = Recipe("e3m2-blocks", layer, layer, layer, layer)

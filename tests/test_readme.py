@@ -11,6 +11,7 @@ import subprocess
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.analysis.test_cli import check_main_job
@@ -72,12 +73,20 @@ def test_the_main_command_in_a_fresh_environment(tmp_path):
 
 
 def test_the_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    (code,) = _blocks("python")
+    code = _blocks("python")[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 (the README's own code)
     out = capsys.readouterr().out
     assert "total_cycles" in out and "speedup_vs_fp16" in out
     assert (tmp_path / "sweep-mlp" / "results.csv").is_file() and (tmp_path / "compare-mlp" / "compare.csv").is_file()
+
+
+def test_the_block_numerics_example_runs_as_written():
+    code = _blocks("python")[1]
+    scope: dict = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own code)
+    assert scope["y"].shape == (64, 64) and scope["g"].format.name == "fp4_e2m1"
+    np.testing.assert_allclose(scope["y"], scope["a"].real() @ scope["b"].real(), rtol=1e-5, atol=1e-5)
 
 
 def test_the_sweep_spec_example_loads(tmp_path):

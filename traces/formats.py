@@ -21,15 +21,26 @@ name           bits   values
                       1..2^E-1 is +-R^(c - 2^(E-1)); ``_odd`` suffix: the odd TPR phase,
                       every value times R^(-1/2) (section 3.3); R in {2, 4, 8, 16}, E in {2, 3, 4}.
                       ``fp4_r4_e3`` is the paper's radix-4 FP4: 0, +-1/64 .. +-64.
-``fp8_e4m3``   8      OCP FP8 E4M3 (ml_dtypes ``float8_e4m3fn``): bias 7, subnormals, no inf, max 448
+``fp4_e2m1``   4      OCP MX E2M1 (ml_dtypes ``float4_e2m1fn``; OCP Microscaling spec v1.0 section
+                      5.3.3): bias 1, values 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives, no inf, no
+                      NaN, saturating; the element of MXFP4 and NVFP4
+``fp8_e4m3``   8      OCP FP8 E4M3 (ml_dtypes ``float8_e4m3fn``): bias 7, subnormals, no inf, max 448;
+                      NVFP4's block scale (positive values only)
 ``fp8_e5m2``   8      OCP FP8 E5M2 (ml_dtypes ``float8_e5m2``): bias 15, subnormals, inf, max 57344
 ``fp16``       16     IEEE 754 binary16: bias 15, subnormals, max 65504
 ``dlfloat16``  16     IBM DLFloat16 1-6-9 [Agrawal et al., ARITH 2019]: bias 31, no subnormals,
                       ties away from zero, exponent field 0 is a normal binade whose all-zero
                       code is +-0, the all-ones code is the single NaN/inf; max 2^32*(2-2^-8),
                       smallest 2^-31*(1+2^-9)
+``bf16``       16     bfloat16 (ml_dtypes ``bfloat16``): binary32's exponent, 7 fraction bits, max
+                      (2 - 2^-7) * 2^127
 ``fp32``       32     IEEE 754 binary32
+``e8m0``       8      OCP MX E8M0 scale (ml_dtypes ``float8_e8m0fnu``; OCP MX v1.0 section 5.4.1):
+                      unsigned powers of two 2^-127..2^127 (bias 127), code 0xFF is NaN, no zero
 =============  =====  ===========================================================================
+
+Block-scaled formats (MXFP4, NVFP4, INT4 blocks: `fourbit.traces.block_formats`) are known to
+`get_format` by their names too.
 
 `Accumulator` describes how a GEMM's products are summed (design.md section 3).
 """
@@ -53,6 +64,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 __all__ = [
     "ACCUMULATOR_FORMATS",
     "Accumulator",
+    "ExponentFormat",
     "FloatFormat",
     "Format",
     "IntFormat",
@@ -448,7 +460,8 @@ class FloatFormat(Format):
         dt = self.dtype
         if dt is not None:
             raw = c.astype(np.dtype(f"u{dt.itemsize}"))
-            return raw.view(dt).astype(np.float64)
+            with np.errstate(invalid="ignore"):  # NaN codes stay NaN
+                return raw.view(dt).astype(np.float64)
         if (self.exponent_bits, self.mantissa_bits, self.bias, self.subnormals) == (6, 9, 31, False):
             return _decode_dlfloat16(c)
         raise FormatError(f"format {self.name!r} has no numpy type and no decoder")
@@ -465,6 +478,84 @@ class FloatFormat(Format):
     def encode(self, values: np.ndarray) -> np.ndarray:
         v = np.asarray(values, dtype=np.float64)
         return self._check_exact(v, self._encode_nearest(v))
+
+@dataclass(frozen=True)
+class ExponentFormat(Format):
+    """An unsigned power-of-two format with ``exponent_bits`` bits and no sign or fraction: code
+    c in 0..2^e - 2 is 2^(c - bias), the all-ones code is NaN (when ``has_nan``), there is no zero
+    and no infinity. ``e8m0`` (8 bits, bias 127: 2^-127..2^127) is the OCP MX block scale (OCP
+    Microscaling Formats spec v1.0, section 5.4.1; ml_dtypes ``float8_e8m0fnu``)."""
+
+    exponent_bits: int = 8
+    bias: int = 127
+    has_nan: bool = True
+    numpy_type: str = ""
+    kind: ClassVar[str] = "exponent"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"format {self.name!r}"
+        if not isinstance(self.exponent_bits, int) or isinstance(self.exponent_bits, bool) \
+                or not 1 <= self.exponent_bits <= 10 or self.bits != self.exponent_bits:
+            raise FormatError(f"{where}: exponent_bits must be an integer in 1..10 equal to bits, got "
+                              f"{self.exponent_bits!r} with bits {self.bits!r}")
+        if not isinstance(self.bias, int) or isinstance(self.bias, bool):
+            raise FormatError(f"{where}: bias must be an integer, got {self.bias!r}")
+        if not isinstance(self.has_nan, bool) or not isinstance(self.numpy_type, str):
+            raise FormatError(f"{where}: has_nan must be true or false and numpy_type a type name or empty")
+        if self.numpy_type:
+            found = getattr(ml_dtypes, self.numpy_type, None)
+            info = None if found is None else ml_dtypes.finfo(found)
+            if info is None or (info.nmant, float(info.max), float(info.smallest_normal)) != (
+                    0, self.max_value, self.min_value):
+                raise FormatError(f"{where}: numpy_type {self.numpy_type!r} is not an ml_dtypes type with the values "
+                                  f"2^{self.min_exponent}..2^{self.max_exponent}")
+
+    @property
+    def min_exponent(self) -> int:
+        return -self.bias
+
+    @property
+    def max_exponent(self) -> int:
+        return 2**self.exponent_bits - 1 - int(self.has_nan) - self.bias
+
+    @property
+    def min_value(self) -> float:
+        return math.ldexp(1.0, self.min_exponent)
+
+    @property
+    def max_value(self) -> float:
+        return math.ldexp(1.0, self.max_exponent)
+
+    @property
+    def layout(self) -> str:
+        return f"0-{self.exponent_bits}-0 (exponent only, unsigned), bias {self.bias}"
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return np.dtype(getattr(ml_dtypes, self.numpy_type)) if self.numpy_type else None
+
+    def holds(self, x) -> np.ndarray:
+        v = np.asarray(x, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            m, e = np.frexp(v)
+        return (m == 0.5) & (e - 1 >= self.min_exponent) & (e - 1 <= self.max_exponent)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        c = np.asarray(codes).astype(np.int64) & (2**self.bits - 1)
+        out = np.ldexp(1.0, c - self.bias)
+        if self.has_nan:
+            out = np.where(c == 2**self.bits - 1, np.nan, out)
+        return out
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        ok = self.holds(v) | (np.isnan(v) & self.has_nan)
+        if not ok.all():
+            raise FormatError(f"value {v[~ok].ravel()[0]!r} is not exactly representable in format {self.name!r} "
+                              f"(powers of two 2^{self.min_exponent}..2^{self.max_exponent})")
+        e = np.frexp(np.where(np.isnan(v), 1.0, v))[1] - 1
+        return np.where(np.isnan(v), 2**self.bits - 1, e + self.bias).astype(self.code_dtype)
 
 
 def _decode_dlfloat16(codes: np.ndarray) -> np.ndarray:
@@ -500,6 +591,10 @@ _FIXED: dict[str, Format] = {
         "fp8_e4m3", 8, exponent_bits=4, mantissa_bits=3, bias=7, has_inf=False,
         max_value=448.0, min_normal=2.0**-6, saturates=True, numpy_type="float8_e4m3fn",
     ),
+    "fp4_e2m1": FloatFormat(
+        "fp4_e2m1", 4, exponent_bits=2, mantissa_bits=1, bias=1, has_inf=False, has_nan=False,
+        max_value=6.0, min_normal=1.0, saturates=True, numpy_type="float4_e2m1fn",
+    ),
     "fp8_e5m2": FloatFormat(
         "fp8_e5m2", 8, exponent_bits=5, mantissa_bits=2, bias=15, max_value=57344.0,
         min_normal=2.0**-14, saturates=True, numpy_type="float8_e5m2",
@@ -510,6 +605,11 @@ _FIXED: dict[str, Format] = {
         ties="away", max_value=2.0**32 * (2 - 2.0**-8), min_normal=2.0**-31 * (1 + 2.0**-9),
         has_nan=False,  # one code for NaN and infinity, decoded as inf (Agrawal et al. 2019)
     ),
+    "bf16": FloatFormat(
+        "bf16", 16, exponent_bits=8, mantissa_bits=7, bias=127, max_value=float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),
+        min_normal=2.0**-126, numpy_type="bfloat16",
+    ),
+    "e8m0": ExponentFormat("e8m0", 8, exponent_bits=8, bias=127, numpy_type="float8_e8m0fnu"),
     "fp32": FloatFormat(
         "fp32", 32, exponent_bits=8, mantissa_bits=23, bias=127,
         max_value=float(np.finfo(np.float32).max), min_normal=2.0**-126, numpy_type="float32",
@@ -518,7 +618,13 @@ _FIXED: dict[str, Format] = {
 
 _LOG_NAME = re.compile(r"^fp4_r(\d+)_e(\d+)(_odd)?$")
 _REGISTERED: dict[str, Format] = {}
-_KINDS: dict[str, type] = {cls.kind: cls for cls in (IntFormat, LogFormat, FloatFormat)}
+
+
+def _kinds() -> dict[str, type]:
+    """Every kind of format by its ``kind`` name (block formats live in their own module)."""
+    from fourbit.traces.block_formats import BlockFormat
+
+    return {cls.kind: cls for cls in (IntFormat, LogFormat, FloatFormat, ExponentFormat, BlockFormat)}
 
 
 def register_format(fmt: Format) -> Format:
@@ -527,8 +633,10 @@ def register_format(fmt: Format) -> Format:
     of every format they use, and reading one registers the formats it defines.
 
     Raises FormatError when the name is taken by a different format."""
-    if not isinstance(fmt, IntFormat | LogFormat | FloatFormat):
-        raise FormatError(f"register_format takes an IntFormat, LogFormat or FloatFormat, got {type(fmt).__name__}")
+    kinds = _kinds()
+    if type(fmt) not in kinds.values():
+        raise FormatError(f"register_format takes one of {', '.join(c.__name__ for c in kinds.values())}, "
+                          f"got {type(fmt).__name__}")
     try:
         known = get_format(fmt.name)
     except FormatError:
@@ -554,9 +662,10 @@ def format_from_spec(spec: dict) -> Format:
     """The format a `format_spec` dict defines.
 
     Raises FormatError for an unknown kind, missing or unknown fields, or values of the wrong type."""
-    if not isinstance(spec, dict) or spec.get("kind") not in _KINDS:
-        raise FormatError(f"a format definition needs a kind, one of {tuple(_KINDS)}, got {spec!r}")
-    cls = _KINDS[spec["kind"]]
+    kinds = _kinds()
+    if not isinstance(spec, dict) or spec.get("kind") not in kinds:
+        raise FormatError(f"a format definition needs a kind, one of {tuple(kinds)}, got {spec!r}")
+    cls = kinds[spec["kind"]]
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     values = {k: v for k, v in spec.items() if k != "kind"}
     unknown = sorted(set(values) - set(fields))
@@ -576,9 +685,15 @@ def _builtin(name: str) -> Format:
     m = _LOG_NAME.match(str(name))
     if m:
         return LogFormat.make(int(m.group(1)), int(m.group(2)), "odd" if m.group(3) else "even")
+    from fourbit.traces.block_formats import parse_block_name
+
+    block = parse_block_name(name)
+    if block is not None:
+        return block
     raise FormatError(
-        f"unknown format {name!r}; allowed: {', '.join([*_FIXED, *_REGISTERED])}, or fp4_r{{2,4,8,16}}_e{{2,3,4}} "
-        f"with an optional _odd suffix (radix 4 and 16)"
+        f"unknown format {name!r}; allowed: {', '.join([*_FIXED, *_REGISTERED])}, fp4_r{{2,4,8,16}}_e{{2,3,4}} "
+        f"with an optional _odd suffix (radix 4 and 16), or a block format: mxfp4, nvfp4 or int4_block with "
+        f"optional _b<N>, _e8m0/_e4m3/_bf16/_fp16, _floor/_ceil/_two_level/_amax and _2d suffixes"
     )
 
 
@@ -607,7 +722,9 @@ def format_names() -> list[str]:
         for p in LogFormat.PHASES
         if not (p == "odd" and r not in (4, 16))
     ]
-    return list(_FIXED) + logs + list(_REGISTERED)
+    from fourbit.traces.block_formats import block_format_names
+
+    return list(_FIXED) + logs + block_format_names() + list(_REGISTERED)
 
 
 def pack_nibbles(codes: np.ndarray) -> np.ndarray:
@@ -759,7 +876,9 @@ class Scale:
     (one scale per ``block`` x ``block`` tile of the last two axes). ``format``: the name of the
     format the scales are stored in (``fp32``; block formats use narrow ones). ``pow2``: every
     scale is a power of two (its rule rounds it to one), so multiplying by it is exact.
-    ``rule``: how the quantizer computes it, for the reader (e.g. ``sawb``, ``pact``, ``max``).
+    ``rule``: how the quantizer computes it, for the reader (e.g. ``sawb``, ``pact``, ``max``,
+    ``floor``). ``tensor_scale``: one more FP32 scale per tensor above the block scales (NVFP4's
+    two-level scaling), applied once to a GEMM's result.
 
     Raises FormatError for an unknown kind, a block size that is not an integer >= 1 with a block
     kind (or given with ``tensor``), or an unknown scale format.
@@ -771,6 +890,7 @@ class Scale:
     format: str = "fp32"
     pow2: bool = False
     rule: str = ""
+    tensor_scale: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SCALE_KINDS:
@@ -818,7 +938,8 @@ class Scale:
             return self
         axis = self.axis % ndim
         swap = {ndim - 1: ndim - 2, ndim - 2: ndim - 1}
-        return Scale(self.kind, self.block, swap.get(axis, axis) - ndim, self.format, self.pow2, self.rule)
+        return Scale(self.kind, self.block, swap.get(axis, axis) - ndim, self.format, self.pow2, self.rule,
+                     self.tensor_scale)
 
 
 TENSOR_SCALE = Scale()

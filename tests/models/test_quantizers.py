@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from fourbit.models.layers import Context, run_gemm
-from fourbit.models.numerics import gemm
 from fourbit.models.quantizers import PACT, SAWB, Block, Cast, Log, MaxScaled, MinMax, QTensor, quantizer
 from fourbit.models.recipes import LayerPrecision, Recipe, get_recipe
 from fourbit.models.recorder import Recorder
+from fourbit.traces.block_formats import BlockFormat
 from fourbit.traces.errors import ConfigError, NumericsError
-from fourbit.traces.formats import Accumulator, FloatFormat, Scale, get_format
+from fourbit.traces.formats import Accumulator, FloatFormat, Scale, get_format, register_format
 from fourbit.traces.lowering import linear
+from tests import naive
 
 
 def test_each_quantizer_says_its_format_op_and_update_work():
@@ -25,7 +26,7 @@ def test_each_quantizer_says_its_format_op_and_update_work():
         (MinMax(4), "uint4_minmax", "uint4", "quantize_uniform", (), False),
         (MaxScaled(8), "int8_max", "int8", "quantize_uniform", (), False),
         (Log(get_format("fp4_r4_e3_odd")), "fp4_r4_e3_odd", "fp4_r4_e3_odd", "quantize_log", (), True),
-        (Block(get_format("fp8_e4m3"), 32), "fp8_e4m3", "fp8_e4m3", "quantize_block", (), False),
+        (Block(get_format("mxfp4")), "mxfp4", "fp4_e2m1", "quantize_block", (), False),
     ]
     for q, name, fmt, op, update, scaled in cases:
         assert (q.name, q.format.name, q.op, q.update_ops, q.needs_grad_scale) == (name, fmt, op, update, scaled)
@@ -33,6 +34,7 @@ def test_each_quantizer_says_its_format_op_and_update_work():
     assert PACT(4).signed() == SAWB(4) and MinMax(4).signed() == SAWB(4) and Cast().signed() == Cast()
     assert quantizer("int4_sawb") == SAWB(4) and quantizer("fp4_r2_e3", "down") == Log(get_format("fp4_r2_e3"), "down")
     assert quantizer("int8") == MaxScaled(8, "int8") and quantizer("fp8_e5m2") == Cast(get_format("fp8_e5m2"))
+    assert quantizer("nvfp4_2d") == Block(get_format("nvfp4_2d"))
 
 
 def test_bad_quantizers_and_layer_precisions_are_refused_at_construction():
@@ -42,6 +44,8 @@ def test_bad_quantizers_and_layer_precisions_are_refused_at_construction():
         SAWB(8)
     with pytest.raises(ConfigError, match="a cast takes a float format, got 'int4'"):
         Cast(get_format("int4"))
+    with pytest.raises(ConfigError, match="a block quantizer takes a block format"):
+        Block(get_format("fp8_e4m3"))
     with pytest.raises(ConfigError, match="tie must be 'up' or 'down'"):
         Log(get_format("fp4_r4_e3"), "even")
     with pytest.raises(ConfigError, match="weight cannot be a log format"):
@@ -64,17 +68,17 @@ def test_recipes_describe_their_quantizers_as_before():
 
 
 def test_block_quantizer_exact_values_by_hand():
-    """Blocks of 4 along the last axis into E4M3 (max 448) with power-of-two scales rounded up:
-    block [1, -2, 3, 448]: amax 448 -> scale 1, elements as given; block [0.5, 0.25, 0, 0.125]:
-    amax 0.5 -> 0.5/448 = 2^-9.8 -> scale 2^-9, elements x * 512 = 256, 128, 0, 64; the partial
-    block [900]: 900/448 -> scale 4, element 225 -> E4M3 224 (ties to even: 224 and 240 are the
-    neighbours, 225 is nearer 224); an all-zero block: scale 0, zeros."""
-    q = Block(get_format("fp8_e4m3"), 4)(np.array([[1, -2, 3, 448, 0.5, 0.25, 0, 0.125, 900],
-                                                   [0, 0, 0, 0, 0, 0, 0, 0, 0]]))
+    """Blocks of 4 along the last axis into E4M3 (max 448) with the ``ceil`` rule (the smallest
+    power of two X with amax <= 448 X): block [1, -2, 3, 448]: X = 1, elements as given; block
+    [0.5, 0.25, 0, 0.125]: 0.5/448 = 2^-9.8 -> X = 2^-9, elements x * 512 = 256, 128, 0, 64; the
+    partial block [900]: 900/448 -> X = 4, element 225 -> E4M3 224 (ties to even: 224 and 240 are
+    the neighbours, 225 is nearer 224); an all-zero block: scale 0, zeros."""
+    fmt = BlockFormat("test_e4m3_b4", 8, element="fp8_e4m3", block=4, scale_format="e8m0", scale_rule="ceil")
+    q = Block(fmt)(np.array([[1, -2, 3, 448, 0.5, 0.25, 0, 0.125, 900], [0, 0, 0, 0, 0, 0, 0, 0, 0]]))
     np.testing.assert_array_equal(q.scales, [[1.0, 2.0**-9, 4.0], [0, 0, 0]])
     np.testing.assert_array_equal(q.values[0], [1, -2, 3, 448, 256, 128, 0, 64, 224])
     np.testing.assert_array_equal(q.values[1], 0)
-    assert q.scaling == Scale("block", 4, -1, "fp32", True, "amax")
+    assert q.scaling == Scale("block", 4, -1, "e8m0", True, "ceil")
     np.testing.assert_array_equal(q.real()[0], [1, -2, 3, 448, 0.5, 0.25, 0, 0.125, 896])
     # transposing carries the block axis and the scales along
     t = q.T
@@ -82,14 +86,14 @@ def test_block_quantizer_exact_values_by_hand():
     np.testing.assert_array_equal(t.real(), q.real().T)
 
 
-def test_a_gemm_of_block_scaled_operands_applies_each_products_scales():
-    """A Linear-shaped GEMM with both operands block scaled along K equals the sum, in the
-    accumulator, of the dequantized products (powers of two: exact); an integer accumulator is
-    refused."""
+def test_a_gemm_of_block_scaled_operands_is_the_block_gemm():
+    """A Linear-shaped GEMM with both operands block scaled along K (a user's E3M2 elements)
+    runs the block-scaled GEMM: its result equals the literal twin; an accumulator whose group is
+    not the block is refused."""
     rng = np.random.default_rng(0)
-    e3m2 = FloatFormat("test_e3m2", 6, exponent_bits=3, mantissa_bits=2, bias=3, has_inf=False, has_nan=False,
-                       max_value=28.0, min_normal=0.25, saturates=True)
-    quant = Block(e3m2, 8)
+    e3m2 = register_format(FloatFormat("test_e3m2", 6, exponent_bits=3, mantissa_bits=2, bias=3, has_inf=False,
+                                       has_nan=False, max_value=28.0, min_normal=0.25, saturates=True))
+    quant = Block(BlockFormat("test_e3m2_b8", 6, element=e3m2.name, block=8, scale_format="e8m0", scale_rule="ceil"))
     x, w = rng.standard_normal((5, 20)), rng.standard_normal((3, 20))
     a, b = quant(x), quant(w).T
     shape = linear(5, 20, 3)["fwd"]
@@ -98,11 +102,11 @@ def test_a_gemm_of_block_scaled_operands_applies_each_products_scales():
         name, layer_type, role = "fc", "linear", "hidden"
 
     ctx = Context(get_recipe("fp32"), Recorder())
-    acc = Accumulator("fp32", 1, None)
+    acc = Accumulator("fp32", 8, None)
     y = run_gemm(ctx, _Layer(), "fwd", a, b, acc, get_format("fp32"), shape)
-    np.testing.assert_array_equal(y, gemm(a.real(), b.real(), acc).astype(np.float32))
+    np.testing.assert_array_equal(y, naive.gemm_block(a.values, a.scales, b.values, b.scales, 8, "fp32"))
     assert not np.array_equal(a.values, a.real())  # the scales did something
-    with pytest.raises(NumericsError, match="integer accumulator"):
+    with pytest.raises(NumericsError, match="accumulator must be FORMAT/g8 without chunks, got int32"):
         run_gemm(ctx, _Layer(), "fwd", a, b, Accumulator("int32"), get_format("fp32"), shape)
     with pytest.raises(NumericsError, match="use .scales"):
         _ = a.scale
