@@ -193,13 +193,13 @@ def _step_fn(model: str, ds, recipe: str, batch: int, seed: int = 0) -> Callable
     from fourbit.models.recipes import get_recipe
     from fourbit.models.recorder import Recorder
     from fourbit.models.trainer import TrainConfig, grad_scales, train_step
-    from fourbit.models.zoo import build_model
+    from fourbit.models.zoo import build_model, set_last_layers
 
     cfg = TrainConfig(batch_size=batch, seed=seed, lr=0.02)
     rec = get_recipe(recipe)
-    net = build_model(model, ds.input_shape, ds.n_classes, seed)
+    net = set_last_layers(build_model(model, ds.input_shape, ds.n_classes, seed), rec.last_layers)
     scales = grad_scales(net, rec)
-    ctx = Context(rec, Recorder())
+    ctx = Context(rec, Recorder(), seed=seed)
     velocity: dict = {}
     state = {"i": 0}
     batches = len(ds.x_train) // batch
@@ -208,6 +208,7 @@ def _step_fn(model: str, ds, recipe: str, batch: int, seed: int = 0) -> Callable
         i = state["i"] % batches
         state["i"] += 1
         sl = slice(i * batch, (i + 1) * batch)
+        ctx.step = state["i"]
         return train_step(net, ctx, ds.x_train[sl], ds.y_train[sl], velocity, scales, cfg.lr, cfg, i)[0]
 
     return step
@@ -229,17 +230,23 @@ def _bench_data(data_dir):
 
 
 def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
-    """One ``int4`` training step of ``lenet5`` at batch 64 / one ``fp32`` step (numpy float32
-    BLAS), timed alternately (target <= 3, issue 4); and the wall time of one MNIST epoch at
-    ``int4`` (all 937 steps and the test-set evaluation; with ``--quick``, 937 x the median step)."""
+    """One training step of ``lenet5`` at batch 64 in ``int4`` (issue 4), ``nvfp4`` and ``luq``
+    (issue 18), each / one ``fp32`` step (numpy float32 BLAS), timed alternately (target <= 3);
+    and the wall time of one MNIST epoch at ``int4`` (all 937 steps and the test-set evaluation;
+    with ``--quick``, 937 x the median step)."""
     from fourbit.models.trainer import TrainConfig, train
 
     ds, real = _bench_data(data_dir)
-    int4, fp32 = _step_fn("lenet5", ds, "int4", 64), _step_fn("lenet5", ds, "fp32", 64)
-    ts, tr = side_by_side(int4, fp32, repeats=9 if quick else 25, warmup=3)
-    out = [_record("train", "lenet5 batch 64 step: int4 / fp32", ts / tr, "ratio", 3.0),
-           _record("train", "lenet5 batch 64 int4 step", ts * 1e3, "ms", None),
-           _record("train", "lenet5 batch 64 fp32 step", tr * 1e3, "ms", None)]
+    fp32 = _step_fn("lenet5", ds, "fp32", 64)
+    out = []
+    for recipe in ("int4", "nvfp4", "luq"):
+        ts, tr = side_by_side(_step_fn("lenet5", ds, recipe, 64), fp32, repeats=9 if quick else 25, warmup=3)
+        out += [_record("train", f"lenet5 batch 64 step: {recipe} / fp32", ts / tr, "ratio", 3.0),
+                _record("train", f"lenet5 batch 64 {recipe} step", ts * 1e3, "ms", None)]
+        if recipe == "int4":
+            int4_step = ts
+    out.append(_record("train", "lenet5 batch 64 fp32 step", tr * 1e3, "ms", None))
+    ts = int4_step
     steps = len(ds.x_train) // 64
     if real and quick:
         out.append(_record("train", f"mnist epoch at int4 (estimate: {steps} x median step)", steps * ts, "s", None))

@@ -1186,23 +1186,56 @@ def quantize_log_stochastic(x, values, codes, b, bias, n_levels, phase_shift, le
 # random Hadamard transform
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def hadamard_rows(x, out, hadamard):
+def hadamard_rows(x, out, hadamard, signs):
     """out[r, j*n:(j+1)*n] = x[r, j*n:(j+1)*n] @ hadamard for each block j of n = len(hadamard)
-    columns: every output the exact sum of n signed inputs (a Shewchuk expansion) rounded once,
-    to odd in float64 and then to float32 (correct, since 53 >= 24 + 2). ``x`` (R, C) float32,
-    C a multiple of n; ``hadamard`` (n, n) float64 of +-1; ``out`` (R, C) float32."""
+    columns: every output the exact sum of n signed inputs rounded once to float32.
+
+    ``hadamard`` (n, n) float64 of +-1 is diag(signs) times Sylvester's matrix. A block whose
+    values span few enough bits (largest exponent - lowest set bit + log2(n) + 1 <= 53) runs the
+    fast Walsh-Hadamard transform in float64, whose every partial sum is then exact; any other
+    block sums each output as a Shewchuk expansion read out rounded to odd. Either way the float64
+    value is the exact sum (or its round-to-odd), rounded to float32 once (correct: 53 >= 24 + 2).
+    ``x`` (R, C) float32, C a multiple of n; ``signs`` (n,) float64; ``out`` (R, C) float32.
+    """
     R, C = x.shape
     n = hadamard.shape[0]
+    log_n = 0
+    while (1 << log_n) < n:
+        log_n += 1
     for r in prange(R):
         parts = np.empty(n + 1, np.float64)
+        buf = np.empty(n, np.float64)
         for j0 in range(0, C, n):
-            for j in range(n):
-                np_ = 0
-                for i in range(n):
-                    v = np.float64(x[r, j0 + i]) * hadamard[i, j]
-                    if v != 0.0:
-                        np_ = expansion_add(parts, np_, v)
-                out[r, j0 + j] = np.float32(expansion_value(parts, np_, True))
+            hi = -100000
+            lo = 100000
+            for i in range(n):
+                v = np.float64(x[r, j0 + i])
+                buf[i] = v * signs[i]
+                if v != 0.0:
+                    mag = float_bits(v) & _ABS64
+                    e = np.int64(mag >> 52) - 1023
+                    hi = max(hi, e)
+                    lo = min(lo, e - 23)  # a float32's lowest possible set bit
+            if hi - lo + log_n + 1 <= 53:
+                h = 1
+                while h < n:
+                    for i0 in range(0, n, 2 * h):
+                        for i in range(i0, i0 + h):
+                            u = buf[i]
+                            w = buf[i + h]
+                            buf[i] = u + w
+                            buf[i + h] = u - w
+                    h *= 2
+                for j in range(n):
+                    out[r, j0 + j] = np.float32(buf[j])
+            else:
+                for j in range(n):
+                    np_ = 0
+                    for i in range(n):
+                        v = np.float64(x[r, j0 + i]) * hadamard[i, j]
+                        if v != 0.0:
+                            np_ = expansion_add(parts, np_, v)
+                    out[r, j0 + j] = np.float32(expansion_value(parts, np_, True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1211,7 +1244,10 @@ def hadamard_rows(x, out, hadamard):
 @njit(cache=True, inline="always")
 def _acc_add(a, t, native32, frac_bits, emin, subnormals, ties_away, max_value, flush_below):
     """One accumulator add: fl(a + t) rounded to odd, then to the format (the CPU's float32
-    conversion with ``native32``, else `round_float`); returns (sum, overflowed, underflowed)."""
+    conversion with ``native32``, else `round_float`); returns (sum, overflowed, underflowed). An
+    accumulator already at +-inf (or NaN) follows IEEE arithmetic: no new event."""
+    if a - a != 0.0:
+        return a + t, False, False
     s = a + t
     bb = s - a
     e = (a - (s - bb)) + (t - bb)

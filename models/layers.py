@@ -12,6 +12,7 @@ the odd phase for ``bwd_weight``) and unscale the GEMM results.
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -49,11 +50,19 @@ class Param:
 
 @dataclass
 class Context:
-    """What a layer needs besides its input: the recipe, the recorder, train or eval mode."""
+    """What a layer needs besides its input: the recipe, the recorder, train or eval mode, and
+    the run's seed and current step (the keys of stochastic rounding and Hadamard signs)."""
 
     recipe: Recipe
     recorder: Recorder = field(default_factory=Recorder)
     training: bool = True
+    seed: int = 0
+    step: int = 0
+
+    def key(self, *names: str | int) -> tuple[int, int, int]:
+        """(seed, step, tensor id) of the tensor ``names`` (e.g. layer, "dy", copy): the tensor id
+        is the CRC-32 of the dotted names, the same in every run and process."""
+        return self.seed, self.step, zlib.crc32(".".join(map(str, names)).encode())
 
 
 def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
@@ -87,7 +96,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
     out_format = get_format(out_format)
     if tensors is None:
         prec = ctx.recipe.precision(layer.role)
-        tensors = operand_tensors(tensor_prefix or layer.name, phase, prec.grad_data != prec.grad_weight)
+        tensors = operand_tensors(tensor_prefix or layer.name, phase, prec.separate_grad_copies,
+                                  prec.separate_act_copies, prec.separate_weight_copies)
     g = shape.groups
     a_shape = (shape.M, shape.K) if g == 1 else (g, shape.M, shape.K)
     b_shape = (shape.K, shape.N) if g == 1 else (g, shape.K, shape.N)
@@ -234,21 +244,57 @@ class GemmLayer(Layer):
 
     def quant_grads(self, dy: np.ndarray, ctx: Context, observe: bool = True,
                     gemm: str | None = None) -> tuple[QTensor, QTensor, float]:
-        """Scale the output gradient by GradScale (observing its max), quantize it for
-        ``bwd_weight`` and ``bwd_data`` (the two TPR phases); returns (weight grad operand, data
-        grad operand, 1/scale). ``gemm`` names the GEMM the ops belong to (default the layer)."""
+        """Scale the output gradient (rows x columns) by GradScale (observing its max), quantize
+        it for ``bwd_weight`` (reducing along the rows; after the random Hadamard transform of the
+        precision's ``rht``) and ``bwd_data`` (reducing along the columns; the two TPR phases);
+        returns (weight grad operand, data grad operand, 1/scale). ``gemm`` names the GEMM the ops
+        belong to and keys the random bits (default the layer)."""
         prec = self.precision(ctx)
+        name = gemm or self.name
         gs = self.grad_scale
         if gs is not None and observe:
             gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
         s = 1.0 if gs is None else gs.scale
         scaled = dy * np.float32(s)
-        g_weight = prec.grad_weight(scaled)
-        same = prec.grad_data == prec.grad_weight
-        g_data = g_weight if same else prec.grad_data(scaled)
-        copies = [(prec.grad_weight.op, g_weight.format.name)] + ([] if same else [(prec.grad_data.op, g_data.format.name)])
-        registry.quantize_gradient(ctx.recorder, gemm or self.name, dy.size, gs is not None, copies)
+        g_weight = _quantize(prec.grad_weight, _rht(scaled, prec.rht, ctx, name), ctx, name, "dy", 0, axis=0)
+        if prec.rht:  # the transform's factor: (H dY)(H X) = rht * dY X; 1/rht is exact (a power of two)
+            g_weight = _divided(g_weight, prec.rht)
+        g_data = _quantize(prec.grad_data, scaled, ctx, name, "dy", 1, axis=-1) if prec.separate_grad_copies \
+            else g_weight
+        copies = [(prec.grad_weight.op, g_weight.format.name)]
+        if prec.separate_grad_copies:
+            copies.append((prec.grad_data.op, g_data.format.name))
+        registry.quantize_gradient(ctx.recorder, name, dy.size, gs is not None, copies, hadamard_block=prec.rht)
         return g_weight, g_data, 1.0 / s
+
+
+def _divided(q: QTensor, factor: int) -> QTensor:
+    """``q`` with its real value divided by ``factor`` (a power of two: exact), through its
+    per-tensor scale (or the tensor scale above block scales)."""
+    if q.scaling.kind == "tensor":
+        return QTensor(q.values, q.format, q.scales / factor, q.stats, q.codes, q.scaling, q.tensor_scale)
+    return QTensor(q.values, q.format, q.scales, q.stats, q.codes, q.scaling, q.tensor_scale / factor)
+
+
+def _quantize(quantizer, x: np.ndarray, ctx: Context, layer: str, tensor: str, copy: int, *, axis: int = -1,
+              alpha: float | None = None) -> QTensor:
+    """``quantizer(x)`` reducing along ``axis``, keyed by (layer, tensor, copy) when it rounds
+    stochastically."""
+    return quantizer(x, alpha, axis=axis, key=ctx.key(layer, tensor, copy) if quantizer.stochastic else None)
+
+
+def _rht(x: np.ndarray, block: int, ctx: Context, layer: str) -> np.ndarray:
+    """``x`` after the random Hadamard transform along its rows (the K of ``bwd_weight``) in
+    blocks of ``block``, with the signs of the layer's key (both inputs of the GEMM use the same);
+    ``x`` itself for block 0.
+
+    Raises ConfigError when the rows are not a multiple of the block."""
+    if not block:
+        return x
+    if x.shape[0] % block:
+        raise ConfigError(f"{layer}: bwd_weight reduces over {x.shape[0]} rows, not a multiple of the Hadamard block "
+                          f"rht={block}; use a batch size that makes it one")
+    return numerics.hadamard_transform(x, block, ctx.key(layer, "rht"), axis=0)
 
 
 class QuantGemmLayer(GemmLayer):
@@ -274,11 +320,36 @@ class QuantGemmLayer(GemmLayer):
         return prec.signed_act if self.signed_input else prec.act
 
     def quant_input(self, x: np.ndarray, ctx: Context) -> QTensor:
+        """The input as ``fwd`` reads it (reducing along its last axis)."""
         quantizer = self.input_quantizer(ctx)
-        q = quantizer(x, float(self.alpha.value[0]))
+        q = _quantize(quantizer, x, ctx, self.name, "x", 0, alpha=float(self.alpha.value[0]))
         if quantizer.op is not None:
             registry.quantize_input(ctx.recorder, self.name, x.size, quantizer.op, q.format.name)
         return q
+
+    def input_for_weight_grad(self, x: np.ndarray, xq: QTensor, ctx: Context) -> QTensor:
+        """The input as ``bwd_weight`` reads it (reducing along its rows): ``fwd``'s copy, or its
+        own (1-D blocks along the rows; the random Hadamard transform first, then a signed
+        quantizer: the transform makes values of both signs)."""
+        prec = self.precision(ctx)
+        if not prec.separate_act_copies:
+            return xq
+        quantizer = self.input_quantizer(ctx)
+        if prec.rht:
+            quantizer = quantizer.signed()
+        q = _quantize(quantizer, _rht(x, prec.rht, ctx, self.name), ctx, self.name, "x", 1, axis=0,
+                      alpha=float(self.alpha.value[0]))
+        registry.quantize_copy(ctx.recorder, self.name, "bwd_weight", x.size, quantizer.op, q.format.name,
+                               hadamard_block=prec.rht)
+        return q
+
+    def weight_for_data_grad(self, w2: np.ndarray, wq: QTensor, ctx: Context) -> QTensor:
+        """The weight matrix (outputs x inputs) as ``bwd_data`` reads it (reducing along the
+        outputs): ``fwd``'s copy, or its own (1-D blocks along the outputs)."""
+        prec = self.precision(ctx)
+        if not prec.separate_weight_copies:
+            return wq
+        return _quantize(prec.weight, w2, ctx, self.name, "w", 1, axis=0)
 
     def input_backward(self, dq: np.ndarray, x: np.ndarray, ctx: Context) -> np.ndarray:
         """The straight-through gradient of the input quantizer (PACT clips; the others pass)."""
@@ -291,7 +362,8 @@ class QuantGemmLayer(GemmLayer):
         return dx
 
     def quant_weight(self, ctx: Context, w: np.ndarray | None = None) -> QTensor:
-        return self.precision(ctx).weight(self.weight.value if w is None else w)
+        """The weight as ``fwd`` reads it (reducing along its last axis)."""
+        return _quantize(self.precision(ctx).weight, self.weight.value if w is None else w, ctx, self.name, "w", 0)
 
     def update_ops(self, ctx: Context, gemm: str, weights: int) -> None:
         """The optimizer update of ``weights`` weights on the bwd_weight output path of the GEMM
@@ -299,7 +371,7 @@ class QuantGemmLayer(GemmLayer):
         written; the weight quantizer's statistics and the re-quantization for the next step)."""
         prec = self.precision(ctx)
         registry.weight_update(ctx.recorder, gemm, weights, prec.output("bwd_weight").name, prec.weight.update_ops,
-                               (prec.weight.op, prec.weight.format.name))
+                               (prec.weight.op, prec.weight.format.name), copies=2 if prec.separate_weight_copies else 1)
 
     def param_gemms(self) -> list[tuple[str, int]]:
         """(GEMM layer name, parameters) for each GEMM whose bwd_weight output path updates
@@ -340,12 +412,13 @@ class Linear(QuantGemmLayer):
         dy2 = dy.reshape(-1, dy.shape[-1])
         g_weight, g_data, inv = self.quant_grads(dy2, ctx)
         # bwd_weight first: the recorder attributes the next layer's ops to bwd_data's output path
-        self.weight.grad += run_gemm(ctx, self, "bwd_weight", g_weight.T, xq, prec.acc_bwd_weight,
-                                     prec.output("bwd_weight"), shapes["bwd_weight"], extra_scale=inv,
-                                     grad_scale=self.grad_scale)
+        self.weight.grad += run_gemm(ctx, self, "bwd_weight", g_weight.T, self.input_for_weight_grad(x2, xq, ctx),
+                                     prec.acc_bwd_weight, prec.output("bwd_weight"), shapes["bwd_weight"],
+                                     extra_scale=inv, grad_scale=self.grad_scale)
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
         self.update_ops(ctx, self.name, self.weight.value.size)
+        wq = self.weight_for_data_grad(self.weight.value, wq, ctx)
         dx = run_gemm(ctx, self, "bwd_data", g_data, wq, prec.acc_bwd_data, prec.output("bwd_data"),
                       shapes["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
                       compute=self.needs_input_grad)
@@ -415,15 +488,25 @@ class Conv2d(QuantGemmLayer):
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         prec = self.precision(ctx)
         g, f = self.groups, self.out_channels
-        xq = self.quant_input(x, ctx)
-        cols, p, q = _im2col(xq.values, self.kernel, self.kernel, self.stride, self.padding)
-        wq = self.quant_weight(ctx)
-        _per_tensor(self, xq, wq)
-        w2 = wq.values.reshape(f, -1)  # (F, C/G * R * S)
         shapes, geometry = self._geometry(x.shape)
-        a = xq.with_values(self._grouped(cols, cols.shape[0]))
-        bmat = w2.T if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1).transpose(0, 2, 1))
-        bq = wq.with_values(bmat)
+        if prec.quantize_as_read:
+            # blocks run along the GEMM's K: the column matrix and the (F, C*R*S) weight matrix
+            # are quantized as the GEMM reads them
+            if g > 1:
+                raise ConfigError(f"{self.name}: block-scaled operands of a grouped convolution are not modelled; "
+                                  "keep grouped and depthwise convolutions per-tensor scaled")
+            cols, p, q = _im2col(x, self.kernel, self.kernel, self.stride, self.padding)
+            a = self.quant_input(cols, ctx)
+            wq = self.quant_weight(ctx, self.weight.value.reshape(f, -1))
+            w2, bq = wq.values, wq.T
+        else:
+            xq = self.quant_input(x, ctx)
+            cols, p, q = _im2col(xq.values, self.kernel, self.kernel, self.stride, self.padding)
+            wq = self.quant_weight(ctx)
+            w2 = wq.values.reshape(f, -1)  # (F, C/G * R * S)
+            a = xq.with_values(self._grouped(cols, cols.shape[0]))
+            bmat = w2.T if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1).transpose(0, 2, 1))
+            bq = wq.with_values(bmat)
         y = run_gemm(ctx, self, "fwd", a, bq, prec.acc_fwd, prec.out, shapes["fwd"], geometry=geometry)
         if g > 1:
             y = y.transpose(1, 0, 2).reshape(y.shape[1], f)
@@ -442,11 +525,15 @@ class Conv2d(QuantGemmLayer):
         b = x.shape[0]
         dy2 = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(b * p * q, f)
         g_weight, g_data, inv = self.quant_grads(dy2, ctx)
-        _per_tensor(self, g_weight, g_data)
+        if g > 1:
+            _per_tensor(self, g_weight, g_data)
         gw = g_weight.T if g == 1 else g_weight.with_values(
             self._grouped(g_weight.values, b * p * q).transpose(0, 2, 1),
             None if g_weight.codes is None else self._grouped(g_weight.codes, b * p * q).transpose(0, 2, 1))
-        dw = run_gemm(ctx, self, "bwd_weight", gw, a, prec.acc_bwd_weight, prec.output("bwd_weight"),
+        a_w = a
+        if prec.separate_act_copies:  # bwd_weight reads its own copy of the columns (reduced over B*P*Q)
+            a_w = self.input_for_weight_grad(_im2col(x, self.kernel, self.kernel, self.stride, self.padding)[0], a, ctx)
+        dw = run_gemm(ctx, self, "bwd_weight", gw, a_w, prec.acc_bwd_weight, prec.output("bwd_weight"),
                       shapes["bwd_weight"], extra_scale=inv, geometry=geometry, grad_scale=self.grad_scale)
         self.weight.grad += dw.reshape(self.weight.value.shape)
         if self.bias is not None:
@@ -455,8 +542,11 @@ class Conv2d(QuantGemmLayer):
         gd = g_data if g == 1 else g_data.with_values(
             self._grouped(g_data.values, b * p * q),
             None if g_data.codes is None else self._grouped(g_data.codes, b * p * q))
-        wmat = w2 if g == 1 else np.ascontiguousarray(w2.reshape(g, f // g, -1))
-        dcols = run_gemm(ctx, self, "bwd_data", gd, wq.with_values(wmat),
+        if g == 1:
+            wd = self.weight_for_data_grad(self.weight.value.reshape(f, -1), wq.with_values(w2), ctx)
+        else:
+            wd = wq.with_values(np.ascontiguousarray(w2.reshape(g, f // g, -1)))
+        dcols = run_gemm(ctx, self, "bwd_data", gd, wd,
                          prec.acc_bwd_data, prec.output("bwd_data"), shapes["bwd_data"], extra_scale=inv,
                          geometry=geometry, grad_scale=self.grad_scale, compute=self.needs_input_grad)
         if dcols is None:
@@ -470,14 +560,12 @@ class Conv2d(QuantGemmLayer):
 
 
 def _per_tensor(layer: Layer, *tensors: QTensor) -> None:
-    """ConfigError for a block-scaled operand of a convolution: its blocks would run along the
-    stored tensor's last axis (image width), not along the GEMM's reduction axis of the column
-    matrix, and re-blocking after im2col is not modelled."""
+    """ConfigError for a block-scaled operand of a grouped convolution (its per-group GEMMs would
+    need blocks per group: not modelled)."""
     for t in tensors:
         if t.scaling.kind != "tensor":
-            raise ConfigError(f"{layer.name}: {t.scaling.kind}-scaled {t.format.name} operands of a convolution "
-                              "are not modelled (blocks of the stored tensor do not run along the GEMM's K); "
-                              "use per-tensor quantizers for convolutions")
+            raise ConfigError(f"{layer.name}: {t.scaling.kind}-scaled {t.format.name} operands of a grouped "
+                              "convolution are not modelled; keep grouped and depthwise convolutions per-tensor scaled")
 
 
 class DepthwiseConv2d(Conv2d):

@@ -327,9 +327,11 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     _option(rounding, "rounding", ROUNDINGS)
     if dtype not in (np.float64, np.float32):
         raise NumericsError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}")
-    if (rounding == "nearest" and not saturate and fmt.ieee_dtype is not None
-            and isinstance(x, np.ndarray) and x.dtype == np.float32):
-        return _cast_float32(x, fmt, dtype)
+    if rounding == "nearest" and isinstance(x, np.ndarray) and x.dtype == np.float32:
+        if not saturate and fmt.ieee_dtype is not None:
+            return _cast_float32(x, fmt, dtype)
+        if _ml_dtypes_cast_is_the_rounding(fmt, saturate):
+            return _cast_ml_dtypes(x, fmt, dtype)
     arr = _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     out = np.empty_like(flat)
@@ -342,6 +344,36 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
                                        flush, bool(saturate), counts)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
     return out.reshape(arr.shape).astype(dtype, copy=False), stats
+
+
+def _ml_dtypes_cast_is_the_rounding(fmt: FloatFormat, saturate: bool) -> bool:
+    """Whether casting float32 values to ``fmt``'s ml_dtypes type rounds exactly as
+    `quantize_float` does: round to nearest even, and on overflow an infinity where the format
+    has one (not saturating) or the largest value where it has neither infinity nor NaN (ml_dtypes
+    saturates those: E2M1); E4M3's ml_dtypes cast gives NaN, so it is not one."""
+    if fmt.dtype is None or fmt.ties != "even":
+        return False
+    return (fmt.has_inf and not saturate) or (not fmt.has_inf and not fmt.has_nan and saturate)
+
+
+def _cast_ml_dtypes(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, QuantStats]:
+    """`quantize_float` of a float32 array by ml_dtypes' cast (`_ml_dtypes_cast_is_the_rounding`;
+    tests compare it with the kernel on ties, subnormals and overflow)."""
+    if np.isnan(x).any():
+        raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
+    with np.errstate(over="ignore"):
+        out = x.astype(fmt.dtype).astype(dtype)
+    finite_in = np.isfinite(x)
+    clipped = int(np.count_nonzero(finite_in & ~np.isfinite(out))) if fmt.has_inf else \
+        int(np.count_nonzero(np.abs(x) >= _overflow_threshold(fmt)))
+    flushed = int(np.count_nonzero((out == 0) & (x != 0)))
+    return out, QuantStats(x.size, clipped, flushed, int(np.count_nonzero(out == 0)))
+
+
+def _overflow_threshold(fmt: FloatFormat) -> float:
+    """The smallest magnitude that rounds beyond the largest value: max + half its ulp (the
+    largest value's significand is all ones, odd, so the tie rounds up, beyond it)."""
+    return fmt.max_value + 2.0 ** (math.frexp(fmt.max_value)[1] - 2 - fmt.mantissa_bits)
 
 
 def _cast_float32(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, QuantStats]:
@@ -373,10 +405,14 @@ def _block_format(fmt) -> BlockFormat:
 
 
 def _round_elements(scaled: np.ndarray, fmt: BlockFormat, rounding: str, key) -> tuple[np.ndarray, np.ndarray]:
-    """Round scaled elements (float64, original layout) onto the element format, saturating at
-    +-M; returns the values (float64, flat) and counts (clipped, flushed)."""
+    """Round scaled elements (original layout; float32 when every value is exact in it, else
+    float64) onto the element format, saturating at +-M; returns the values (float64, flat) and
+    counts (clipped, flushed)."""
     elem = fmt.element_format
-    flat = np.ascontiguousarray(scaled).ravel()
+    if isinstance(elem, FloatFormat) and rounding == "nearest" and scaled.dtype == np.float32:
+        values, st = quantize_float(scaled, elem, saturate=True)
+        return values.ravel(), np.array([st.clipped, st.flushed], np.int64)
+    flat = np.ascontiguousarray(scaled, dtype=np.float64).ravel()
     out = np.empty_like(flat)
     counts = np.zeros(2, np.int64)
     if isinstance(elem, FloatFormat):
@@ -394,19 +430,31 @@ def _round_elements(scaled: np.ndarray, fmt: BlockFormat, rounding: str, key) ->
     return out, counts
 
 
-def _blocks_view(x32: np.ndarray, fmt: BlockFormat, axis: int) -> np.ndarray:
-    """|x| arranged so that the last axis (1-D blocks, along ``axis``) or the last two axes
-    (2-D blocks, with the block rows and columns next to each other) hold one block."""
+def _to_blocks(x: np.ndarray, fmt: BlockFormat, axis: int) -> np.ndarray:
+    """``x`` zero-padded and arranged so that the last axis holds one block: 1-D blocks along
+    ``axis`` (..., blocks, block), or 2-D tiles of the last two axes (..., row blocks, column
+    blocks, block * block)."""
     bs = fmt.block
     if fmt.block_2d:
-        r, c = x32.shape[-2:]
-        pad = [(0, 0)] * (x32.ndim - 2) + [(0, -r % bs), (0, -c % bs)]
-        p = np.pad(np.abs(x32), pad)
+        r, c = x.shape[-2:]
+        p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, -r % bs), (0, -c % bs)])
         v = p.reshape(*p.shape[:-2], p.shape[-2] // bs, bs, p.shape[-1] // bs, bs)
         return np.moveaxis(v, -3, -2).reshape(*v.shape[:-4], v.shape[-4], v.shape[-2], bs * bs)
-    moved = np.moveaxis(np.abs(x32), axis, -1)
+    moved = np.moveaxis(x, axis, -1)
     p = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -moved.shape[-1] % bs)])
     return p.reshape(*p.shape[:-1], p.shape[-1] // bs, bs)
+
+
+def _from_blocks(blocks: np.ndarray, fmt: BlockFormat, axis: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of `_to_blocks`: an array of ``shape`` (the padding cut off)."""
+    bs = fmt.block
+    if fmt.block_2d:
+        rb, cb = blocks.shape[-3:-1]
+        v = np.moveaxis(blocks.reshape(*blocks.shape[:-1], bs, bs), -3, -2)
+        full = v.reshape(*v.shape[:-4], rb * bs, cb * bs)
+        return full[..., : shape[-2], : shape[-1]]
+    flat = blocks.reshape(*blocks.shape[:-2], -1)[..., : shape[axis]]
+    return np.moveaxis(flat, -1, axis)
 
 
 def quantize_block(x, fmt, axis: int = -1, *, rounding: str = "nearest",
@@ -455,9 +503,12 @@ def quantize_block(x, fmt, axis: int = -1, *, rounding: str = "nearest",
     if arr.ndim < (2 if fmt.block_2d else 1) or arr.size == 0:
         raise NumericsError(f"x of shape {arr.shape}: {fmt.name} needs a non-empty array of at least "
                             f"{2 if fmt.block_2d else 1} dimension(s)")
-    if not isinstance(axis, int | np.integer) or not -arr.ndim <= axis < arr.ndim:
+    if not fmt.block_2d and (not isinstance(axis, int | np.integer) or isinstance(axis, bool)
+                             or not -arr.ndim <= axis < arr.ndim):
         raise NumericsError(f"axis must be an integer in {-arr.ndim}..{arr.ndim - 1} for x of shape {arr.shape}, "
                             f"got {axis!r}")
+    if fmt.block_2d:
+        axis = -1
     arr64 = arr.astype(np.float64)
     if np.isnan(arr64).any():
         where = np.unravel_index(int(np.argmax(np.isnan(arr64))), arr.shape)
@@ -465,21 +516,23 @@ def quantize_block(x, fmt, axis: int = -1, *, rounding: str = "nearest",
                             f"({fmt.element}) have no NaN")
     x32 = np.clip(arr64, -_FLT_MAX, _FLT_MAX).astype(np.float32)
     ax = int(axis) % arr.ndim
-    amax = _blocks_view(x32, fmt, ax).max(axis=-1)
-    scales, encode, tensor_scale = scale_rules.block_scales(fmt, amax, np.abs(x32).max())
-    if not fmt.block_2d:
-        scales, encode = np.moveaxis(scales, -1, ax), np.moveaxis(encode, -1, ax)
-    scaling = fmt.scaling(ax - arr.ndim)
-    enc = scaling.expand(encode, arr.shape)
-    live = scaling.expand(scales, arr.shape) > 0
+    blocks = _to_blocks(x32, fmt, ax)
+    amax = np.abs(blocks).max(axis=-1)
+    scales, encode, tensor_scale = scale_rules.block_scales(fmt, amax, amax.max())
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        if fmt.pow2:
-            scaled = x32.astype(np.float64) * enc  # exact: a power of two
+        if fmt.pow2:  # exact in float64 (a power of two); float32 holds every value that can round above 0
+            scaled = blocks.astype(np.float64) * encode[..., None]
+            if getattr(fmt.element_format, "min_positive", 1.0) >= 2.0**-120:  # integers: 1
+                scaled = scaled.astype(np.float32)
         elif scale_rules.encode_divides(fmt):
-            scaled = (x32 / enc.astype(np.float32)).astype(np.float64)
+            scaled = blocks / encode[..., None].astype(np.float32)
         else:
-            scaled = (x32 * enc.astype(np.float32)).astype(np.float64)
-    scaled = np.where(live, scaled, 0.0)
+            scaled = blocks * encode[..., None].astype(np.float32)
+    scaled = np.where((scales > 0)[..., None], scaled, scaled.dtype.type(0))
+    scaled = _from_blocks(scaled, fmt, ax, arr.shape)  # elements keyed by their index in x
+    if not fmt.block_2d:
+        scales = np.moveaxis(scales, -1, ax)
+    scaling = fmt.scaling(ax - arr.ndim)
     values, counts = _round_elements(scaled, fmt, rounding, key)
     values = values.reshape(arr.shape).astype(np.float32)
     stats = QuantStats(arr.size, int(counts[0]), int(np.count_nonzero((values == 0) & (arr64 != 0))),
@@ -516,7 +569,8 @@ def hadamard_matrix(n: int, key: tuple[int, int, int] | None = None) -> np.ndarr
 def hadamard_transform(x, n: int, key: tuple[int, int, int] | None = None, axis: int = -1) -> np.ndarray:
     """The random Hadamard transform of ``x`` along ``axis`` in blocks of ``n``: each block
     x_b -> x_b D H (`hadamard_matrix`), every output the exact sum of n signed inputs rounded
-    once to binary32. Applied along K to both operands of a GEMM A B with the same key, the
+    once to binary32. Inputs are taken as binary32 values (rounded to nearest first, as the
+    quantizers that follow take them). Applied along K to both operands of a GEMM A B with the same key, the
     product of the transformed operands is n A B, because (D H)(D H)^T = n I: dividing by n
     (exact, a power of two) cancels it in exact arithmetic (NVIDIA's NVFP4 recipe, arXiv
     2509.25149: 16 x 16 on the weight-gradient GEMM's inputs; Tseng et al., arXiv 2502.20586).
@@ -535,19 +589,25 @@ def hadamard_transform(x, n: int, key: tuple[int, int, int] | None = None, axis:
     Raises
     ------
     NumericsError
-        n not a power of two, L not a multiple of n, NaN in x, axis out of range."""
+        n not a power of two, L not a multiple of n, NaN, +-inf or values beyond binary32 in x,
+        axis out of range."""
     h = hadamard_matrix(n, key)
     arr = np.asarray(x)
-    if arr.ndim == 0 or not isinstance(axis, int | np.integer) or not -arr.ndim <= axis < arr.ndim:
+    if arr.ndim == 0 or not isinstance(axis, int | np.integer) or isinstance(axis, bool) \
+            or not -arr.ndim <= axis < arr.ndim:
         raise NumericsError(f"axis {axis!r} is out of range for x of shape {arr.shape}")
     if arr.shape[axis] % n:
         raise NumericsError(f"the transformed axis has length {arr.shape[axis]}, not a multiple of the Hadamard "
                             f"block {n}")
-    arr32 = _as_float_array(arr, "x").astype(np.float32)
+    with np.errstate(over="ignore"):
+        arr32 = _as_float_array(arr, "x").astype(np.float32)
+    if not np.isfinite(arr32).all():
+        raise NumericsError("x holds +-inf or values beyond binary32's range; the Hadamard transform takes finite "
+                            "binary32 values")
     moved = np.ascontiguousarray(np.moveaxis(arr32, axis, -1))
     rows = moved.reshape(-1, moved.shape[-1]) if moved.size else moved.reshape(0, max(moved.shape[-1], 1))
     out = np.empty_like(rows)
-    K.hadamard_rows(rows, out, h)
+    K.hadamard_rows(rows, out, h, h[:, 0].copy())  # column 0 of D H is the signs
     return np.moveaxis(out.reshape(moved.shape), -1, axis)
 
 
@@ -890,8 +950,14 @@ def gemm(a, b, accumulator: Accumulator) -> np.ndarray:
 def _k_scales(q: QTensor, side: str) -> tuple[int, np.ndarray]:
     """(block, scales per (row, K block) of a or (K block, column) of b) of a block-scaled GEMM
     operand, 2-D blocks expanded along the dimension that is not K."""
+    if not isinstance(q, QTensor) or np.ndim(q.values) != 2:
+        raise NumericsError(f"operand {side} of a block-scaled GEMM must be a 2-D QTensor, got "
+                            f"{type(q).__name__} of shape {np.shape(getattr(q, 'values', q))}")
     s = q.scaling
     rows, cols = q.values.shape
+    if s.kind != "tensor" and q.scales.shape != s.shape(q.values.shape):
+        raise NumericsError(f"operand {side}: scales of shape {q.scales.shape} do not match values of shape "
+                            f"{q.values.shape} in blocks of {s.block} (expected {s.shape(q.values.shape)})")
     k_axis = 1 if side == "a" else 0
     if s.kind == "block" and s.axis % 2 == k_axis:
         return s.block, np.asarray(q.scales, np.float64)
@@ -935,10 +1001,10 @@ class _BlockPlan:
 def _check_block_gemm(a: QTensor, b: QTensor, acc: Accumulator) -> _BlockPlan:
     if not isinstance(acc, Accumulator):
         raise NumericsError(f"accumulator must be an Accumulator, got {type(acc).__name__}")
-    if np.ndim(a.values) != 2 or np.ndim(b.values) != 2 or a.values.shape[1] != b.values.shape[0]:
-        raise NumericsError(f"a and b must be 2-D with matching K, got {np.shape(a.values)} and {np.shape(b.values)}")
     block, sa = _k_scales(a, "a")
     block_b, sb = _k_scales(b, "b")
+    if a.values.shape[1] != b.values.shape[0]:
+        raise NumericsError(f"a and b must have matching K, got {a.values.shape} and {b.values.shape}")
     if block != block_b:
         raise NumericsError(f"the operands' K blocks differ ({block} and {block_b}); a block-scaled GEMM pairs blocks")
     if not isinstance(acc.value_format, FloatFormat) or acc.chunk is not None or acc.group != block:
@@ -1027,7 +1093,7 @@ def gemm_block_with_stats(a: QTensor, b: QTensor, accumulator: Accumulator) -> t
                      fmt.ieee_dtype == np.dtype(np.float32), *_float_params(fmt), counts)
         path = "block"
     if alpha != 1:  # the tensor scales, once, in binary32
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             out32 = (out.astype(np.float32) if out32 is None else out32) * alpha
     if out32 is not None:
         out = out32.astype(np.float64)

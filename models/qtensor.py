@@ -48,8 +48,11 @@ class QTensor:
 
     @property
     def T(self) -> QTensor:  # noqa: N802 - numpy's name
-        """The transpose of the last two axes (values, codes and block scales alike)."""
+        """The transpose of the last two axes (values, codes and block scales alike); a 1-D
+        tensor is its own transpose, as in numpy."""
         nd = self.values.ndim
+        if nd < 2:
+            return self
         swap = (lambda a: np.swapaxes(a, -1, -2)) if nd > 2 else (lambda a: a.T)
         scales = self.scales if self.scales.ndim < 2 else swap(self.scales)
         return QTensor(swap(self.values), self.format, scales, self.stats,

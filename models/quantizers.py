@@ -23,7 +23,7 @@ from fourbit.models import numerics
 from fourbit.models.numerics import QuantStats
 from fourbit.models.qtensor import QTensor
 from fourbit.traces.block_formats import BlockFormat
-from fourbit.traces.errors import ConfigError, FormatError
+from fourbit.traces.errors import ConfigError, FormatError, NumericsError
 from fourbit.traces.formats import FloatFormat, Format, IntFormat, LogFormat, Scale, get_format
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Block",
     "Cast",
     "GradScale",
+    "LUQ",
     "Log",
     "MaxScaled",
     "MinMax",
@@ -81,9 +82,29 @@ class Quantizer(ABC):
         """The straight-through gradient: dL/dx = dL/dq, no clip gradient."""
         return dq, 0.0
 
+    @property
+    def axis_dependent(self) -> bool:
+        """Whether the result depends on the axis the GEMM reduces along (1-D blocks): a tensor
+        two GEMMs reduce along different axes then needs one copy per GEMM."""
+        return False
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether it rounds stochastically (then each call needs a ``key``)."""
+        return False
+
+    @property
+    def per_block(self) -> bool:
+        """Whether it scales per block (then a layer quantizes the operand as the GEMM reads it,
+        e.g. a convolution's column matrix, so that blocks run along the GEMM's K)."""
+        return False
+
     @abstractmethod
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
-        """Quantize ``x`` (any shape; ``alpha`` the layer's trained clip where it uses one)."""
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
+        """Quantize ``x`` (any shape; ``alpha`` the layer's trained clip where it uses one;
+        ``axis`` the axis the GEMM that reads it reduces along; ``key`` = (seed, step, tensor id)
+        for stochastic rounding)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,8 @@ class Cast(Quantizer):
     def needs_grad_scale(self) -> bool:
         return not self._identity
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
         if self._identity:
             return QTensor(np.asarray(x, np.float32), self.target)
         values, stats = numerics.quantize_float(x, self.target)
@@ -172,7 +194,8 @@ class SAWB(_Int4Quantizer):
         super().__post_init__()
         object.__setattr__(self, "update_ops", ("moments",))
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
         top = 2 ** (self.bits - 1) - 1
         a = numerics.sawb_alpha(x) if np.size(x) else 0.0
         return _int_uniform(x, a / top, -top, top, self.format, a, "sawb")
@@ -194,7 +217,8 @@ class PACT(_Int4Quantizer):
     def signed(self) -> Quantizer:
         return SAWB(self.bits)
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
         codes, step = numerics.quantize_uint4_pact(x, alpha)
         clipped = int(np.count_nonzero(x > alpha))
         flushed = int(np.count_nonzero((codes == 0) & (x > 0)))
@@ -221,7 +245,8 @@ class MinMax(_Int4Quantizer):
     def signed(self) -> Quantizer:
         return SAWB(self.bits)
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
         top = float(np.max(x)) if np.size(x) else 0.0
         if top <= 0:
             return QTensor(np.zeros(np.shape(x), np.uint8), self.format, 0.0,
@@ -251,7 +276,8 @@ class MaxScaled(Quantizer):
     def name(self) -> str:
         return self.label
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
         top = float(np.max(np.abs(x))) if np.size(x) else 0.0
         q = 2 ** (self.bits - 1) - 1
         return _int_uniform(x, top / q, -q, q, self.format, top, "max")
@@ -266,41 +292,55 @@ class Log(Quantizer):
 
     target: LogFormat = field(default_factory=lambda: get_format("fp4_r4_e3"))
     tie: str = "up"
+    rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, LogFormat):
             raise ConfigError(f"the log quantizer takes a log format, got {getattr(self.target, 'name', self.target)!r}")
         if self.tie not in ("up", "down"):
             raise ConfigError(f"tie must be 'up' or 'down', got {self.tie!r}")
+        _check_rounding(self.rounding)
         object.__setattr__(self, "op", "quantize_log")
+
+    @property
+    def stochastic(self) -> bool:
+        return self.rounding == "stochastic"
 
     @property
     def format(self) -> Format:
         return self.target
 
     @property
+    def name(self) -> str:
+        return self.target.name + ("_sr" if self.stochastic else "")
+
+    @property
     def needs_grad_scale(self) -> bool:
         return True
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
-        values, codes, stats = numerics.quantize_fp4_codes(x, self.target, self.tie)
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
+        values, codes, stats = numerics.quantize_fp4_codes(x, self.target, self.tie, rounding=self.rounding, key=key)
         return QTensor(values, self.target, 1.0, stats, codes)
 
 
 @dataclass(frozen=True)
 class Block(Quantizer):
     """A block-scaled format (`fourbit.traces.block_formats`: MXFP4, NVFP4, INT4 blocks, or one a
-    user defines) with blocks along the last axis, the reduction axis K of the GEMM operand it
-    feeds (`fourbit.models.numerics.quantize_block`: the format's scale rule, elements rounded to
-    nearest even and saturated). Its values are the elements (``format``); ``name`` is the block
-    format's."""
+    user defines) with blocks along the axis the GEMM reduces (`fourbit.models.numerics.
+    quantize_block`: the format's scale rule, elements saturated and rounded to nearest even or,
+    with ``rounding="stochastic"``, stochastically). Its values are the elements (``format``);
+    ``name`` is the block format's, with ``_sr`` for stochastic rounding. 1-D blocks depend on
+    the axis (a tensor two GEMMs reduce differently needs two copies); 2-D blocks do not."""
 
     target: BlockFormat = field(default_factory=lambda: get_format("mxfp4"))
+    rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, BlockFormat):
             raise ConfigError(f"a block quantizer takes a block format (mxfp4, nvfp4, int4_block, ...), got "
                               f"{getattr(self.target, 'name', self.target)!r}")
+        _check_rounding(self.rounding)
         object.__setattr__(self, "op", "quantize_block")
 
     @property
@@ -309,14 +349,79 @@ class Block(Quantizer):
 
     @property
     def name(self) -> str:
-        return self.target.name
+        return self.target.name + ("_sr" if self.stochastic else "")
 
     @property
     def scaling(self) -> Scale:
         return self.target.scaling(-1)
 
-    def __call__(self, x: np.ndarray, alpha: float | None = None) -> QTensor:
-        return numerics.quantize_block(x, self.target, -1)
+    @property
+    def axis_dependent(self) -> bool:
+        return not self.target.block_2d
+
+    @property
+    def per_block(self) -> bool:
+        return True
+
+    @property
+    def stochastic(self) -> bool:
+        return self.rounding == "stochastic"
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
+        return numerics.quantize_block(x, self.target, axis, rounding=self.rounding, key=key)
+
+
+@dataclass(frozen=True)
+class LUQ(Quantizer):
+    """Logarithmic unbiased quantization of gradients (Chmiel et al., ICLR 2023, LUQ; technique.md
+    5.6): a radix-2 log format with 3 exponent bits scaled by the tensor's own maximum, so that the
+    underflow threshold is alpha = max|x| / 2^6 and the 7 levels are alpha * 2^0..2^6 (eq. 11);
+    below alpha, stochastic underflow to 0 or alpha (eq. 10); between levels, logarithmic
+    stochastic rounding (eq. 12); unbiased, no GradScale. Values are on ``fp4_r2_e3``'s grid
+    (1/8..8) with the per-tensor scale s = max|x| / 8 (x / s in float64, one rounding, then the
+    stochastic rounding); an all-zero tensor gives zeros."""
+
+    target: LogFormat = field(default_factory=lambda: get_format("fp4_r2_e3"))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, LogFormat):
+            raise ConfigError(f"LUQ takes a log format, got {getattr(self.target, 'name', self.target)!r}")
+        object.__setattr__(self, "op", "quantize_log")
+
+    @property
+    def format(self) -> Format:
+        return self.target
+
+    @property
+    def name(self) -> str:
+        return f"luq_{self.target.name}"
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def threshold(self, x: np.ndarray) -> float:
+        """LUQ's underflow threshold alpha = max|x| / 2^(2^b - 2) (eq. 11): max|x| / 64 for b = 3."""
+        top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+        return top / 2.0 ** (self.target.n_levels - 1)
+
+    def __call__(self, x: np.ndarray, alpha: float | None = None, *, axis: int = -1,
+                 key: tuple[int, int, int] | None = None) -> QTensor:
+        top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+        if not np.isfinite(top):
+            raise NumericsError("LUQ needs a finite gradient (its scale is the tensor's max)")
+        if top == 0.0:
+            return QTensor(np.zeros(np.shape(x)), self.target, 0.0, QuantStats(int(np.size(x)), 0, 0, int(np.size(x))))
+        scale = top / self.target.max_value
+        values, codes, stats = numerics.quantize_fp4_codes(np.asarray(x, np.float64) / scale, self.target,
+                                                           rounding="stochastic", key=key)
+        return QTensor(values, self.target, scale, stats, codes, Scale(rule="luq"))
+
+
+def _check_rounding(rounding: str) -> None:
+    if rounding not in numerics.ROUNDINGS:
+        raise ConfigError(f"rounding must be one of {numerics.ROUNDINGS}, got {rounding!r}")
 
 
 def quantizer(name: str, tie: str = "up") -> Quantizer:

@@ -28,10 +28,11 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
-from fourbit.models.quantizers import PACT, SAWB, Cast, Log, Quantizer, quantizer
+from fourbit.models.quantizers import LUQ, PACT, SAWB, Block, Cast, Log, Quantizer, quantizer
+from fourbit.traces.block_formats import BlockFormat
 from fourbit.traces.config import IntChoice, StrictModel, parse_text
 from fourbit.traces.errors import ConfigError, FormatError
-from fourbit.traces.formats import Accumulator, Format, LogFormat, get_format
+from fourbit.traces.formats import TENSOR_SCALE, Accumulator, Format, LogFormat, get_format
 
 __all__ = ["LayerPrecision", "Recipe", "RECIPES", "get_recipe", "param_text", "parse_recipe", "recipe_params"]
 
@@ -57,8 +58,10 @@ class LayerPrecision:
     gradient fed to ``bwd_data`` and ``bwd_weight``; ``acc_*``: the accumulator of each GEMM (None:
     host float32 BLAS, the FP32 baseline); ``out``: the format the forward GEMM's result is
     rounded to; ``out_bwd`` the backward GEMMs' (None: the same; FP32 where an integer
-    accumulator's result is unscaled gradients). Quantizers may be given by their names
-    (``int4_sawb``, a format name) and formats by theirs.
+    accumulator's result is unscaled gradients); ``rht``: the block of the random Hadamard
+    transform applied along K to both inputs of ``bwd_weight`` before they are quantized (0: off;
+    NVIDIA's NVFP4 recipe: 16). Quantizers may be given by their names (``int4_sawb``, a format
+    name) and formats by theirs.
 
     Raises ConfigError at construction for a value of the wrong kind.
     """
@@ -72,8 +75,12 @@ class LayerPrecision:
     acc_bwd_weight: Accumulator | None = None
     out: Format = get_format("fp32")
     out_bwd: Format | None = None
+    rht: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rht, int) or isinstance(self.rht, bool) or self.rht < 0 or self.rht & (self.rht - 1):
+            raise ConfigError(f"layer precision: rht (the Hadamard block of bwd_weight's inputs) must be 0 (off) or a "
+                              f"power of two, got {self.rht!r}")
         for name in ("weight", "act", "grad_data", "grad_weight"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -131,6 +138,32 @@ class LayerPrecision:
         return self.act.signed()
 
     @property
+    def quantize_as_read(self) -> bool:
+        """Whether inputs and weights are quantized as the GEMM reads them (block scales: a
+        convolution's column matrix, so that blocks run along K) rather than as stored."""
+        return self.act.per_block or self.weight.per_block
+
+    @property
+    def separate_grad_copies(self) -> bool:
+        """Whether ``bwd_data`` and ``bwd_weight`` read different copies of the output gradient:
+        two quantizers (TPR's phases), blocks along each GEMM's own K, or a Hadamard transform of
+        ``bwd_weight``'s."""
+        return (self.grad_data != self.grad_weight or self.grad_data.axis_dependent or self.grad_weight.axis_dependent
+                or self.rht > 0)
+
+    @property
+    def separate_act_copies(self) -> bool:
+        """Whether ``bwd_weight`` reads its own copy of the input activations (1-D blocks along
+        the batch, not along the features as ``fwd``'s, or a Hadamard transform first)."""
+        return self.act.axis_dependent or self.rht > 0
+
+    @property
+    def separate_weight_copies(self) -> bool:
+        """Whether ``bwd_data`` reads its own copy of the weights (1-D blocks along the output
+        dimension, not along the input dimension as ``fwd``'s; 2-D blocks serve both)."""
+        return self.weight.axis_dependent
+
+    @property
     def scaled_grads(self) -> bool:
         """Whether the gradient quantizers need a GradScale (narrow float and log formats;
         max-scaled INT8 gradients carry their own scale)."""
@@ -156,7 +189,8 @@ class Recipe:
     quantized with the role's signed activation quantizer; by default the first layer's
     precision, so the 4-bit recipes keep attention in FP16, as NVIDIA's NVFP4 recipe keeps it in
     BF16, arXiv 2509.25149) and the gradient-scaling policy (``none``, ``gradscale`` per layer, or
-    ``global``: one loss scale for all layers)."""
+    ``global``: one loss scale for all layers). ``last_layers``: how many final GEMM layers of a
+    model take the ``last`` role (default 1; 0: the last layer is a hidden one)."""
 
     name: str
     first: LayerPrecision
@@ -169,10 +203,13 @@ class Recipe:
     exponent_bits: int | None = None
     tpr: bool | None = None
     attention: LayerPrecision | None = None
+    last_layers: int = 1
 
     def __post_init__(self) -> None:
         if self.attention is None:
             object.__setattr__(self, "attention", self.first)
+        if not isinstance(self.last_layers, int) or isinstance(self.last_layers, bool) or self.last_layers < 0:
+            raise ConfigError(f"recipe {self.name!r}: last_layers must be an integer >= 0, got {self.last_layers!r}")
         for role in ROLES:
             if not isinstance(getattr(self, role), LayerPrecision):
                 raise ConfigError(f"recipe {self.name!r}: {role} must be a LayerPrecision")
@@ -189,8 +226,8 @@ class Recipe:
     def describe(self) -> dict:
         """A JSON-able description (written to the trace's meta.json)."""
         def lp(p: LayerPrecision) -> dict:
-            d = {"weight": p.weight.name, "act": p.act.name, "grad_data": p.grad_data.format.name,
-                 "grad_weight": p.grad_weight.format.name, "out": p.out.name,
+            d = {"weight": p.weight.name, "act": p.act.name, "grad_data": p.grad_data.name,
+                 "grad_weight": p.grad_weight.name, "out": p.out.name,
                  "out_bwd": "" if p.out_bwd is None else p.out_bwd.name}
             for ph in ("fwd", "bwd_data", "bwd_weight"):
                 acc = p.accumulator(ph)
@@ -198,8 +235,15 @@ class Recipe:
             d["gemm_formats"] = {ph: list(p.gemm_formats(ph)) for ph in ("fwd", "bwd_data", "bwd_weight")}
             # what a shape-only importer needs to record the same ops (fourbit.traces.registry)
             d["ops"] = {"act": p.act.op, "weight": p.weight.op, "grad_data": p.grad_data.op,
-                        "grad_weight": p.grad_weight.op, "weight_statistics": list(p.weight.update_ops)}
-            d["separate_grad_copies"] = p.grad_data != p.grad_weight
+                        "grad_weight": p.grad_weight.op, "weight_statistics": list(p.weight.update_ops),
+                        "act_weight_grad": (p.act.signed() if p.rht else p.act).op}
+            d["operand_scaling"] = {ph: {**_scaling_columns("a", p.operands(ph)[0]),
+                                         **_scaling_columns("b", p.operands(ph)[1])} for ph in PHASES}
+            d["separate_grad_copies"] = p.separate_grad_copies
+            d["quantize_as_read"] = p.quantize_as_read
+            d["separate_act_copies"] = p.separate_act_copies
+            d["separate_weight_copies"] = p.separate_weight_copies
+            d["rht"] = p.rht
             d["grad_scale"] = self.grad_scaling != "none" and p.scaled_grads
             d["trained_clip"] = p.act.trained_clip
             return d
@@ -211,8 +255,23 @@ class Recipe:
             return d
         return {"name": self.name, "grad_scaling": self.grad_scaling, "tie": self.tie,
                 "radix": self.radix, "exponent_bits": self.exponent_bits, "tpr": self.tpr,
+                "last_layers": self.last_layers,
                 **{role: roles(self.precision(role).activation_pair() if role == "attention" else self.precision(role))
                    for role in ROLES}}
+
+
+def _scaling_columns(prefix: str, q: Quantizer) -> dict:
+    """The trace's scaling columns of a GEMM operand quantized by ``q`` (as
+    `fourbit.models.recorder.operand_columns` writes them from the values): blocks run along
+    the GEMM's K, as the layers quantize them."""
+    s = q.scaling if q.per_block else TENSOR_SCALE
+    cols = {f"{prefix}_scale_kind": s.kind, f"{prefix}_scale_format": s.format,
+            f"{prefix}_bits": float(q.format.bits_per_element + s.bits_per_element)}
+    if s.kind != "tensor":
+        cols[f"{prefix}_block"] = s.block
+    if s.kind == "block":
+        cols[f"{prefix}_block_axis"] = "K"
+    return cols
 
 
 FP32 = LayerPrecision()
@@ -223,6 +282,17 @@ FP16_LAYER = LayerPrecision(
 )
 """The FP16 layers of the 4-bit recipes (first, last): FP16 operands, FP32 accumulation of the
 exact FP16 products one at a time (an FP16 FMA unit with an FP32 accumulator), FP16 results."""
+
+
+BF16_LAYER = LayerPrecision(
+    weight="bf16", act="bf16", grad_data="bf16", grad_weight="bf16",
+    acc_fwd=Accumulator("fp32", 1, None), acc_bwd_data=Accumulator("fp32", 1, None),
+    acc_bwd_weight=Accumulator("fp32", 1, None), out="bf16",
+)
+"""BF16 operands, FP32 accumulation of the exact BF16 products one at a time (a BF16 FMA unit
+with an FP32 accumulator, modelled: not the host's BLAS), BF16 results: the high-precision
+layers of the block-scaled recipes (arXiv 2509.25149 keeps them in BF16) and the ``bf16``
+baseline."""
 
 
 BWD_ACC = Accumulator("fp16", 4, 64)
@@ -284,6 +354,49 @@ def _int4_fwd() -> Recipe:
     return Recipe("int4-fwd", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
 
 
+def _bf16() -> Recipe:
+    """BF16 everywhere, accumulated in FP32 (modelled, one rounding per product), FP32 master
+    weights, no loss scaling (BF16 has FP32's range): the baseline of the block-scaled recipes."""
+    return Recipe("bf16", BF16_LAYER, BF16_LAYER, BF16_LAYER, BF16_LAYER)
+
+
+def block_hidden(fmt: str, weights_2d: bool, rht: int, stochastic: bool) -> LayerPrecision:
+    """A hidden layer in a block-scaled format ``fmt`` (`fourbit.traces.block_formats`): the
+    weights in its 2-D variant (one copy serves ``fwd`` and ``bwd_data``) or in 1-D blocks along
+    each GEMM's K (two copies), activations round to nearest, gradients stochastically (or to
+    nearest), the random Hadamard transform of block ``rht`` on ``bwd_weight``'s inputs (0: off),
+    FP32 accumulation of the scaled block sums (group = block), BF16 results.
+
+    Raises ConfigError for a format that is not a block format."""
+    try:
+        block = get_format(fmt)
+        weight = get_format(f"{fmt}_2d") if weights_2d else block
+    except FormatError as exc:
+        raise ConfigError(f"recipe parameters: {exc}") from None
+    if not isinstance(block, BlockFormat):
+        raise ConfigError(f"recipe parameters: {fmt!r} is not a block format")
+    acc = Accumulator("fp32", block.block, None)
+    grads = Block(block, "stochastic" if stochastic else "nearest")
+    return LayerPrecision(weight=Block(weight), act=Block(block), grad_data=grads, grad_weight=grads,
+                          acc_fwd=acc, acc_bwd_data=acc, acc_bwd_weight=acc, out="bf16", rht=rht)
+
+
+def _block_recipe(name: str, fmt: str, p) -> Recipe:
+    hidden = block_hidden(fmt, p.weights_2d, p.rht, p.stochastic)
+    return Recipe(name, BF16_LAYER, hidden, BF16_LAYER if p.bf16_last else hidden, BF16_LAYER,
+                  attention=BF16_LAYER, last_layers=max(p.bf16_last, 1))
+
+
+def _luq() -> Recipe:
+    """LUQ (Chmiel et al., ICLR 2023; technique.md 5.6): INT4 SAWB weights and activations
+    (signed range, round to nearest), radix-2 log FP4 gradients scaled by their own maximum with
+    stochastic underflow and logarithmic stochastic rounding (`LUQ`), no GradScale; the first and
+    last layers in FP16, as the paper's recipe."""
+    hidden = LayerPrecision(weight=SAWB(4), act=SAWB(4), grad_data=LUQ(), grad_weight=LUQ(),
+                            acc_fwd=Accumulator("int32"), acc_bwd_data=BWD_ACC, acc_bwd_weight=BWD_ACC, out="fp16")
+    return Recipe("luq", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
+
+
 def _accumulator(value):
     """An accumulator given by its name (``fp16/g4/c64``: its text form) becomes the object."""
     return Accumulator.parse(value) if isinstance(value, str) else value
@@ -328,11 +441,44 @@ def _int4_dw8(p: FP4GradParams) -> Recipe:
     return replace(r, hidden=replace(r.hidden, grad_weight=Cast(get_format("fp8_e5m2"))), tpr=None)
 
 
+class BlockParams(StrictModel):
+    """Parameters of the block-scaled recipes (``nvfp4``, ``mxfp4``, ``int4-block``)."""
+
+    PATH = "recipe"
+    rht: IntChoice((0, 2, 4, 8, 16, 32, 64, 128)) = Field(
+        16, description="random Hadamard transform block on bwd_weight's inputs (0: off)")
+    stochastic: bool = Field(True, description="stochastic rounding of the gradients (off: round to nearest)")
+    weights_2d: bool = Field(True, description="16x16 (2-D) weight blocks: one copy for fwd and bwd_data")
+    bf16_last: int = Field(1, ge=0, le=64, description="how many final layers stay in BF16")
+    block: IntChoice((16, 32)) = Field(16, description="elements per block")
+    scale: Literal["e4m3", "e8m0"] = Field("e4m3", description="block scale format: E4M3 (two-level) or E8M0")
+
+
+class MXParams(BlockParams):
+    """``mxfp4``'s parameters: those of `BlockParams` with MXFP4's defaults."""
+
+    weights_2d: bool = Field(False, description="2-D weight blocks (MXFP4: 1-D along each GEMM's K)")
+    rht: IntChoice((0, 2, 4, 8, 16, 32, 64, 128)) = Field(
+        32, description="random Hadamard transform block on bwd_weight's inputs (0: off; default: the block)")
+    block: IntChoice((16, 32)) = Field(32, description="elements per block")
+    scale: Literal["e4m3", "e8m0"] = Field("e8m0", description="block scale format: E8M0 (OCP) or E4M3")
+
+
+def _block_name(base: str, p: BlockParams, default_block: int, default_scale: str) -> str:
+    """The block format's name of a recipe's block and scale parameters."""
+    return base + ("" if p.block == default_block else f"_b{p.block}") + ("" if p.scale == default_scale else f"_{p.scale}")
+
+
 RECIPES: dict[str, tuple[type[StrictModel], Callable]] = {
     "fp32": (NoParams, lambda p: _fp32()), "fp16": (NoParams, lambda p: _fp16()),
     "hfp8": (NoParams, lambda p: _hfp8()), "int8": (NoParams, lambda p: _int8()),
     "int4-fwd": (NoParams, lambda p: _int4_fwd()), "int4": (Int4Params, _int4),
     "int4-dw8": (FP4GradParams, _int4_dw8),
+    "bf16": (NoParams, lambda p: _bf16()),
+    "nvfp4": (BlockParams, lambda p: _block_recipe("nvfp4", _block_name("nvfp4", p, 16, "e4m3"), p)),
+    "mxfp4": (MXParams, lambda p: _block_recipe("mxfp4", _block_name("mxfp4", p, 32, "e8m0"), p)),
+    "int4-block": (BlockParams, lambda p: _block_recipe("int4-block", _block_name("int4_block", p, 16, "e4m3"), p)),
+    "luq": (NoParams, lambda p: _luq()),
 }
 """Each recipe name: the model of its parameters and the builder taking them."""
 

@@ -23,7 +23,7 @@ from fourbit.models.layers import Context, Sequential, softmax_xent
 from fourbit.models.quantizers import GradScale
 from fourbit.models.recipes import Recipe, get_recipe
 from fourbit.models.recorder import Recorder
-from fourbit.models.zoo import build_model
+from fourbit.models.zoo import build_model, set_last_layers
 from fourbit.traces import registry, schema
 from fourbit.traces.config import StrictModel, first_difference
 from fourbit.traces.errors import ConfigError, NumericsError, TrainingError
@@ -356,7 +356,8 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({len(ds.x_train)} samples)")
     check_model_data(model, ds)
-    net = build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {}))
+    net = set_last_layers(build_model(model, ds.input_shape, ds.n_classes, cfg.seed, **(model_params or {})),
+                          rec_obj.last_layers)
     path = check_out(out, resume=resume, overwrite=overwrite)  # after the arguments: their errors come first
     run_id = {"model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "train_config": cfg.model_dump(),
               "model_params": model_params or {}}
@@ -394,7 +395,7 @@ class _Loop:
         self.first_epoch = 0
         self.steps_per_epoch = len(ds.x_train) // cfg.batch_size
         self.run_of_skips = 0  # consecutive overflow-skipped steps
-        self.ctx = Context(recipe, self.recorder)
+        self.ctx = Context(recipe, self.recorder, seed=cfg.seed)
 
     def restore(self) -> None:
         """Continue from the checkpoint (ConfigError when there is none or it is another run's)."""
@@ -422,6 +423,7 @@ class _Loop:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             if step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0):
                 self.recorder.start(step)
+            self.ctx.step = step  # keys the step's stochastic roundings and Hadamard signs
             loss, skip = train_step(self.net, self.ctx, ds.x_train[idx], ds.y_train[idx], self.velocity, self.scales,
                                     _lr_at(cfg, step, total), cfg, step, epoch)
             self.recorder.stop()

@@ -42,6 +42,16 @@ def _assign_roles(net: Sequential) -> Sequential:
     return net
 
 
+def set_last_layers(net: Sequential, count: int) -> Sequential:
+    """Give the ``last`` role to the final ``count`` GEMM layers (at least the last one; a
+    recipe's ``last_layers``: e.g. how many final layers stay in BF16), counted among the layers
+    that are not attention or depthwise, never the first."""
+    gemm = [layer for layer in net.gemm_layers() if layer.role not in ("attention", "depthwise")]
+    for layer in gemm[1:][-max(count, 1):]:
+        layer.role = "last"
+    return net
+
+
 def mlp(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator,
         hidden: tuple[int, ...] = (256, 256, 256)) -> Sequential:
     """Multi-layer perceptron: Linear + ReLU per hidden width, then a Linear classifier.

@@ -13,8 +13,9 @@ rule          scale of a block with largest magnitude amax
               OCP Microscaling spec v1.0, section 6.3; amax / X lies in [2^emax, 2^(emax+1)),
               so elements above M saturate to +-M (E2M1: 6.5 -> 6).
 ``ceil``      X = 2^ceil(log2(amax / M)), the smallest power of two with amax <= M * X, computed
-              exactly: no element saturates (TransformerEngine's NVFP4 reference with power-of-
-              two scales, ``cast_to_e8``; cuBLAS's "RCEIL" MXFP8 scaling).
+              exactly: no element saturates unless the scale format's range clamps X
+              (TransformerEngine's NVFP4 reference with power-of-two scales, ``cast_to_e8``;
+              cuBLAS's "RCEIL" MXFP8 scaling).
 ``two_level`` NVFP4 (NVIDIA, "Pretraining Large Language Models with NVFP4", arXiv 2509.25149,
               section 2 and appendix; TransformerEngine's ``quantization_ref_nvfp4.py``), every
               step in IEEE binary32 arithmetic rounded to nearest even:
@@ -23,7 +24,11 @@ rule          scale of a block with largest magnitude amax
               d = scale_format(amax / M * s_enc) (round to nearest even, saturating at S), the
               encode factor e = 1 / (d * s_dec) (capped at the largest binary32), elements
               element(x * e). A value's real value is element * d * s_dec: ``scales`` hold d,
-              the tensor scale s_dec is applied once to a GEMM's result.
+              the tensor scale s_dec is applied once to a GEMM's result. The order
+              fp32(amax / M) * s_enc is the paper's and TransformerEngine's reference before
+              2026; its newer reference forms amax * fp32(s_enc / M) as its kernel does, which
+              differs in about one E4M3 block scale in 10^6. S * M must stay below binary32's
+              largest value (E4M3, FP16: yes; BF16: no).
 ``amax``      X = scale_format(amax / M) rounded to nearest even: plain absmax scaling in a
               float scale format (e.g. BF16); elements above M after rounding saturate.
 ============  ===============================================================================
@@ -31,8 +36,8 @@ rule          scale of a block with largest magnitude amax
 Common to all rules (our choices, stated): inputs are taken as binary32 values (the precision the
 hardware quantizes from); +-inf counts as +-(largest binary32), so a block holding an infinity
 saturates it; power-of-two scales are clamped to the scale format's range (E8M0: 2^-127..2^127);
-a block whose scale is 0 (an all-zero block; a two-level block whose scale rounds to 0) has zero
-elements; elements are rounded to nearest even (or stochastically, with a key) and saturate at
+a block whose scale is 0 (an all-zero block, whose scale code is then immaterial, E8M0 having no
+zero; a two-level block whose scale rounds to 0) has zero elements (+0); elements are rounded to nearest even (or stochastically, with a key) and saturate at
 +-M; integer elements use the symmetric range -M..M. NaN is refused (E2M1 and INT4 have none; the
 OCP spec would mark the block NaN through its scale, a training emulator reports it instead).
 
@@ -117,6 +122,9 @@ class BlockFormat(Format):
               "ceil": isinstance(scale, ExponentFormat | FloatFormat),
               "two_level": isinstance(scale, FloatFormat) and scale.bits <= 16,
               "amax": isinstance(scale, FloatFormat)}[self.scale_rule]
+        if ok and self.scale_rule == "two_level" and scale.max_value * element_max(elem) >= float(np.finfo(np.float32).max):
+            raise FormatError(f"{where}: the two-level rule needs S * M = {scale.max_value:g} * {element_max(elem):g} "
+                              f"below binary32's largest value; {self.scale_format!r} has too wide a range (use fp8_e4m3)")
         if not ok:
             raise FormatError(f"{where}: scale rule {self.scale_rule!r} cannot store its scales in {self.scale_format!r} "
                               f"(floor, ceil: an exponent or float format; two_level: a float format of <= 16 bits; "

@@ -97,19 +97,23 @@ def conv2d(batch: int, in_channels: int, in_h: int, in_w: int, out_channels: int
     }
 
 
-def operand_tensors(layer: str, phase: str, separate_grad_copies: bool) -> tuple[tuple[str, int], tuple[str, int]]:
+def operand_tensors(layer: str, phase: str, separate_grad_copies: bool, separate_act_copies: bool = False,
+                    separate_weight_copies: bool = False) -> tuple[tuple[str, int], tuple[str, int]]:
     """Which quantized copy of which tensor each operand of a weight layer's GEMM is: ((a tensor,
     copy), (b tensor, copy)). The tensors are ``LAYER.x`` (the input activations), ``LAYER.w``
-    (the weights) and ``LAYER.dy`` (the output gradient); ``fwd`` reads x and w, ``bwd_data`` dy
-    and w (the same copy of w as ``fwd``), ``bwd_weight`` dy and x (the same copy of x as
-    ``fwd``). The output gradient is quantized once per backward GEMM when the two need different
-    copies (``separate_grad_copies``: Two-Phase Rounding's two phases, or two formats): copy 0
-    for ``bwd_weight`` (quantized first), copy 1 for ``bwd_data``; else both read copy 0."""
+    (the weights) and ``LAYER.dy`` (the output gradient); ``fwd`` reads copy 0 of x and w.
+    ``bwd_data`` reads dy and w, ``bwd_weight`` dy and x. The output gradient is quantized once
+    per backward GEMM when the two need different copies (``separate_grad_copies``: Two-Phase
+    Rounding's two phases, two formats, or 1-D blocks along each GEMM's K): copy 0 for
+    ``bwd_weight`` (quantized first), copy 1 for ``bwd_data``; else both read copy 0. Likewise
+    ``bwd_weight`` reads copy 1 of x when it needs its own (``separate_act_copies``: 1-D blocks
+    along the batch, or a Hadamard transform first) and ``bwd_data`` copy 1 of w
+    (``separate_weight_copies``: 1-D blocks along the outputs); else ``fwd``'s copy 0."""
     x, w, dy = f"{layer}.x", f"{layer}.w", f"{layer}.dy"
     if phase == "fwd":
         return (x, 0), (w, 0)
     if phase == "bwd_data":
-        return (dy, 1 if separate_grad_copies else 0), (w, 0)
+        return (dy, int(separate_grad_copies)), (w, int(separate_weight_copies))
     if phase == "bwd_weight":
-        return (dy, 0), (x, 0)
+        return (dy, 0), (x, int(separate_act_copies))
     raise TraceError(f"phase must be fwd, bwd_data or bwd_weight, got {phase!r}")

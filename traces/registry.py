@@ -175,29 +175,50 @@ def loss(rec: StepRecorder, elements: int) -> None:
     rec.op("softmax_xent", elements, "fp32", "fp32")
 
 
+def hadamard(rec: StepRecorder, layer: str, phase: str, elements: int, block: int) -> None:
+    """A random Hadamard transform of ``elements`` values in blocks of ``block`` (a fast
+    Walsh-Hadamard transform: log2(block) butterfly adds per value; the op counts butterflies)."""
+    rec.op("hadamard", elements * (block.bit_length() - 1), "fp32", "fp32", default=(layer, phase))
+
+
+def quantize_copy(rec: StepRecorder, layer: str, phase: str, elements: int, op: str | None, out_format: str, *,
+                  hadamard_block: int = 0) -> None:
+    """A second quantized copy of a stored FP32 tensor for the GEMM ``phase`` (blocks along that
+    GEMM's K), after its random Hadamard transform when ``hadamard_block``: passes of their own."""
+    if hadamard_block:
+        hadamard(rec, layer, phase, elements, hadamard_block)
+    if op is not None:
+        rec.op(op, elements, "fp32", out_format, default=(layer, phase))
+
+
 def quantize_gradient(rec: StepRecorder, layer: str, elements: int, grad_scale: bool,
-                      quantizations: list[tuple[str | None, str]]) -> None:
+                      quantizations: list[tuple[str | None, str]], *, hadamard_block: int = 0) -> None:
     """A GEMM layer's output gradient made ready for its backward GEMMs: its max (for the
-    GradScale, when the layer has one) and one quantization per distinct copy (``(op, format)``,
+    GradScale, when the layer has one), the random Hadamard transform of ``bwd_weight``'s copy
+    (``hadamard_block``) and one quantization per distinct copy (``(op, format)``,
     ``bwd_weight``'s first)."""
     if grad_scale:
         rec.op("maxabs", elements, "fp32", "fp32", default=(layer, "bwd_weight"))
+    if hadamard_block:
+        hadamard(rec, layer, "bwd_weight", elements, hadamard_block)
     for op, fmt in quantizations:
         if op is not None:
             rec.op(op, elements, "fp32", fmt, default=(layer, "bwd_weight"))
 
 
 def weight_update(rec: StepRecorder, gemm: str, weights: int, grad_format: str, statistics: tuple[str, ...],
-                  requantize: tuple[str | None, str]) -> None:
+                  requantize: tuple[str | None, str], copies: int = 1) -> None:
     """SGD with momentum on the FP32 master weights (read and written with their momentum), the
-    weight quantizer's statistics and the re-quantization for the next step, on the output path
-    of the GEMM ``gemm`` whose ``bwd_weight`` computes their gradient."""
+    weight quantizer's statistics and the re-quantization for the next step (``copies`` of them:
+    two when ``fwd`` and ``bwd_data`` reduce the weights along different axes in 1-D blocks), on
+    the output path of the GEMM ``gemm`` whose ``bwd_weight`` computes their gradient."""
     rec.op("sgd_momentum", weights, grad_format, "fp32", layer=gemm, phase="bwd_weight")
     for op in statistics:
         rec.op(op, weights, "fp32", "fp32", layer=gemm, phase="bwd_weight")
     op, fmt = requantize
     if op is not None:
-        rec.op(op, weights, "fp32", fmt, layer=gemm, phase="bwd_weight")
+        for _ in range(copies):
+            rec.op(op, weights, "fp32", fmt, layer=gemm, phase="bwd_weight")
 
 
 def grad_norm(rec: StepRecorder, gemm: str, parameters: int) -> None:
@@ -284,9 +305,10 @@ def described_row(name: str, layer_type: str, phase: str, shape: GemmShape, prec
     """`gemm_row` of one GEMM of a layer with a described role's formats (default tensors: a
     weight layer's, `fourbit.traces.lowering.operand_tensors`)."""
     if tensors is None:
-        tensors = operand_tensors(name, phase, precision["separate_grad_copies"])
+        tensors = operand_tensors(name, phase, precision["separate_grad_copies"],
+                                  precision.get("separate_act_copies", False), precision.get("separate_weight_copies", False))
     return gemm_row(name, layer_type, phase, shape, tuple(precision["gemm_formats"][phase]), roles=roles,
-                    tensors=tensors, geometry=geometry)
+                    tensors=tensors, geometry=geometry, operands=precision.get("operand_scaling", {}).get(phase))
 
 
 def quantize_described_gradient(rec: StepRecorder, name: str, elements: int, precision: dict) -> None:
@@ -295,12 +317,16 @@ def quantize_described_gradient(rec: StepRecorder, name: str, elements: int, pre
     copies = [(ops["grad_weight"], formats["bwd_weight"][0])]
     if precision["separate_grad_copies"]:
         copies.append((ops["grad_data"], formats["bwd_data"][0]))
-    quantize_gradient(rec, name, elements, precision["grad_scale"], copies)
+    quantize_gradient(rec, name, elements, precision["grad_scale"], copies, hadamard_block=precision.get("rht", 0))
 
 
 def weight_layer_forward(rec: StepRecorder, name: str, layer_type: str, shapes: dict, precision: dict,
                          input_elements: int, geometry: dict | None = None) -> None:
-    """What a weight layer records forward up to its GEMM: the input's quantization, the GEMM."""
+    """What a weight layer records forward up to its GEMM: the input's quantization (as stored, or
+    as the GEMM reads it for block scales: M x K elements), the GEMM."""
+    if precision.get("quantize_as_read", False):
+        f = shapes["fwd"]
+        input_elements = f.M * f.K * f.groups
     quantize_input(rec, name, input_elements, precision["ops"]["act"], precision["gemm_formats"]["fwd"][0])
     rec.add_gemm(described_row(name, layer_type, "fwd", shapes["fwd"], precision, geometry=geometry))
 
@@ -310,9 +336,12 @@ def weight_layer_backward(rec: StepRecorder, name: str, layer_type: str, shapes:
     """What a weight layer records backward up to its ``bwd_data``: the output gradient's scaling
     and quantizations, ``bwd_weight``, the weight update, ``bwd_data``."""
     f, w = shapes["fwd"], shapes["bwd_weight"]
-    quantize_described_gradient(rec, name, f.M * f.N * f.groups, precision)
-    rec.add_gemm(described_row(name, layer_type, "bwd_weight", w, precision, geometry=geometry))
     ops, formats = precision["ops"], precision["gemm_formats"]
+    quantize_described_gradient(rec, name, f.M * f.N * f.groups, precision)
+    if precision.get("separate_act_copies", False):
+        quantize_copy(rec, name, "bwd_weight", f.M * f.K * f.groups, ops["act_weight_grad"], formats["bwd_weight"][1],
+                      hadamard_block=precision.get("rht", 0))
+    rec.add_gemm(described_row(name, layer_type, "bwd_weight", w, precision, geometry=geometry))
     weight_update(rec, name, w.M * w.N * w.groups, formats["bwd_weight"][3], tuple(ops["weight_statistics"]),
-                  (ops["weight"], formats["fwd"][1]))
+                  (ops["weight"], formats["fwd"][1]), 2 if precision.get("separate_weight_copies", False) else 1)
     rec.add_gemm(described_row(name, layer_type, "bwd_data", shapes["bwd_data"], precision, geometry=geometry))

@@ -168,10 +168,10 @@ def read_topology(topology: str | Path) -> tuple[str, list[TopologyLayer]]:
     return name, layers
 
 
-def _role(i: int, n: int, layer: TopologyLayer) -> str:
+def _role(i: int, n: int, layer: TopologyLayer, last_layers: int = 1) -> str:
     if i == 0:
         return "first"
-    if i == n - 1:
+    if i >= n - max(last_layers, 1):
         return "last"
     return "depthwise" if layer.kind == "dwconv2d" else "hidden"
 
@@ -283,7 +283,7 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
     n = len(specs)
     layers = []
     for i, spec in enumerate(specs):
-        precision = registry.described_role(recipe, _role(i, n, spec))
+        precision = registry.described_role(recipe, _role(i, n, spec, recipe.get("last_layers", 1)))
         shapes, geometry = _shapes(spec, batch)
         last = i == n - 1
         conv = spec.kind != "linear"

@@ -90,6 +90,7 @@ OP_KINDS = (
     "relu", "relu_bwd", "pact_bwd", "softmax_xent", "sgd_momentum", "bn_fwd", "bn_bwd",
     "col2im_add", "pool_fwd", "pool_bwd", "residual_add", "embedding_bwd", "lstm_cell",
     "lstm_cell_bwd", "grad_norm", "softmax", "softmax_bwd", "layer_norm", "layer_norm_bwd", "gelu", "gelu_bwd",
+    "hadamard",
 )
 """The op vocabulary of the ``ops`` table; `fourbit.hwsim.blocks.scaling_unit.OPS` gives each its cost."""
 

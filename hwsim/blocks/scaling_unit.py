@@ -43,6 +43,10 @@ OPS: dict[str, OpCost] = {
     # one scale per block: the block's max (a compare per element), the scale applied (a multiply
     # or, for a power of two, an exponent add) and the element rounded (ASM: the float cast's cost)
     "quantize_block": OpCost(3, ("op.maxabs", "op.mul_fp16", "op.quantize_float"), emits=True),
+    # the random Hadamard transform as a fast Walsh-Hadamard transform: the op's elements count
+    # butterflies (log2(block) per value, `fourbit.traces.registry.hadamard`), one FP32 add each
+    # (the random signs flip sign bits: free); it feeds the quantization that follows it
+    "hadamard": OpCost(1, ("op.add_fp32",)),
     "maxabs": OpCost(1, ("op.maxabs",)),
     "moments": OpCost(3, ("op.mul_fp32", "op.add_fp32", "op.add_fp32")),
     "scale": OpCost(1, ("op.scale_pow2",)),

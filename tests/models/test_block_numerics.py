@@ -243,11 +243,15 @@ def test_hadamard_matrix_is_orthogonal_and_keyed():
     np.testing.assert_array_equal(N.hadamard_matrix(2), [[1, 1], [1, -1]])
 
 
-@settings(max_examples=20, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 4, 16]), st.integers(1, 4), st.floats(-40, 40))
-def test_hadamard_kernel_equals_twin(seed, n, blocks, log_scale):
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 4, 16, 32]), st.integers(1, 4), st.floats(-40, 40),
+       st.sampled_from([0, 4, 30]))
+def test_hadamard_kernel_equals_twin(seed, n, blocks, log_scale, spread):
+    """Narrow blocks take the fast Walsh-Hadamard path (exact partial sums), wide ones the
+    expansion path: both equal the twin."""
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((3, n * blocks)) * 2.0 ** rng.integers(-30, 30, (3, n * blocks)) * 2.0**log_scale)
+    x = (rng.standard_normal((3, n * blocks)) * 2.0 ** rng.integers(-spread, spread + 1, (3, n * blocks))
+         * 2.0**log_scale)
     key = (seed, 1, 2)
     np.testing.assert_array_equal(N.hadamard_transform(x, n, key),
                                   naive.hadamard_rows(x.astype(np.float32), N.hadamard_matrix(n, key)))
@@ -347,3 +351,35 @@ def test_bad_input_names_the_parameter():
         N.quantize_block(x, "mxfp4", axis=2)
     with pytest.raises(NumericsError, match="nvfp4_2d needs a non-empty array of at least 2 dimension"):
         N.quantize_block(np.ones(16), "nvfp4_2d")
+
+
+def test_an_overflowed_accumulator_stays_infinite_with_one_event():
+    """Once an add overflows to +-inf the accumulator follows IEEE arithmetic: -inf stays -inf
+    (not NaN) and the overflow is counted once, on both kernel paths."""
+    b = N.quantize_block(np.ones((5, 1)), "mxfp4_b1", axis=0)
+    for acc, big in ((Accumulator("fp16", 1, None), 60000.0), (Accumulator("fp32", 1, None), 3e38)):
+        for sign in (1.0, -1.0):
+            a = N.quantize_block(np.full((1, 5), sign * big), "mxfp4_b1")
+            out, stats = N.gemm_block_with_stats(a, b, acc)
+            assert out.tolist() == [[sign * np.inf]] and stats.overflows == 1, (acc.name, sign, out, stats)
+
+
+def test_block_gemm_refuses_scales_that_do_not_match_the_values():
+    rng = np.random.default_rng(0)
+    a = N.quantize_block(rng.standard_normal((4, 64)), "mxfp4")
+    b = N.quantize_block(rng.standard_normal((64, 3)), "mxfp4", axis=0)
+    with pytest.raises(NumericsError, match=r"operand a: scales of shape \(4, 2\) do not match values of shape \(8, 64\)"):
+        N.gemm_block(a.with_values(np.concatenate([a.values, a.values])), b, FP32[32])
+    with pytest.raises(NumericsError, match="operand a of a block-scaled GEMM must be a 2-D QTensor, got ndarray"):
+        N.gemm_block(np.ones((2, 64), np.float32), b, FP32[32])
+    assert not N.blocks_along_k(N.quantize_block(np.ones(32), "mxfp4"), b)
+
+
+def test_hadamard_refuses_infinities_and_a_1d_block_tensor_transposes_to_itself():
+    with pytest.raises(NumericsError, match="holds \\+-inf or values beyond binary32"):
+        N.hadamard_transform(np.array([np.inf, 1.0]), 2)
+    q = N.quantize_block(np.arange(4.0), "mxfp4")
+    assert q.T is q
+    np.testing.assert_array_equal(q.T.real(), q.real())
+    with pytest.raises(FormatError, match="two-level rule needs S \\* M"):
+        get_format("nvfp4_bf16_two_level")

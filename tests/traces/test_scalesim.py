@@ -107,7 +107,8 @@ STRUCTURE = ["layer", "layer_type", "phase", "M", "N", "K", "groups", "batch", "
              "a_bits", "b_bits", "a_tensor", "a_copy", "b_tensor", "b_copy"]
 
 
-@pytest.mark.parametrize("recipe", ["int4", "fp32", "int8", "hfp8", "int4-dw8", "int4:grad_scaling=none"])
+@pytest.mark.parametrize("recipe", ["int4", "fp32", "int8", "hfp8", "int4-dw8", "int4:grad_scaling=none", "nvfp4",
+                                    "mxfp4:rht=16", "int4-block:weights_2d=off,rht=0", "luq", "bf16"])
 def test_a_trained_conv_net_and_its_topology_give_the_same_rows(tmp_path, recipe):
     """The emulator's layers (conv, BatchNorm, ReLU; the last a conv over the whole input) trained
     one step, and the SCALE-Sim topology of the same shapes imported: the same GEMM rows (all but
@@ -126,7 +127,7 @@ def test_a_trained_conv_net_and_its_topology_give_the_same_rows(tmp_path, recipe
         Conv2d("fc", 16, 10, 4, rng), Flatten("flatten")]))
     ctx = Context(get_recipe(recipe), Recorder())
     ctx.recorder.start(0)
-    x = rng.standard_normal((4, 1, 12, 12)).astype(np.float32)
+    x = rng.standard_normal((4, 1, 12, 12)).astype(np.float32)  # conv2's bwd_weight: K = 4 x 4 x 4 = 64
     train_step(net, ctx, x, np.arange(4) % 10, {}, grad_scales(net, ctx.recipe), 0.01, TrainConfig())
     ctx.recorder.stop()
     gemms, ops = ctx.recorder.tables()
