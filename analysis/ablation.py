@@ -28,7 +28,7 @@ from fourbit.traces.errors import TrainingError
 from fourbit.traces.files import atomic_write
 from fourbit.traces.io import read
 
-__all__ = ["DEFAULT_VARIANTS", "Ablation", "ablation"]
+__all__ = ["DEFAULT_VARIANTS", "NVFP4_PARTS", "VARIANT_SETS", "Ablation", "ablation"]
 
 DEFAULT_VARIANTS: tuple[tuple[str, str], ...] = (
     ("fp32 (reference)", "fp32"),
@@ -41,6 +41,21 @@ DEFAULT_VARIANTS: tuple[tuple[str, str], ...] = (
 )
 """(label, recipe spec): the issue's variants. TPR exists where the radix has an odd phase
 (sqrt(radix) a power of two: 4 and 16); radix 2 and 8 are single phase."""
+
+NVFP4_PARTS: tuple[tuple[str, str], ...] = (
+    ("bf16 (reference)", "bf16"),
+    ("nvfp4 (NVIDIA's recipe)", "nvfp4"),
+    ("no Hadamard transform", "nvfp4:rht=0"),
+    ("no stochastic rounding", "nvfp4:stochastic=off"),
+    ("1-D weight blocks", "nvfp4:weights_2d=off"),
+    ("blocks of 32", "nvfp4:block=32"),
+    ("E8M0 block scales", "nvfp4:scale=e8m0"),
+    ("last layer in NVFP4 too", "nvfp4:bf16_last=0"),
+)
+"""(label, recipe spec): the NVFP4 recipe (arXiv 2509.25149) with one part changed at a time."""
+
+VARIANT_SETS = {"fp4": DEFAULT_VARIANTS, "nvfp4": NVFP4_PARTS}
+"""The named variant sets of ``fourbit ablation --variants``."""
 
 
 class Ablation(StrictModel):

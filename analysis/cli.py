@@ -221,7 +221,11 @@ def _cmd_chip(args: argparse.Namespace) -> int:
 def _cmd_ablation(args: argparse.Namespace) -> int:
     from fourbit.analysis.ablation import Ablation, ablation
 
+    from fourbit.analysis.ablation import VARIANT_SETS
+
     job = build(Ablation(), given(args))
+    if args.variants:
+        job = job.replace(variants=VARIANT_SETS[args.variants])
     if args.recipe:
         job = job.replace(variants=tuple((spec, spec) for spec in args.recipe))
     table = ablation(job, progress=not args.quiet, overwrite=args.overwrite)
@@ -418,6 +422,10 @@ def _add_ablation(sub) -> None:
                    help="a recipe spec to compare, e.g. int4:radix=2,tpr=off (repeatable; default: the paper's "
                         "variants: fp32; radix 2 and 8 single phase; radix 4 with and without TPR; radix 16 with "
                         "TPR; radix 4 with one global loss scale)")
+    a.add_argument("--variants", choices=("fp4", "nvfp4"), default=None,
+                   help="a named set of variants: fp4 (the default: the paper's FP4 ablation) or nvfp4 (the NVFP4 "
+                        "recipe with one part changed at a time: no Hadamard, no stochastic rounding, 1-D weight "
+                        "blocks, blocks of 32, E8M0 scales, the last layer in NVFP4)")
     _flags(a, "overwrite")
     a.set_defaults(func=_cmd_ablation)
 

@@ -559,6 +559,15 @@ class Conv2d(QuantGemmLayer):
         return self.input_backward(dx, x, ctx)
 
 
+def _per_tensor_layer(layer: Layer, prec: LayerPrecision) -> None:
+    """ConfigError for block scales or a Hadamard transform in a layer that reuses one
+    quantization of a tensor across GEMMs of different K (an LSTM's input GEMM takes every step's
+    gradient; attention's GEMMs share their activations): not modelled yet."""
+    if prec.quantize_as_read or prec.rht:
+        raise ConfigError(f"{layer.name}: block-scaled operands and the Hadamard transform are not modelled in "
+                          f"{type(layer).__name__} layers yet; keep its role ({layer.role}) per-tensor scaled")
+
+
 def _per_tensor(layer: Layer, *tensors: QTensor) -> None:
     """ConfigError for a block-scaled operand of a grouped convolution (its per-group GEMMs would
     need blocks per group: not modelled)."""
@@ -610,6 +619,7 @@ class LSTM(QuantGemmLayer):
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         prec = self.precision(ctx)
+        _per_tensor_layer(self, prec)
         rec = ctx.recorder
         b, t, i = x.shape
         h = self.hidden
@@ -1070,6 +1080,7 @@ class SelfAttention(GemmLayer):
                         roles=schema.ATTENTION_ROLES[phase], tensors=tensors)
 
     def forward(self, qkv: np.ndarray, ctx: Context) -> np.ndarray:
+        _per_tensor_layer(self, self.precision(ctx))
         b, t, _ = qkv.shape
         g, d = b * self.heads, self.width // self.heads
         q, k, v = (self._heads(qkv[..., i * self.width:(i + 1) * self.width], b, t) for i in range(3))

@@ -383,3 +383,17 @@ def test_hadamard_refuses_infinities_and_a_1d_block_tensor_transposes_to_itself(
     np.testing.assert_array_equal(q.T.real(), q.real())
     with pytest.raises(FormatError, match="two-level rule needs S \\* M"):
         get_format("nvfp4_bf16_two_level")
+
+
+def test_amax_rule_by_hand():
+    """INT4 elements with BF16 scales: X = bf16(amax / 7). Block [7, 1, -3.5, 0.2]: X = 1,
+    elements 7, 1, -4 (-3.5 ties to even), 0; block [0.7, 0.3]: 0.7/7 = 0.1 -> bf16 0.10009765625
+    (the nearer of its neighbours 0.099609375 and 0.10009765625, 2^-11 apart), elements 0.7/X = 6.99 -> 7 and
+    0.3/X = 2.997 -> 3."""
+    x = np.zeros(32)
+    x[:4] = [7.0, 1.0, -3.5, 0.2]
+    x[16:18] = [0.7, 0.3]
+    q = N.quantize_block(x, "int4_block_bf16")
+    assert q.scales.tolist() == [1.0, 0.10009765625]
+    np.testing.assert_array_equal(q.values[:4], [7, 1, -4, 0])
+    np.testing.assert_array_equal(q.values[16:18], [7, 3])

@@ -98,3 +98,21 @@ def test_a_bad_block_name_lists_the_grammar():
         get_format("mxfp4_b0")
     with pytest.raises(FormatError, match=r"mxfp4, nvfp4 or int4_block with optional _b<N>"):
         get_format("mxfp5")
+
+
+@pytest.mark.parametrize("name, saturate", [("bf16", False), ("fp4_e2m1", True)])
+def test_the_ml_dtypes_cast_path_equals_the_kernel(name, saturate):
+    """float32 inputs to BF16 (overflow to inf) and to E2M1 (saturating) go through ml_dtypes'
+    cast; the general kernel (float64 inputs) gives the same values and statistics on ties,
+    subnormals, overflow and the largest finite values."""
+    fmt = get_format(name)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(20_000) * 2.0 ** rng.integers(-140, 128, 20_000),
+                        [0.25, 0.75, 2.5, 5.0, 7.0, 6.99, -7.0, 1e-45, -1e-45, 3.4e38, -3.4e38, 0.0, -0.0]])
+    with np.errstate(over="ignore"):  # some exceed binary32: +-inf, overflow inputs too
+        x32 = x.astype(np.float32)
+    fast, fast_stats = quantize_float(x32, fmt, saturate=saturate)
+    slow, slow_stats = quantize_float(x32.astype(np.float64), fmt, saturate=saturate)
+    np.testing.assert_array_equal(fast, slow)
+    np.testing.assert_array_equal(np.signbit(fast), np.signbit(slow))
+    assert fast_stats == slow_stats
