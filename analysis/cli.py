@@ -219,9 +219,7 @@ def _cmd_chip(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from fourbit.analysis.ablation import Ablation, ablation
-
-    from fourbit.analysis.ablation import VARIANT_SETS
+    from fourbit.analysis.ablation import VARIANT_SETS, Ablation, ablation
 
     job = build(Ablation(), given(args))
     if args.variants:
