@@ -136,3 +136,21 @@ def test_the_trace_says_which_copy_each_gemm_reads(tmp_path):
         assert set(hidden.a_scale_kind) == {"block"} and set(hidden.a_block_axis) == {"K"}
         ops = run.trace.ops
         assert (ops.op == "hadamard").sum() > 0
+
+
+def test_the_nvfp4_ablation_changes_one_part_at_a_time():
+    from fourbit.analysis.ablation import NVFP4_PARTS, VARIANT_SETS
+
+    assert VARIANT_SETS["nvfp4"] is NVFP4_PARTS
+    base = get_recipe("nvfp4").describe()["hidden"]
+    changed = {}
+    for label, spec in NVFP4_PARTS:
+        if spec in ("nvfp4", "bf16"):
+            continue
+        d = get_recipe(spec)
+        hidden = d.describe()["hidden"]
+        diff = {k for k in ("weight", "act", "grad_data", "rht", "acc_fwd") if hidden[k] != base[k]}
+        changed[spec] = diff or ({"last"} if d.last != get_recipe("nvfp4").last else set())
+    assert changed == {"nvfp4:rht=0": {"rht"}, "nvfp4:stochastic=off": {"grad_data"},
+                       "nvfp4:weights_2d=off": {"weight"}, "nvfp4:block=32": {"weight", "act", "grad_data", "acc_fwd"},
+                       "nvfp4:scale=e8m0": {"weight", "act", "grad_data"}, "nvfp4:bf16_last=0": {"last"}}
