@@ -5,8 +5,8 @@ source).
 Every function takes the blocks' ``amax`` (float32 array, any shape, >= 0 and finite) and returns
 ``(scales, encode, tensor_scale)``: the decoded block scales (float64 values of the scale format,
 0 for a block whose elements are all zero), the factor each block's elements are multiplied by
-(float64; for power-of-two scales exactly 1/scale; for the FP32 rules the binary32 factor the
-hardware multiplies by, see ``encode_in_fp32``) and the per-tensor decode scale (1.0 unless the
+(float64; for power-of-two scales exactly 1/scale; for ``two_level`` the binary32 factor the
+hardware multiplies by; for ``amax`` the divisor, see `encode_divides`) and the per-tensor decode scale (1.0 unless the
 rule has two levels).
 """
 
@@ -21,7 +21,7 @@ from fourbit.traces.block_formats import BlockFormat
 from fourbit.traces.errors import FormatError
 from fourbit.traces.formats import ExponentFormat, FloatFormat, Format
 
-__all__ = ["block_scales", "pow2_range"]
+__all__ = ["block_scales", "encode_divides", "pow2_range"]
 
 _FLT_MAX = np.float32(np.finfo(np.float32).max)
 
@@ -121,8 +121,3 @@ def encode_divides(fmt: BlockFormat) -> bool:
     """Whether `block_scales`'s ``encode`` divides the elements (``amax``) instead of multiplying."""
     return fmt.scale_rule == "amax"
 
-
-def encode_in_fp32(fmt: BlockFormat) -> bool:
-    """Whether the scaled elements are formed in binary32 arithmetic (``two_level``, ``amax``)
-    rather than exactly (power-of-two scales)."""
-    return not fmt.pow2
