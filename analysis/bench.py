@@ -231,7 +231,9 @@ def _bench_data(data_dir):
 
 def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
     """One training step of ``lenet5`` at batch 64 in ``int4`` (issue 4), ``nvfp4`` and ``luq``
-    (issue 18), each / one ``fp32`` step (numpy float32 BLAS), timed alternately (target <= 3);
+    (issue 18), each / one ``fp32`` step (numpy float32 BLAS), timed in alternating blocks
+    (`in_blocks`: training runs one recipe in a loop, and a step timed right after the other
+    recipe's BLAS calls shares the cores with OpenBLAS's spinning threads; target <= 3);
     and the wall time of one MNIST epoch at ``int4`` (all 937 steps and the test-set evaluation;
     with ``--quick``, 937 x the median step)."""
     from fourbit.models.trainer import TrainConfig, train
@@ -240,7 +242,7 @@ def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
     fp32 = _step_fn("lenet5", ds, "fp32", 64)
     out = []
     for recipe in ("int4", "nvfp4", "luq"):
-        ts, tr = side_by_side(_step_fn("lenet5", ds, recipe, 64), fp32, repeats=9 if quick else 25, warmup=3)
+        ts, tr = in_blocks(_step_fn("lenet5", ds, recipe, 64), fp32, repeats=9 if quick else 24, rounds=3)
         out += [_record("train", f"lenet5 batch 64 step: {recipe} / fp32", ts / tr, "ratio", 3.0),
                 _record("train", f"lenet5 batch 64 {recipe} step", ts * 1e3, "ms", None)]
         if recipe == "int4":

@@ -165,22 +165,67 @@ def round_float(x, frac_bits, emin, subnormals, ties_away, max_value, flush_belo
     return (-r if neg else r), over, under
 
 
+@njit(cache=True, inline="always")
+def round_nearest_even(x, frac_bits, emin, max_value, saturate):
+    """`round_float` of float64 ``x`` (not NaN) for a format with subnormals and ties to even,
+    without branches on the value: adding m = 2^(q + 52), with 2^q the quantum at |x| (2^(emin -
+    frac_bits) below 2^emin), rounds |x| to a multiple of 2^q, to nearest even, in the float64
+    add itself (the sum lies in [m, 2m), whose ulp is 2^q); subtracting m is exact. |x| >=
+    2 * max_value overflows without the add (+-inf saturates when ``saturate``, else passes; NaN
+    passes). Returns (value, overflowed, underflowed),
+    the sign of a zero kept."""
+    a = abs(x)
+    e = np.int64((float_bits(a) >> 52) & 0x7FF) - 1023
+    if a >= 2.0 * max_value:
+        if a == np.inf and not saturate:  # an infinity passes through, as in `round_float`
+            return x, False, False
+        r = np.inf
+    else:
+        m = pow2(max(e, emin) - frac_bits + 52)
+        r = (a + m) - m
+    over = r > max_value
+    if over:
+        r = max_value if saturate else np.inf
+    return np.copysign(r, x), over, r == 0.0
+
+
+_ROUND_CHUNK = 1 << 14  # elements per task of `round_float_array`
+
+
 @njit(cache=True, parallel=True)
 def round_float_array(x, out, frac_bits, emin, subnormals, ties_away, max_value, flush_below,
                       saturate, counts):
-    """Elementwise `round_float` of flat float64 ``x`` into ``out``; counts[0] += overflows,
-    counts[1] += underflows (non-zero values rounded or flushed to zero)."""
+    """Elementwise `round_float` of flat ``x`` (float32 or float64) into ``out`` (by
+    `round_nearest_even` where it applies); counts[0] += overflows, counts[1] += underflows
+    (non-zero values rounded or flushed to zero). Chunks of `_ROUND_CHUNK` run in parallel; the
+    integer counts are summed per chunk, so they do not depend on the thread count."""
     n = x.size
-    over = np.zeros(n, np.bool_)
-    under = np.zeros(n, np.bool_)
-    for i in prange(n):
-        r, o, u = round_float(x[i], frac_bits, emin, subnormals, ties_away, max_value,
-                              flush_below, saturate)
-        out[i] = r
-        over[i] = o
-        under[i] = u and x[i] != 0.0
-    counts[0] += over.sum()
-    counts[1] += under.sum()
+    chunks = (n + _ROUND_CHUNK - 1) // _ROUND_CHUNK
+    part = np.zeros((chunks, 2), np.int64)
+    fast = subnormals and not ties_away
+    for j in prange(chunks):
+        over = 0
+        under = 0
+        i0 = j * _ROUND_CHUNK
+        i1 = min(n, i0 + _ROUND_CHUNK)
+        if fast:  # the loop without a branch on the format, so that it vectorises
+            for i in range(i0, i1):
+                v = np.float64(x[i])
+                r, o, u = round_nearest_even(v, frac_bits, emin, max_value, saturate)
+                out[i] = r
+                over += o
+                under += u & (v != 0.0)
+        else:
+            for i in range(i0, i1):
+                v = np.float64(x[i])
+                r, o, u = round_float(v, frac_bits, emin, subnormals, ties_away, max_value, flush_below, saturate)
+                out[i] = r
+                over += o
+                under += u & (v != 0.0)
+        part[j, 0] = over
+        part[j, 1] = under
+    counts[0] += part[:, 0].sum()
+    counts[1] += part[:, 1].sum()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1186,56 +1231,63 @@ def quantize_log_stochastic(x, values, codes, b, bias, n_levels, phase_shift, le
 # random Hadamard transform
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def hadamard_rows(x, out, hadamard, signs):
-    """out[r, j*n:(j+1)*n] = x[r, j*n:(j+1)*n] @ hadamard for each block j of n = len(hadamard)
-    columns: every output the exact sum of n signed inputs rounded once to float32.
+def hadamard_blocks(x, out, hadamard, signs):
+    """out[a, i*n:(i+1)*n, c] = hadamard^T @ x[a, i*n:(i+1)*n, c] for each block i of n =
+    len(hadamard) along the middle axis, every output the exact sum of n signed inputs rounded
+    once to float32 (the transform along one axis of a tensor seen as (A, R, C)).
 
     ``hadamard`` (n, n) float64 of +-1 is diag(signs) times Sylvester's matrix. A block whose
     values span few enough bits (largest exponent - lowest set bit + log2(n) + 1 <= 53) runs the
     fast Walsh-Hadamard transform in float64, whose every partial sum is then exact; any other
     block sums each output as a Shewchuk expansion read out rounded to odd. Either way the float64
     value is the exact sum (or its round-to-odd), rounded to float32 once (correct: 53 >= 24 + 2).
-    ``x`` (R, C) float32, C a multiple of n; ``signs`` (n,) float64; ``out`` (R, C) float32.
+    The butterflies run on all C columns of a block at once. ``x`` (A, R, C) float32, R a
+    multiple of n; ``signs`` (n,) float64; ``out`` (A, R, C) float32.
     """
-    R, C = x.shape
+    A, R, C = x.shape
     n = hadamard.shape[0]
     log_n = 0
     while (1 << log_n) < n:
         log_n += 1
-    for r in prange(R):
-        parts = np.empty(n + 1, np.float64)
-        buf = np.empty(n, np.float64)
-        for j0 in range(0, C, n):
-            hi = -100000
-            lo = 100000
-            for i in range(n):
-                v = np.float64(x[r, j0 + i])
-                buf[i] = v * signs[i]
+    nrb = R // n
+    for t in prange(A * nrb):
+        a = t // nrb
+        r0 = (t - a * nrb) * n
+        buf = np.empty((n, C), np.float64)
+        hi = np.full(C, -100000, np.int64)
+        lo = np.full(C, 100000, np.int64)
+        for i in range(n):
+            s = signs[i]
+            for c in range(C):
+                v = np.float64(x[a, r0 + i, c])
+                buf[i, c] = v * s
                 if v != 0.0:
-                    mag = float_bits(v) & _ABS64
-                    e = np.int64(mag >> 52) - 1023
-                    hi = max(hi, e)
-                    lo = min(lo, e - 23)  # a float32's lowest possible set bit
-            if hi - lo + log_n + 1 <= 53:
-                h = 1
-                while h < n:
-                    for i0 in range(0, n, 2 * h):
-                        for i in range(i0, i0 + h):
-                            u = buf[i]
-                            w = buf[i + h]
-                            buf[i] = u + w
-                            buf[i + h] = u - w
-                    h *= 2
+                    e = np.int64((float_bits(v) & _ABS64) >> 52) - 1023
+                    hi[c] = max(hi[c], e)
+                    lo[c] = min(lo[c], e - 23)  # a float32's lowest possible set bit
+        h = 1
+        while h < n:
+            for i0 in range(0, n, 2 * h):
+                for i in range(i0, i0 + h):
+                    for c in range(C):
+                        u = buf[i, c]
+                        w = buf[i + h, c]
+                        buf[i, c] = u + w
+                        buf[i + h, c] = u - w
+            h *= 2
+        parts = np.empty(n + 1, np.float64)
+        for c in range(C):
+            if hi[c] - lo[c] + log_n + 1 <= 53:
                 for j in range(n):
-                    out[r, j0 + j] = np.float32(buf[j])
+                    out[a, r0 + j, c] = np.float32(buf[j, c])
             else:
                 for j in range(n):
                     np_ = 0
                     for i in range(n):
-                        v = np.float64(x[r, j0 + i]) * hadamard[i, j]
+                        v = np.float64(x[a, r0 + i, c]) * hadamard[i, j]
                         if v != 0.0:
                             np_ = expansion_add(parts, np_, v)
-                    out[r, j0 + j] = np.float32(expansion_value(parts, np_, True))
+                    out[a, r0 + j, c] = np.float32(expansion_value(parts, np_, True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1330,3 +1382,157 @@ def gemm_block_fp32(a, b, sa, sb, out):
                 acc[n] += ps[n] * s_a * sb[j, n]
         for n in range(N):
             out[m, n] = acc[n]
+
+
+# ---------------------------------------------------------------------------------------------
+# block quantization: tiles of an (A, R, C) array, one pass for the block maxima and one for the
+# scaled, rounded elements
+# ---------------------------------------------------------------------------------------------
+_FLT_MAX64 = float(np.finfo(np.float32).max)
+
+
+@njit(cache=True, inline="always")
+def _binary32(v):
+    """float ``v`` as binary32, +-inf and values beyond its range as +-FLT_MAX first (the block
+    formats' input rule, `fourbit.traces.block_formats`), then rounded to nearest even."""
+    if v > _FLT_MAX64:
+        return np.float32(_FLT_MAX64)
+    if v < -_FLT_MAX64:
+        return np.float32(-_FLT_MAX64)
+    return np.float32(v)
+
+
+@njit(cache=True, parallel=True)
+def block_amax(x, tile_rows, tile_cols, amax, nan_tiles):
+    """amax[a, i, j] = the largest |binary32(x)| of tile (i, j) of x[a]: rows i*tile_rows.., columns
+    j*tile_cols.. (the last tiles may be partial). ``x`` (A, R, C) float32 or float64; ``amax``
+    (A, ceil(R/tile_rows), ceil(C/tile_cols)) float32; ``nan_tiles`` (A * row tiles,) bool, set
+    where a row of tiles holds a NaN (amax is then not valid)."""
+    A, R, C = x.shape
+    nrb = amax.shape[1]
+    ncb = amax.shape[2]
+    for t in prange(A * nrb):
+        a = t // nrb
+        rb = t - a * nrb
+        for j in range(ncb):
+            amax[a, rb, j] = 0.0
+        nan = False
+        for r in range(rb * tile_rows, min(R, (rb + 1) * tile_rows)):
+            for j in range(ncb):
+                m = amax[a, rb, j]
+                for c in range(j * tile_cols, min(C, (j + 1) * tile_cols)):
+                    v = x[a, r, c]
+                    nan |= v != v
+                    m = max(m, abs(_binary32(v)))
+                amax[a, rb, j] = m
+        nan_tiles[t] = nan
+
+
+@njit(cache=True, parallel=True)
+def block_round(x, tile_rows, tile_cols, scales, encode, mode, narrow, float_elements, frac_bits, emin,
+                subnormals, ties_away, max_value, flush_below, stochastic, seed, step, tensor_id, out, counts):
+    """The elements of a block-scaled tensor: each binary32(x) of tile (a, i, j) scaled by
+    encode[a, i, j] and rounded onto the element format, saturating at +-``max_value``; +0 where
+    scales[a, i, j] is 0. ``mode`` 0: x * encode in float64 (a power of two: exact), then to
+    binary32 first when ``narrow``; 1: x * fp32(encode) in binary32; 2: x / fp32(encode) in
+    binary32. Float elements round as `round_float` (`round_nearest_even` where it applies; or
+    `round_float_stochastic`), integers to nearest even (or stochastically, as
+    `quantize_uniform_stochastic`); stochastic bits of element (a, r, c) are keyed by its flat
+    index (a*R + r)*C + c. Each row's scaled values are formed first and then rounded, each in a
+    loop without a branch on the mode or the rounding. ``out`` (A, R, C) float32; ``counts``
+    (A * row tiles, 3) int64: per row of tiles (clipped, flushed: zero from a non-zero x, zeros).
+    """
+    A, R, C = x.shape
+    nrb = scales.shape[1]
+    ncb = scales.shape[2]
+    for t in prange(A * nrb):
+        a = t // nrb
+        rb = t - a * nrb
+        clipped = 0
+        flushed = 0
+        zeros = 0
+        q = np.empty(C, np.float64)
+        for r in range(rb * tile_rows, min(R, (rb + 1) * tile_rows)):
+            # the scaled values of row r, one loop per mode (no branch on the mode inside)
+            for j in range(ncb):
+                c0 = j * tile_cols
+                c1 = min(C, c0 + tile_cols)
+                if not scales[a, rb, j] > 0:
+                    for c in range(c0, c1):
+                        q[c] = 0.0
+                elif mode == 0:
+                    enc64 = encode[a, rb, j]
+                    for c in range(c0, c1):
+                        q[c] = np.float64(_binary32(x[a, r, c])) * enc64
+                    if narrow:
+                        for c in range(c0, c1):
+                            q[c] = np.float64(np.float32(q[c]))
+                elif mode == 1:
+                    enc32 = np.float32(encode[a, rb, j])
+                    for c in range(c0, c1):
+                        q[c] = np.float64(_binary32(x[a, r, c]) * enc32)
+                else:
+                    enc32 = np.float32(encode[a, rb, j])
+                    for c in range(c0, c1):
+                        q[c] = np.float64(_binary32(x[a, r, c]) / enc32)
+            # rounded onto the element format, one loop per rounding
+            base = (a * R + r) * C
+            if float_elements and stochastic:
+                for c in range(C):
+                    e, o, u = round_float_stochastic(q[c], counter_bits(seed, step, tensor_id, base + c), frac_bits,
+                                                     emin, subnormals, max_value, flush_below, True)
+                    out[a, r, c] = np.float32(e)
+                    clipped += o
+            elif float_elements and subnormals and not ties_away:
+                for c in range(C):
+                    e, o, u = round_nearest_even(q[c], frac_bits, emin, max_value, True)
+                    out[a, r, c] = np.float32(e)
+                    clipped += o
+            elif float_elements:
+                for c in range(C):
+                    e, o, u = round_float(q[c], frac_bits, emin, subnormals, ties_away, max_value, flush_below, True)
+                    out[a, r, c] = np.float32(e)
+                    clipped += o
+            else:
+                for c in range(C):
+                    v = q[c]
+                    clipped += (v < -max_value) | (v > max_value)
+                    v = min(max(v, -max_value), max_value)
+                    if stochastic:
+                        f = np.floor(abs(v))
+                        if counter_bits(seed, step, tensor_id, base + c) < sr_threshold(abs(v) - f, 1):
+                            f += 1.0
+                        e = -f if v < 0 else f
+                    else:
+                        e = np.rint(v)
+                    out[a, r, c] = np.float32(e)
+            for c in range(C):
+                z = out[a, r, c] == 0.0
+                zeros += z
+                flushed += z & (x[a, r, c] != 0.0)
+        counts[t, 0] = clipped
+        counts[t, 1] = flushed
+        counts[t, 2] = zeros
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def two_level_scales(amax, m, s_enc, s_dec, frac_bits, emin, subnormals, ties_away, max_value, flush_below,
+                     scales, encode):
+    """NVFP4's two-level block scales (`fourbit.models.scale_rules`), one block per element of
+    flat float32 ``amax``: d = scale format(fp32(fp32(amax / m) * s_enc)) rounded to nearest and
+    saturated (`round_nearest_even` where it applies), e = min(fp32(1 / fp32(d * s_dec)), FLT_MAX)
+    (0 where d is 0); every operation in
+    binary32 (``m``, ``s_enc``, ``s_dec`` float32). ``scales`` and ``encode`` float64 out."""
+    flt_max = np.float32(_FLT_MAX64)
+    one = np.float32(1.0)
+    fast = subnormals and not ties_away
+    for i in prange(amax.size):
+        raw = np.float64((amax[i] / m) * s_enc)
+        if fast:
+            d, o, u = round_nearest_even(raw, frac_bits, emin, max_value, True)
+        else:
+            d, o, u = round_float(raw, frac_bits, emin, subnormals, ties_away, max_value, flush_below, True)
+        d32 = np.float32(d)
+        e = min(one / (d32 * s_dec), flt_max)
+        scales[i] = d
+        encode[i] = np.float64(e) if d32 > 0 else 0.0

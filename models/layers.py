@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -243,12 +243,14 @@ class GemmLayer(Layer):
         return []
 
     def quant_grads(self, dy: np.ndarray, ctx: Context, observe: bool = True,
-                    gemm: str | None = None) -> tuple[QTensor, QTensor, float]:
+                    gemm: str | None = None, part: tuple = ()) -> tuple[QTensor, QTensor, float]:
         """Scale the output gradient (rows x columns) by GradScale (observing its max), quantize
         it for ``bwd_weight`` (reducing along the rows; after the random Hadamard transform of the
         precision's ``rht``) and ``bwd_data`` (reducing along the columns; the two TPR phases);
         returns (weight grad operand, data grad operand, 1/scale). ``gemm`` names the GEMM the ops
-        belong to and keys the random bits (default the layer)."""
+        belong to and keys the random bits (default the layer); ``part`` (e.g. an LSTM's GEMM and
+        time step) is added to the keys, so that each quantization of a layer's gradients draws
+        its own bits."""
         prec = self.precision(ctx)
         name = gemm or self.name
         gs = self.grad_scale
@@ -256,10 +258,11 @@ class GemmLayer(Layer):
             gs.observe(float(np.max(np.abs(dy))) if dy.size else 0.0)
         s = 1.0 if gs is None else gs.scale
         scaled = dy * np.float32(s)
-        g_weight = _quantize(prec.grad_weight, _rht(scaled, prec.rht, ctx, name), ctx, name, "dy", 0, axis=0)
+        g_weight = _quantize(prec.grad_weight, _rht(scaled, prec.rht, ctx, name, part), ctx, name, "dy", 0, axis=0,
+                             part=part)
         if prec.rht:  # the transform's factor: (H dY)(H X) = rht * dY X; 1/rht is exact (a power of two)
             g_weight = _divided(g_weight, prec.rht)
-        g_data = _quantize(prec.grad_data, scaled, ctx, name, "dy", 1, axis=-1) if prec.separate_grad_copies \
+        g_data = _quantize(prec.grad_data, scaled, ctx, name, "dy", 1, axis=-1, part=part) if prec.separate_grad_copies \
             else g_weight
         copies = [(prec.grad_weight.op, g_weight.format.name)]
         if prec.separate_grad_copies:
@@ -272,21 +275,21 @@ def _divided(q: QTensor, factor: int) -> QTensor:
     """``q`` with its real value divided by ``factor`` (a power of two: exact), through its
     per-tensor scale (or the tensor scale above block scales)."""
     if q.scaling.kind == "tensor":
-        return QTensor(q.values, q.format, q.scales / factor, q.stats, q.codes, q.scaling, q.tensor_scale)
-    return QTensor(q.values, q.format, q.scales, q.stats, q.codes, q.scaling, q.tensor_scale / factor)
+        return replace(q, scales=q.scales / factor)
+    return replace(q, tensor_scale=q.tensor_scale / factor)
 
 
 def _quantize(quantizer, x: np.ndarray, ctx: Context, layer: str, tensor: str, copy: int, *, axis: int = -1,
-              alpha: float | None = None) -> QTensor:
-    """``quantizer(x)`` reducing along ``axis``, keyed by (layer, tensor, copy) when it rounds
-    stochastically."""
-    return quantizer(x, alpha, axis=axis, key=ctx.key(layer, tensor, copy) if quantizer.stochastic else None)
+              alpha: float | None = None, part: tuple = ()) -> QTensor:
+    """``quantizer(x)`` reducing along ``axis``, keyed by (layer, tensor, copy, *part) when it
+    rounds stochastically."""
+    return quantizer(x, alpha, axis=axis, key=ctx.key(layer, tensor, copy, *part) if quantizer.stochastic else None)
 
 
-def _rht(x: np.ndarray, block: int, ctx: Context, layer: str) -> np.ndarray:
+def _rht(x: np.ndarray, block: int, ctx: Context, layer: str, part: tuple = ()) -> np.ndarray:
     """``x`` after the random Hadamard transform along its rows (the K of ``bwd_weight``) in
-    blocks of ``block``, with the signs of the layer's key (both inputs of the GEMM use the same);
-    ``x`` itself for block 0.
+    blocks of ``block``, with the signs of the key (layer, "rht", *part) (both inputs of the GEMM
+    use the same); ``x`` itself for block 0.
 
     Raises ConfigError when the rows are not a multiple of the block."""
     if not block:
@@ -294,7 +297,7 @@ def _rht(x: np.ndarray, block: int, ctx: Context, layer: str) -> np.ndarray:
     if x.shape[0] % block:
         raise ConfigError(f"{layer}: bwd_weight reduces over {x.shape[0]} rows, not a multiple of the Hadamard block "
                           f"rht={block}; use a batch size that makes it one")
-    return numerics.hadamard_transform(x, block, ctx.key(layer, "rht"), axis=0)
+    return numerics.hadamard_transform(x, block, ctx.key(layer, "rht", *part), axis=0)
 
 
 class QuantGemmLayer(GemmLayer):
@@ -327,18 +330,19 @@ class QuantGemmLayer(GemmLayer):
             registry.quantize_input(ctx.recorder, self.name, x.size, quantizer.op, q.format.name)
         return q
 
-    def input_for_weight_grad(self, x: np.ndarray, xq: QTensor, ctx: Context) -> QTensor:
+    def input_for_weight_grad(self, x: np.ndarray, xq: QTensor, ctx: Context, part: tuple = ()) -> QTensor:
         """The input as ``bwd_weight`` reads it (reducing along its rows): ``fwd``'s copy, or its
         own (1-D blocks along the rows; the random Hadamard transform first, then a signed
-        quantizer: the transform makes values of both signs)."""
+        quantizer: the transform makes values of both signs). ``part`` keys it as `quant_grads`
+        keys the gradient the GEMM pairs it with (the same Hadamard signs)."""
         prec = self.precision(ctx)
         if not prec.separate_act_copies:
             return xq
         quantizer = self.input_quantizer(ctx)
         if prec.rht:
             quantizer = quantizer.signed()
-        q = _quantize(quantizer, _rht(x, prec.rht, ctx, self.name), ctx, self.name, "x", 1, axis=0,
-                      alpha=float(self.alpha.value[0]))
+        q = _quantize(quantizer, _rht(x, prec.rht, ctx, self.name, part), ctx, self.name, "x", 1, axis=0,
+                      alpha=float(self.alpha.value[0]), part=part)
         registry.quantize_copy(ctx.recorder, self.name, "bwd_weight", x.size, quantizer.op, q.format.name,
                                hadamard_block=prec.rht)
         return q
@@ -561,8 +565,8 @@ class Conv2d(QuantGemmLayer):
 
 def _per_tensor_layer(layer: Layer, prec: LayerPrecision) -> None:
     """ConfigError for block scales or a Hadamard transform in a layer that reuses one
-    quantization of a tensor across GEMMs of different K (an LSTM's input GEMM takes every step's
-    gradient; attention's GEMMs share their activations): not modelled yet."""
+    quantization of a tensor across GEMMs of different K (attention's GEMMs share their
+    activations): not modelled yet."""
     if prec.quantize_as_read or prec.rht:
         raise ConfigError(f"{layer.name}: block-scaled operands and the Hadamard transform are not modelled in "
                           f"{type(layer).__name__} layers yet; keep its role ({layer.role}) per-tensor scaled")
@@ -593,7 +597,13 @@ class LSTM(QuantGemmLayer):
     B*T x I by I x 4H) and the recurrent GEMM of each step (``<name>.hh``: B x H by H x 4H, T rows
     per phase). Inputs are signed: quantized with SAWB's signed range (design.md section 3); the
     gate nonlinearities and the cell state stay in FP32. One GradScale per layer, observed at
-    every time step of backpropagation through time (the reports sum, like workers')."""
+    every time step of backpropagation through time (the reports sum, like workers').
+
+    Per-tensor recipes reuse each step's quantized gradient in the input GEMMs (stacked in (b, t)
+    order). Block-scaled recipes quantize each tensor along each GEMM's own K: a step's gradient
+    along B for the recurrent ``bwd_weight`` (with the step's own Hadamard signs, shared by that
+    step's h copy) and along 4H for its ``bwd_data``; the whole gradient (B*T x 4H, one tensor
+    scale) again for the input GEMMs; the weights per `weight_for_data_grad`."""
 
     layer_type = "lstm"
     signed_input = True
@@ -619,7 +629,6 @@ class LSTM(QuantGemmLayer):
 
     def forward(self, x: np.ndarray, ctx: Context) -> np.ndarray:
         prec = self.precision(ctx)
-        _per_tensor_layer(self, prec)
         rec = ctx.recorder
         b, t, i = x.shape
         h = self.hidden
@@ -659,6 +668,7 @@ class LSTM(QuantGemmLayer):
         dc_next = np.zeros((b, h), np.float32)
         dz_all = np.zeros((b, t, 4 * h), np.float32)
         gw_steps, gd_steps = [], []
+        wq_hh_data = self.weight_for_data_grad(self.weight_hh.value, wq_hh, ctx)  # one copy for all steps
         for step in reversed(range(t)):
             ig, fg, gg, og = (gates[:, step, k * h:(k + 1) * h] for k in range(4))
             dh = dy[:, step] + dh_next
@@ -668,31 +678,39 @@ class LSTM(QuantGemmLayer):
                                  dc * ig * (1 - gg * gg), dh * tc * og * (1 - og)], axis=1).astype(np.float32)
             registry.lstm_cell_backward(rec, b * h)
             dz_all[:, step] = dz
-            g_weight, g_data, inv = self.quant_grads(dz, ctx)
+            part = ("hh", step)
+            g_weight, g_data, inv = self.quant_grads(dz, ctx, part=part)
             gw_steps.append(g_weight)
             gd_steps.append(g_data)
-            self.weight_hh.grad += run_gemm(ctx, self.hh, "bwd_weight", g_weight.T, hq_steps[step],
+            self.weight_hh.grad += run_gemm(ctx, self.hh, "bwd_weight", g_weight.T,
+                                            self.input_for_weight_grad(hs[:, step], hq_steps[step], ctx, part),
                                             prec.acc_bwd_weight, prec.output("bwd_weight"), sh_hh["bwd_weight"],
                                             extra_scale=inv, grad_scale=self.grad_scale,
                                             tensor_prefix=f"{self.hh.name}@{step}")
-            dh_next = run_gemm(ctx, self.hh, "bwd_data", g_data, wq_hh, prec.acc_bwd_data, prec.output("bwd_data"),
-                               sh_hh["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
-                               tensor_prefix=f"{self.hh.name}@{step}")
+            dh_next = run_gemm(ctx, self.hh, "bwd_data", g_data, wq_hh_data, prec.acc_bwd_data,
+                               prec.output("bwd_data"), sh_hh["bwd_data"], extra_scale=inv,
+                               grad_scale=self.grad_scale, tensor_prefix=f"{self.hh.name}@{step}")
             dc_next = dc * fg
         self.bias.grad += dz_all.sum(axis=(0, 1))
-        # the input GEMMs take every step's quantized gradient, in (b, t) order
-        order = list(reversed(range(t)))
-        inv = 1.0 / (1.0 if self.grad_scale is None else self.grad_scale.scale)
-        gw = _stack_steps(gw_steps, order, b, t)
-        gd = _stack_steps(gd_steps, order, b, t)
-        self.weight.grad += run_gemm(ctx, self.ih, "bwd_weight", gw.T, xq, prec.acc_bwd_weight,
+        if prec.quantize_as_read:
+            # block-scaled: the input GEMMs read the whole gradient (B*T x 4H) quantized along
+            # their own K (B*T for bwd_weight, 4H for bwd_data), with one tensor scale; a step's
+            # blocks along B are not blocks of B*T rows
+            gw, gd, inv = self.quant_grads(dz_all.reshape(b * t, -1), ctx, observe=False, part=("ih",))
+        else:  # the input GEMMs take every step's quantized gradient, in (b, t) order
+            order = list(reversed(range(t)))
+            inv = 1.0 / (1.0 if self.grad_scale is None else self.grad_scale.scale)
+            gw = _stack_steps(gw_steps, order, b, t)
+            gd = _stack_steps(gd_steps, order, b, t)
+        self.weight.grad += run_gemm(ctx, self.ih, "bwd_weight", gw.T,
+                                     self.input_for_weight_grad(x2, xq, ctx, ("ih",)), prec.acc_bwd_weight,
                                      prec.output("bwd_weight"), sh_ih["bwd_weight"], extra_scale=inv,
                                      grad_scale=self.grad_scale)
         self.update_ops(ctx, self.hh.name, self.weight_hh.value.size)
         self.update_ops(ctx, self.ih.name, self.weight.value.size)
-        dx = run_gemm(ctx, self.ih, "bwd_data", gd, wq_ih, prec.acc_bwd_data, prec.output("bwd_data"),
-                      sh_ih["bwd_data"], extra_scale=inv, grad_scale=self.grad_scale,
-                      compute=self.needs_input_grad)
+        dx = run_gemm(ctx, self.ih, "bwd_data", gd, self.weight_for_data_grad(self.weight.value, wq_ih, ctx),
+                      prec.acc_bwd_data, prec.output("bwd_data"), sh_ih["bwd_data"], extra_scale=inv,
+                      grad_scale=self.grad_scale, compute=self.needs_input_grad)
         return None if dx is None else dx.reshape(b, t, -1)
 
 

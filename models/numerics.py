@@ -22,7 +22,7 @@ from fourbit.models.qtensor import QTensor
 from fourbit.models.stats import QuantStats
 from fourbit.traces.block_formats import BlockFormat
 from fourbit.traces.errors import FormatError, NumericsError
-from fourbit.traces.formats import Accumulator, FloatFormat, LogFormat, get_format
+from fourbit.traces.formats import Accumulator, FloatFormat, IntFormat, LogFormat, get_format
 
 __all__ = [
     "GemmStats",
@@ -310,7 +310,8 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     ``saturate`` says otherwise. Returns the values (shape of x; ``dtype`` float64, or float32,
     which holds every format up to fp32 exactly) and statistics (``clipped`` counts overflows,
     ``flushed`` non-zero values that became zero). A float32 ``x`` rounded to nearest fp16 goes
-    through the CPU's own conversion (F16C), which gives the same values as the reference.
+    through the CPU's own conversion (F16C), which gives the same values as the reference; tests
+    compare every path with ml_dtypes' casts (the oracle for FP8, E2M1 and BF16).
 
     Raises
     ------
@@ -327,12 +328,15 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     _option(rounding, "rounding", ROUNDINGS)
     if dtype not in (np.float64, np.float32):
         raise NumericsError(f"dtype must be numpy.float64 or numpy.float32, got {dtype!r}")
-    if rounding == "nearest" and isinstance(x, np.ndarray) and x.dtype == np.float32:
-        if not saturate and fmt.ieee_dtype is not None:
-            return _cast_float32(x, fmt, dtype)
-        if _ml_dtypes_cast_is_the_rounding(fmt, saturate):
-            return _cast_ml_dtypes(x, fmt, dtype)
-    arr = _as_float_array(x, "x")
+    float32_in = isinstance(x, np.ndarray) and x.dtype == np.float32
+    if rounding == "nearest" and float32_in and not saturate and fmt.ieee_dtype is not None:
+        return _cast_float32(x, fmt, dtype)
+    if float32_in:  # every format here fits binary32: round in place of a float64 copy
+        if np.isnan(x).any():
+            raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
+        arr = x
+    else:
+        arr = _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     out = np.empty_like(flat)
     counts = np.zeros(2, np.int64)
@@ -344,36 +348,6 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
                                        flush, bool(saturate), counts)
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
     return out.reshape(arr.shape).astype(dtype, copy=False), stats
-
-
-def _ml_dtypes_cast_is_the_rounding(fmt: FloatFormat, saturate: bool) -> bool:
-    """Whether casting float32 values to ``fmt``'s ml_dtypes type rounds exactly as
-    `quantize_float` does: round to nearest even, and on overflow an infinity where the format
-    has one (not saturating) or the largest value where it has neither infinity nor NaN (ml_dtypes
-    saturates those: E2M1); E4M3's ml_dtypes cast gives NaN, so it is not one."""
-    if fmt.dtype is None or fmt.ties != "even":
-        return False
-    return (fmt.has_inf and not saturate) or (not fmt.has_inf and not fmt.has_nan and saturate)
-
-
-def _cast_ml_dtypes(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, QuantStats]:
-    """`quantize_float` of a float32 array by ml_dtypes' cast (`_ml_dtypes_cast_is_the_rounding`;
-    tests compare it with the kernel on ties, subnormals and overflow)."""
-    if np.isnan(x).any():
-        raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
-    with np.errstate(over="ignore"):
-        out = x.astype(fmt.dtype).astype(dtype)
-    finite_in = np.isfinite(x)
-    clipped = int(np.count_nonzero(finite_in & ~np.isfinite(out))) if fmt.has_inf else \
-        int(np.count_nonzero(np.abs(x) >= _overflow_threshold(fmt)))
-    flushed = int(np.count_nonzero((out == 0) & (x != 0)))
-    return out, QuantStats(x.size, clipped, flushed, int(np.count_nonzero(out == 0)))
-
-
-def _overflow_threshold(fmt: FloatFormat) -> float:
-    """The smallest magnitude that rounds beyond the largest value: max + half its ulp (the
-    largest value's significand is all ones, odd, so the tie rounds up, beyond it)."""
-    return fmt.max_value + 2.0 ** (math.frexp(fmt.max_value)[1] - 2 - fmt.mantissa_bits)
 
 
 def _cast_float32(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, QuantStats]:
@@ -404,57 +378,22 @@ def _block_format(fmt) -> BlockFormat:
     return found
 
 
-def _round_elements(scaled: np.ndarray, fmt: BlockFormat, rounding: str, key) -> tuple[np.ndarray, np.ndarray]:
-    """Round scaled elements (original layout; float32 when every value is exact in it, else
-    float64) onto the element format, saturating at +-M; returns the values (float64, flat) and
-    counts (clipped, flushed)."""
-    elem = fmt.element_format
-    if isinstance(elem, FloatFormat) and rounding == "nearest" and scaled.dtype == np.float32:
-        values, st = quantize_float(scaled, elem, saturate=True)
-        return values.ravel(), np.array([st.clipped, st.flushed], np.int64)
-    flat = np.ascontiguousarray(scaled, dtype=np.float64).ravel()
-    out = np.empty_like(flat)
-    counts = np.zeros(2, np.int64)
-    if isinstance(elem, FloatFormat):
-        frac, emin, sub, away, mx, flush = _float_params(elem)
-        if rounding == "stochastic":
-            K.round_float_stochastic_array(flat, out, *_check_key(key), frac, emin, sub, mx, flush, True, counts)
-        else:
-            K.round_float_array(flat, out, frac, emin, sub, away, mx, flush, True, counts)
-    else:
-        top = fmt.element_max
-        if rounding == "stochastic":
-            K.quantize_uniform_stochastic(flat, 1.0, -top, top, out, counts, *_check_key(key))
-        else:
-            K.quantize_uniform(flat, 1.0, -top, top, out, counts)
-    return out, counts
-
-
-def _to_blocks(x: np.ndarray, fmt: BlockFormat, axis: int) -> np.ndarray:
-    """``x`` zero-padded and arranged so that the last axis holds one block: 1-D blocks along
-    ``axis`` (..., blocks, block), or 2-D tiles of the last two axes (..., row blocks, column
-    blocks, block * block)."""
+def _tiles(shape: tuple[int, ...], fmt: BlockFormat, ax: int) -> tuple[int, int, int, int, int, tuple[int, ...]]:
+    """How `quantize_block` sees ``x``: as an (A, R, C) array (a C-order reshape, so flat
+    indices are x's) cut into tiles of tile_rows x tile_cols, one block each; and the shape of
+    the scales. 1-D blocks along the last axis: A = prod(shape[:-1]), R = 1, C = shape[-1],
+    tiles of 1 x block; along another axis ``ax``: A = prod(shape[:ax]), R = shape[ax], C =
+    prod(shape[ax+1:]), tiles of block x 1; 2-D blocks: the last two axes, tiles of block x
+    block. Returns (A, R, C, tile_rows, tile_cols, scale shape)."""
     bs = fmt.block
     if fmt.block_2d:
-        r, c = x.shape[-2:]
-        p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, -r % bs), (0, -c % bs)])
-        v = p.reshape(*p.shape[:-2], p.shape[-2] // bs, bs, p.shape[-1] // bs, bs)
-        return np.moveaxis(v, -3, -2).reshape(*v.shape[:-4], v.shape[-4], v.shape[-2], bs * bs)
-    moved = np.moveaxis(x, axis, -1)
-    p = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, -moved.shape[-1] % bs)])
-    return p.reshape(*p.shape[:-1], p.shape[-1] // bs, bs)
-
-
-def _from_blocks(blocks: np.ndarray, fmt: BlockFormat, axis: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The inverse of `_to_blocks`: an array of ``shape`` (the padding cut off)."""
-    bs = fmt.block
-    if fmt.block_2d:
-        rb, cb = blocks.shape[-3:-1]
-        v = np.moveaxis(blocks.reshape(*blocks.shape[:-1], bs, bs), -3, -2)
-        full = v.reshape(*v.shape[:-4], rb * bs, cb * bs)
-        return full[..., : shape[-2], : shape[-1]]
-    flat = blocks.reshape(*blocks.shape[:-2], -1)[..., : shape[axis]]
-    return np.moveaxis(flat, -1, axis)
+        r, c = shape[-2:]
+        return math.prod(shape[:-2]), r, c, bs, bs, (*shape[:-2], -(-r // bs), -(-c // bs))
+    r = shape[ax]
+    scale_shape = (*shape[:ax], -(-r // bs), *shape[ax + 1:])
+    if ax == len(shape) - 1:  # rows of blocks: contiguous tiles
+        return math.prod(shape[:-1]), 1, r, 1, bs, scale_shape
+    return math.prod(shape[:ax]), r, math.prod(shape[ax + 1:]), bs, 1, scale_shape
 
 
 def quantize_block(x, fmt, axis: int = -1, *, rounding: str = "nearest",
@@ -509,35 +448,35 @@ def quantize_block(x, fmt, axis: int = -1, *, rounding: str = "nearest",
                             f"got {axis!r}")
     if fmt.block_2d:
         axis = -1
-    arr64 = arr.astype(np.float64)
-    if np.isnan(arr64).any():
-        where = np.unravel_index(int(np.argmax(np.isnan(arr64))), arr.shape)
+    ax = int(axis) % arr.ndim
+    a, r, c, tile_rows, tile_cols, scale_shape = _tiles(arr.shape, fmt, ax)
+    x = np.ascontiguousarray(arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64))
+    x = x.reshape(a, r, c)
+    amax = np.empty((a, -(-r // tile_rows), -(-c // tile_cols)), np.float32)
+    nan_tiles = np.zeros(a * amax.shape[1], np.bool_)
+    K.block_amax(x, tile_rows, tile_cols, amax, nan_tiles)
+    if nan_tiles.any():
+        where = np.unravel_index(int(np.argmax(np.isnan(arr))), arr.shape)
         raise NumericsError(f"x contains NaN (first at index {tuple(int(i) for i in where)}); {fmt.name}'s elements "
                             f"({fmt.element}) have no NaN")
-    x32 = np.clip(arr64, -_FLT_MAX, _FLT_MAX).astype(np.float32)
-    ax = int(axis) % arr.ndim
-    blocks = _to_blocks(x32, fmt, ax)
-    amax = np.abs(blocks).max(axis=-1)
     scales, encode, tensor_scale = scale_rules.block_scales(fmt, amax, amax.max())
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        if fmt.pow2:  # exact in float64 (a power of two); float32 holds every value that can round above 0
-            scaled = blocks.astype(np.float64) * encode[..., None]
-            if getattr(fmt.element_format, "min_positive", 1.0) >= 2.0**-120:  # integers: 1
-                scaled = scaled.astype(np.float32)
-        elif scale_rules.encode_divides(fmt):
-            scaled = blocks / encode[..., None].astype(np.float32)
-        else:
-            scaled = blocks * encode[..., None].astype(np.float32)
-    scaled = np.where((scales > 0)[..., None], scaled, scaled.dtype.type(0))
-    scaled = _from_blocks(scaled, fmt, ax, arr.shape)  # elements keyed by their index in x
-    if not fmt.block_2d:
-        scales = np.moveaxis(scales, -1, ax)
+    elem = fmt.element_format
+    mode = 0 if fmt.pow2 else 2 if scale_rules.encode_divides(fmt) else 1
+    narrow = getattr(elem, "min_positive", 1.0) >= 2.0**-120  # float32 holds every value that can round above 0
+    is_float = isinstance(elem, FloatFormat)
+    frac, emin, sub, away, _, flush = _float_params(elem) if is_float else (0, 0, False, False, 0.0, 0.0)
+    seed, step, tid = _check_key(key) if rounding == "stochastic" else (0, 0, 0)
+    values = np.empty((a, r, c), np.float32)
+    counts = np.zeros((nan_tiles.size, 3), np.int64)
+    K.block_round(x, tile_rows, tile_cols, np.ascontiguousarray(scales), np.ascontiguousarray(encode), mode, narrow,
+                  is_float, frac, emin, sub, away, float(fmt.element_max), flush, rounding == "stochastic", seed,
+                  step, tid, values, counts)
+    clipped, flushed, zeros = (int(v) for v in counts.sum(axis=0))
+    stats = QuantStats(arr.size, clipped, flushed, zeros)
     scaling = fmt.scaling(ax - arr.ndim)
-    values, counts = _round_elements(scaled, fmt, rounding, key)
-    values = values.reshape(arr.shape).astype(np.float32)
-    stats = QuantStats(arr.size, int(counts[0]), int(np.count_nonzero((values == 0) & (arr64 != 0))),
-                       int(np.count_nonzero(values == 0)))
-    return QTensor(values, fmt.element_format, scales, stats, None, scaling, tensor_scale)
+    values = values.reshape(arr.shape)
+    scales = scales.reshape(scale_shape)
+    return QTensor(values, fmt.element_format, scales, stats, None, scaling, tensor_scale, in_format=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,16 +538,20 @@ def hadamard_transform(x, n: int, key: tuple[int, int, int] | None = None, axis:
     if arr.shape[axis] % n:
         raise NumericsError(f"the transformed axis has length {arr.shape[axis]}, not a multiple of the Hadamard "
                             f"block {n}")
-    with np.errstate(over="ignore"):
-        arr32 = _as_float_array(arr, "x").astype(np.float32)
+    if arr.dtype == np.float32:
+        arr32 = arr
+    else:
+        with np.errstate(over="ignore"):
+            arr32 = _as_float_array(arr, "x").astype(np.float32)
     if not np.isfinite(arr32).all():
-        raise NumericsError("x holds +-inf or values beyond binary32's range; the Hadamard transform takes finite "
-                            "binary32 values")
-    moved = np.ascontiguousarray(np.moveaxis(arr32, axis, -1))
-    rows = moved.reshape(-1, moved.shape[-1]) if moved.size else moved.reshape(0, max(moved.shape[-1], 1))
-    out = np.empty_like(rows)
-    K.hadamard_rows(rows, out, h, h[:, 0].copy())  # column 0 of D H is the signs
-    return np.moveaxis(out.reshape(moved.shape), -1, axis)
+        raise NumericsError("x holds +-inf or values beyond binary32's range, or NaN; the Hadamard transform takes "
+                            "finite binary32 values")
+    ax = int(axis) % arr.ndim
+    shape3 = (math.prod(arr.shape[:ax]), arr.shape[ax], math.prod(arr.shape[ax + 1:]))
+    x3 = np.ascontiguousarray(arr32).reshape(shape3)
+    out = np.empty(shape3, np.float32)
+    K.hadamard_blocks(x3, out, h, h[:, 0].copy())  # column 0 of D H is the signs
+    return out.reshape(arr.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,6 +927,24 @@ def _width_bits(x: np.ndarray) -> int:
     return int(K.scan_operand(flat)[4]) if flat.size else 0
 
 
+def _elements(q: QTensor, name: str) -> _Operand:
+    """A block-scaled operand's elements: for values a quantizer guarantees to be of the element
+    format (``q.in_format``), the format's bounds (every value a multiple of its smallest quantum
+    2^(emin - mantissa bits), or an integer; |value| <= its largest; at most its precision in
+    significant bits), which are never tighter than a scan's, so the plan stays exact; else a
+    scan of the values."""
+    fmt = q.format
+    values = np.asarray(q.values)
+    if q.in_format and values.dtype.kind == "f":
+        if isinstance(fmt, FloatFormat):
+            low = fmt.emin - fmt.mantissa_bits
+            return _Operand(values, low >= 0, low, float(fmt.max_value), False, fmt.precision)
+        if isinstance(fmt, IntFormat):
+            high = float(max(abs(fmt.min_value), fmt.max_value))
+            return _Operand(values, True, 0, high, False, int(high).bit_length())
+    return _scan(values, name)
+
+
 @dataclass(frozen=True)
 class _BlockPlan:
     """What `_check_block_gemm` found: the block, the scales per K block, the operands, the lane
@@ -1011,7 +972,7 @@ def _check_block_gemm(a: QTensor, b: QTensor, acc: Accumulator) -> _BlockPlan:
         raise NumericsError(f"a block-scaled GEMM sums each block of {block} products exactly and accumulates the "
                             f"scaled block sums in a float format: its accumulator must be FORMAT/g{block} without "
                             f"chunks, got {acc.name}")
-    ao, bo = _scan(np.asarray(a.values), "a"), _scan(np.asarray(b.values), "b")
+    ao, bo = _elements(a, "a"), _elements(b, "b")
     low = ao.low + bo.low
     bound = block * ao.high * bo.high  # |every partial block sum|
     if bound < 2.0 ** (low + 24) and low >= -149:

@@ -24,7 +24,10 @@ class QTensor:
     ``scaling`` describes them (real value = values * scales * tensor_scale), the quantizer's
     statistics (None when the values were not quantized, e.g. FP32), for log formats the codes,
     and ``tensor_scale``: the per-tensor scale above block scales (NVFP4's s_dec; 1 otherwise),
-    which a GEMM applies once to its result."""
+    which a GEMM applies once to its result. ``in_format`` says that the quantizer that made the
+    values guarantees each is a value of ``format`` (`numerics.quantize_block` sets it): the
+    block-scaled GEMM then takes the values' range from the format instead of scanning them; a
+    QTensor built by hand is scanned."""
 
     values: np.ndarray
     format: Format
@@ -33,6 +36,7 @@ class QTensor:
     codes: np.ndarray | None = None  # log-format codes (for the trace's code histogram)
     scaling: Scale = TENSOR_SCALE
     tensor_scale: float = 1.0
+    in_format: bool = False
 
     def __post_init__(self) -> None:
         self.scales = np.asarray(self.scales, dtype=np.float64)
@@ -56,13 +60,15 @@ class QTensor:
         swap = (lambda a: np.swapaxes(a, -1, -2)) if nd > 2 else (lambda a: a.T)
         scales = self.scales if self.scales.ndim < 2 else swap(self.scales)
         return QTensor(swap(self.values), self.format, scales, self.stats,
-                       None if self.codes is None else swap(self.codes), self.scaling.transposed(nd), self.tensor_scale)
+                       None if self.codes is None else swap(self.codes), self.scaling.transposed(nd), self.tensor_scale,
+                       self.in_format)
 
     def with_values(self, values: np.ndarray, codes: np.ndarray | None = None, scales=None) -> QTensor:
         """The same quantization with its arrays rearranged (reshaped, grouped): ``values`` and,
-        where the tensor has them, ``codes`` and block ``scales`` rearranged alike."""
+        where the tensor has them, ``codes`` and block ``scales`` rearranged alike (so values of
+        the format stay values of the format: ``in_format`` carries over)."""
         return QTensor(values, self.format, self.scales if scales is None else scales, self.stats, codes,
-                       self.scaling, self.tensor_scale)
+                       self.scaling, self.tensor_scale, self.in_format)
 
     def real(self) -> np.ndarray:
         """The dequantized values, values * scales * tensor_scale, as float64: exact for block-scaled

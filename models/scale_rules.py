@@ -85,11 +85,12 @@ def _two_level(fmt: BlockFormat, amax: np.ndarray, amax_tensor: np.float32) -> t
     with np.errstate(divide="ignore", over="ignore"):
         s_enc = np.float32(1.0) if amax_tensor == 0 else min(np.float32(top / amax_tensor), _FLT_MAX)
         s_dec = np.float32(np.float32(1.0) / s_enc)
-        raw = (amax / m).astype(np.float32) * s_enc
-        d = _round_to(raw.astype(np.float64), scale_fmt).astype(np.float32)
-        encode = np.minimum(np.float32(1.0) / (d * s_dec), _FLT_MAX)
-    encode = np.where(d > 0, encode, np.float32(0.0))
-    return d.astype(np.float64), encode.astype(np.float64), float(s_dec)
+    flat = np.ascontiguousarray(amax, np.float32).ravel()
+    scales, encode = np.empty(flat.size), np.empty(flat.size)
+    frac, emin = scale_fmt.mantissa_bits, scale_fmt.emin
+    K.two_level_scales(flat, m, s_enc, s_dec, frac, emin, scale_fmt.subnormals, scale_fmt.ties == "away",
+                       scale_fmt.max_value, scale_fmt.min_normal, scales, encode)
+    return scales.reshape(amax.shape), encode.reshape(amax.shape), float(s_dec)
 
 
 def _amax(fmt: BlockFormat, amax: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:

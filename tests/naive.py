@@ -263,41 +263,74 @@ def block_scale(fmt, amax: float, amax_tensor: float) -> tuple[float, float]:
     return x, x
 
 
-def quantize_block(x: np.ndarray, fmt) -> tuple[np.ndarray, np.ndarray]:
-    """(elements, decoded scales) of a 2-D ``x`` with 1-D blocks along the last axis, round to
-    nearest, one block at a time."""
+def _block_indices(shape: tuple[int, ...], fmt, axis: int) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """Each block of an array of ``shape`` as (its index in the scales array, the flat indices of
+    its elements): 1-D blocks of ``fmt.block`` along ``axis``, or 2-D tiles of the last two axes."""
+    index = np.arange(math.prod(shape)).reshape(shape)
+    bs = fmt.block
+    out = []
+    if fmt.block_2d:
+        for lead in np.ndindex(*shape[:-2]):
+            for i in range(-(-shape[-2] // bs)):
+                for j in range(-(-shape[-1] // bs)):
+                    out.append(((*lead, i, j), index[lead][i * bs:(i + 1) * bs, j * bs:(j + 1) * bs].ravel()))
+        return out
+    moved = np.moveaxis(index, axis, -1)
+    ax = axis % len(shape)
+    for lead in np.ndindex(*moved.shape[:-1]):
+        for j in range(-(-shape[ax] // bs)):
+            out.append(((*lead[:ax], j, *lead[ax:]), moved[lead][j * bs:(j + 1) * bs]))
+    return out
+
+
+def _round_element(q: Fraction, neg: bool, elem, top: Fraction, rbits: int | None) -> float:
+    """A scaled element onto the element format (float or integer), saturating at +-top; nearest
+    (ties per the format; integers to even) or stochastic with the random bits ``rbits``; ``neg``
+    the sign of the scaled binary32 value, which a zero keeps (but a stochastic integer zero is +0)."""
+    c = max(min(q, top), -top)
+    if isinstance(elem, FloatFormat):
+        r = round_fraction(c, elem) if rbits is None else round_stochastic(float(c), rbits, elem.name, True)
+        return math.copysign(min(abs(r), float(top)), -1.0 if neg else 1.0)
+    if rbits is None:
+        n = math.floor(c)
+        rem = c - n
+        n += rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1)
+        return math.copysign(abs(n), -1.0 if neg else 1.0)
+    f = math.floor(abs(c))
+    f += _goes_up(rbits, abs(c) - f)
+    return -float(f) if c < 0 else float(f)
+
+
+def quantize_block(x: np.ndarray, fmt, axis: int = -1, rounding: str = "nearest",
+                   key: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(elements, decoded scales) of ``x`` (any shape; 1-D blocks along ``axis`` or 2-D tiles of
+    the last two axes), one block at a time by the rule's definition (`block_scale`) and exact
+    rationals; stochastic bits of an element keyed by its flat index in ``x``."""
     x = np.asarray(x, np.float64)
-    rows, cols = x.shape
-    nb = -(-cols // fmt.block)
-    amax_t = float(np.max(np.abs(x.astype(np.float32))))
-    elems = np.zeros_like(x)
-    scales = np.zeros((rows, nb))
-    elem = fmt.element_format
-    for r in range(rows):
-        for j in range(nb):
-            blk = x[r, j * fmt.block:(j + 1) * fmt.block].astype(np.float32)
-            scale, enc = block_scale(fmt, float(np.max(np.abs(blk))), amax_t)
-            scales[r, j] = scale
-            for i, v in enumerate(blk):
-                if scale == 0:
-                    q = 0.0
-                elif fmt.pow2:
-                    q = Fraction(float(v)) * Fraction(enc)
-                elif fmt.scale_rule == "amax":
-                    q = Fraction(float(np.float32(v / np.float32(enc))))
-                else:
-                    q = Fraction(float(np.float32(v * np.float32(enc))))
-                if scale != 0:
-                    top = Fraction(fmt.element_max)
-                    q = max(min(q, top), -top)
-                    if isinstance(elem, FloatFormat):
-                        q = round_fraction(q, elem)
-                    else:
-                        n = math.floor(q)
-                        rem = q - n
-                        q = float(n + (rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1)))
-                elems[r, j * fmt.block + i] = q
-    return elems, scales
+    fmax = float(np.finfo(np.float32).max)
+    x32 = np.clip(x, -fmax, fmax).astype(np.float32).ravel()
+    amax_t = float(np.max(np.abs(x32)))
+    elems = np.zeros(x.size)
+    blocks = _block_indices(x.shape, fmt, axis)
+    scales = np.zeros(tuple(max(i) + 1 for i in zip(*(b[0] for b in blocks), strict=True)))
+    elem, top = fmt.element_format, Fraction(fmt.element_max)
+    for where, idx in blocks:
+        scale, enc = block_scale(fmt, float(np.max(np.abs(x32[idx]))), amax_t)
+        scales[where] = scale
+        if scale == 0:
+            continue
+        for i in idx:
+            v = x32[i]
+            if fmt.pow2:
+                q = Fraction(float(v)) * Fraction(enc)
+            elif fmt.scale_rule == "amax":
+                q = Fraction(float(np.float32(v / np.float32(enc))))
+            else:
+                with np.errstate(over="ignore"):
+                    p = np.float32(v * np.float32(enc))
+                q = Fraction(float(p)) if np.isfinite(p) else Fraction(math.copysign(2 * fmt.element_max, p))
+            elems[i] = _round_element(q, bool(np.signbit(v)), elem, top, None if rounding == "nearest" else counter_bits(*key, int(i)))
+    return elems.reshape(x.shape), scales
 
 
 def hadamard_rows(x: np.ndarray, h: np.ndarray) -> np.ndarray:

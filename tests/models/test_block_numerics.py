@@ -139,6 +139,33 @@ def test_quantize_block_equals_its_twin(name, rows, cols, seed, log_scale):
     np.testing.assert_array_equal(q.scales, scales)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["mxfp4", "nvfp4", "int4_block", "nvfp4_2d", "mxfp4_b16_e4m3_2d", "int4_block_b32_e8m0",
+                        "nvfp4_amax", "mxfp4_ceil"]),
+       st.sampled_from([((3, 40), -1), ((40, 3), 0), ((2, 17, 5), 1), ((2, 18, 20), -1), ((33,), 0)]),
+       st.sampled_from(["nearest", "stochastic"]), st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]))
+def test_quantize_block_any_axis_and_rounding_equals_its_twin(name, case, rounding, seed, dtype):
+    """The tiled kernels (`block_amax`, `block_round`) against the block-at-a-time definition for
+    every layout (last axis, another axis, 2-D tiles, partial blocks), both roundings, float32 and
+    float64 inputs (+-inf as +-FLT_MAX), bit for bit, signed zeros included; and the statistics."""
+    fmt = get_format(name)
+    shape, axis = case
+    if fmt.block_2d and len(shape) < 2:
+        return
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-12, 12, shape)).astype(dtype)
+    x.flat[::7] = 0
+    x.flat[1] = -0.0
+    x.flat[2] = -np.inf
+    q = N.quantize_block(x, fmt, axis, rounding=rounding, key=(seed, 1, 2))
+    values, scales = naive.quantize_block(x, fmt, axis, rounding, (seed, 1, 2))
+    np.testing.assert_array_equal(q.values, values)
+    np.testing.assert_array_equal(np.signbit(q.values), np.signbit(values))
+    np.testing.assert_array_equal(q.scales, scales)
+    assert q.stats.zeros == np.count_nonzero(values == 0)
+    assert q.stats.flushed == np.count_nonzero((values == 0) & (x != 0))
+
+
 # ---------------------------------------------------------------------------------------------
 # block-scaled GEMM
 # ---------------------------------------------------------------------------------------------
@@ -245,16 +272,19 @@ def test_hadamard_matrix_is_orthogonal_and_keyed():
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from([2, 4, 16, 32]), st.integers(1, 4), st.floats(-40, 40),
-       st.sampled_from([0, 4, 30]))
-def test_hadamard_kernel_equals_twin(seed, n, blocks, log_scale, spread):
+       st.sampled_from([0, 4, 30]), st.sampled_from([(0, 2), (1, 2), (1, 3), (0, 1)]))
+def test_hadamard_kernel_equals_twin(seed, n, blocks, log_scale, spread, axis_ndim):
     """Narrow blocks take the fast Walsh-Hadamard path (exact partial sums), wide ones the
-    expansion path: both equal the twin."""
+    expansion path (a block may mix both across columns): both equal the twin, along any axis."""
+    axis, ndim = axis_ndim
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((3, n * blocks)) * 2.0 ** rng.integers(-spread, spread + 1, (3, n * blocks))
-         * 2.0**log_scale)
+    shape = [3, 2, 2][:ndim]
+    shape[axis] = n * blocks
+    x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-spread, spread + 1, shape) * 2.0**log_scale)
     key = (seed, 1, 2)
-    np.testing.assert_array_equal(N.hadamard_transform(x, n, key),
-                                  naive.hadamard_rows(x.astype(np.float32), N.hadamard_matrix(n, key)))
+    rows = np.moveaxis(x.astype(np.float32), axis, -1)
+    want = naive.hadamard_rows(rows.reshape(-1, n * blocks), N.hadamard_matrix(n, key)).reshape(rows.shape)
+    np.testing.assert_array_equal(N.hadamard_transform(x, n, key, axis=axis), np.moveaxis(want, -1, axis))
 
 
 def test_hadamard_gemm_equals_the_plain_gemm_on_dyadic_inputs():

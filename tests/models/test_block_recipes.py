@@ -144,7 +144,7 @@ def test_the_nvfp4_ablation_changes_one_part_at_a_time():
     assert VARIANT_SETS["nvfp4"] is NVFP4_PARTS
     base = get_recipe("nvfp4").describe()["hidden"]
     changed = {}
-    for label, spec in NVFP4_PARTS:
+    for _label, spec in NVFP4_PARTS:
         if spec in ("nvfp4", "bf16"):
             continue
         d = get_recipe(spec)
@@ -154,3 +154,44 @@ def test_the_nvfp4_ablation_changes_one_part_at_a_time():
     assert changed == {"nvfp4:rht=0": {"rht"}, "nvfp4:stochastic=off": {"grad_data"},
                        "nvfp4:weights_2d=off": {"weight"}, "nvfp4:block=32": {"weight", "act", "grad_data", "acc_fwd"},
                        "nvfp4:scale=e8m0": {"weight", "act", "grad_data"}, "nvfp4:bf16_last=0": {"last"}}
+
+
+def _lstm_step(spec: str, threads: int | None = None):
+    """One forward and backward of an LSTM layer (B = 32, T = 3: every K a multiple of the
+    Hadamard blocks 16 and 32) under ``spec``: (the gradients, the trace's GEMM table)."""
+    from fourbit.models.layers import LSTM
+
+    layer = LSTM("lstm", 16, 16, np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((32, 3, 16)).astype(np.float32)
+    rec = Recorder()
+    ctx = Context(get_recipe(spec), rec, seed=5, step=2)
+    before = numba.get_num_threads()
+    try:
+        if threads:
+            numba.set_num_threads(threads)
+        rec.start(0)
+        y = layer.forward(x, ctx)
+        layer.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape), ctx)
+        rec.stop()
+    finally:
+        numba.set_num_threads(before)
+    return [p.grad.copy() for p in layer.params()], rec.tables()[0]
+
+
+@pytest.mark.parametrize("spec", ["nvfp4", "mxfp4"])
+def test_lstm_block_recipes_quantize_each_tensor_along_each_gemms_k(spec):
+    """The recurrent bwd_weight reads the step's h and gradient in copies along B (the second
+    copies); the input GEMMs read the whole gradient's own copies (not the steps' stacked); the
+    gradients point the way FP32's do; one step is deterministic whatever the thread count."""
+    grads, gemms = _lstm_step(spec)
+    rows = gemms.set_index(["layer", "phase"])
+    ih_w, hh_w = rows.loc[("lstm.ih", "bwd_weight")], rows.loc[("lstm.hh", "bwd_weight")].iloc[0]
+    assert (hh_w.a_copy, hh_w.b_copy) == (0, 1) and (ih_w.a_copy, ih_w.b_copy) == (0, 1)
+    assert set(gemms.a_scale_kind) == {"block"} and set(gemms.b_scale_kind) <= {"block", "block2d"}
+    ref, _ = _lstm_step("fp32")
+    for g, r in zip(grads, ref, strict=True):
+        cos = float(np.sum(g * r) / np.sqrt(np.sum(g * g) * np.sum(r * r)))
+        assert cos > 0.9, cos
+    one, _ = _lstm_step(spec, threads=1)
+    for a, b in zip(one, grads, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -63,6 +63,28 @@ def test_round_float_kernel_matches_twin(xs, fmt):
     assert same_bits(got, want)
 
 
+@njit
+def _nearest_even(x, frac_bits, emin, max_value, saturate):
+    return K.round_nearest_even(x, frac_bits, emin, max_value, saturate)
+
+
+@given(st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=30),
+       st.sampled_from(["fp4_e2m1", "fp8_e4m3", "fp8_e5m2", "fp16", "bf16", "fp32"]), st.booleans())
+def test_round_nearest_even_equals_round_float(xs, name, saturate):
+    """The branch-free rounding (the magic-number add) is `round_float` wherever it applies
+    (subnormals, ties to even), ties, signed zeros and overflow included."""
+    from fourbit.traces.formats import get_format
+
+    fmt = get_format(name)
+    frac, emin, mx = fmt.mantissa_bits, fmt.emin, fmt.max_value
+    q = 2.0 ** (emin - frac)  # the subnormal quantum: ties at odd multiples of q / 2
+    ties = [k * q / 2 for k in (1, 3, 5, -7)] + [mx + 2.0 ** (np.frexp(mx)[1] - 2 - frac), 2 * mx, -0.0, np.inf]
+    for v in [*xs, *ties]:
+        want = K.round_float(v, frac, emin, True, False, mx, 0.0, saturate)
+        got = _nearest_even(v, frac, emin, mx, saturate)
+        assert got[:2] == want[:2] and np.signbit(got[0]) == np.signbit(want[0]), (v, got, want)
+
+
 def test_round_float_matches_numpy_and_ml_dtypes():
     import ml_dtypes
 

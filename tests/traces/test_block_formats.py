@@ -49,8 +49,17 @@ def test_rounding_onto_e2m1_and_bf16_agrees_with_ml_dtypes():
     ours, _ = quantize_float(x, "fp4_e2m1")
     np.testing.assert_array_equal(ours, x.astype(ml_dtypes.float4_e2m1fn).astype(np.float64))
     assert ours[-10:].tolist() == [0, 1, 1, 2, 2, 4, 4, -4, 6, 6]
-    y = np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * 1e3
-    np.testing.assert_array_equal(quantize_float(y, "bf16")[0], y.astype(ml_dtypes.bfloat16).astype(np.float64))
+    np.testing.assert_array_equal(quantize_float(x.astype(np.float32), "fp4_e2m1")[0], ours)  # float32 path
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(100_000) * 2.0 ** rng.integers(-140, 130, 100_000)).astype(np.float32)
+    y[:4] = [3.3961514e38, -3.4028235e38, 1e-45, -0.0]  # overflow (no saturation), subnormals, signed zero
+    with np.errstate(over="ignore"):
+        want = y.astype(ml_dtypes.bfloat16).astype(np.float64)
+    got, stats = quantize_float(y, "bf16")
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    assert stats.clipped == np.count_nonzero(np.isinf(want) & np.isfinite(y)) > 0  # finite values rounded to inf
+    assert stats.flushed == np.count_nonzero((want == 0) & (y != 0)) > 0
 
 
 @pytest.mark.parametrize("name, element, block, scale, rule, two_d, bits", [
