@@ -1315,42 +1315,41 @@ def _acc_add(a, t, native32, frac_bits, emin, subnormals, ties_away, max_value, 
 
 
 @njit(cache=True, inline="always")
-def _block_sums(a, b, m, j, ps):
-    """ps[n] = the sum over block j of a[m, k] * b[j, k', n], in the lane type of ``b`` (exact:
-    the wrapper checks that every partial sum is)."""
-    B = b.shape[1]
-    N = b.shape[2]
-    base = j * B
+def _block_sums(a, b, block, m, j, ps):
+    """ps[n] = the sum of a[m, k] * b[k, n] over block j (k = j*block.., the last block may be
+    partial), in the lane type of ``b`` (exact: the wrapper checks that every partial sum is)."""
+    K, N = b.shape
+    k0 = j * block
     for n in range(N):
-        ps[n] = a[m, base] * b[j, 0, n]
-    for k in range(1, B):
-        av = a[m, base + k]
+        ps[n] = a[m, k0] * b[k0, n]
+    for k in range(k0 + 1, min(K, k0 + block)):
+        av = a[m, k]
         for n in range(N):
-            ps[n] += av * b[j, k, n]
+            ps[n] += av * b[k, n]
 
 
 @njit(cache=True, parallel=True)
-def gemm_block(a, b, sa, sb, out, native32, frac_bits, emin, subnormals, ties_away, max_value,
+def gemm_block(a, b, block, sa, sb, out, native32, frac_bits, emin, subnormals, ties_away, max_value,
                flush_below, counts):
     """The block-scaled GEMM: out[m, n] = the sum over K blocks j, in increasing j, of
-    (sum of a[m, k] * b[j, k', n] over the block) * sa[m, j] * sb[j, n], each add rounded once.
+    (sum of a[m, k] * b[k, n] over block j) * sa[m, j] * sb[j, n], each add rounded once.
 
-    ``a`` (M, J * B) and ``b`` (J, B, N) hold the elements (float32 or float64 lanes in which
-    every partial block sum is exact: the wrapper checks it; zero-padded to whole blocks),
-    ``sa`` (M, J), ``sb`` (J, N) float64 block scales whose product with a block sum is exact
+    ``a`` (M, K) and ``b`` (K, N) hold the elements (float32 or float64 lanes in which every
+    partial block sum is exact: the wrapper checks it), in J = ceil(K / ``block``) blocks (the
+    last may be partial), ``sa`` (M, J), ``sb`` (J, N) float64 block scales whose product with a block sum is exact
     (checked too). Each add is `_acc_add`: fl(acc + term) rounded to odd and then to the format
     (correct, since 53 >= 24 + 2 for binary32). counts[m] = (overflows, underflows) of row m: adds
     whose rounded sum became +-inf from a finite sum, or zero from a non-zero one.
     """
     M = a.shape[0]
-    J, B, N = b.shape
+    J, N = sb.shape
     for m in prange(M):
         acc = np.zeros(N, np.float64)
         ps = np.zeros(N, b.dtype)
         nover = 0
         nunder = 0
         for j in range(J):
-            _block_sums(a, b, m, j, ps)
+            _block_sums(a, b, block, m, j, ps)
             s_a = sa[m, j]
             for n in range(N):
                 r, o, u = _acc_add(acc[n], np.float64(ps[n]) * s_a * sb[j, n], native32, frac_bits, emin,
@@ -1365,18 +1364,18 @@ def gemm_block(a, b, sa, sb, out, native32, frac_bits, emin, subnormals, ties_aw
 
 
 @njit(cache=True, parallel=True)
-def gemm_block_fp32(a, b, sa, sb, out):
+def gemm_block_fp32(a, b, block, sa, sb, out):
     """`gemm_block` with a binary32 accumulator when every scaled block sum is a binary32 value
     (the wrapper checks widths and exponent range): then each add is the CPU's float32 add of two
     binary32 values, which rounds once, to nearest even, as the model says. ``a``, ``b``, ``sa``,
     ``sb`` float32; ``out`` (M, N) float32."""
     M = a.shape[0]
-    J, B, N = b.shape
+    J, N = sb.shape
     for m in prange(M):
         acc = np.zeros(N, np.float32)
         ps = np.zeros(N, np.float32)
         for j in range(J):
-            _block_sums(a, b, m, j, ps)
+            _block_sums(a, b, block, m, j, ps)
             s_a = sa[m, j]
             for n in range(N):
                 acc[n] += ps[n] * s_a * sb[j, n]

@@ -1031,26 +1031,21 @@ def gemm_block_with_stats(a: QTensor, b: QTensor, accumulator: Accumulator) -> t
     """
     plan = _check_block_gemm(a, b, accumulator)
     block = plan.block
-    m, kk = plan.a.array.shape
+    m = plan.a.array.shape[0]
     n = plan.b.array.shape[1]
-    nb = -(-kk // block)
-    pad = nb * block - kk
     av, bv = plan.a.as_lane(plan.lane), plan.b.as_lane(plan.lane)
-    if pad:  # a last partial block: zeros complete it
-        av, bv = np.pad(av, [(0, 0), (0, pad)]), np.pad(bv, [(0, pad), (0, 0)])
-    bv = bv.reshape(nb, block, n)
     counts = np.zeros((m, 2), np.int64)
     alpha = np.float32(np.float32(a.tensor_scale) * np.float32(b.tensor_scale))
     out32 = None
     if plan.terms_fp32:
         out32 = np.empty((m, n), np.float32)
-        K.gemm_block_fp32(av, bv, plan.sa.astype(np.float32), plan.sb.astype(np.float32), out32)
+        K.gemm_block_fp32(av, bv, block, plan.sa.astype(np.float32), plan.sb.astype(np.float32), out32)
         counts[:, 0] = np.count_nonzero(~np.isfinite(out32), axis=1)  # an overflow stays inf (or NaN)
         path = "block_fp32"
     else:
         out = np.empty((m, n), np.float64)
         fmt = accumulator.value_format
-        K.gemm_block(av, bv, np.ascontiguousarray(plan.sa), np.ascontiguousarray(plan.sb), out,
+        K.gemm_block(av, bv, block, np.ascontiguousarray(plan.sa), np.ascontiguousarray(plan.sb), out,
                      fmt.ieee_dtype == np.dtype(np.float32), *_float_params(fmt), counts)
         path = "block"
     if alpha != 1:  # the tensor scales, once, in binary32
