@@ -368,9 +368,6 @@ def _cast_float32(x: np.ndarray, fmt: FloatFormat, dtype) -> tuple[np.ndarray, Q
 # ---------------------------------------------------------------------------------------------
 # block-scaled formats
 # ---------------------------------------------------------------------------------------------
-_FLT_MAX = float(np.finfo(np.float32).max)
-
-
 def _block_format(fmt) -> BlockFormat:
     found = get_format(fmt)
     if not isinstance(found, BlockFormat):
