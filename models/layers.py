@@ -500,10 +500,12 @@ class Conv2d(QuantGemmLayer):
                 raise ConfigError(f"{self.name}: block-scaled operands of a grouped convolution are not modelled; "
                                   "keep grouped and depthwise convolutions per-tensor scaled")
             cols, p, q = _im2col(x, self.kernel, self.kernel, self.stride, self.padding)
+            raw_cols = cols  # bwd_weight's own copy is quantized from them too
             a = self.quant_input(cols, ctx)
             wq = self.quant_weight(ctx, self.weight.value.reshape(f, -1))
             w2, bq = wq.values, wq.T
         else:
+            raw_cols = None
             xq = self.quant_input(x, ctx)
             cols, p, q = _im2col(xq.values, self.kernel, self.kernel, self.stride, self.padding)
             wq = self.quant_weight(ctx)
@@ -519,12 +521,12 @@ class Conv2d(QuantGemmLayer):
         if self.bias is not None:
             y += self.bias.value[None, :, None, None]
             registry.bias_add(ctx.recorder, y.size, prec.out.name)
-        self._cache = (x, a, w2, wq, shapes, geometry, p, q)
+        self._cache = (x, raw_cols, a, w2, wq, shapes, geometry, p, q)
         return y
 
     def backward(self, dy: np.ndarray, ctx: Context) -> np.ndarray:
         prec = self.precision(ctx)
-        x, a, w2, wq, shapes, geometry, p, q = self._cache
+        x, raw_cols, a, w2, wq, shapes, geometry, p, q = self._cache
         g, f = self.groups, self.out_channels
         b = x.shape[0]
         dy2 = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(b * p * q, f)
@@ -536,7 +538,9 @@ class Conv2d(QuantGemmLayer):
             None if g_weight.codes is None else self._grouped(g_weight.codes, b * p * q).transpose(0, 2, 1))
         a_w = a
         if prec.separate_act_copies:  # bwd_weight reads its own copy of the columns (reduced over B*P*Q)
-            a_w = self.input_for_weight_grad(_im2col(x, self.kernel, self.kernel, self.stride, self.padding)[0], a, ctx)
+            if raw_cols is None:
+                raw_cols = _im2col(x, self.kernel, self.kernel, self.stride, self.padding)[0]
+            a_w = self.input_for_weight_grad(raw_cols, a, ctx)
         dw = run_gemm(ctx, self, "bwd_weight", gw, a_w, prec.acc_bwd_weight, prec.output("bwd_weight"),
                       shapes["bwd_weight"], extra_scale=inv, geometry=geometry, grad_scale=self.grad_scale)
         self.weight.grad += dw.reshape(self.weight.value.shape)

@@ -331,22 +331,21 @@ def quantize_float(x, fmt, saturate: bool | None = None, rounding: str = "neares
     float32_in = isinstance(x, np.ndarray) and x.dtype == np.float32
     if rounding == "nearest" and float32_in and not saturate and fmt.ieee_dtype is not None:
         return _cast_float32(x, fmt, dtype)
-    if float32_in:  # every format here fits binary32: round in place of a float64 copy
-        if np.isnan(x).any():
-            raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
-        arr = x
-    else:
-        arr = _as_float_array(x, "x")
+    # every format here fits binary32: a float32 x is rounded in place of a float64 copy (the
+    # kernel counts its NaNs)
+    arr = x if float32_in else _as_float_array(x, "x")
     flat = np.ascontiguousarray(arr).ravel()
     out = np.empty_like(flat)
-    counts = np.zeros(2, np.int64)
+    counts = np.zeros(4, np.int64)
     if rounding == "nearest":
         K.round_float_array(flat, out, *_float_params(fmt), bool(saturate), counts)
     else:
         frac, emin, sub, _, mx, flush = _float_params(fmt)
         K.round_float_stochastic_array(flat, out, *_check_key(key), frac, emin, sub, mx,
                                        flush, bool(saturate), counts)
-    stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(out == 0)))
+    if counts[3]:
+        raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
+    stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(counts[2]))
     return out.reshape(arr.shape).astype(dtype, copy=False), stats
 
 

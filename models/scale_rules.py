@@ -73,7 +73,7 @@ def _round_to(x: np.ndarray, fmt: FloatFormat) -> np.ndarray:
     out = np.empty_like(flat)
     frac, emin = fmt.mantissa_bits, fmt.emin
     K.round_float_array(flat, out, frac, emin, fmt.subnormals, fmt.ties == "away", fmt.max_value,
-                        fmt.min_normal, True, np.zeros(2, np.int64))
+                        fmt.min_normal, True, np.zeros(4, np.int64))
     return out.reshape(np.shape(x))
 
 

@@ -85,6 +85,29 @@ def test_round_nearest_even_equals_round_float(xs, name, saturate):
         assert got[:2] == want[:2] and np.signbit(got[0]) == np.signbit(want[0]), (v, got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fmt", ["bf16", "dlfloat16"])  # the branch-free and the general loop
+def test_round_float_array_counts_by_hand(dtype, fmt):
+    """counts: [0] overflows, [1] non-zero values rounded to zero, [2] zeros of the output, [3]
+    NaNs of the input (passed through), each summed across chunks (bf16: quantum 2^-133, max
+    (2 - 2^-7) * 2^127; dlfloat16: no subnormals, smallest normal 2^-31)."""
+    from fourbit.traces.formats import get_format
+
+    f = get_format(fmt)
+    n = 3 * K._ROUND_CHUNK + 7
+    x = np.full(n, 1.5, dtype)
+    x[K._ROUND_CHUNK - 1] = np.nan  # last of chunk 0
+    x[K._ROUND_CHUNK] = 2.0**-140 if f.subnormals else 2.0**-40  # flushed to zero (first of chunk 1)
+    x[-1] = -0.0
+    x[-2] = np.finfo(np.float32).max  # rounds beyond both formats: overflows
+    out = np.empty_like(x)
+    counts = np.zeros(4, np.int64)
+    K.round_float_array(x, out, f.mantissa_bits, f.emin, f.subnormals, f.ties == "away", f.max_value,
+                        f.min_normal, False, counts)
+    assert counts.tolist() == [1, 1, 2, 1]
+    assert np.isnan(out[K._ROUND_CHUNK - 1]) and out[-2] == np.inf and out[0] == 1.5
+
+
 def test_round_float_matches_numpy_and_ml_dtypes():
     import ml_dtypes
 
@@ -287,6 +310,9 @@ def test_operand_scan_spans_blocks():
     x[-1], x[-2] = 2.0**-40, -96.0
     # 0.75 = 3 * 2^-2 and 96 = 3 * 2^5: two significant bits, not powers of two
     assert K.scan_operand(x) == (0, -40, 96.0, x.size - 1, 2)
+    assert K.scan_operand(x.astype(np.float32)) == (0, -40, 96.0, x.size - 1, 2)  # int32 bit patterns
+    x[7] = 5 * 2.0**-149  # a float32 subnormal: 3 significant bits, the lowest at 2^-149
+    assert K.scan_operand(x.astype(np.float32)) == (0, -149, 96.0, x.size - 1, 3)
     assert K.scan_operand(np.zeros(0)) == (0, 100000, 0.0, 0, 0)
     assert K.scan_operand(np.zeros(3)) == (0, 100000, 0.0, 0, 0)
 
