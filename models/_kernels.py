@@ -1377,31 +1377,37 @@ def hadamard_blocks(x, out, hadamard, signs):
         buf = np.empty((n, C), np.float64)
         hi = np.full(C, -100000, np.int64)
         lo = np.full(C, 100000, np.int64)
-        for i in range(n):
+        for i in range(n):  # signed inputs, and each column's exponent span (zeros aside)
             s = signs[i]
+            row = x[a, r0 + i]
+            brow = buf[i]
             for c in range(C):
-                v = np.float64(x[a, r0 + i, c])
-                buf[i, c] = v * s
-                if v != 0.0:
-                    e = np.int64((float_bits(v) & _ABS64) >> 52) - 1023
-                    hi[c] = max(hi[c], e)
-                    lo[c] = min(lo[c], e - 23)  # a float32's lowest possible set bit
+                v = np.float64(row[c])
+                brow[c] = v * s
+                e = np.int64((float_bits(v) & _ABS64) >> 52) - 1023
+                live = v != 0.0
+                hi[c] = max(hi[c], e if live else np.int64(-100000))
+                lo[c] = min(lo[c], e - 23 if live else np.int64(100000))  # a float32's lowest possible set bit
         h = 1
-        while h < n:
+        while h < n:  # the butterflies, on whole rows of the block
             for i0 in range(0, n, 2 * h):
                 for i in range(i0, i0 + h):
+                    top = buf[i]
+                    bottom = buf[i + h]
                     for c in range(C):
-                        u = buf[i, c]
-                        w = buf[i + h, c]
-                        buf[i, c] = u + w
-                        buf[i + h, c] = u - w
+                        u = top[c]
+                        w = bottom[c]
+                        top[c] = u + w
+                        bottom[c] = u - w
             h *= 2
+        for j in range(n):
+            orow = out[a, r0 + j]
+            brow = buf[j]
+            for c in range(C):
+                orow[c] = np.float32(brow[c])
         parts = np.empty(n + 1, np.float64)
-        for c in range(C):
-            if hi[c] - lo[c] + log_n + 1 <= 53:
-                for j in range(n):
-                    out[a, r0 + j, c] = np.float32(buf[j, c])
-            else:
+        for c in range(C):  # a column whose partial sums may have rounded: exact sums instead
+            if hi[c] - lo[c] + log_n + 1 > 53:
                 for j in range(n):
                     np_ = 0
                     for i in range(n):
