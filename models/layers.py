@@ -684,8 +684,9 @@ class LSTM(QuantGemmLayer):
             dz_all[:, step] = dz
             part = ("hh", step)
             g_weight, g_data, inv = self.quant_grads(dz, ctx, part=part)
-            gw_steps.append(g_weight)
-            gd_steps.append(g_data)
+            if not prec.quantize_as_read:  # the input GEMMs reuse them (block-scaled: their own copy)
+                gw_steps.append(g_weight)
+                gd_steps.append(g_data)
             self.weight_hh.grad += run_gemm(ctx, self.hh, "bwd_weight", g_weight.T,
                                             self.input_for_weight_grad(hs[:, step], hq_steps[step], ctx, part),
                                             prec.acc_bwd_weight, prec.output("bwd_weight"), sh_hh["bwd_weight"],
