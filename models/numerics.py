@@ -1030,27 +1030,32 @@ def gemm_block_with_stats(a: QTensor, b: QTensor, accumulator: Accumulator) -> t
     m = plan.a.array.shape[0]
     n = plan.b.array.shape[1]
     av, bv = plan.a.as_lane(plan.lane), plan.b.as_lane(plan.lane)
-    counts = np.zeros((m, 2), np.int64)
     alpha = np.float32(np.float32(a.tensor_scale) * np.float32(b.tensor_scale))
     out32 = None
     if plan.terms_fp32:
         out32 = np.empty((m, n), np.float32)
         K.gemm_block_fp32(av, bv, block, plan.sa.astype(np.float32), plan.sb.astype(np.float32), out32)
-        counts[:, 0] = np.count_nonzero(~np.isfinite(out32), axis=1)  # an overflow stays inf (or NaN)
+        overflows, underflows = int(np.count_nonzero(~np.isfinite(out32))), 0  # an overflow stays inf (or NaN)
+        nonfinite = overflows
         path = "block_fp32"
     else:
         out = np.empty((m, n), np.float64)
+        counts = np.zeros((m, 2), np.int64)
         fmt = accumulator.value_format
         K.gemm_block(av, bv, block, np.ascontiguousarray(plan.sa), np.ascontiguousarray(plan.sb), out,
                      fmt.ieee_dtype == np.dtype(np.float32), *_float_params(fmt), counts)
+        overflows, underflows = int(counts[:, 0].sum()), int(counts[:, 1].sum())
+        nonfinite = None
         path = "block"
     if alpha != 1:  # the tensor scales, once, in binary32
         with np.errstate(over="ignore", invalid="ignore"):
             out32 = (out.astype(np.float32) if out32 is None else out32) * alpha
+        nonfinite = None
     if out32 is not None:
         out = out32.astype(np.float64)
-    nonfinite = int(np.count_nonzero(~np.isfinite(out)))
-    return out, GemmStats(int(counts[:, 0].sum()), int(counts[:, 1].sum()), nonfinite, path)
+    if nonfinite is None:
+        nonfinite = int(np.count_nonzero(~np.isfinite(out)))
+    return out, GemmStats(overflows, underflows, nonfinite, path)
 
 
 def gemm_block(a: QTensor, b: QTensor, accumulator: Accumulator) -> np.ndarray:
