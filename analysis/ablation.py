@@ -103,8 +103,9 @@ def ablation(job: Ablation | None = None, *, progress: bool = True, overwrite: b
 
     Columns: variant, recipe, radix, tpr, grad_scaling, seeds, test_accuracy_pct (mean over the
     seeds), test_accuracy_std (sample standard deviation), min/max accuracy, test_loss (mean),
-    skipped_steps (total). ``ablation_runs.csv`` has one row per run, with its training's wall
-    time (empty for a run read back).
+    skipped_steps (total). ``ablation_runs.csv`` has one row per run, with the wall time of its
+    training in this invocation (empty for a run read back; a run resumed from its checkpoint
+    counts only the resumed part).
 
     Raises
     ------

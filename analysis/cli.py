@@ -220,8 +220,12 @@ def _cmd_chip(args: argparse.Namespace) -> int:
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
     from fourbit.analysis.ablation import VARIANT_SETS, Ablation, ablation
+    from fourbit.traces.errors import ConfigError
 
     job = build(Ablation(), given(args))
+    if args.variants and args.recipe:
+        raise ConfigError(f"--variants {args.variants} and --recipe exclude each other: give a named set of "
+                          "variants or the recipes themselves")
     if args.variants:
         job = job.replace(variants=VARIANT_SETS[args.variants])
     if args.recipe:
@@ -485,7 +489,8 @@ def _add_report(sub) -> None:
 def _add_bench(sub) -> None:
     b = _verb(sub, "bench")
     b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all): numerics, sim, train, trace")
-    b.add_argument("--data-dir", default=None, help="MNIST files for the train benchmark (default $FOURBIT_DATA_DIR)")
+    b.add_argument("--data-dir", default=None, help="MNIST files for the train benchmark (default $FOURBIT_DATA_DIR; "
+                   "without either, random MNIST-shaped images and no epoch time)")
     b.add_argument("--json", action="store_true", help="print a JSON list of records")
     b.add_argument("--quick", action="store_true", help="fewer repeats, skip the slowest kernels")
     b.set_defaults(func=_cmd_bench)

@@ -525,7 +525,8 @@ def hadamard_transform(x, n: int, key: tuple[int, int, int] | None = None, axis:
     ------
     NumericsError
         n not a power of two, L not a multiple of n, NaN, +-inf or values beyond binary32 in x,
-        axis out of range."""
+        outputs beyond binary32 (a block summing to more than its largest value), axis out of
+        range."""
     h = hadamard_matrix(n, key)
     arr = np.asarray(x)
     if arr.ndim == 0 or not isinstance(axis, int | np.integer) or isinstance(axis, bool) \
@@ -547,6 +548,9 @@ def hadamard_transform(x, n: int, key: tuple[int, int, int] | None = None, axis:
     x3 = np.ascontiguousarray(arr32).reshape(shape3)
     out = np.empty(shape3, np.float32)
     K.hadamard_blocks(x3, out, h, h[:, 0].copy())  # column 0 of D H is the signs
+    if not np.isfinite(out).all():  # a sum of n finite inputs beyond binary32's largest value
+        raise NumericsError(f"the transform's outputs (sums of {n} signed inputs) exceed binary32's range; x holds "
+                            f"values up to {float(np.abs(arr32).max()):g}")
     return out.reshape(arr.shape)
 
 
@@ -1002,8 +1006,11 @@ def gemm_block_with_stats(a: QTensor, b: QTensor, accumulator: Accumulator) -> t
     (``accumulator.format``, IEEE round to nearest even for fp32; overflow to +-inf, counted).
     Two-level formats' tensor scales are then applied once, in binary32: out =
     fp32(fp32(a.tensor_scale * b.tensor_scale) * acc) (the GEMM epilogue's alpha, as cuBLAS
-    scales D = alpha A B). A last partial block (K not a multiple of the block) is summed the
-    same way. Results do not depend on the thread count.
+    scales D = alpha A B; an alpha in binary32's subnormal range keeps fewer bits, as it would
+    there). The accumulator therefore sums values in units of the tensor scales, up to
+    6 * 448 = 2688 per product for NVFP4: an FP16 accumulator overflows on them (counted), so
+    two-level formats need ``fp32``. A last partial block (K not a multiple of the block) is
+    summed the same way. Results do not depend on the thread count.
 
     Parameters
     ----------
@@ -1023,14 +1030,19 @@ def gemm_block_with_stats(a: QTensor, b: QTensor, accumulator: Accumulator) -> t
     ------
     NumericsError
         Operands not blocked along K alike, a wrong accumulator, element or scale widths whose
-        block sums or scaled sums are not exact in float64, non-finite values.
+        block sums or scaled sums are not exact in float64, non-finite values, tensor scales
+        whose product overflows binary32.
     """
     plan = _check_block_gemm(a, b, accumulator)
     block = plan.block
     m = plan.a.array.shape[0]
     n = plan.b.array.shape[1]
     av, bv = plan.a.as_lane(plan.lane), plan.b.as_lane(plan.lane)
-    alpha = np.float32(np.float32(a.tensor_scale) * np.float32(b.tensor_scale))
+    with np.errstate(over="ignore"):
+        alpha = np.float32(np.float32(a.tensor_scale) * np.float32(b.tensor_scale))
+    if not np.isfinite(alpha):
+        raise NumericsError(f"the product of the operands' tensor scales ({a.tensor_scale:g} x {b.tensor_scale:g}) "
+                            "overflows binary32: the GEMM epilogue's alpha cannot hold it")
     out32 = None
     if plan.terms_fp32:
         out32 = np.empty((m, n), np.float32)

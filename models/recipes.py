@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BeforeValidator, Field
 
 from fourbit.models.quantizers import LUQ, PACT, SAWB, Block, Cast, Log, Quantizer, quantizer
@@ -527,7 +528,8 @@ def get_recipe(name: str, **params) -> Recipe:
     ``int4``: radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but
     tpr). ``name`` may carry them itself, as on the command line:
     ``"int4:radix=2,tpr=off,grad_scaling=global"``; the recipe's name is then that whole spec
-    (traces and tables tell the variants apart). Keyword ``params`` must have their field's type.
+    (traces and tables tell the variants apart). Keyword ``params`` must have their field's type
+    (numpy scalars count as Python's) and must not repeat a parameter of the spec.
 
     Raises
     ------
@@ -541,6 +543,9 @@ def get_recipe(name: str, **params) -> Recipe:
         if key not in model.model_fields:
             raise ConfigError(f"recipe {base!r} has no parameter {key!r}; its parameters: "
                               f"{', '.join(model.model_fields) or 'none'}")
+        if key in spec_params:
+            raise ConfigError(f"recipe {name!r}: parameter {key!r} is given twice (in the spec and as a keyword)")
+    params = {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}  # numpy scalars
     recipe = build(model.parse({**spec_params, **params}, f"recipe {base!r}"))
     if params:  # the name tells the variant apart, as a spec would
         extra = ",".join(f"{k}={param_text(v)}" for k, v in params.items())

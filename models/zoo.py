@@ -45,8 +45,13 @@ def _assign_roles(net: Sequential) -> Sequential:
 def set_last_layers(net: Sequential, count: int) -> Sequential:
     """Give the ``last`` role to the final ``count`` GEMM layers (at least the last one; a
     recipe's ``last_layers``: e.g. how many final layers stay in BF16), counted among the layers
-    that are not attention or depthwise, never the first."""
+    that are not attention or depthwise, never the first.
+
+    Raises ConfigError when ``count`` exceeds the GEMM layers after the first."""
     gemm = [layer for layer in net.gemm_layers() if layer.role not in ("attention", "depthwise")]
+    if count > len(gemm) - 1:
+        raise ConfigError(f"the recipe keeps the last {count} GEMM layers apart (last_layers, e.g. nvfp4's "
+                          f"bf16_last), but {net.name} has {len(gemm) - 1} after its first layer")
     for layer in gemm[1:][-max(count, 1):]:
         layer.role = "last"
     return net

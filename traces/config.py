@@ -219,7 +219,7 @@ def first_difference(key: str, a: Any, b: Any) -> tuple[str, Any, Any]:
 def parse_text(annotation: Any, text: str, name: str) -> Any:
     """Convert command-line ``text`` to a value of the field type ``annotation``.
 
-    int: a whole number (``64``, ``1e6``); float: a number (``inf`` allowed where the field
+    int: a whole number (``64``, ``1e6``; no ``_`` digit separators); float: a number (``inf`` allowed where the field
     allows it); bool: true/false, on/off, yes/no, 1/0; a Literal: one of its values, compared as
     text; a class with a ``parse`` classmethod (an accumulator ``fp16/g4/c64``): that method;
     str: the text. The result is then validated by the model as usual.
@@ -229,6 +229,8 @@ def parse_text(annotation: Any, text: str, name: str) -> Any:
     t = base_type(annotation)
     text = text.strip()
     low = text.lower()
+    if t in (int, float) and "_" in text:  # Python's int() and float() would read 1_6 as 16
+        raise ConfigError(f"{name} = {text!r}: expected a{'n integer' if t is int else ' number'} (digits only)")
     if typing.get_origin(t) is Literal:
         options = typing.get_args(t)
         if all(isinstance(o, int) and not isinstance(o, bool) for o in options):

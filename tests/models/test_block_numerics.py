@@ -216,6 +216,16 @@ def test_block_gemm_far_outside_binary32_takes_the_exact_path():
     np.testing.assert_array_equal(out2, naive.gemm_block(a2.values, a2.scales, b2.values, b2.scales, 32, "fp32"))
 
 
+def test_block_gemm_refuses_an_alpha_beyond_binary32():
+    """NVFP4 tensor scales are amax / (6 * 448): amax 3e38 on both sides gives 1.116e35 each, whose
+    product overflows the binary32 epilogue's alpha (refused, not a NaN from 0 * inf)."""
+    a = np.zeros((1, 32), np.float32)
+    a[0, 0], a[0, 16] = 3e38, 1.0
+    b = np.ascontiguousarray(a.T)
+    with pytest.raises(NumericsError, match="product of the operands' tensor scales .* overflows binary32"):
+        N.gemm_block(N.quantize_block(a, "nvfp4"), N.quantize_block(b, "nvfp4", axis=0), FP32[16])
+
+
 def test_block_gemm_rounds_once_per_block_in_fp32():
     """Two blocks: 2^24 + 1 (exact) and then + 1: each add rounds to binary32, so the first sum
     2^24 + 1 -> 2^24 (tie to even) and 2^24 + 1 -> 2^24 again; the exact sum would be 2^24 + 2.
@@ -408,6 +418,9 @@ def test_block_gemm_refuses_scales_that_do_not_match_the_values():
 def test_hadamard_refuses_infinities_and_a_1d_block_tensor_transposes_to_itself():
     with pytest.raises(NumericsError, match="holds \\+-inf or values beyond binary32"):
         N.hadamard_transform(np.array([np.inf, 1.0]), 2)
+    # 16 inputs of 3e38 (finite) sum to 4.8e39 in the first output: beyond binary32, refused
+    with pytest.raises(NumericsError, match="outputs \\(sums of 16 signed inputs\\) exceed binary32's range"):
+        N.hadamard_transform(np.full((1, 16), 3e38, np.float32), 16)
     q = N.quantize_block(np.arange(4.0), "mxfp4")
     assert q.T is q
     np.testing.assert_array_equal(q.T.real(), q.real())

@@ -54,6 +54,9 @@ def test_block_recipes_keep_first_last_and_attention_in_bf16_unless_asked():
     assert get_recipe("luq").first.weight.name == "fp16"
     with pytest.raises(ConfigError, match="rht"):
         get_recipe("nvfp4:rht=12")
+    with pytest.raises(ConfigError, match="parameter 'rht' is given twice \\(in the spec and as a keyword\\)"):
+        get_recipe("nvfp4:rht=0", rht=16)
+    assert get_recipe("nvfp4", block=np.int64(32)).name == "nvfp4:block=32"  # a numpy integer is an integer
     with pytest.raises(ConfigError, match="scale"):
         get_recipe("mxfp4:scale=fp32")
 
