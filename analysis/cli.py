@@ -275,7 +275,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if len(failed):
         for row in failed.itertuples():
             print(f"point {row.point_id} failed: {row.error}", file=sys.stderr)
-        print("run the same command again to retry the failed points", file=sys.stderr)
+        print("run the same command again to retry the failed points (one failed for a reason in its "
+              "configuration fails again: change the grid or the chip)", file=sys.stderr)
         return 1
     return 0
 
