@@ -236,17 +236,19 @@ def round_float_array(x, out, frac_bits, emin, subnormals, ties_away, max_value,
     for j in prange(chunks):
         xs = x[j * _ROUND_CHUNK:min(n, (j + 1) * _ROUND_CHUNK)]  # from index 0: see `scan_operand`
         outs = out[j * _ROUND_CHUNK:min(n, (j + 1) * _ROUND_CHUNK)]
+        over = 0  # a local sum: a store to part in the loop would stop it vectorising
         if fast:  # the loop without a branch on the format, so that it vectorises
             for i in range(xs.size):
                 r, o, u = round_nearest_even(np.float64(xs[i]), frac_bits, emin, max_value, saturate)
                 outs[i] = r
-                part[j, 0] += o
+                over += o
         else:
             for i in range(xs.size):
                 r, o, u = round_float(np.float64(xs[i]), frac_bits, emin, subnormals, ties_away, max_value,
                                       flush_below, saturate)
                 outs[i] = r
-                part[j, 0] += o
+                over += o
+        part[j, 0] = over
         _zeros_and_nans(xs, outs, part[j])
     for c in range(4):
         counts[c] += part[:, c].sum()
@@ -357,11 +359,13 @@ def round_float_stochastic_array(x, out, seed, step, tensor_id, frac_bits, emin,
         i0 = j * _ROUND_CHUNK
         xs = x[i0:min(n, i0 + _ROUND_CHUNK)]
         outs = out[i0:min(n, i0 + _ROUND_CHUNK)]
+        over = 0
         for i in range(xs.size):
             r, o, u = round_float_stochastic(xs[i], counter_bits(seed, step, tensor_id, i0 + i), frac_bits,
                                              emin, subnormals, max_value, flush_below, saturate)
             outs[i] = r
-            part[j, 0] += o
+            over += o
+        part[j, 0] = over
         _zeros_and_nans(xs, outs, part[j])
     for c in range(4):
         counts[c] += part[:, c].sum()
