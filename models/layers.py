@@ -1160,6 +1160,11 @@ class TokenPositionEmbedding(Layer):
         return [self.tokens, self.positions]
 
     def forward(self, ids: np.ndarray, ctx: Context) -> np.ndarray:
+        """Raises ConfigError for sequences longer than the position table (the context)."""
+        if ids.ndim != 2 or ids.shape[1] > self.positions.value.shape[0]:
+            raise ConfigError(f"{self.name}: sequences of {ids.shape[-1] if ids.ndim else 0} tokens (shape "
+                              f"{ids.shape}) do not fit the model's context of {self.positions.value.shape[0]} "
+                              "positions; use a longer context or shorter sequences")
         self._ids = ids
         return (self.tokens.value[ids] + self.positions.value[: ids.shape[1]]).astype(np.float32)
 

@@ -172,7 +172,7 @@ def train_step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, velo
     return loss, False
 
 
-SEQUENCE_MODELS = ("lstm",)
+SEQUENCE_MODELS = ("lstm", "gpt")
 """Models of token sequences (a data set with a vocabulary); the others classify tensors."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fourbit.models.layers import (
+    GELU,
     LSTM,
     AvgPool2d,
     BatchNorm2d,
@@ -17,11 +18,14 @@ from fourbit.models.layers import (
     Embedding,
     Flatten,
     Layer,
+    LayerNorm,
     Linear,
     MaxPool2d,
     ReLU,
     Residual,
+    SelfAttention,
     Sequential,
+    TokenPositionEmbedding,
 )
 from fourbit.traces.errors import ConfigError
 
@@ -175,13 +179,48 @@ def lstm(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator,
     return _assign_roles(Sequential("lstm", stack))
 
 
+def gpt(input_shape: tuple[int, ...], n_classes: int, rng: np.random.Generator, layers: int = 4,
+        width: int = 128, heads: int = 4, mlp_ratio: int = 4, context: int | None = None) -> Sequential:
+    """A character-level decoder-only transformer in GPT-2's layout (Radford et al. 2019): token
+    and position embeddings, ``layers`` pre-LayerNorm blocks (causal self-attention with ``heads``
+    heads between a QKV and an output projection; a GELU MLP of ``mlp_ratio`` x ``width``), each
+    inside a residual add, a final LayerNorm and the vocabulary projection (no bias). Linear
+    weights are drawn with std 0.02, as GPT-2's. Input (B, T) token ids, T <= ``context``
+    (default: the data's sequence length, input_shape[0]); output (B, T, vocab) logits.
+
+    Raises ConfigError for fewer than one layer, a width not divisible by ``heads``, or
+    non-positive sizes."""
+    context = int(input_shape[0]) if context is None else context
+    for name, value in (("layers", layers), ("width", width), ("heads", heads), ("mlp_ratio", mlp_ratio),
+                        ("context", context)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"gpt: {name} must be an integer >= 1, got {value!r}")
+    if width % heads:
+        raise ConfigError(f"gpt: width {width} is not divisible by heads {heads}")
+
+    def linear(name: str, n_in: int, n_out: int, bias: bool = True) -> Linear:
+        return Linear(name, n_in, n_out, rng, bias=bias, signed_input=True, std=0.02)
+
+    blocks: list[Layer] = []
+    for i in range(layers):
+        h = f"h{i}"
+        blocks.append(Residual(f"{h}.attn.res", Sequential(f"{h}.attn.main", [
+            LayerNorm(f"{h}.ln1", width), linear(f"{h}.attn.qkv", width, 3 * width),
+            SelfAttention(f"{h}.attn", width, heads), linear(f"{h}.attn.proj", width, width)])))
+        blocks.append(Residual(f"{h}.mlp.res", Sequential(f"{h}.mlp.main", [
+            LayerNorm(f"{h}.ln2", width), linear(f"{h}.mlp.fc", width, mlp_ratio * width), GELU(f"{h}.gelu"),
+            linear(f"{h}.mlp.proj", mlp_ratio * width, width)])))
+    return _assign_roles(Sequential("gpt", [TokenPositionEmbedding("embed", n_classes, context, width, rng), *blocks,
+                                            LayerNorm("ln_f", width), linear("lm_head", width, n_classes, bias=False)]))
+
+
 def _image_shape(input_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
         raise ConfigError(f"{model} takes images (channels, height, width), got inputs of shape {input_shape}")
     return input_shape
 
 
-MODELS = {"mlp": mlp, "lenet5": lenet5, "resnet": resnet, "speech": speech, "lstm": lstm}
+MODELS = {"mlp": mlp, "lenet5": lenet5, "resnet": resnet, "speech": speech, "lstm": lstm, "gpt": gpt}
 
 
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int, seed: int, **params) -> Sequential:

@@ -158,7 +158,7 @@ def test_train_refuses_to_overwrite_unless_told(tmp_path, capsys):
 
 @pytest.mark.parametrize("model, dataset, message", [
     ("lstm", "digits", "lstm models character sequences (data set shakespeare); data set 'digits' holds feature"),
-    ("mlp", "shakespeare", "mlp classifies feature tensors; data set 'shakespeare' holds character sequences"),
+    ("mlp", "shakespeare", "mlp classifies feature tensors; data set 'shakespeare' holds character sequences (models: lstm, gpt)"),
 ])
 def test_a_model_on_the_wrong_kind_of_data_is_refused_and_leaves_nothing(tmp_path, data_dir, model, dataset,
                                                                         message):

@@ -101,44 +101,21 @@ def test_bad_descriptions_are_refused_with_the_field(tmp_path, text, message):
 
 @pytest.mark.parametrize("recipe", ["int4", "fp32", "hfp8"])
 def test_a_trained_transformer_and_its_description_give_the_same_rows(tiny, recipe):
-    """The emulator's layers (token and position embedding, pre-LayerNorm blocks of causal
+    """The zoo's `gpt` (token and position embedding, pre-LayerNorm blocks of causal
     self-attention and a GELU MLP, final LayerNorm, vocabulary projection) trained one step, and
     the description of the same shapes imported: the same GEMM rows (all but the value
     statistics) and the same op rows, since both record through one registry."""
     import numpy as np
     import pandas as pd
 
-    from fourbit.models.layers import (
-        GELU,
-        Context,
-        LayerNorm,
-        Linear,
-        Residual,
-        SelfAttention,
-        Sequential,
-        TokenPositionEmbedding,
-    )
+    from fourbit.models.layers import Context
     from fourbit.models.recorder import Recorder
     from fourbit.models.trainer import TrainConfig, grad_scales, train_step
-    from fourbit.models.zoo import _assign_roles
+    from fourbit.models.zoo import gpt
 
     _, s = read_transformer(tiny)
-    d, rng = s.width, np.random.default_rng(0)
-
-    def linear(name, i, o, bias=True):
-        return Linear(name, i, o, rng, bias=bias, signed_input=True, std=0.02)
-
-    blocks = []
-    for i in range(s.layers):
-        h = f"h{i}"
-        blocks.append(Residual(f"{h}.attn.res", Sequential(f"{h}.attn.main", [
-            LayerNorm(f"{h}.ln1", d), linear(f"{h}.attn.qkv", d, 3 * d), SelfAttention(f"{h}.attn", d, s.heads),
-            linear(f"{h}.attn.proj", d, d)])))
-        blocks.append(Residual(f"{h}.mlp.res", Sequential(f"{h}.mlp.main", [
-            LayerNorm(f"{h}.ln2", d), linear(f"{h}.mlp.fc", d, s.mlp_ratio * d), GELU(f"{h}.gelu"),
-            linear(f"{h}.mlp.proj", s.mlp_ratio * d, d)])))
-    net = _assign_roles(Sequential("gpt", [TokenPositionEmbedding("embed", s.vocab, s.context, d, rng), *blocks,
-                                           LayerNorm("ln_f", d), linear("lm_head", d, s.vocab, bias=False)]))
+    rng = np.random.default_rng(0)
+    net = gpt((s.context,), s.vocab, rng, layers=s.layers, width=s.width, heads=s.heads, mlp_ratio=s.mlp_ratio)
     ctx = Context(get_recipe(recipe), Recorder())
     ids = rng.integers(0, s.vocab, (2, s.context))
     ctx.recorder.start(0)
