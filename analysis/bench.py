@@ -229,6 +229,20 @@ def _bench_data(data_dir):
     return Dataset("random-mnist-shape", x, y, x[:256], y[:256], 10), False
 
 
+def _token_data(data_dir):
+    """tiny-shakespeare from ``data_dir`` (or $FOURBIT_DATA_DIR) when found there; else random
+    ids over 65 characters in its shape (the step time does not depend on the characters)."""
+    import os
+
+    from fourbit.models.data import Dataset, load_dataset
+
+    if data_dir is not None or os.environ.get("FOURBIT_DATA_DIR"):
+        return load_dataset("shakespeare", data_dir)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 65, (512, 64))
+    return Dataset("random-shakespeare-shape", x, np.roll(x, -1, axis=1), x[:64], x[:64], 65, None)
+
+
 def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
     """One training step of ``lenet5`` at batch 64 in ``int4`` (issue 4), ``nvfp4`` and ``luq``
     (issue 18), each / one ``fp32`` step (numpy float32 BLAS), timed in alternating blocks
@@ -237,7 +251,9 @@ def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
     with the fp32 step timed beside it (the ratio's denominator); and the wall time of one MNIST
     epoch at ``int4`` (all 937 steps and the test-set evaluation; with ``--quick``, 937 x the
     median step). Without MNIST (no ``data_dir``, no $FOURBIT_DATA_DIR) the steps run on random
-    MNIST-shaped images and the epoch is left out."""
+    MNIST-shaped images and the epoch is left out. And one step of the character transformer
+    ``gpt`` (4 blocks of width 128, sequences of 64) at batch 32 in ``int4`` / ``fp32`` (issue 19;
+    target <= 3), on tiny-shakespeare or random characters."""
     from fourbit.models.trainer import TrainConfig, train
 
     ds, real = _bench_data(data_dir)
@@ -250,6 +266,12 @@ def bench_train(quick: bool = False, data_dir=None) -> list[dict]:
                 _record("train", f"lenet5 batch 64 fp32 step (timed beside {recipe})", tr * 1e3, "ms", None)]
         if recipe == "int4":
             int4_step = ts
+    tokens = _token_data(data_dir)  # the transformer (issue 19): gpt at batch 32, int4 / fp32
+    ts, tr = in_blocks(_step_fn("gpt", tokens, "int4", 32), _step_fn("gpt", tokens, "fp32", 32),
+                       repeats=6 if quick else 12, rounds=3)
+    out += [_record("train", "gpt batch 32 step: int4 / fp32", ts / tr, "ratio", 3.0),
+            _record("train", "gpt batch 32 int4 step", ts * 1e3, "ms", None),
+            _record("train", "gpt batch 32 fp32 step (timed beside int4)", tr * 1e3, "ms", None)]
     ts = int4_step
     steps = len(ds.x_train) // 64
     if real and quick:
