@@ -120,9 +120,11 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         if acc is None:
             raw = np.matmul(av.astype(np.float32), bv.astype(np.float32))
             acc_name = "fp32/g1"
-        else:
-            raw, acc_stats = _per_group(g, lambda i: numerics.gemm_with_stats(av if i is None else av[i],
-                                                                              bv if i is None else bv[i], acc))
+        elif g == 1:
+            raw, acc_stats = numerics.gemm_with_stats(av, bv, acc)
+            acc_name = acc.name
+        else:  # one validation and plan for the G groups (attention: B x heads of them)
+            raw, acc_stats = numerics.gemm_groups_with_stats(av, bv, acc)
             acc_name = acc.name
     scale = scale * np.float32(extra_scale)
     integer_acc = acc is not None and acc.sums_exactly

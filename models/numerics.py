@@ -12,7 +12,7 @@ and `gemm_with_stats` are a contract other code and users rely on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +28,7 @@ __all__ = [
     "GemmStats",
     "QuantStats",
     "gemm",
+    "gemm_groups_with_stats",
     "gemm_with_stats",
     "quantize_float",
     "quantize_fp4",
@@ -659,11 +660,12 @@ def _check_operands(a, b, acc: Accumulator) -> tuple[_Operand, _Operand]:
     if acc.chunk == "array":
         raise NumericsError("accumulator chunk='array' is unresolved; call accumulator.resolve(rows, macs_per_pe)")
     a_arr, b_arr = np.asarray(a), np.asarray(b)
-    if a_arr.ndim != 2 or b_arr.ndim != 2:
-        raise NumericsError(f"a and b must be 2-D, got shapes {a_arr.shape} and {b_arr.shape}")
-    if a_arr.shape[1] != b_arr.shape[0]:
+    if a_arr.ndim != b_arr.ndim or a_arr.ndim not in (2, 3) or a_arr.shape[:-2] != b_arr.shape[:-2]:
+        raise NumericsError(f"a and b must be 2-D (or 3-D with the same number of groups), got shapes {a_arr.shape} "
+                            f"and {b_arr.shape}")
+    if a_arr.shape[-1] != b_arr.shape[-2]:
         raise NumericsError(f"inner dimensions differ: a is {a_arr.shape}, b is {b_arr.shape} (K must match)")
-    if a_arr.shape[1] == 0:
+    if a_arr.shape[-1] == 0:
         raise NumericsError("K = 0: a GEMM needs at least one product per output")
     ao, bo = _scan(a_arr, "a"), _scan(b_arr, "b")
     if acc.is_integer and not (ao.integer and bo.integer):
@@ -852,8 +854,42 @@ def gemm_with_stats(a, b, accumulator: Accumulator, *, path: str | None = None) 
         As `gemm`; also a forced ``path`` that does not compute this accumulator.
     """
     ao, bo = _check_operands(a, b, accumulator)
+    if ao.array.ndim != 2:
+        raise NumericsError(f"a and b must be 2-D, got shapes {ao.array.shape} and {bo.array.shape} "
+                            "(grouped GEMMs: gemm_groups_with_stats)")
     chosen = path or _plan(ao, bo, ao.array.shape[1], accumulator)
     return _run(ao, bo, accumulator, chosen)
+
+
+def gemm_groups_with_stats(a, b, accumulator: Accumulator) -> tuple[np.ndarray, GemmStats]:
+    """G independent GEMMs out[g] = a[g] @ b[g] (a (G, M, K), b (G, K, N)), each exactly as
+    `gemm_with_stats` computes it, with one validation and one plan for all of them: bounds over
+    every group hold for each group, and each kernel's preconditions only get harder to meet with
+    wider bounds, so the kernel chosen is exact for every group (it may be a slower one than a
+    group's own bounds would allow). Exact sums (``blas32``, ``blas64``) run as one batched
+    matmul; the other kernels group by group. Returns (out (G, M, N) float64, the groups' events
+    summed).
+
+    Raises NumericsError as `gemm`, for operands that are not 3-D with the same G too."""
+    ao, bo = _check_operands(a, b, accumulator)
+    if ao.array.ndim != 3:
+        raise NumericsError(f"grouped GEMMs take a (G, M, K) and b (G, K, N), got shapes {ao.array.shape} and "
+                            f"{bo.array.shape}")
+    path = _plan(ao, bo, ao.array.shape[2], accumulator)
+    if path in ("zero", "blas32", "blas64"):  # exact sums: one batched call, any summation order
+        g, m, _ = ao.array.shape
+        if path == "zero":
+            out = np.zeros((g, m, bo.array.shape[2]), np.float64)
+        elif path == "blas32":
+            out = np.matmul(ao.as_lane(np.float32), bo.as_lane(np.float32)).astype(np.float64)
+        else:
+            out = np.matmul(ao.as_lane(np.float64), bo.as_lane(np.float64))
+        return out, GemmStats(0, 0, 0, path)
+    parts = [_run(replace(ao, array=ao.array[i]), replace(bo, array=bo.array[i]), accumulator, path)
+             for i in range(ao.array.shape[0])]
+    return np.stack([p[0] for p in parts]), GemmStats(sum(p[1].overflows for p in parts),
+                                                      sum(p[1].underflows for p in parts),
+                                                      sum(p[1].nonfinite_outputs for p in parts), path)
 
 
 def gemm(a, b, accumulator: Accumulator) -> np.ndarray:

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
@@ -133,6 +133,33 @@ def _fp4_int4(draw_shape, rng, fmt=None):
     scale = np.exp2(rng.integers(-2 * fmt.log2_radix * fmt.bias, 2 * fmt.log2_radix * fmt.bias + 1, (k, n)) / 2)
     b = numerics.quantize_fp4(rng.standard_normal((k, n)) * scale, fmt.radix, fmt.exponent_bits, fmt.phase)
     return a, b
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 5), st.integers(1, 19), st.integers(1, 5), st.integers(0, 2**31),
+       st.sampled_from(ACCS), st.sampled_from(["shift_add", "fp16_ops", "big"]))
+def test_grouped_gemms_equal_one_gemm_per_group(g, m, k, n, seed, acc, kind):
+    """`gemm_groups_with_stats` (one plan from all groups' bounds) gives each group's
+    `gemm_with_stats` result bit for bit, and the sum of their events, for groups whose ranges
+    differ (each group scaled by its own power of two)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(g):
+        if kind == "shift_add":
+            a, b = _fp4_int4((m, k, n), rng)
+        elif kind == "fp16_ops":
+            a = (rng.standard_normal((m, k)) * 2.0 ** (rng.integers(-20, 10, (m, k)) - 3 * i)).astype(np.float16)
+            b = (rng.standard_normal((k, n)) * np.exp2(rng.integers(-20, 10, (k, n)))).astype(np.float16)
+        else:
+            a, b = rng.integers(-15, 16, (m, k)) * 1024.0 * 2.0**i, numerics.quantize_fp4(rng.standard_normal((k, n)) * 40)
+        pairs.append((np.asarray(a, np.float64), np.asarray(b, np.float64)))
+    a3, b3 = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    out, stats = numerics.gemm_groups_with_stats(a3, b3, acc)
+    each = [numerics.gemm_with_stats(a, b, acc) for a, b in pairs]
+    for got, (want, _) in zip(out, each, strict=True):
+        assert same_bits(got, want)
+    assert (stats.overflows, stats.underflows, stats.nonfinite_outputs) == tuple(
+        sum(getattr(s, f) for _, s in each) for f in ("overflows", "underflows", "nonfinite_outputs"))
 
 
 @given(st.integers(1, 5), st.integers(1, 19), st.integers(1, 5), st.integers(0, 2**31),
