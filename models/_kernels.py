@@ -930,15 +930,38 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
     fewer. Blocked rows cannot underflow (no underflow test), so their counts are 0.
     """
     M = a.shape[0]
-    N = b.shape[1]
-    K = a.shape[1]
     step = _ROWS if group == 4 and not check_underflow else 1  # rows per parallel task
     for blk in prange((M + step - 1) // step):
-        m0 = blk * step
-        if M - m0 < _ROWS or step == 1:  # row by row
-            for m in range(m0, min(m0 + step, M)):
-                _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p)
-            continue
+        _ieee_task(a, b, out, blk * step, step, group, chunk, check_underflow, underflow_counts, mode, p,
+                   exact_groups)
+
+
+@_one_thread_when_small
+@njit(cache=True, parallel=True)
+def gemm_fast_ieee_groups(a, b, out, group, chunk, check_underflow, underflow_counts, mode, p, exact_groups):
+    """`gemm_fast_ieee` of G independent GEMMs: out[g] = a[g] @ b[g] for ``a`` (G, M, K), ``b``
+    (G, K, N) and ``out`` (G, M, N); ``underflow_counts`` (G, M). The tasks of every group run in
+    one parallel loop (a group's rows as `gemm_fast_ieee` splits them), so the same values."""
+    G, M = a.shape[0], a.shape[1]
+    step = _ROWS if group == 4 and not check_underflow else 1
+    per_group = (M + step - 1) // step
+    for task in prange(G * per_group):
+        g = task // per_group
+        _ieee_task(a[g], b[g], out[g], (task - g * per_group) * step, step, group, chunk, check_underflow,
+                   underflow_counts[g], mode, p, exact_groups)
+
+
+@njit(cache=True, inline="always")
+def _ieee_task(a, b, out, m0, step, group, chunk, check_underflow, underflow_counts, mode, p, exact_groups):
+    """Rows m0..m0+step-1 of `gemm_fast_ieee`: a block of `_ROWS` rows sharing their loads of
+    b, or row by row."""
+    M = a.shape[0]
+    N = b.shape[1]
+    K = a.shape[1]
+    if M - m0 < _ROWS or step == 1:  # row by row
+        for m in range(m0, min(m0 + step, M)):
+            _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p)
+    else:
         cs = np.zeros((_ROWS, N), b.dtype)
         tot = np.zeros((_ROWS, N), b.dtype)
         g = np.zeros(N, b.dtype)

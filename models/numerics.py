@@ -722,47 +722,20 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         rows = np.flatnonzero(bad)
         if rows.size:  # an accumulator overflowed: redo those rows exactly (inf semantics)
             over, under = _general(a, b, acc, out, rows)
-    elif path in ("ieee32", "ieee64", "native32", "half64"):
-        dt = np.float64 if path in ("ieee64", "half64") else np.float32
-        mode = {"native32": K.LANE_NATIVE, "half64": K.LANE_HALF64}.get(path, K.LANE_NARROW)
-        lane_p = K.lane_params(np.float64, 10, False, 65504.0)
-        computes = np.float16 if path in ("ieee32", "half64") else np.float32
-        if acc.value_format is None or getattr(acc.value_format, "ieee_dtype", None) != computes:
-            raise NumericsError(f"path {path!r} computes the IEEE {np.dtype(computes).name} accumulator only")
-        lane_out = np.empty((m, n), dt)
-        chunk = kk if acc.chunk is None else int(acc.chunk)
-        # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
-        # the format's smallest (subnormal) value
-        check = 2.0 ** (a.low + b.low) <= acc.value_format.min_positive / 2
-        transposed = _narrow_n(m, n)
-        lost = np.zeros(n if transposed else m, np.int64)
-        left, right = (b, a) if transposed else (a, b)
-        fmt = acc.value_format
-        # the per-group test pays off across wide rows only (measured: N = 512 3.2 ms against
-        # 4.0 ms without it; N = 64 4.2 ms against 3.8 ms)
-        skip = mode != K.LANE_NATIVE and (m if transposed else n) >= _SKIP_MIN_LANES and left.pow2
-        exact_groups = K.exact_group_params(skip, right.low, right.high,
-                                            fmt.precision, math.frexp(fmt.min_positive)[1] - 1, fmt.max_value,
-                                            acc.group)
-        if transposed:
-            lane_t = np.empty((n, m), dt)
-            K.gemm_fast_ieee(*_transposed_lanes(a, b, dt), lane_t, acc.group, chunk, check, lost, mode, lane_p,
-                             exact_groups)
+    elif path in _IEEE_PATHS:
+        plan = _ieee_plan(a, b, acc, path, m, n)
+        lost = np.zeros(n if plan.transposed else m, np.int64)
+        if plan.transposed:
+            lane_t = np.empty((n, m), plan.dt)
+            K.gemm_fast_ieee(*_transposed_lanes(a, b, plan.dt), lane_t, acc.group, plan.chunk, plan.check, lost,
+                             plan.mode, plan.lane_p, plan.exact_groups)
             lane_out = lane_t.T
         else:
-            K.gemm_fast_ieee(a.as_left(), b.as_lane(dt), lane_out, acc.group, chunk, check, lost, mode, lane_p,
-                             exact_groups)
+            lane_out = np.empty((m, n), plan.dt)
+            K.gemm_fast_ieee(a.as_left(), b.as_lane(plan.dt), lane_out, acc.group, plan.chunk, plan.check, lost,
+                             plan.mode, plan.lane_p, plan.exact_groups)
         out = lane_out.astype(np.float64)
-        bad = ~np.isfinite(lane_out).all(axis=1)  # lane_out has the shape of out (a view when transposed)
-        if not bad.any():
-            nonfinite = 0
-        elif transposed:  # counts are per column there: recount every row
-            bad[:] = True
-        under = int(lost.sum()) if not bad.any() else (0 if transposed else int(lost[~bad].sum()))
-        rows = np.flatnonzero(bad)
-        if rows.size:  # values are already right (IEEE inf/NaN); count those rows' events
-            over, under_rows = _general(a, b, acc, out, rows)
-            under += under_rows
+        over, under, nonfinite = _ieee_events(a, b, acc, lane_out, lost, plan.transposed, out)
     elif path == "general":
         out = np.empty((m, n), np.float64)
         over, under = _general(a, b, acc, out, np.arange(m))
@@ -773,6 +746,64 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
     if nonfinite is None:
         nonfinite = int(np.count_nonzero(~np.isfinite(out)))
     return out, GemmStats(int(over), int(under), nonfinite, path)
+
+
+_IEEE_PATHS = ("ieee32", "ieee64", "native32", "half64")
+
+
+@dataclass(frozen=True)
+class _IeeePlan:
+    """How `gemm_fast_ieee` runs a GEMM: lane type, rounding mode and its constants, chunk, whether
+    to test for underflow, whether on the transposed problem, and the exact-group test."""
+
+    dt: type
+    mode: int
+    lane_p: np.ndarray
+    chunk: int
+    check: bool
+    transposed: bool
+    exact_groups: np.ndarray
+
+
+def _ieee_plan(a: _Operand, b: _Operand, acc: Accumulator, path: str, m: int, n: int) -> _IeeePlan:
+    """The `_IeeePlan` of an (m x K) by (K x n) GEMM on ``path`` from the operands' bounds.
+
+    Raises NumericsError when ``path`` does not compute this accumulator."""
+    dt = np.float64 if path in ("ieee64", "half64") else np.float32
+    mode = {"native32": K.LANE_NATIVE, "half64": K.LANE_HALF64}.get(path, K.LANE_NARROW)
+    computes = np.float16 if path in ("ieee32", "half64") else np.float32
+    if acc.value_format is None or getattr(acc.value_format, "ieee_dtype", None) != computes:
+        raise NumericsError(f"path {path!r} computes the IEEE {np.dtype(computes).name} accumulator only")
+    kk = a.array.shape[-1]
+    fmt = acc.value_format
+    # a non-zero group sum is at least 2^low: it cannot round to zero when that is at least half
+    # the format's smallest (subnormal) value
+    check = 2.0 ** (a.low + b.low) <= fmt.min_positive / 2
+    transposed = _narrow_n(m, n)
+    left, right = (b, a) if transposed else (a, b)
+    # the per-group test pays off across wide rows only (measured: N = 512 3.2 ms against
+    # 4.0 ms without it; N = 64 4.2 ms against 3.8 ms)
+    skip = mode != K.LANE_NATIVE and (m if transposed else n) >= _SKIP_MIN_LANES and left.pow2
+    exact_groups = K.exact_group_params(skip, right.low, right.high, fmt.precision,
+                                        math.frexp(fmt.min_positive)[1] - 1, fmt.max_value, acc.group)
+    return _IeeePlan(dt, mode, K.lane_params(np.float64, 10, False, 65504.0), kk if acc.chunk is None else int(acc.chunk),
+                     bool(check), transposed, exact_groups)
+
+
+def _ieee_events(a: _Operand, b: _Operand, acc: Accumulator, lane_out: np.ndarray, lost: np.ndarray,
+                 transposed: bool, out: np.ndarray) -> tuple[int, int, int | None]:
+    """(overflows, underflows, non-finite outputs or None to count) of a `gemm_fast_ieee` result
+    ``lane_out`` (M x N) with its underflow counts ``lost`` (per row, per column when
+    ``transposed``): rows with a non-finite output are recounted by `gemm_general` (their values
+    are already right: IEEE inf/NaN)."""
+    bad = ~np.isfinite(lane_out).all(axis=1)
+    if not bad.any():
+        return 0, int(lost.sum()), 0
+    if transposed:  # counts are per column there: recount every row
+        bad[:] = True
+    under = 0 if transposed else int(lost[~bad].sum())
+    over, under_rows = _general(a, b, acc, out, np.flatnonzero(bad))
+    return over, under + under_rows, None
 
 
 def _narrow_n(m: int, n: int, check: bool = False) -> bool:
@@ -867,7 +898,8 @@ def gemm_groups_with_stats(a, b, accumulator: Accumulator) -> tuple[np.ndarray, 
     every group hold for each group, and each kernel's preconditions only get harder to meet with
     wider bounds, so the kernel chosen is exact for every group (it may be a slower one than a
     group's own bounds would allow). Exact sums (``blas32``, ``blas64``) run as one batched
-    matmul; the other kernels group by group. Returns (out (G, M, N) float64, the groups' events
+    matmul, the IEEE lane kernels as one launch over all groups' rows
+    (`_kernels.gemm_fast_ieee_groups`); the other kernels group by group. Returns (out (G, M, N) float64, the groups' events
     summed).
 
     Raises NumericsError as `gemm`, for operands that are not 3-D with the same G too."""
@@ -885,11 +917,44 @@ def gemm_groups_with_stats(a, b, accumulator: Accumulator) -> tuple[np.ndarray, 
         else:
             out = np.matmul(ao.as_lane(np.float64), bo.as_lane(np.float64))
         return out, GemmStats(0, 0, 0, path)
-    parts = [_run(replace(ao, array=ao.array[i]), replace(bo, array=bo.array[i]), accumulator, path)
-             for i in range(ao.array.shape[0])]
+    if path in _IEEE_PATHS:
+        return _ieee_groups(ao, bo, accumulator, path)
+    parts = [_run(_group_operand(ao, i), _group_operand(bo, i), accumulator, path) for i in range(ao.array.shape[0])]
     return np.stack([p[0] for p in parts]), GemmStats(sum(p[1].overflows for p in parts),
                                                       sum(p[1].underflows for p in parts),
                                                       sum(p[1].nonfinite_outputs for p in parts), path)
+
+
+def _group_operand(x: _Operand, i: int) -> _Operand:
+    """Group ``i`` of a grouped operand, with the bounds of all groups."""
+    return replace(x, array=x.array[i])
+
+
+def _ieee_groups(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndarray, GemmStats]:
+    """The grouped GEMMs on `gemm_fast_ieee_groups`: one plan and one kernel launch for all
+    groups, then each group's events as `_run` counts them."""
+    g, m, _ = a.array.shape
+    n = b.array.shape[2]
+    plan = _ieee_plan(a, b, acc, path, m, n)
+    lost = np.zeros((g, n if plan.transposed else m), np.int64)
+    if plan.transposed:
+        lane_t = np.empty((g, n, m), plan.dt)
+        K.gemm_fast_ieee_groups(np.ascontiguousarray(b.array.transpose(0, 2, 1)),
+                                np.ascontiguousarray(a.array.transpose(0, 2, 1), dtype=plan.dt), lane_t, acc.group,
+                                plan.chunk, plan.check, lost, plan.mode, plan.lane_p, plan.exact_groups)
+        lane_out = lane_t.transpose(0, 2, 1)
+    else:
+        lane_out = np.empty((g, m, n), plan.dt)
+        K.gemm_fast_ieee_groups(a.as_left(), b.as_lane(plan.dt), lane_out, acc.group, plan.chunk, plan.check, lost,
+                                plan.mode, plan.lane_p, plan.exact_groups)
+    out = lane_out.astype(np.float64)
+    over = under = nonfinite = 0
+    for i in range(g):
+        o, u, nf = _ieee_events(_group_operand(a, i), _group_operand(b, i), acc, lane_out[i], lost[i],
+                                plan.transposed, out[i])
+        over, under = over + o, under + u
+        nonfinite += int(np.count_nonzero(~np.isfinite(out[i]))) if nf is None else nf
+    return out, GemmStats(over, under, nonfinite, path)
 
 
 def gemm(a, b, accumulator: Accumulator) -> np.ndarray:
