@@ -255,9 +255,9 @@ def round_float_array(x, out, frac_bits, emin, subnormals, ties_away, max_value,
 
 
 @njit(cache=True, inline="always")
-def _zeros_and_nans(x, out, part):
-    """part[1] += non-zero values of ``x`` whose ``out`` is zero, part[2] += zeros of ``out``,
-    part[3] += NaNs of ``x``."""
+def _zero_counts(x, out):
+    """(non-zero values of ``x`` whose ``out`` is zero, zeros of ``out``, NaNs of ``x``) of a
+    rounding x -> out, in one branch-free pass."""
     under = 0
     zeros = 0
     nans = 0
@@ -266,6 +266,13 @@ def _zeros_and_nans(x, out, part):
         zeros += z
         under += z & (x[i] != 0.0)
         nans += x[i] != x[i]
+    return under, zeros, nans
+
+
+@njit(cache=True, inline="always")
+def _zeros_and_nans(x, out, part):
+    """part[1..3] += `_zero_counts` of x -> out."""
+    under, zeros, nans = _zero_counts(x, out)
     part[1] += under
     part[2] += zeros
     part[3] += nans
@@ -1714,12 +1721,7 @@ def _round_row(q, row, orow, float_elements, frac_bits, emin, subnormals, ties_a
             v = q[c]
             clipped += (v < -max_value) | (v > max_value)
             orow[c] = np.float32(np.rint(min(max(v, -max_value), max_value)))
-    zeros = 0
-    flushed = 0
-    for c in range(q.size):
-        z = orow[c] == 0.0
-        zeros += z
-        flushed += z & (row[c] != 0.0)
+    flushed, zeros, _ = _zero_counts(row, orow)
     return clipped, zeros, flushed
 
 
