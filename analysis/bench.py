@@ -177,7 +177,28 @@ def bench_sim(quick: bool = False) -> list[dict]:
     slope, r2 = _linear_fit(every[:, 0], every[:, 1])
     out.append(_record("sim", "wall time per simpy event (linear fit over all runs)", slope * 1e6, "us", None))
     out.append(_record("sim", "linearity of wall time in events (R^2 of the fit)", r2, "R^2", None))
-    return out
+    return out + _bench_gpt2_small(chip, recipe)
+
+
+def _bench_gpt2_small(chip, recipe: dict) -> list[dict]:
+    """Wall time to simulate one ``gpt2_small`` training step at batch 8 (``int4``, imported
+    description) on the ``fourbit`` chip, cold (target under 2 s, issue 19), with its tiles
+    against the simpy events the run took: the vocabulary projection (8192 x 50257 x 768) alone
+    has about 600k tiles per phase, which the periodic jumps (`fourbit.hwsim.periodic`) cross
+    in a few events."""
+    from fourbit.hwsim.engine import clear_timing_cache, simulate
+    from fourbit.traces.transformer import import_transformer
+
+    trace = import_transformer("gpt2_small", 8, recipe)
+    clear_timing_cache()
+    wall, rep = _timed(lambda: simulate(trace, chip))
+    frame = rep.to_frame()
+    vocab = frame[frame.layer == frame[frame.phase == "fwd"].layer.iloc[-1]]  # the last forward GEMM
+    return [_record("sim", "gpt2_small batch 8 training step on fourbit 32x32 ws", wall, "s", 2.0),
+            _record("sim", "gpt2_small batch 8: tiles", int(frame.tiles.sum()), "tiles", None),
+            _record("sim", "gpt2_small batch 8: vocabulary projection tiles (3 phases)", int(vocab.tiles.sum()),
+                    "tiles", None),
+            _record("sim", "gpt2_small batch 8: simpy events", rep.run_info["events"], "events", None)]
 
 
 def _linear_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -189,7 +189,7 @@ class Recipe:
     ``depthwise``, ``attention``: the activation x activation GEMMs of attention, both operands
     quantized with the role's signed activation quantizer; by default the first layer's
     precision, so the 4-bit recipes keep attention in FP16, as NVIDIA's NVFP4 recipe keeps it in
-    BF16, arXiv 2509.25149) and the gradient-scaling policy (``none``, ``gradscale`` per layer, or
+    BF16, arXiv 2509.25149; their ``attention_bits=4`` gives it the hidden precision) and the gradient-scaling policy (``none``, ``gradscale`` per layer, or
     ``global``: one loss scale for all layers). ``last_layers``: how many final GEMM layers of a
     model take the ``last`` role (default 1; 0: the last layer is a hidden one)."""
 
@@ -383,19 +383,26 @@ def block_hidden(fmt: str, weights_2d: bool, rht: int, stochastic: bool) -> Laye
 
 
 def _block_recipe(name: str, fmt: str, p) -> Recipe:
+    """Raises ConfigError for ``attention_bits=4``: block-scaled attention GEMMs need each of Q,
+    K, P, V and both gradients in two copies blocked along the K of each GEMM they enter (not
+    built; `fourbit.models.layers.SelfAttention` refuses block scales)."""
+    if p.attention_bits == 4:
+        raise ConfigError(f"recipe {name!r}: attention_bits=4 is not available with block scales (attention's "
+                          "operands would need a copy blocked along each of its GEMMs' K); use attention_bits=16")
     hidden = block_hidden(fmt, p.weights_2d, p.rht, p.stochastic)
     return Recipe(name, BF16_LAYER, hidden, BF16_LAYER if p.bf16_last else hidden, BF16_LAYER,
                   attention=BF16_LAYER, last_layers=max(p.bf16_last, 1))
 
 
-def _luq() -> Recipe:
+def _luq(p: LUQParams) -> Recipe:
     """LUQ (Chmiel et al., ICLR 2023; technique.md 5.6): INT4 SAWB weights and activations
     (signed range, round to nearest), radix-2 log FP4 gradients scaled by their own maximum with
     stochastic underflow and logarithmic stochastic rounding (`LUQ`), no GradScale; the first and
     last layers in FP16, as the paper's recipe."""
     hidden = LayerPrecision(weight=SAWB(4), act=SAWB(4), grad_data=LUQ(), grad_weight=LUQ(),
                             acc_fwd=Accumulator("int32"), acc_bwd_data=BWD_ACC, acc_bwd_weight=BWD_ACC, out="fp16")
-    return Recipe("luq", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none")
+    return Recipe("luq", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, "none",
+                  attention=_attention(p.attention_bits, hidden))
 
 
 def _accumulator(value):
@@ -407,6 +414,28 @@ class NoParams(StrictModel):
     """A recipe without parameters."""
 
     PATH = "recipe"
+
+
+ATTENTION_BITS = Field(16, description="attention's Q K^T and P V GEMMs: 16 bits (the first layer's precision, "
+                       "default) or 4 (the hidden layers' precision)")
+"""The ``attention_bits`` parameter of the 4-bit recipes. Default 16: NVIDIA's NVFP4 recipe keeps
+attention's GEMMs in BF16 (arXiv 2509.25149), they hold no weights to store at 4 bits (both
+operands are activations that change every step), and the softmax's P has most of its values
+far below its maximum, where one per-tensor INT4 scale keeps nothing; 4 quantizes both operands
+with the hidden layers' signed activation quantizer and their gradients as the hidden layers'."""
+
+
+def _attention(bits: int, hidden: LayerPrecision) -> LayerPrecision | None:
+    """The ``attention`` role for ``attention_bits``: the hidden precision for 4, else None (the
+    first layer's)."""
+    return hidden if bits == 4 else None
+
+
+class LUQParams(StrictModel):
+    """Parameters of ``luq``: attention's precision."""
+
+    PATH = "recipe"
+    attention_bits: IntChoice((4, 16)) = ATTENTION_BITS
 
 
 class FP4GradParams(StrictModel):
@@ -421,6 +450,7 @@ class FP4GradParams(StrictModel):
     bwd_acc: Annotated[Accumulator, BeforeValidator(_accumulator)] = Field(
         BWD_ACC, description="accumulator of the backward GEMMs, FORMAT/gGROUP/cCHUNK",
         json_schema_extra={"allowed": "an accumulator FORMAT[/gGROUP[/cCHUNK]], e.g. fp16/g4/c64"})
+    attention_bits: IntChoice((4, 16)) = ATTENTION_BITS
 
 
 class Int4Params(FP4GradParams):
@@ -431,15 +461,17 @@ class Int4Params(FP4GradParams):
 
 def _int4(p: Int4Params) -> Recipe:
     # depthwise convolutions stay in FP16 ("< 3% of total ops", [P] section 5)
-    return Recipe("int4", FP16_LAYER, int4_hidden(p.radix, p.exponent_bits, p.tpr, p.bwd_acc, p.tie), FP16_LAYER,
-                  FP16_LAYER, p.grad_scaling, p.tie, p.radix, p.exponent_bits, p.tpr)
+    hidden = int4_hidden(p.radix, p.exponent_bits, p.tpr, p.bwd_acc, p.tie)
+    return Recipe("int4", FP16_LAYER, hidden, FP16_LAYER, FP16_LAYER, p.grad_scaling, p.tie, p.radix,
+                  p.exponent_bits, p.tpr, attention=_attention(p.attention_bits, hidden))
 
 
 def _int4_dw8(p: FP4GradParams) -> Recipe:
     """INT4 forward; FP4 (even phase) gradients for ``bwd_data`` and FP8 (1-5-2) gradients for
     ``bwd_weight`` (the "dx(FP4) dW(FP8)" column of [P] Tables 1-3)."""
     r = _int4(Int4Params(**dict(p), tpr=False))
-    return replace(r, hidden=replace(r.hidden, grad_weight=Cast(get_format("fp8_e5m2"))), tpr=None)
+    hidden = replace(r.hidden, grad_weight=Cast(get_format("fp8_e5m2")))
+    return replace(r, hidden=hidden, tpr=None, attention=_attention(p.attention_bits, hidden) or r.first)
 
 
 class BlockParams(StrictModel):
@@ -453,6 +485,7 @@ class BlockParams(StrictModel):
     bf16_last: int = Field(1, ge=0, le=64, description="how many final layers stay in BF16")
     block: IntChoice((16, 32)) = Field(16, description="elements per block")
     scale: Literal["e4m3", "e8m0"] = Field("e4m3", description="block scale format: E4M3 (two-level) or E8M0")
+    attention_bits: IntChoice((4, 16)) = ATTENTION_BITS
 
 
 class MXParams(BlockParams):
@@ -479,7 +512,7 @@ RECIPES: dict[str, tuple[type[StrictModel], Callable]] = {
     "nvfp4": (BlockParams, lambda p: _block_recipe("nvfp4", _block_name("nvfp4", p, 16, "e4m3"), p)),
     "mxfp4": (MXParams, lambda p: _block_recipe("mxfp4", _block_name("mxfp4", p, 32, "e8m0"), p)),
     "int4-block": (BlockParams, lambda p: _block_recipe("int4-block", _block_name("int4_block", p, 16, "e4m3"), p)),
-    "luq": (NoParams, lambda p: _luq()),
+    "luq": (LUQParams, _luq),
 }
 """Each recipe name: the model of its parameters and the builder taking them."""
 
@@ -525,8 +558,9 @@ def parse_recipe(spec: str) -> tuple[str, dict]:
 
 def get_recipe(name: str, **params) -> Recipe:
     """The recipe called ``name``, with optional parameters (`recipe_params` lists each recipe's:
-    ``int4``: radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc; ``int4-dw8``: the same but
-    tpr). ``name`` may carry them itself, as on the command line:
+    ``int4``: radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc, attention_bits; ``int4-dw8``:
+    the same but tpr; ``luq``: attention_bits; the block recipes: rht, stochastic, weights_2d,
+    bf16_last, block, scale, attention_bits). ``name`` may carry them itself, as on the command line:
     ``"int4:radix=2,tpr=off,grad_scaling=global"``; the recipe's name is then that whole spec
     (traces and tables tell the variants apart). Keyword ``params`` must have their field's type
     (numpy scalars count as Python's) and must not repeat a parameter of the spec.

@@ -184,6 +184,35 @@ def test_gpt_trains_on_text(data_dir, recipe):
                                           "h0.mlp.fc", "h0.mlp.proj", "lm_head"}
 
 
+@pytest.mark.parametrize("spec, formats", [
+    ("int4", {("fwd", "fp16", "fp16"), ("bwd_data", "fp16", "fp16"), ("bwd_weight", "fp16", "fp16")}),
+    ("int4:attention_bits=4", {("fwd", "int4", "int4"), ("bwd_data", "fp4_r4_e3", "int4"),
+                               ("bwd_weight", "fp4_r4_e3_odd", "int4")}),
+])
+def test_attention_bits_set_the_attention_gemms_formats(spec, formats):
+    """``attention_bits``: 16 keeps Q K^T and P V in FP16 (the first layer's precision); 4 gives
+    them the hidden layers' (SAWB signed INT4 operands, TPR radix-4 gradients, GradScale aiming
+    at FP4's maximum). One step of a one-block gpt records them so."""
+
+    net = build_model("gpt", (8,), 65, 0, layers=1, width=16, heads=2)
+    ctx = Context(get_recipe(spec), Recorder())
+    ids = np.random.default_rng(0).integers(0, 65, (2, 8))
+    scales = grad_scales(net, ctx.recipe)
+    ctx.recorder.start(0)
+    train_step(net, ctx, ids, np.roll(ids, -1, axis=1), {}, scales, 0.01, TrainConfig())
+    ctx.recorder.stop()
+    gemms, _ = ctx.recorder.tables()
+    att = gemms[gemms.layer_type == "attention"]
+    assert set(zip(att.phase, att.a_format, att.b_format, strict=True)) == formats
+    # the attention layer's GradScale aims at FP16's target, or at radix-4 FP4's largest value
+    assert net.gemm_layers()[1].grad_scale.target_max == (1.0 if spec == "int4" else 64.0)
+
+
+def test_block_recipes_refuse_4_bit_attention():
+    with pytest.raises(ConfigError, match="attention_bits=4 is not available with block scales"):
+        get_recipe("nvfp4:attention_bits=4")
+
+
 def test_gpt_refuses_bad_shapes():
     with pytest.raises(ConfigError, match="gpt: width 30 is not divisible by heads 4"):
         build_model("gpt", (16,), 65, 0, width=30, heads=4)

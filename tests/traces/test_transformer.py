@@ -99,7 +99,7 @@ def test_bad_descriptions_are_refused_with_the_field(tmp_path, text, message):
         read_transformer(path)
 
 
-@pytest.mark.parametrize("recipe", ["int4", "fp32", "hfp8"])
+@pytest.mark.parametrize("recipe", ["int4", "fp32", "hfp8", "int4:attention_bits=4", "luq:attention_bits=4"])
 def test_a_trained_transformer_and_its_description_give_the_same_rows(tiny, recipe):
     """The zoo's `gpt` (token and position embedding, pre-LayerNorm blocks of causal
     self-attention and a GELU MLP, final LayerNorm, vocabulary projection) trained one step, and
