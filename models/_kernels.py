@@ -1232,45 +1232,41 @@ def gemm_shift_add(ai, shift, sign, out, group, chunk, e0, frac_bits, emin, subn
 # ---------------------------------------------------------------------------------------------
 @_one_thread_when_small
 @njit(cache=True, parallel=True)
-def quantize_log(x, values, codes, b, bias, n_levels, phase_shift, thresholds, levels, ties_up,
-                 exponent_bits, counts):
-    """Round flat float64 ``x`` onto a radix-2^b log format (exact, no ``log``).
+def quantize_log(x, values, codes, low, threshold, levels, ties_up, exponent_bits, counts):
+    """Round flat float32 or float64 ``x`` onto a log format (exact, no ``log``, branch-free).
 
-    With E2 = floor(log2|x|) read off the bit pattern, the largest code whose threshold |x| can
-    reach is j = floor((E2 - (b - 1) + phase_shift) / b) + 1 + bias (thresholds T_j of the format
-    have floor(log2 T_j) = b - 1 + b(j - 1 - bias) - phase_shift); the code is j if |x| >= T_j
-    (ties up; > with ties down) and j - 1 otherwise, clamped to 0..n_levels. Writes the signed
-    value (a flushed value keeps its sign) and the code (sign in bit ``exponent_bits``).
-    counts[0] += values with |x| > the largest magnitude (clipped), counts[1] += non-zero values
-    flushed to zero.
+    The binary exponent field ef of |x| (as float64) alone decides between two codes
+    (`numerics.log_rounding_tables`): the code is low[ef] + 1 if |x| >= threshold[ef] (ties up;
+    > with ties down), else low[ef]. Writes the signed value ``levels[code]`` (a flushed value
+    keeps its sign) and the code (sign in bit ``exponent_bits``). counts[0] += values with |x|
+    above the largest level (clipped), counts[1] += non-zero values flushed to zero, counts[2] +=
+    NaNs (coded as the largest magnitude; the caller refuses them). Integer sums: the same for
+    any thread count.
     """
     n = x.size
-    clip = np.zeros(n, np.bool_)
-    flush = np.zeros(n, np.bool_)
-    vmax = levels[n_levels]
+    vmax = levels[levels.size - 1]
+    nclip = 0
+    nflush = 0
+    nnan = 0
     for i in prange(n):
-        bits = float_bits(x[i])
+        xv = np.float64(x[i])
+        bits = float_bits(xv)
         neg = bits < 0
         mag = bits & _ABS64
-        ef = (mag >> 52) & 0x7FF
         ax = bits_float(mag)
-        c = 0
-        if ef != 0:
-            e2 = ef - 1023
-            j = (e2 - (b - 1) + phase_shift) // b + 1 + bias
-            if j > n_levels:
-                c = n_levels
-            elif j >= 1:
-                t = thresholds[j - 1]
-                up = ax >= t if ties_up else ax > t
-                c = j if up else j - 1
+        ef = mag >> 52
+        t = threshold[ef]
+        up = (ax > t) | (ties_up & (ax == t))
+        c = low[ef] + up
         v = levels[c]
         values[i] = -v if neg else v
         codes[i] = c | (neg << exponent_bits)
-        clip[i] = ax > vmax
-        flush[i] = c == 0 and ax != 0.0
-    counts[0] += clip.sum()
-    counts[1] += flush.sum()
+        nclip += ax > vmax
+        nflush += (c == 0) & (ax != 0.0)
+        nnan += xv != xv
+    counts[0] += nclip
+    counts[1] += nflush
+    counts[2] += nnan
 
 
 @_one_thread_when_small

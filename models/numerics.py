@@ -11,6 +11,7 @@ and `gemm_with_stats` are a contract other code and users rely on.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -136,20 +137,54 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up", *, rounding: str = "n
     """
     _option(tie, "tie", ("up", "down"))
     _option(rounding, "rounding", ROUNDINGS)
-    arr = _as_float_array(x, "x")
-    flat = np.ascontiguousarray(arr).ravel()
-    values = np.empty(flat.size, np.float64)
-    codes = np.empty(flat.size, np.uint8)
-    counts = np.zeros(2, np.int64)
     levels = np.concatenate([[0.0], fmt.levels()])
     if rounding == "stochastic":
+        arr = _as_float_array(x, "x")
+        flat = np.ascontiguousarray(arr).ravel()
+        values, codes, counts = np.empty(flat.size, np.float64), np.empty(flat.size, np.uint8), np.zeros(2, np.int64)
         K.quantize_log_stochastic(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
                                   levels, fmt.radix, fmt.exponent_bits, counts, *_check_key(key))
-    else:
-        K.quantize_log(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
-                       fmt.thresholds(), levels, tie == "up", fmt.exponent_bits, counts)
+    else:  # float32 and float64 read as they are; NaN counted by the kernel
+        arr = np.asarray(x)
+        if arr.dtype not in (np.float32, np.float64):
+            arr = _as_float_array(arr, "x")
+        flat = np.ascontiguousarray(arr).ravel()
+        values, codes, counts = np.empty(flat.size, np.float64), np.empty(flat.size, np.uint8), np.zeros(3, np.int64)
+        low, threshold = log_rounding_tables(fmt)
+        K.quantize_log(flat, values, codes, low, threshold, levels, tie == "up", fmt.exponent_bits, counts)
+        if counts[2]:
+            raise NumericsError("x contains NaN; x must be finite (or +-inf where allowed)")
     stats = QuantStats(flat.size, int(counts[0]), int(counts[1]), int(np.count_nonzero(values == 0)))
     return values.reshape(arr.shape), codes.reshape(arr.shape), stats
+
+
+def log_rounding_tables(fmt: LogFormat) -> tuple[np.ndarray, np.ndarray]:
+    """Round-to-nearest onto the log format ``fmt`` (radix r = 2^b) by the binary exponent field
+    ef of |x| (float64, 0..2047): (low, threshold), int64 and float64 of shape (2048,), with
+    code = low[ef] + 1 where |x| >= threshold[ef] (ties up), else low[ef]
+    (`_kernels.quantize_log`).
+
+    The thresholds T_j (`fourbit.traces.formats.LogFormat.thresholds`: (1 + 1/r)/2 times each
+    level) have floor(log2 T_j) = b - 1 + b (j - 1 - bias) - phase_shift, so in the binade of
+    E2 = ef - 1023 the largest threshold |x| can reach is T_j with j = floor((E2 - (b - 1) +
+    phase_shift) / b) + 1 + bias, and no larger one: the code is j or j - 1. Zeros and
+    subnormals (ef = 0) and j < 1 give code 0 (threshold +inf); j > n_levels saturates (low =
+    n_levels - 1, threshold -1, always reached; inf too). Read-only arrays, cached per format's
+    properties."""
+    return _log_tables(fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift, tuple(fmt.thresholds()))
+
+
+@functools.lru_cache(maxsize=64)
+def _log_tables(b: int, bias: int, n_levels: int, phase_shift: int, thresholds: tuple) -> tuple[np.ndarray, np.ndarray]:
+    ef = np.arange(2048, dtype=np.int64)
+    j = (ef - 1023 - (b - 1) + phase_shift) // b + 1 + bias
+    inside = (j >= 1) & (j <= n_levels) & (ef > 0)
+    low = np.where(inside, j - 1, np.where(j > n_levels, n_levels - 1, 0)).astype(np.int64)
+    threshold = np.where(inside, np.asarray(thresholds)[np.clip(j, 1, n_levels) - 1],
+                         np.where(j > n_levels, -1.0, np.inf))
+    low.setflags(write=False)
+    threshold.setflags(write=False)
+    return low, threshold
 
 
 def quantize_fp4(x, radix: int = 4, exponent_bits: int = 3, phase: str = "even", tie: str = "up") -> np.ndarray:
@@ -586,6 +621,17 @@ class _Operand:
         return np.ascontiguousarray(self.array)
 
 
+def _flat_values(x: np.ndarray) -> np.ndarray:
+    """Every value of ``x`` in one flat array, in any order (what the scan counts does not depend
+    on it): a view when ``x`` or its transpose (the last two axes swapped: a GEMM's b given as a
+    transposed operand) is C-contiguous, else a copy."""
+    if not x.flags.c_contiguous and x.ndim >= 2:
+        t = np.swapaxes(x, -1, -2)
+        if t.flags.c_contiguous:
+            return t.ravel()
+    return np.ascontiguousarray(x).ravel()
+
+
 def _scan(x: np.ndarray, name: str) -> _Operand:
     if x.dtype.kind in "biu":
         high = float(max(abs(int(x.min(initial=0))), abs(int(x.max(initial=0)))))
@@ -594,7 +640,7 @@ def _scan(x: np.ndarray, name: str) -> _Operand:
         return _Operand(x, True, 0, high, width=int(high).bit_length())
     if x.dtype.kind != "f":
         raise NumericsError(f"{name} must be a numeric array, got dtype {x.dtype}")
-    bad, low, high, not_pow2, width = K.scan_operand(np.ascontiguousarray(x).ravel())
+    bad, low, high, not_pow2, width = K.scan_operand(_flat_values(x))
     if not np.isfinite(high):
         raise NumericsError(f"{name} contains NaN or +-inf; GEMM operands must be finite")
     if bad:
@@ -948,6 +994,8 @@ def _ieee_groups(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple
         K.gemm_fast_ieee_groups(a.as_left(), b.as_lane(plan.dt), lane_out, acc.group, plan.chunk, plan.check, lost,
                                 plan.mode, plan.lane_p, plan.exact_groups)
     out = lane_out.astype(np.float64)
+    if np.isfinite(lane_out).all():  # no group has a row to recount: the lanes' underflows are all
+        return out, GemmStats(0, int(lost.sum()), 0, path)
     over = under = nonfinite = 0
     for i in range(g):
         o, u, nf = _ieee_events(_group_operand(a, i), _group_operand(b, i), acc, lane_out[i], lost[i],

@@ -229,7 +229,8 @@ def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         arrays.update({f"velocity/{k}": v for k, v in velocity.items()})
         arrays.update({f"buffer/{k}": v for k, v in _buffers(net).items()})
         np.savez(tmp / "arrays.npz", **arrays)
-        full = {**state, "grad_scales": [{"exponent": g.exponent, "calibrated": g.calibrated} for g in scales],
+        full = {**state, "grad_scales": [{"exponent": g.exponent, "calibrated": g.calibrated, "held": g.held}
+                                 for g in scales],
                 "shuffle": shuffle.bit_generator.state, "metrics": metrics}
         (tmp / "state.json").write_text(json.dumps(full, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
         gemms, ops = recorder.tables()
@@ -265,6 +266,7 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         v[...] = arrays[f"buffer/{k}"]
     for g, saved in zip(scales, state["grad_scales"], strict=True):
         g.exponent, g.calibrated = int(saved["exponent"]), bool(saved["calibrated"])
+        g.held = int(saved.get("held", 0))  # checkpoints from before the growth hold have none
     shuffle.bit_generator.state = state["shuffle"]
     recorder.gemm_rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in gemms.to_dict("records")]
     recorder.op_rows = ops.to_dict("records")

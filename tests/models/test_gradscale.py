@@ -45,6 +45,26 @@ def test_updates_sum_worker_reports_and_apply_next_step():
     assert g.update() == 0 and g.exponent == 11
 
 
+def test_an_overflow_halves_s_and_holds_its_growth():
+    """After its own GEMM overflowed, s halves and positive reports do not grow it for
+    `GROWTH_HOLD_STEPS` steps (negative ones still shrink it); a back-off after another layer's
+    overflow keeps s and starts no hold."""
+    from fourbit.models.quantizers import GROWTH_HOLD_STEPS
+
+    g = GradScale(64.0, exponent=10, calibrated=True)
+    g.overflowed = True
+    assert g.back_off() == -1 and g.exponent == 9 and g.held == GROWTH_HOLD_STEPS
+    for _ in range(GROWTH_HOLD_STEPS - 1):
+        g.observe(2.0**-9)  # 1 after scaling: +1, held
+        assert g.update() == 0 and g.exponent == 9
+    g.observe(2.0**-2)  # 128 after scaling: -1, shrinks even while held
+    assert g.update() == -1 and g.exponent == 8 and g.held == 0
+    g.observe(2.0**-8)
+    assert g.update() == 1 and g.exponent == 9  # the hold is over
+    other = GradScale(64.0, exponent=10, calibrated=True)
+    assert other.back_off() == 0 and other.held == 0
+
+
 def test_observe_calibrates_then_reports_on_the_scaled_value():
     g = GradScale(64.0)
     g.observe(0.5)  # calibrates to 2^7 (0.5 * 128 = 64), then reports 0
