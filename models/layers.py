@@ -132,6 +132,8 @@ def run_gemm(ctx: Context, layer: Layer, phase: str, a: QTensor, b: QTensor,
         raw = _overflow_to_zero(raw, grad_scale)
     if integer_acc:
         out = _round_to(raw.astype(np.float32) * scale, out_format)
+    elif acc is not None and acc.value_format == out_format:  # its sums are values of the output format already
+        out = raw.astype(np.float32) * scale
     else:  # float accumulator values up to fp32 are exact in float32
         out = _round_to(raw.astype(np.float32), out_format) * scale
     if grad_scale is not None:  # or their output format did

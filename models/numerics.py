@@ -123,7 +123,7 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up", *, rounding: str = "n
 
     Returns
     -------
-    values : ndarray of float64, shape of x
+    values : ndarray of float32 (float64 for a format with levels beyond binary32's normal range), shape of x
         Signed values on the format's grid; a flushed value keeps its sign (-0.0).
     codes : ndarray of uint8, shape of x
         Sign in bit ``fmt.exponent_bits``, magnitude code in the bits below.
@@ -138,10 +138,12 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up", *, rounding: str = "n
     _option(tie, "tie", ("up", "down"))
     _option(rounding, "rounding", ROUNDINGS)
     levels = np.concatenate([[0.0], fmt.levels()])
+    # the values in binary32 when it holds every level exactly (half the memory the GEMMs read)
+    dtype = np.float32 if 2.0**-126 <= levels[1] and levels[-1] < 2.0**128 else np.float64
     if rounding == "stochastic":
         arr = _as_float_array(x, "x")
         flat = np.ascontiguousarray(arr).ravel()
-        values, codes, counts = np.empty(flat.size, np.float64), np.empty(flat.size, np.uint8), np.zeros(2, np.int64)
+        values, codes, counts = np.empty(flat.size, dtype), np.empty(flat.size, np.uint8), np.zeros(2, np.int64)
         K.quantize_log_stochastic(flat, values, codes, fmt.log2_radix, fmt.bias, fmt.n_levels, fmt.phase_shift,
                                   levels, fmt.radix, fmt.exponent_bits, counts, *_check_key(key))
     else:  # float32 and float64 read as they are; NaN counted by the kernel
@@ -149,7 +151,7 @@ def quantize_fp4_codes(x, fmt: LogFormat, tie: str = "up", *, rounding: str = "n
         if arr.dtype not in (np.float32, np.float64):
             arr = _as_float_array(arr, "x")
         flat = np.ascontiguousarray(arr).ravel()
-        values, codes, counts = np.empty(flat.size, np.float64), np.empty(flat.size, np.uint8), np.zeros(3, np.int64)
+        values, codes, counts = np.empty(flat.size, dtype), np.empty(flat.size, np.uint8), np.zeros(3, np.int64)
         low, threshold = log_rounding_tables(fmt)
         K.quantize_log(flat, values, codes, low, threshold, levels, tie == "up", fmt.exponent_bits, counts)
         if counts[2]:
@@ -616,8 +618,12 @@ class _Operand:
         return np.ascontiguousarray(self.array, dtype=dtype)
 
     def as_left(self) -> np.ndarray:
-        """The array as given, C-contiguous: the lane kernels convert the left operand's scalars
-        themselves (`_kernels.as_lane`), so a float64 or integer operand is not copied."""
+        """The array as given, C-contiguous or a transposed (F-contiguous) matrix: the lane
+        kernels read the left operand one scalar at a time and convert it themselves
+        (`_kernels.as_lane`), so a float64 or integer operand is not copied, nor is a transposed
+        one (a ``bwd_weight``'s dY^T; its transposing copy took longer than the GEMM)."""
+        if self.array.ndim == 2 and self.array.flags.f_contiguous:
+            return self.array
         return np.ascontiguousarray(self.array)
 
 
