@@ -192,7 +192,8 @@ def shakespeare(data_dir=None, seq_len: int = 64) -> Dataset:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a UTF-8 text ({exc})") from exc
     if len(text) < 20 * (seq_len + 1):
-        raise DataError(f"{path}: {len(text)} characters is too short for sequences of {seq_len}")
+        raise DataError(f"{path}: {len(text)} characters is too short for sequences of {seq_len}: at least "
+                        f"{20 * (seq_len + 1)} (20 windows of {seq_len + 1})")
     vocab = "".join(sorted(set(text)))
     ids = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
     lut = np.zeros(int(ids.max()) + 1, np.int64)

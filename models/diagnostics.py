@@ -18,9 +18,9 @@ from fourbit.models.data import Dataset, load_dataset
 from fourbit.models.layers import Context, Sequential
 from fourbit.models.recipes import Recipe, get_recipe
 from fourbit.models.recorder import Recorder
-from fourbit.models.trainer import TrainConfig, _buffers, _step, check_model_data, grad_scales
+from fourbit.models.trainer import TrainConfig, _buffers, _step, check_model_data, grad_scales, update_scales
 from fourbit.models.zoo import build_model
-from fourbit.traces.errors import ConfigError
+from fourbit.traces.errors import ConfigError, TrainingError
 
 __all__ = ["gradient_fidelity"]
 
@@ -38,14 +38,34 @@ def _weight_grads(net: Sequential, recipe: Recipe, batches: list[tuple[np.ndarra
     out: dict[str, list[np.ndarray]] = {layer.name: [] for layer in layers}
     for i, (x, y) in enumerate(batches):
         for _ in range(2 if i == 0 else 1):  # the first pass calibrates the GradScales
-            for p in net.params():
-                p.grad[...] = 0
-            _step(net, ctx, x, y, 0, 0, cfg)
-            for s in scales:
-                s.update()
+            _gradients(net, ctx, x, y, scales, cfg)
         for name, params in weights.items():
             out[name].append(np.concatenate([p.grad.ravel().astype(np.float64) for p in params]))
     return {name: np.stack(g) for name, g in out.items()}
+
+
+MAX_BACK_OFFS = 16
+"""Times one batch is run again with the scales that overflowed halved before giving up."""
+
+
+def _gradients(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, scales: list, cfg) -> None:
+    """The gradients of one batch into the parameters' ``grad``, the GradScales updated as in
+    training (`fourbit.models.trainer.update_scales`); a batch whose scaled GEMMs overflowed is
+    run again with the backed-off scales, as the trainer's next step would.
+
+    Raises TrainingError when it still overflows after `MAX_BACK_OFFS` tries, or diverges."""
+    for _ in range(MAX_BACK_OFFS):
+        for p in net.params():
+            p.grad[...] = 0
+        try:
+            _step(net, ctx, x, y, 0, 0, cfg)
+        except TrainingError:
+            if not any(s.overflowed for s in scales):
+                raise  # not the aftermath of an overflow
+        if not update_scales(scales, ctx.recipe):
+            return
+    raise TrainingError(f"the backward GEMMs overflowed their accumulators {MAX_BACK_OFFS} times on one batch "
+                        "with ever smaller gradient scales")
 
 
 def _cosine(u: np.ndarray, v: np.ndarray) -> float:

@@ -156,8 +156,7 @@ def train_step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, velo
     if any(s.overflowed for s in scales):
         for p in net.params():
             p.grad[...] = 0
-        for s in scales:
-            s.back_off()
+        update_scales(scales, ctx.recipe)
         return loss, True
     with np.errstate(over="ignore", invalid="ignore"):
         if cfg.clip_norm:
@@ -167,9 +166,21 @@ def train_step(net: Sequential, ctx: Context, x: np.ndarray, y: np.ndarray, velo
     if bad:
         raise TrainingError(f"parameter {bad[0]} became non-finite at step {step} (epoch {epoch + 1}); "
                             f"training diverged (try a smaller lr than {cfg.lr})")
-    for s in scales:
-        s.update_global() if ctx.recipe.grad_scaling == "global" else s.update()
+    update_scales(scales, ctx.recipe)
     return loss, False
+
+
+def update_scales(scales: list[GradScale], recipe: Recipe) -> bool:
+    """The GradScale updates after a step's backward pass: each overflowed layer backs off
+    (`GradScale.back_off`; True: the step is to be skipped), else every scale takes its reports
+    (one report on the largest gradient for one global scale; False)."""
+    if any(s.overflowed for s in scales):
+        for s in scales:
+            s.back_off()
+        return True
+    for s in scales:
+        s.update_global() if recipe.grad_scaling == "global" else s.update()
+    return False
 
 
 SEQUENCE_MODELS = ("lstm", "gpt")

@@ -65,6 +65,22 @@ def test_an_overflow_halves_s_and_holds_its_growth():
     assert other.back_off() == 0 and other.held == 0
 
 
+def test_update_scales_follows_the_recipe_and_backs_off_on_overflow():
+    """`update_scales` (the trainer's and the gradient diagnostics'): one global scale takes one
+    report on the largest gradient, where per-layer voting would cancel; an overflow backs off."""
+    from fourbit.models.recipes import get_recipe
+    from fourbit.models.trainer import update_scales
+
+    shared = GradScale(64.0, exponent=0, calibrated=True)
+    shared.observe(8.0)   # a layer far below its target: +1
+    shared.observe(100.0)  # another above it: -1 (votes would sum to 0)
+    assert update_scales([shared], get_recipe("int4:grad_scaling=global")) is False
+    assert shared.exponent == -1
+    layer = GradScale(64.0, exponent=3, calibrated=True)
+    layer.overflowed = True
+    assert update_scales([layer], get_recipe("int4")) is True and layer.exponent == 2 and not layer.overflowed
+
+
 def test_observe_calibrates_then_reports_on_the_scaled_value():
     g = GradScale(64.0)
     g.observe(0.5)  # calibrates to 2^7 (0.5 * 128 = 64), then reports 0
