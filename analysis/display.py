@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["Column", "column", "format_value", "readable_frame", "scaled", "show_bytes", "show_count",
+__all__ = ["Column", "column", "format_value", "readable_frame", "scaled", "show", "show_bytes", "show_count",
            "show_energy_pj", "show_time_s"]
 
 SIGNIFICANT = 4
@@ -164,6 +164,11 @@ def column(name: str) -> Column:
             text = re.sub(pattern, label, name).replace("_", " ").strip()
             return Column(re.sub(r"\bdram\b", "DRAM", re.sub(r"\bsram\b", "SRAM", text)) or name, kind)
     return Column(name.replace("_", " "), "plain")
+
+
+def show(kind: str, value) -> str:
+    """``value`` formatted as ``kind`` (a `Column` kind: time_s, energy_pj, ratio, points, ...)."""
+    return _KINDS[kind](value)
 
 
 def format_value(name: str, value) -> str:

@@ -1,78 +1,243 @@
-"""``fourbit report DIR``: the tables and figures of a sweep (or compare, ablation, main job)
-directory as one static HTML page, ``DIR/report.html`` (figures linked by relative path, tables
-inline; no JavaScript, no network)."""
+"""``fourbit report DIR``: the results of a main job, sweep, compare, ablation or explain
+directory as one static HTML page, ``DIR/report.html``, rendered from a Jinja2 template
+(``templates/report.html.j2``, every value escaped).
+
+On top a summary: the workload, chips and recipes (from the directory's ``fourbit-job.json``
+and the tables) and the headline figures read from the result files, not recomputed: the 4-bit
+chip's speed-up, energy ratio and accuracy difference against the baseline (main job, compare,
+explain), the fastest and the least-energy point (sweep), the best and worst variant
+(ablation). Then each table with readable headers and scaled units (`fourbit.analysis.display`),
+sortable by a click on a header (a short script in the page; nothing is fetched from the
+network), and the figures with captions saying what they show.
+"""
 
 from __future__ import annotations
 
-import html
+import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from fourbit.analysis.display import column, format_value, show
 from fourbit.traces.errors import ConfigError
 from fourbit.traces.files import atomic_write
 
 __all__ = ["write_report"]
 
+
+@dataclass(frozen=True)
+class _TableKind:
+    file: str
+    title: str
+    what: str
+
+
 _TABLES = (
-    ("results.csv", "Sweep results", "one row per grid point: the swept fields, the resolved recipe, "
-                                      "the simulated totals per training step, the test accuracy of trained recipes"),
-    ("compare.csv", "4-bit chip vs other chips", "iso-array and iso-area, against the baseline chip"),
-    ("ablation.csv", "FP4 ablation", "test accuracy per variant over the seeds"),
-    ("main_job.csv", "Main job", "int4 on the 4-bit chip vs fp32 on the FP16 chip"),
+    _TableKind("main_job.csv", "Main job", "The 4-bit recipe on the 4-bit chip against the baseline recipe on the "
+               "baseline chip, one training step of each"),
+    _TableKind("compare.csv", "Chips compared", "Each chip with its own recipe, at the same array size "
+               "(iso-array) and at the same PE-array area (iso-area), against the baseline chip"),
+    _TableKind("results.csv", "Sweep results", "One row per grid point: the swept fields, the recipe, the "
+               "simulated totals of one training step and the test accuracy of trained recipes"),
+    _TableKind("ablation.csv", "Ablation", "Test accuracy per variant: mean, spread and extremes over the seeds"),
+    _TableKind("explain.csv", "Explanation", "The measured speed-up and energy ratio taken apart, one effect at a "
+               "time: each term's factor and the ratio after it"),
 )
-_SHOWN = ("array.rows", "array.cols", "array.dataflow", "log_path.radix", "recipe_name", "tpr", "status",
-          "total_cycles", "time_s", "energy_pj", "utilization", "dram_read_bytes", "test_accuracy_pct", "error")
+_SWEEP_SHOWN = ("array.rows", "array.cols", "array.dataflow", "log_path.radix", "recipe_name", "tpr", "status",
+                "total_cycles", "time_s", "energy_pj", "utilization", "dram_read_bytes", "test_accuracy_pct",
+                "error")
+"""The columns of a sweep's results shown (after its own swept fields); the CSV has all."""
+ROW_LIMIT = 500
+"""Rows of a table shown on the page (all are in its CSV)."""
+
+_CAPTIONS = {
+    "main_job": "Test accuracy, time per training step and energy per step of the 4-bit recipe on the 4-bit chip "
+                "and of the baseline recipe on the baseline chip.",
+    "speedup_energy_vs_array": "Speed-up and energy per training step of every sweep point against array size.",
+    "energy_breakdown": "Energy of one training step split into its components (MACs, accumulators, registers, "
+                        "SRAM, DRAM, vector unit, leakage), per sweep point.",
+    "utilization_per_layer": "PE utilization of each layer's GEMMs, per array shape.",
+    "explain": "The speed-up and the energy ratio as waterfalls: each bar one effect, from the ratio before it to the "
+               "ratio after it, on a log axis.",
+}
+"""What each figure the commands write shows (by file stem); a figure not named here is
+captioned by its file name."""
+
+_KINDS = {"main_job": "main job (fourbit run)", "sweep": "sweep (fourbit sweep)", "compare": "chip comparison "
+          "(fourbit compare)", "ablation": "ablation (fourbit ablation)", "explain": "explanation (fourbit explain)"}
 
 
-def _table_html(df: pd.DataFrame, limit: int = 200) -> str:
-    note = f"<p>first {limit} of {len(df)} rows (all in the CSV)</p>" if len(df) > limit else ""
-    return note + df.head(limit).to_html(index=False, border=0, classes="t", float_format=lambda v: f"{v:,.4g}",
-                                         na_rep="")
+def _job(d: Path) -> dict:
+    """The directory's job description (``fourbit-job.json``, JSON only), or {}."""
+    path = d / "fourbit-job.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable job description ({exc})") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable CSV table ({exc})") from exc
+
+
+def _workload(job: dict) -> str | None:
+    src = job.get("source", job)
+    if src.get("trace"):
+        return f"trace {src['trace']}"
+    if src.get("model") and src.get("dataset"):
+        train = job.get("train") or src.get("train") or {}
+        extra = f", {train['epochs']} epochs at batch {train['batch_size']}" if "epochs" in train else ""
+        return f"{src['model']} trained on {src['dataset']}{extra}"
+    return None
+
+
+def _list(values) -> str:
+    return ", ".join(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
+
+
+def _baseline(df: pd.DataFrame, prefix: str) -> str | None:
+    """The baseline's name in a ``<prefix>_vs_<name>`` column of ``df``, or None."""
+    names = [c[len(prefix) + 4:] for c in df.columns if c.startswith(f"{prefix}_vs_")]
+    return names[0] if names else None
+
+
+def _versus(row: pd.Series, base: str) -> str:
+    """'speed-up 2.32x, energy 0.41x, test accuracy -0.30 pts' from a row's ratio columns."""
+    parts = [f"speed-up {show('ratio', row[f'speedup_vs_{base}'])}",
+             f"energy {show('ratio', row[f'energy_ratio_vs_{base}'])}"]
+    delta = row.get(f"accuracy_delta_vs_{base}_pts")
+    if delta is not None and not pd.isna(delta):
+        parts.append(f"test accuracy {show('points', delta)}")
+    return ", ".join(parts)
+
+
+def _summary(kind: str, job: dict, tables: dict[str, pd.DataFrame]) -> list[dict]:
+    """(label, value, headline) items of the summary, read from the job and the tables."""
+    items: list[dict] = []
+
+    def add(label: str, value: str | None, headline: bool = False) -> None:
+        if value:
+            items.append({"label": label, "value": value, "headline": headline})
+
+    inner = job.get("job", {})
+    add("workload", _workload(inner))
+    if "main_job.csv" in tables:
+        t = tables["main_job.csv"]
+        add("chips", _list(t.chip))
+        add("recipes", _list(t.recipe))
+        base = _baseline(t, "speedup")
+        if base and len(t) > 1:
+            row = t.iloc[-1]
+            add(f"{row.recipe} on {row.chip} vs {t.iloc[0].recipe} on {base}", _versus(row, base), True)
+    if "compare.csv" in tables:
+        t = tables["compare.csv"]
+        add("chips", _list(t.chip))
+        add("recipes", _list(t.recipe))
+        base = _baseline(t, "speedup")
+        first = (inner.get("chips") or [t.chip.iloc[0]])[0]
+        for mode, g in t[t.chip == first].groupby("mode", sort=False) if base else ():
+            row = g.iloc[0]
+            add(f"{first} ({row.get('array', '')}) vs {base}, {mode}", _versus(row, base), True)
+    if "results.csv" in tables:
+        t = tables["results.csv"]
+        ok = t[t.status == "ok"] if "status" in t else t
+        keys = list(t.columns[: list(t.columns).index("point_id")]) if "point_id" in t else []
+        add("chip", inner.get("chip"))
+        add("recipes", _list(t.get("recipe_name", [])))
+        add("points", f"{len(t)} ({len(t) - len(ok)} failed)")
+        for col, word in (("time_s", "fastest point"), ("energy_pj", "least energy per step")):
+            if col in ok and len(ok):
+                row = ok.loc[ok[col].idxmin()]
+                where = ", ".join(f"{column(k).label} {format_value(k, row[k])}" for k in keys)
+                add(word, f"{format_value(col, row[col])} ({where})", True)
+    if "ablation.csv" in tables:
+        t = tables["ablation.csv"]
+        add("recipes", _list(t.recipe))
+        add("seeds", _list(str(s) for s in t.seeds.unique()) if "seeds" in t else None)
+        if "test_accuracy_pct" in t and t.test_accuracy_pct.notna().any():
+            best, worst = t.loc[t.test_accuracy_pct.idxmax()], t.loc[t.test_accuracy_pct.idxmin()]
+            add("best variant", f"{best.variant}: {format_value('test_accuracy_pct', best.test_accuracy_pct)}", True)
+            add("worst variant", f"{worst.variant}: {format_value('test_accuracy_pct', worst.test_accuracy_pct)}", True)
+    if "explain.csv" in tables:
+        t = tables["explain.csv"]
+        add("chips", _list([inner.get("chip"), inner.get("baseline")]))
+        for name in ("speed-up", "energy"):
+            rows = t[t.waterfall == name]
+            if len(rows):
+                add(f"measured {name}", show("ratio", rows.ratio.iloc[-1]), True)
+    return items
+
+
+def _cells(df: pd.DataFrame) -> tuple[list[dict], list[list[dict]]]:
+    cols = []
+    for c in df.columns:
+        numeric = pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        cols.append({"name": c, "label": column(c).label, "align": "num" if numeric else "text"})
+    body = []
+    for values in df.itertuples(index=False, name=None):
+        row = []
+        for col, v in zip(cols, values, strict=True):
+            missing = v is None or (isinstance(v, float) and math.isnan(v))
+            row.append({"text": format_value(col["name"], v), "align": col["align"],
+                        "sort": "" if missing else repr(float(v)) if col["align"] == "num" else str(v)})
+        body.append(row)
+    return cols, body
+
+
+def _table(kind: _TableKind, df: pd.DataFrame) -> dict:
+    if kind.file == "results.csv":
+        own = [c for c in df.columns[: list(df.columns).index("point_id")] if c not in _SWEEP_SHOWN] \
+            if "point_id" in df.columns else []
+        df = df[[c for c in (*own, *_SWEEP_SHOWN) if c in df.columns]]
+    cols, body = _cells(df.head(ROW_LIMIT))
+    return {"title": kind.title, "what": kind.what, "file": kind.file, "anchor": kind.file.removesuffix(".csv"),
+            "rows": len(df), "shown": min(len(df), ROW_LIMIT), "columns": cols, "body": body}
+
+
+def _figures(d: Path) -> list[dict]:
+    out = []
+    for fig in sorted((d / "figures").glob("*.png")) + sorted(d.glob("*.png")):
+        svg = fig.with_suffix(".svg")
+        caption = _CAPTIONS.get(fig.stem, fig.stem.replace("_", " "))
+        out.append({"src": os.path.relpath(fig, d), "alt": caption, "caption": caption,
+                    "svg": os.path.relpath(svg, d) if svg.is_file() else None})
+    return out
+
+
+def _render(**context) -> str:
+    env = Environment(loader=PackageLoader("fourbit.analysis", "templates"), autoescape=select_autoescape(["j2"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**context)
 
 
 def write_report(directory: str | Path) -> Path:
-    """Write ``directory/report.html`` from the CSV tables and ``figures/*.png`` found there.
+    """Write ``directory/report.html`` from the result tables (CSV), ``figures/*.png`` (and PNGs
+    beside the tables) and ``fourbit-job.json`` found there; returns its path.
 
-    Raises ConfigError when the directory holds none of them or a table is not readable CSV."""
+    Raises ConfigError when the directory is missing or holds no table or figure, or a table is
+    not readable CSV."""
     d = Path(directory)
     if not d.is_dir():
         raise ConfigError(f"{directory}: not a directory")
-    parts = [f"<h1>fourbit report: {html.escape(str(d.resolve().name))}</h1>"]
-    found = 0
-    for name, title, what in _TABLES:
-        path = d / name
-        if not path.is_file():
-            continue
-        try:
-            df = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not a readable CSV table ({exc})") from exc
-        if name == "results.csv":
-            extra = [c for c in df.columns[: list(df.columns).index("point_id")] if c not in _SHOWN] \
-                if "point_id" in df.columns else []
-            df = df[[c for c in (*extra, *_SHOWN) if c in df.columns]]
-        parts += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(what)}; <a href='{name}'>{name}</a></p>",
-                  _table_html(df)]
-        found += 1
-    figures = sorted((d / "figures").glob("*.png")) + sorted(d.glob("*.png"))
-    if figures:
-        parts.append("<h2>Figures</h2>")
-        for fig in figures:
-            rel = os.path.relpath(fig, d)
-            svg = fig.with_suffix(".svg")
-            link = f" (<a href='{os.path.relpath(svg, d)}'>SVG</a>)" if svg.is_file() else ""
-            parts.append(f"<figure><img src='{html.escape(rel)}' alt='{html.escape(fig.stem)}'>"
-                         f"<figcaption>{html.escape(fig.stem.replace('_', ' '))}{link}</figcaption></figure>")
-            found += 1
-    if not found:
-        raise ConfigError(f"{directory}: no results.csv, compare.csv, ablation.csv, main_job.csv or figures to report")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table.t{border-collapse:collapse;font-size:12px}"
-             " table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             " img{max-width:100%} figure{margin:1em 0}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fourbit report</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    job = _job(d)
+    frames = {k.file: _read_csv(d / k.file) for k in _TABLES if (d / k.file).is_file()}
+    figures = _figures(d)
+    if not frames and not figures:
+        raise ConfigError(f"{directory}: no {', '.join(k.file for k in _TABLES)} or figures to report")
+    kind = job.get("kind", "")
+    page = _render(title=d.resolve().name, kind_text=_KINDS.get(kind, "results"),
+                   summary=_summary(kind, job, frames), figures=figures,
+                   tables=[_table(k, frames[k.file]) for k in _TABLES if k.file in frames])
     out = d / "report.html"
     with atomic_write(out) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -32,7 +32,8 @@ def _setup_commands() -> list[str]:
 def test_the_setup_section_has_the_two_commands_and_ci_runs_the_test_one():
     main, tests = _setup_commands()
     assert main == "python3 -m pip install . && fourbit run"
-    assert tests == "python3 -m pip install '.[test]' && python3 -m pytest"
+    assert tests == ("apt-get update && apt-get install -y chromium chromium-driver && "
+                     "python3 -m pip install '.[test]' && python3 -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     for half in tests.split(" && "):
         assert re.search(rf"^{re.escape(half)}$", ci, flags=re.M), half

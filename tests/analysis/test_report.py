@@ -1,0 +1,152 @@
+"""The HTML report (``fourbit report``) and the number display it shares with the printed
+tables: exact strings by hand, the summary read from the result files, escaping, and the page
+in a real headless Chromium (Debian's chromium and chromium-driver, which `.ci/run` installs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fourbit.analysis.display import column, readable_frame, show, show_bytes, show_count, show_energy_pj, show_time_s
+from fourbit.analysis.report import write_report
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.parametrize("fn, value, text", [
+    (show_time_s, 0.0153182, "15.32 ms"), (show_time_s, 2.881844268, "2.882 s"), (show_time_s, 7.87e-5, "78.70 us"),
+    (show_time_s, 0.0, "0 s"), (show_time_s, 3e-10, "0.3000 ns"),
+    (show_energy_pj, 1149070011546.419, "1.149 J"), (show_energy_pj, 3.2668e10, "32.67 mJ"),
+    (show_energy_pj, 213480.0, "213.5 nJ"), (show_energy_pj, 0.5, "0.5000 pJ"),
+    (show_bytes, 399080632, "399.1 MB"), (show_bytes, 512, "512.0 B"), (show_bytes, 1.2e9, "1.200 GB"),
+    (show_count, 2881844268.0, "2,881,844,268"), (show_count, float("nan"), ""),
+])
+def test_values_scale_to_a_readable_unit(fn, value, text):
+    assert fn(value) == text
+
+
+def test_columns_by_name_and_unit_suffix():
+    assert column("energy_per_step_uj") == column("energy_per_step_uj")
+    cases = {"time_per_step_us": ("time per step", "time_us"), "speedup_vs_fp16": ("speed-up vs fp16", "ratio"),
+             "energy_ratio_vs_fp16": ("energy vs fp16", "ratio"), "dram_read_bytes": ("DRAM read", "bytes"),
+             "accuracy_delta_vs_fp16_pts": ("accuracy vs fp16", "points"), "utilization": ("PE utilization", "fraction"),
+             "memory_stall_cycles": ("memory stall cycles", "count"), "recipe": ("recipe", "plain")}
+    for name, (label, kind) in cases.items():
+        assert (column(name).label, column(name).kind) == (label, kind), name
+    assert show("ratio", 2.3196) == "2.32x" and show("points", -3.05) == "-3.05 pts"
+    assert show("fraction", 0.393) == "39.3 %" and show("percent", 98.77) == "98.77 %"
+    frame = readable_frame(pd.DataFrame({"total_cycles": [1e6], "tpr": [True], "energy_uj": [math.nan]}))
+    assert frame.to_dict("records") == [{"cycles per step": "1,000,000", "TPR": "yes", "energy": ""}]
+
+
+def _main_job_dir(tmp_path: Path, recipe: str = "int4") -> Path:
+    d = tmp_path / "main"
+    d.mkdir()
+    (d / "fourbit-job.json").write_text(json.dumps({"kind": "main_job", "job": {
+        "model": "mlp", "dataset": "digits", "train": {"epochs": 20, "batch_size": 64}}}))
+    pd.DataFrame({"recipe": ["fp32", recipe], "chip": ["fp16", "fourbit"], "test_accuracy_pct": [97.5, 96.0],
+                  "accuracy_delta_vs_fp16_pts": [0.0, -1.5], "time_per_step_us": [107.8, 78.7],
+                  "speedup_vs_fp16": [1.0, 1.37], "energy_per_step_uj": [298.9, 213.5],
+                  "energy_ratio_vs_fp16": [1.0, 0.714]}).to_csv(d / "main_job.csv", index=False)
+    return d
+
+
+def test_the_summary_reads_the_headline_from_the_table(tmp_path):
+    page = write_report(_main_job_dir(tmp_path)).read_text()
+    assert "mlp trained on digits, 20 epochs at batch 64" in page
+    assert "int4 on fourbit vs fp32 on fp16" in page
+    assert "speed-up 1.37x, energy 0.71x, test accuracy -1.50 pts" in page
+    assert "78.70 us" in page and 'data-sort="78.7"' in page
+
+
+def test_every_value_is_escaped(tmp_path):
+    page = write_report(_main_job_dir(tmp_path, recipe="<script>alert(1)</script>")).read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_ablation_and_compare_summaries(tmp_path):
+    d = tmp_path / "a"
+    d.mkdir()
+    pd.DataFrame({"variant": ["fp32", "int4"], "recipe": ["fp32", "int4"], "seeds": [2, 2],
+                  "test_accuracy_pct": [98.39, 98.03]}).to_csv(d / "ablation.csv", index=False)
+    (d / "compare.csv").write_text(
+        "mode,chip,recipe,array,time_per_step_us,speedup_vs_fp16,energy_per_step_uj,energy_ratio_vs_fp16\n"
+        "iso-array,fourbit,int4,32x32,15318.2,2.32,32668.3,0.408\niso-array,fp16,fp16,32x32,35531.1,1.0,80049.2,1.0\n"
+        "iso-area,fourbit,int4,27x32,17094.5,2.079,33008.8,0.412\n")
+    page = write_report(d).read_text()
+    assert "fp32: 98.39 %" in page and "int4: 98.03 %" in page  # best and worst variant
+    assert "fourbit (32x32) vs fp16, iso-array" in page and "speed-up 2.08x, energy 0.41x" in page
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A real sweep (the CLI on an imported three-layer topology) and its report."""
+    from tests.analysis import import_topology_traces
+    from tests.analysis.test_cli import fourbit
+    from tests.analysis.test_sweep import TOPOLOGY
+
+    tmp = tmp_path_factory.mktemp("report")
+    trace = import_topology_traces(tmp, TOPOLOGY, ("int4",))["int4"]
+    out = tmp / "sweep"
+    res = fourbit("sweep", "--trace", str(trace), "--grid", "array.rows,array.cols=8,16", "--grid",
+                  "array.dataflow=ws,os", "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = fourbit("report", str(out))
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.fail("the report's browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_report_in_a_real_browser(swept, browser):
+    """Chromium opens the page from disk: the summary names the fastest point as the table has
+    it, a click on a header sorts the rows by that column's numbers (again: reversed), every
+    figure loads, and the page logs no error and refers to nothing on the network."""
+    from selenium.webdriver.common.by import By
+
+    table = pd.read_csv(swept / "results.csv")
+    page = (swept / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    browser.get((swept / "report.html").as_uri())
+    summary = browser.find_element(By.ID, "summary").text
+    assert f"fastest point\n{show_time_s(table.time_s.min())}" in summary
+    assert "chip\nfourbit" in summary and "points\n4 (0 failed)" in summary
+
+    def column_values(label: str) -> list[float]:
+        heads = [h.text.strip(" \u25b2\u25bc") for h in browser.find_elements(By.CSS_SELECTOR, "#results th")]
+        col = heads.index(label) + 1
+        cells = browser.find_elements(By.CSS_SELECTOR, f"#results tbody td:nth-child({col})")
+        return [float(c.get_attribute("data-sort")) for c in cells]
+
+    header = next(h for h in browser.find_elements(By.CSS_SELECTOR, "#results th") if h.text == "energy per step")
+    header.click()
+    assert column_values("energy per step") == sorted(table.energy_pj)
+    assert header.get_attribute("aria-sort") == "ascending"
+    header.click()
+    assert column_values("energy per step") == sorted(table.energy_pj, reverse=True)
+    images = browser.find_elements(By.CSS_SELECTOR, "figure img")
+    assert len(images) == 3
+    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in images)
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
