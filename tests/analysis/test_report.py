@@ -11,7 +11,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fourbit.analysis.display import column, readable_frame, show, show_bytes, show_count, show_energy_pj, show_time_s
+from fourbit.analysis.display import (
+    column,
+    readable_frame,
+    show,
+    show_bytes,
+    show_count,
+    show_energy_pj,
+    show_time_s,
+)
 from fourbit.analysis.report import write_report
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
