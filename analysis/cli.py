@@ -80,11 +80,14 @@ def _overrides(pairs: list[str] | None) -> dict:
 
 
 def _print_table(df) -> None:
+    """A result table as a person reads it: headers and scaled units of `fourbit.analysis.display`
+    (the CSV keeps the raw numbers)."""
     import pandas as pd
 
-    with pd.option_context("display.width", 200, "display.max_columns", 50,
-                           "display.float_format", "{:,.3f}".format):
-        print(df.to_string(index=False))
+    from fourbit.analysis.display import readable_frame
+
+    with pd.option_context("display.width", 250, "display.max_columns", 60):
+        print(readable_frame(df).to_string(index=False))
 
 
 # ---- the valid names, loaded only for help or a given value -------------------------------------
@@ -154,6 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from fourbit.analysis.display import show_count, show_energy_pj, show_time_s
     from fourbit.hwsim.config import load_chip
     from fourbit.hwsim.engine import simulate
     from fourbit.traces.files import atomic_write, created_dir
@@ -169,8 +173,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"\n{chip.chip.name}: {a.rows}x{a.cols} {a.dataflow}, fill/drain overlap "
           f"{'on' if info['overlap_fill_drain'] else 'off'}, "
           + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact"))
-    print(f"per step: {int(t['total_cycles'])} cycles, {t['time_s'] * 1e6:.2f} us, "
-          f"{t['energy_pj'] * 1e-6:.3f} uJ, {t['tops_per_w']:.3f} TOPS/W")
+    print(f"per step: {show_count(t['total_cycles'])} cycles, {show_time_s(t['time_s'])}, "
+          f"{show_energy_pj(t['energy_pj'])}, {t['tops_per_w']:.3f} TOPS/W")
     if args.out:
         with created_dir(args.out) as out, atomic_write(out / "simulation.csv") as tmp:
             df.to_csv(tmp, index=False)

@@ -42,7 +42,7 @@ def check_main_job(out: Path, stdout: str) -> None:
     assert int4.speedup_vs_fp16 > 1 and int4.energy_ratio_vs_fp16 < 1
     assert (out / "main_job.png").stat().st_size > 10_000
     assert len(list((out / "runs").glob("int4-s0-*/meta.json"))) == 1
-    assert "fourbit" in stdout and "int4" in stdout and "speedup_vs_fp16" in stdout
+    assert "fourbit" in stdout and "int4" in stdout and "speed-up vs fp16" in stdout
 
 
 @pytest.mark.parametrize("args, message", [
