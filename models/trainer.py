@@ -8,8 +8,10 @@ train`` parses its command line into the same call.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from fourbit.models._kernels import kernels_cached
 from fourbit.models.data import Dataset, load_dataset
 from fourbit.models.layers import Context, Sequential, softmax_xent
 from fourbit.models.quantizers import GradScale
@@ -417,7 +420,12 @@ class _Loop:
         self.first_epoch, self.metrics = int(state["epoch"]), state["metrics"]
 
     def run(self, progress: bool, desc: str) -> None:
-        """The remaining epochs, a checkpoint after each."""
+        """The remaining epochs, a checkpoint after each. With a progress bar on a machine whose
+        kernels are not compiled yet, one line says so and `_warm_up` compiles them first, so
+        that the bar's rate and ETA measure training steps."""
+        if progress and not kernels_cached():
+            tqdm.write("compiling kernels: first run on this machine only, about 1-2 minutes", file=sys.stderr)
+            self._warm_up()
         total = self.cfg.epochs * self.steps_per_epoch
         with tqdm(total=total, initial=self.first_epoch * self.steps_per_epoch, desc=desc, disable=not progress,
                   unit="step") as bar:
@@ -426,6 +434,16 @@ class _Loop:
                 if self.checkpoint is not None:
                     _save_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, self.shuffle,
                                      {"run": self.run_id, "epoch": epoch + 1}, self.recorder, self.metrics)
+
+    def _warm_up(self) -> None:
+        """One step of a copy of the model (its own GradScales and momenta, no recorder) on the
+        first batch, discarded: the same recipe and arrays compile the same kernels the run
+        calls. The run itself is untouched."""
+        net = copy.deepcopy(self.net)
+        ctx = Context(self.recipe, Recorder(), seed=self.cfg.seed)  # a recorder never started records nothing
+        batch = slice(0, self.cfg.batch_size)
+        train_step(net, ctx, self.ds.x_train[batch], self.ds.y_train[batch], {}, grad_scales(net, self.recipe),
+                   _lr_at(self.cfg, 0, self.cfg.epochs * self.steps_per_epoch), self.cfg)
 
     def _epoch(self, epoch: int, total: int, bar) -> None:
         cfg, ds, n = self.cfg, self.ds, self.steps_per_epoch

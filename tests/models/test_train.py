@@ -213,6 +213,23 @@ def test_block_recipes_refuse_4_bit_attention():
         get_recipe("nvfp4:attention_bits=4")
 
 
+def test_a_cold_kernel_cache_is_announced_and_warmed_up_outside_the_run(monkeypatch, capsys):
+    """On a machine whose kernels are not compiled yet, a run with a progress bar says so on one
+    line and compiles them on a discarded step of a copy of the model: its results are those of
+    a run without it, bit for bit."""
+    import fourbit.models.trainer as trainer_mod
+
+    ds = load_dataset("digits")
+    small = Dataset("digits", ds.x_train[:256], ds.y_train[:256], ds.x_test[:64], ds.y_test[:64], ds.n_classes)
+    quiet = train("mlp", small, "int4", epochs=1, batch_size=64, progress=False)
+    monkeypatch.setattr(trainer_mod, "kernels_cached", lambda: False)
+    shown = train("mlp", small, "int4", epochs=1, batch_size=64, progress=True)
+    assert "compiling kernels: first run on this machine only" in capsys.readouterr().err
+    assert shown.final == quiet.final
+    assert all(np.array_equal(p.value, q.value) for p, q in zip(shown.net.params(), quiet.net.params(), strict=True))
+    pd.testing.assert_frame_equal(shown.trace.gemms, quiet.trace.gemms)
+
+
 def test_gpt_refuses_bad_shapes():
     with pytest.raises(ConfigError, match="gpt: width 30 is not divisible by heads 4"):
         build_model("gpt", (16,), 65, 0, width=30, heads=4)
