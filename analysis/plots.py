@@ -117,7 +117,7 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         ax1.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths += save_figure(fig, out, "speedup_energy_vs_array")
-    acc = ok.dropna(subset=["test_accuracy_pct"])
+    acc = ok.dropna(subset=["test_accuracy_pct", "radix"])  # the recipes with FP4 gradients have a radix
     if not acc.empty and acc["radix"].nunique() > 1:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         per = acc.groupby(["radix", "tpr"], dropna=False, as_index=False).test_accuracy_pct.first()

@@ -255,6 +255,12 @@ def test_training_sweep_trains_once_per_recipe(tmp_path):
     acc = table.groupby("recipe.radix").test_accuracy_pct.nunique()
     assert (acc == 1).all()  # one training per recipe, shared by its chips
     assert (table[table["recipe.radix"] == 2].tpr == False).all()  # noqa: E712
+    # a recipe without FP4 gradients (fp32: no radix) among them: the accuracy figure keeps the radixes
+    from fourbit.analysis.plots import sweep_figures
+
+    fp32 = table.iloc[[0]].assign(radix=float("nan"), tpr=None, recipe_name="fp32", point_id="fp32point")
+    names = [p.name for p in sweep_figures(pd.concat([table, fp32], ignore_index=True), tmp_path / "f")]
+    assert "accuracy_vs_radix.png" in names
 
 
 def test_toml_spec_and_cli_with_report(small_trace, tmp_path):
