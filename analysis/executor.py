@@ -8,7 +8,10 @@ comparisons, the ablation and the main job all run their trainings and simulatio
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable
 
@@ -17,6 +20,8 @@ from tqdm.auto import tqdm
 from fourbit.traces.errors import ConfigError, FourbitError
 
 __all__ = ["Executor"]
+
+_TRACKER_NOTE = "ignore:resource_tracker:UserWarning"
 
 
 class Executor:
@@ -34,6 +39,7 @@ class Executor:
             raise ConfigError(f"workers = {workers} is out of range: allowed an integer >= 1")
         self.workers, self.scheduler = workers, scheduler
         self.client = None
+        self._futures: dict = {}
 
     def __enter__(self) -> Executor:
         if self.scheduler or self.workers > 1:
@@ -46,14 +52,27 @@ class Executor:
                     raise ConfigError(f"--scheduler {self.scheduler!r}: no dask.distributed scheduler reached "
                                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
             else:
-                cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
+                # the workers ignore SIGINT (inherited when they start): Ctrl-C reaches this process
+                # alone, which stops them (`__exit__`) instead of each printing its own traceback
+                # workers stopped mid-task leave semaphores that multiprocessing's resource tracker
+                # (a process started with these warning options) unlinks at exit, with a warning
+                # that nothing was lost
+                if _TRACKER_NOTE not in sys.warnoptions:
+                    sys.warnoptions.append(_TRACKER_NOTE)
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, host="127.0.0.1", silence_logs=logging.ERROR)
+                finally:
+                    signal.signal(signal.SIGINT, previous)
                 self.client = Client(cluster)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.client is not None:
             cluster = self.client.cluster
+            if exc_type is KeyboardInterrupt:  # stop the work under way before the cluster goes
+                self.client.cancel(list(self._futures), force=True)
             self.client.close()
             if cluster is not None and not self.scheduler:
                 cluster.close()
@@ -84,6 +103,7 @@ class Executor:
             fut = self.client.submit(fn, *args, pure=False, key=f"fourbit-{key}-{os.urandom(4).hex()}",
                                      workers=[where], allow_other_workers=True)
             futures[fut] = key
+        self._futures = futures
         for fut in as_completed(futures):
             key = futures[fut]
             try:

@@ -354,3 +354,25 @@ def test_train_lenet5_on_mnist_end_to_end(tmp_path, data_dir):
     trace = read(tmp_path / "m")
     assert trace.meta["final"]["test_accuracy"] > 0.97
     assert trace.meta["steps"] == 937 and set(trace.gemms.phase) == {"fwd", "bwd_data", "bwd_weight"}
+
+
+def test_ctrl_c_in_a_two_worker_sweep_is_one_line(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while two workers
+    train: the workers are stopped, the command says so on one line and exits with 130, without
+    worker tracebacks or resource warnings."""
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, "-m", "fourbit.analysis.cli", "sweep", "--model", "mlp", "--dataset",
+                             "digits", "--epochs", "200", "--grid", "recipe=int4,fp32", "--workers", "2",
+                             "--out", str(out), "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "runs").glob("*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(2)  # the workers are training
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip() == "fourbit: interrupted", err
