@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 __all__ = ["Column", "column", "format_value", "readable_frame", "scaled", "show", "show_bytes", "show_count",
-           "show_energy_pj", "show_time_s"]
+           "show_energy_pj", "show_time_s", "unit_for"]
 
 SIGNIFICANT = 4
 """Significant digits of a scaled value (``15.32 ms``): enough to tell apart the points of a
@@ -57,6 +57,16 @@ def scaled(value: float, units: tuple[tuple[str, float], ...]) -> str:
             return f"{_sig(v / factor)} {name}"
     name, factor = units[-1]
     return f"{_sig(v / factor)} {name}"
+
+
+def unit_for(largest: float, kind: str) -> tuple[str, float]:
+    """(unit name, factor from the base unit) that shows values up to ``largest`` (in the base
+    unit of ``kind``: ``energy_pj``, ``time_s`` or ``bytes``) as numbers of at least 1: one unit
+    for a whole axis of a figure."""
+    if kind == "energy_pj":
+        return next(((n, f * 1e12) for n, f in _ENERGY_J if abs(largest) * 1e-12 >= f), ("pJ", 1.0))
+    units = {"time_s": _TIME, "bytes": _BYTES}[kind]
+    return next(((n, f) for n, f in units if abs(largest) >= f), units[-1])
 
 
 def show_time_s(seconds: float) -> str:

@@ -10,7 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from fourbit.analysis.display import unit_for  # noqa: E402
 from fourbit.hwsim.report import SimReport  # noqa: E402
 from fourbit.traces.files import atomic_write  # noqa: E402
 
@@ -24,10 +26,19 @@ _COMPONENTS = {
 
 
 def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | Path) -> Path:
-    """Cycles per step (compute, memory stall, scaling-unit stall) and energy per step by
-    component, one bar per (recipe, chip) row of ``table``; written to ``path`` (PNG)."""
+    """Test accuracy, cycles per step (compute, memory stall, scaling-unit stall) and energy per
+    step by component, one bar per (recipe, chip) row of ``table``; written to ``path`` (PNG)."""
     labels = [f"{r.recipe}\non {r.chip}" for r in table.itertuples()]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 5.2))
+    fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(13, 5.2), gridspec_kw={"width_ratios": [0.7, 1, 1]})
+    acc = table["test_accuracy_pct"].astype(float)
+    ax0.plot(labels, acc, "o", color="#0072b2", markersize=9)  # dots: the axis need not start at 0
+    for x, v in enumerate(acc):
+        ax0.annotate(f"{v:.2f} %", (x, v), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=8)
+    ax0.set_xlim(-0.6, len(labels) - 0.4)
+    ax0.set_ylim(max(0.0, float(acc.min()) - 5), 100.5)
+    ax0.grid(axis="y", alpha=0.3)
+    ax0.set_ylabel("test accuracy (%)")
+    ax0.set_title("Accuracy")
     bottom = [0.0] * len(reports)
     for key, name in (("compute_cycles", "compute"), ("memory_stall_cycles", "memory stall"),
                       ("scaling_stall_cycles", "output-path stall (scaling unit, write-back, weight update)")):
@@ -44,6 +55,8 @@ def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | P
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax2.set_ylabel("uJ per training step")
     ax2.set_title("Energy")
+    if not acc.notna().all():  # a workload without accuracy (an imported trace)
+        ax0.set_visible(False)
     ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
     fig.tight_layout()
     path = Path(path)
@@ -75,6 +88,28 @@ def _label(row, keys) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys)
 
 
+_FLOW_STYLE = {"ws": ("-", "o"), "os": ("--", "s"), "is": (":", "^")}
+"""Line style and marker of each dataflow in the sweep figures (colour is the radix)."""
+_RADIX_COLOURS = {0: "#7f7f7f", 2: "#0072b2", 4: "#d55e00", 8: "#009e73", 16: "#cc79a7"}
+"""Colour of each log base (0: no FP4), Wong's colour-blind-safe palette (Nature Methods 8, 441, 2011)."""
+
+
+def _radix_colour(radix: float) -> str:
+    return _RADIX_COLOURS.get(int(radix), "#000000")
+
+
+def _short_name(key: str) -> str:
+    """A grid field as an axis label names it (``array.dataflow`` -> ``dataflow``)."""
+    return key.rsplit(".", 1)[-1].replace("_", " ")
+
+
+def _short(key: str, value) -> str:
+    """One point's value of a grid field on an axis: ``r4`` for a radix, the value otherwise."""
+    if key.endswith("radix") and not pd.isna(value):
+        return f"r{int(value)}"
+    return str(value)
+
+
 def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     """The figures of a sweep (`fourbit.analysis.sweep`), PNG and SVG in ``out/figures``; those the
     table has the axes for:
@@ -96,24 +131,35 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     if ok.empty:
         return []
     ok["pes"] = _pes(ok)
-    ok["radix_label"] = ok["radix"].map(lambda r: "no FP4" if pd.isna(r) else f"radix {int(r)}")
     paths: list[Path] = []
     if ok["pes"].nunique() > 1:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
         several_chips = ok["chip_name"].nunique() > 1
-        for (chip, radix, flow), g in ok.groupby(["chip_name", "radix_label", "dataflow"], sort=True):
-            g = g.groupby("pes", as_index=False)[["time_s", "energy_pj"]].mean().sort_values("pes")
-            label = (f"{chip}, " if several_chips else "") + f"{radix}, {flow.upper()}"
-            ax1.plot(g.pes, g.time_s.iloc[0] / g.time_s, marker="o", label=label)
-            ax2.plot(g.pes, g.energy_pj * 1e-6, marker="o", label=label)
-        for ax, title, ylabel in ((ax1, "Speed-up over the smallest array", "speed-up (x)"),
-                                  (ax2, "Energy per training step", "uJ")):
+        e_unit, e_factor = unit_for(float(ok.energy_pj.max()), "energy_pj")
+        ok["radix_key"] = ok["radix"].fillna(0)  # no FP4 first, then radixes in numeric order
+        for (chip, radix, flow), g in ok.groupby(["chip_name", "radix_key", "dataflow"], sort=True):
+            g = g.groupby(["pes", "array"], as_index=False)[["time_s", "energy_pj"]].mean().sort_values("pes")
+            label = (f"{chip}, " if several_chips else "") + (f"radix {int(radix)}" if radix else "no FP4") + \
+                f", {flow.upper()}"
+            style = {"color": _radix_colour(radix), "linestyle": _FLOW_STYLE.get(flow, ("-", "o"))[0],
+                     "marker": _FLOW_STYLE.get(flow, ("-", "o"))[1], "label": label}
+            ax1.plot(g.pes, g.time_s.iloc[0] / g.time_s, **style)
+            ax2.plot(g.pes, g.energy_pj / e_factor, **style)
+        shapes = ok.drop_duplicates("pes").sort_values("pes")
+        for ax, title, ylabel in ((ax1, "Speed-up over the smallest array of each series",
+                                   f"speed-up vs {shapes.array.iloc[0]} (x)"),
+                                  (ax2, "Energy per training step", f"energy per step ({e_unit})")):
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("PEs (rows x cols)")
+            ax.set_xticks(list(shapes.pes), list(shapes.array))
+            ax.minorticks_off()
+            ax.set_xlabel("array (rows x cols)")
             ax.set_ylabel(ylabel)
             ax.set_title(title)
             ax.grid(alpha=0.3)
         ax2.set_yscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 40, not 4 x 10^1
+        ax2.yaxis.set_major_formatter(plain)
+        ax2.yaxis.set_minor_formatter(plain)
         ax1.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths += save_figure(fig, out, "speedup_energy_vs_array")
@@ -134,17 +180,24 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         fig.tight_layout()
         paths += save_figure(fig, out, "accuracy_vs_radix")
     keys = [c for c in table.columns[: list(table.columns).index("point_id")]]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(ok) + 2), 5))
-    labels = [_label(r, keys) for _, r in ok.iterrows()]
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.32 * len(ok) + 2), 24), 5.5))
+    varying = [k for k in keys if ok[k].nunique() > 1] or keys
+    shape = "array.rows" in varying and "array.cols" in varying  # shown as one RxC value
+    if shape:
+        varying = ["array"] + [k for k in varying if k not in ("array.rows", "array.cols")]
+    labels = [" ".join(_short(k, r[k]) for k in varying) for _, r in ok.iterrows()]
+    e_unit, e_factor = unit_for(float(ok.energy_pj.max()), "energy_pj")
     bottom = pd.Series(0.0, index=ok.index)
     for key, name in _COMPONENTS.items():
         if key in ok:
-            ax.bar(range(len(ok)), ok[key] * 1e-6, bottom=bottom, label=name)
-            bottom += ok[key] * 1e-6
-    ax.set_xticks(range(len(ok)), labels, rotation=90, fontsize=6)
-    ax.set_ylabel("uJ per training step")
+            ax.bar(range(len(ok)), ok[key] / e_factor, bottom=bottom, label=name)
+            bottom += ok[key] / e_factor
+    ax.set_xticks(range(len(ok)), labels, rotation=45 if len(ok) > 6 else 0, ha="right" if len(ok) > 6 else "center",
+                  fontsize=8 if len(ok) <= 24 else 6)
+    ax.set_xlabel(", ".join(_short_name(k) for k in varying))
+    ax.set_ylabel(f"energy per training step ({e_unit})")
     ax.set_title("Energy by component")
-    ax.legend(fontsize=7, ncol=4)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     paths += save_figure(fig, out, "energy_breakdown")
     paths += _utilization_figure(ok, keys, Path(out).parent / "points", out)
