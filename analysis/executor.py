@@ -52,17 +52,18 @@ class Executor:
                     raise ConfigError(f"--scheduler {self.scheduler!r}: no dask.distributed scheduler reached "
                                       f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
             else:
-                # the workers ignore SIGINT (inherited when they start): Ctrl-C reaches this process
-                # alone, which stops them (`__exit__`) instead of each printing its own traceback
                 # workers stopped mid-task leave semaphores that multiprocessing's resource tracker
                 # (a process started with these warning options) unlinks at exit, with a warning
                 # that nothing was lost
                 if _TRACKER_NOTE not in sys.warnoptions:
                     sys.warnoptions.append(_TRACKER_NOTE)
+                # the workers ignore SIGINT (inherited when they start): Ctrl-C reaches this process
+                # alone, which stops them (`__exit__`) instead of each printing its own traceback
                 previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
                 try:
                     cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, host="127.0.0.1", silence_logs=logging.ERROR)
+                                           dashboard_address=None, host="127.0.0.1",
+                                           silence_logs=logging.CRITICAL)  # a task's error returns as its result
                 finally:
                     signal.signal(signal.SIGINT, previous)
                 self.client = Client(cluster)
