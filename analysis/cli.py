@@ -149,7 +149,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     run = train(args.model, args.dataset, args.recipe, config=build(TrainConfig(), given(args, "train.")),
                 data_dir=args.data_dir, out=args.out, progress=not args.quiet, resume=args.resume,
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, checkpoint_every=args.checkpoint_every)
     print(f"test accuracy: {100 * run.final['test_accuracy']:.2f} %")
     print(f"test loss: {run.final['test_loss']:.4f}  train loss: {run.final['train_loss']:.4f}")
     print(f"wrote {run.path}")
@@ -376,7 +376,11 @@ def _add_train(sub) -> None:
     t.add_argument("--out", required=True, help="the run directory")
     add_options(t, TrainConfig, prefix="train.")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run at --out from its last epoch checkpoint (same arguments)")
+                   help="continue the run at --out from its last checkpoint (same arguments): the same result "
+                        "as an uninterrupted run")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every that many steps inside an epoch (default 0: at the end of every "
+                        "epoch only)")
     _flags(t, "overwrite")
     t.set_defaults(func=_cmd_train)
 

@@ -258,7 +258,7 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
 
     Raises ConfigError when there is none or it belongs to another run (names the field)."""
     if not (path / "state.json").is_file():
-        raise ConfigError(f"--resume: no checkpoint in {path.parent} (runs write one at the end of every epoch)")
+        raise ConfigError(f"--resume: no checkpoint in {path.parent} (runs write one at the end of every epoch, and every --checkpoint-every steps)")
     try:
         state = json.loads((path / "state.json").read_text())
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
@@ -325,7 +325,7 @@ def check_out(out: str | Path | None, *, resume: bool = False, overwrite: bool =
 def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: TrainConfig | None = None,
           data_dir: str | None = None, out: str | Path | None = None, progress: bool = True,
           model_params: dict | None = None, resume: bool = False, overwrite: bool = False,
-          **overrides) -> Run:
+          checkpoint_every: int = 0, **overrides) -> Run:
     """Train ``model`` on ``dataset`` with ``recipe`` and record the trace.
 
     Parameters
@@ -341,6 +341,11 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     out : path, optional
         The run directory: the trace and metrics are written there at the end, atomically, and a
         checkpoint (``out/checkpoint``) at the end of every epoch.
+    checkpoint_every : int
+        Also checkpoint every that many steps inside an epoch (0: at the ends of epochs only);
+        a run resumed from such a checkpoint is the uninterrupted run, bit for bit (the epoch's
+        data order is drawn again from the saved generator state, and the run continues at the
+        saved position).
     resume : bool
         Continue the run whose checkpoint is in ``out`` (same model, data, recipe and
         hyper-parameters): the result is the same as an uninterrupted run's.
@@ -366,6 +371,9 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
         The loss or a parameter became NaN or infinite (the message names the step).
     """
     cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every = {checkpoint_every!r} is out of range: allowed an integer >= 0 "
+                          "(0: at the ends of epochs only)")
     rec_obj = get_recipe(recipe) if isinstance(recipe, str) else recipe
     ds = load_dataset(dataset, data_dir) if isinstance(dataset, str) else dataset
     steps_per_epoch = len(ds.x_train) // cfg.batch_size
@@ -377,7 +385,7 @@ def train(model: str, dataset: str | Dataset, recipe: str | Recipe, *, config: T
     path = check_out(out, resume=resume, overwrite=overwrite)  # after the arguments: their errors come first
     run_id = {"model": model, "dataset": ds.name, "recipe": rec_obj.describe(), "train_config": cfg.model_dump(),
               "model_params": model_params or {}}
-    loop = _Loop(net, rec_obj, ds, cfg, run_id, None if path is None else path / CHECKPOINT)
+    loop = _Loop(net, rec_obj, ds, cfg, run_id, None if path is None else path / CHECKPOINT, checkpoint_every)
     with contextlib.nullcontext() if path is None else created_dir(path):
         if resume:
             loop.restore()
@@ -400,8 +408,9 @@ class _Loop:
     generator, the recorder and the metrics here), its epochs and its checkpoints."""
 
     def __init__(self, net: Sequential, recipe: Recipe, ds: Dataset, cfg: TrainConfig, run_id: dict,
-                 checkpoint: Path | None) -> None:
+                 checkpoint: Path | None, checkpoint_every: int = 0) -> None:
         self.net, self.recipe, self.ds, self.cfg, self.checkpoint = net, recipe, ds, cfg, checkpoint
+        self.checkpoint_every = checkpoint_every
         self.run_id = json.loads(json.dumps(run_id))  # as the checkpoint's JSON holds it
         self.scales = grad_scales(net, recipe)
         self.recorder = Recorder()
@@ -409,6 +418,8 @@ class _Loop:
         self.shuffle = np.random.default_rng([cfg.seed, 1])
         self.metrics: list[dict] = []
         self.first_epoch = 0
+        self.position = 0  # steps of ``first_epoch`` already done (a checkpoint inside an epoch)
+        self.epoch_sums = (0.0, 0)  # (train loss summed, skipped steps) of those steps
         self.steps_per_epoch = len(ds.x_train) // cfg.batch_size
         self.run_of_skips = 0  # consecutive overflow-skipped steps
         self.ctx = Context(recipe, self.recorder, seed=cfg.seed)
@@ -418,6 +429,9 @@ class _Loop:
         state = _load_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, self.shuffle,
                                  self.recorder, self.run_id)
         self.first_epoch, self.metrics = int(state["epoch"]), state["metrics"]
+        self.position = int(state.get("position", 0))
+        self.epoch_sums = (float(state.get("epoch_loss", 0.0)), int(state.get("skipped", 0)))
+        self.run_of_skips = int(state.get("run_of_skips", 0))
 
     def run(self, progress: bool, desc: str) -> None:
         """The remaining epochs, a checkpoint after each. With a progress bar on a machine whose
@@ -427,13 +441,23 @@ class _Loop:
             tqdm.write("compiling kernels: first run on this machine only, about 1-2 minutes", file=sys.stderr)
             self._warm_up()
         total = self.cfg.epochs * self.steps_per_epoch
-        with tqdm(total=total, initial=self.first_epoch * self.steps_per_epoch, desc=desc, disable=not progress,
-                  unit="step") as bar:
+        with tqdm(total=total, initial=self.first_epoch * self.steps_per_epoch + self.position, desc=desc,
+                  disable=not progress, unit="step") as bar:
             for epoch in range(self.first_epoch, self.cfg.epochs):
                 self._epoch(epoch, total, bar)
-                if self.checkpoint is not None:
-                    _save_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, self.shuffle,
-                                     {"run": self.run_id, "epoch": epoch + 1}, self.recorder, self.metrics)
+                self._save(epoch + 1, self.shuffle.bit_generator.state)
+
+    def _save(self, epoch: int, shuffle_state: dict, position: int = 0, epoch_loss: float = 0.0,
+              skipped: int = 0) -> None:
+        """A checkpoint at step ``position`` of epoch ``epoch`` (0-based; position 0: its start),
+        with the shuffling generator's state that draws that epoch's data order."""
+        if self.checkpoint is None:
+            return
+        generator = np.random.default_rng()
+        generator.bit_generator.state = shuffle_state
+        _save_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, generator,
+                         {"run": self.run_id, "epoch": epoch, "position": position, "epoch_loss": epoch_loss,
+                          "skipped": skipped, "run_of_skips": self.run_of_skips}, self.recorder, self.metrics)
 
     def _warm_up(self) -> None:
         """One step of a copy of the model (its own GradScales and momenta, no recorder) on the
@@ -447,9 +471,10 @@ class _Loop:
 
     def _epoch(self, epoch: int, total: int, bar) -> None:
         cfg, ds, n = self.cfg, self.ds, self.steps_per_epoch
+        drawn_from = self.shuffle.bit_generator.state  # what a checkpoint inside this epoch saves
         order = self.shuffle.permutation(len(ds.x_train))
-        epoch_loss, skipped = 0.0, 0
-        for i in range(n):
+        start, (epoch_loss, skipped) = (self.position, self.epoch_sums) if epoch == self.first_epoch else (0, (0.0, 0))
+        for i in range(start, n):
             step = epoch * n + i
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             if step == total - 1 or (cfg.trace_every and step % cfg.trace_every == 0):
@@ -466,6 +491,8 @@ class _Loop:
             epoch_loss += 0.0 if skip else loss
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", epoch=epoch + 1, refresh=False)
+            if self.checkpoint_every and (step + 1) % self.checkpoint_every == 0 and i + 1 < n:
+                self._save(epoch, drawn_from, i + 1, epoch_loss, skipped)
         test_loss, test_acc = evaluate(self.net, self.recipe, ds.x_test, ds.y_test)
         end = (epoch + 1) * n
         self.metrics += [

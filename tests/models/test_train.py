@@ -65,6 +65,36 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(digit_images, tmp_pa
         assert p.value.tobytes() == q.value.tobytes()
 
 
+@pytest.mark.parametrize("recipe", ["int4", "nvfp4"])
+def test_resume_inside_an_epoch_gives_the_uninterrupted_result(tmp_path, monkeypatch, recipe):
+    """Checkpoints every 3 steps; the process dies after the one at step 6 of epoch 1 (of 2):
+    resumed, the run draws epoch 1's data order again from the saved generator state, continues
+    at its step 6 and ends bit for bit as the uninterrupted run (stochastic rounding included)."""
+    ds = load_dataset("digits")
+    kw = dict(epochs=2, batch_size=64, seed=3, trace_every=4, progress=False, checkpoint_every=3)
+    whole = train("mlp", ds, recipe, out=tmp_path / "whole", **kw)
+    real_save = train_mod._save_checkpoint
+    positions = []
+
+    def killed_inside_epoch(path, net, velocity, scales, shuffle, state, *rest):
+        real_save(path, net, velocity, scales, shuffle, state, *rest)
+        positions.append((state["epoch"], state["position"]))
+        if positions[-1] == (0, 6):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_save_checkpoint", killed_inside_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train("mlp", ds, recipe, out=tmp_path / "cut", **kw)
+    resumed = train("mlp", ds, recipe, out=tmp_path / "cut", resume=True, **kw)
+    assert positions[:3] == [(0, 3), (0, 6), (0, 9)]  # the resumed run went on from step 6
+    assert resumed.final == whole.final
+    _same_trace(resumed.trace, whole.trace)
+    for p, q in zip(resumed.net.params(), whole.net.params(), strict=True):
+        assert p.value.tobytes() == q.value.tobytes()
+    with pytest.raises(ConfigError, match="checkpoint_every = -1 is out of range"):
+        train("mlp", ds, recipe, epochs=1, checkpoint_every=-1, progress=False)
+
+
 def test_resume_refuses_another_run_or_no_checkpoint(digit_images, tmp_path):
     with pytest.raises(ConfigError, match="--resume: no checkpoint"):
         train("mlp", "digits", "int4", epochs=1, out=tmp_path / "none", resume=True, progress=False)
