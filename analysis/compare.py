@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import Field, model_validator
 
 from fourbit.analysis.jobdir import job_dir
+from fourbit.analysis.plots import compare_figure
 from fourbit.analysis.sweep import Axis, SweepSpec, _execute, _plan
 from fourbit.analysis.workloads import Source
 from fourbit.hwsim.area import chip_area
@@ -181,4 +182,5 @@ def _finish(table: pd.DataFrame, baseline: str, out: Path, over: dict) -> pd.Dat
     df = df[order]
     with atomic_write(out / "compare.csv") as tmp:
         df.to_csv(tmp, index=False)
+    compare_figure(df, baseline, out / "figures")
     return df

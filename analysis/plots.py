@@ -16,7 +16,7 @@ from fourbit.analysis.display import unit_for  # noqa: E402
 from fourbit.hwsim.report import SimReport  # noqa: E402
 from fourbit.traces.files import atomic_write  # noqa: E402
 
-__all__ = ["main_job_figure", "save_figure", "sweep_figures", "waterfall_figure"]
+__all__ = ["compare_figure", "main_job_figure", "save_figure", "sweep_figures", "waterfall_figure"]
 
 _COMPONENTS = {
     "energy_mac_pj": "MAC", "energy_acc_pj": "accumulate", "energy_reg_pj": "registers",
@@ -232,6 +232,38 @@ def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Pa
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out, "utilization_per_layer")
+
+
+def compare_figure(table: pd.DataFrame, baseline: str, out: str | Path) -> list[Path]:
+    """``compare`` (PNG and SVG in ``out``): speed-up and energy ratio of every chip against
+    ``baseline``, iso-array beside iso-area (bars grouped by mode, one colour per chip, the
+    array shape over each bar). Rows that did not run are left out."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ok = table[table.status == "ok"]
+    modes = list(dict.fromkeys(ok["mode"]))
+    chips = list(dict.fromkeys(ok["chip"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    width = 0.8 / max(len(chips), 1)
+    colours = ["#0072b2", "#7f7f7f", "#009e73", "#d55e00", "#cc79a7", "#e69f00", "#56b4e9", "#f0e442"]
+    for ax, col, title in ((axes[0], f"speedup_vs_{baseline}", f"speed-up vs {baseline} (x)"),
+                           (axes[1], f"energy_ratio_vs_{baseline}", f"energy per step vs {baseline} (x)")):
+        for j, chip in enumerate(chips):
+            rows = [ok[(ok["mode"] == m) & (ok["chip"] == chip)] for m in modes]
+            xs = [i + (j - (len(chips) - 1) / 2) * width for i in range(len(modes))]
+            vals = [float(r[col].iloc[0]) if len(r) else float("nan") for r in rows]
+            bars = ax.bar(xs, vals, width, label=chip, color=colours[j % len(colours)])
+            ax.bar_label(bars, [r["array"].iloc[0] if len(r) else "" for r in rows], fontsize=7, padding=2)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_ylim(0, max(1.0, float(ok[col].max())) * 1.25)  # room for the labels and the legend
+        ax.set_xticks(range(len(modes)), modes)
+        ax.set_ylabel(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_title("Speed-up per training step")
+    axes[1].set_title("Energy per training step (lower is better)")
+    axes[0].legend(fontsize=8, loc="upper center", ncol=len(chips), frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, out, "compare")
 
 
 def _minor_log_label(v: float, _pos) -> str:

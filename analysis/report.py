@@ -61,6 +61,9 @@ _CAPTIONS = {
     "energy_breakdown": "Energy of one training step split into its components (MACs, accumulators, registers, "
                         "SRAM, DRAM, vector unit, leakage), per sweep point.",
     "utilization_per_layer": "PE utilization of each layer's GEMMs, per array shape.",
+    "compare": "Speed-up and energy per training step of each chip (with its own recipe) against the baseline "
+               "chip, at the same array size (iso-array) and at the same PE-array area (iso-area); the array "
+               "shape over each bar.",
     "explain": "The speed-up and the energy ratio as waterfalls: each bar one effect, from the ratio before it to the "
                "ratio after it, on a log axis.",
 }

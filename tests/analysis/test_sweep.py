@@ -314,6 +314,7 @@ def test_compare_iso_array_and_iso_area(small_trace, tmp_path):
     assert four.loc["iso-area", "pe_array_mm2"] <= table[table.chip == "fp16"].pe_array_mm2.iloc[0]
     assert (four.speedup_vs_fp16 > 1).all() and (four.energy_ratio_vs_fp16 < 1).all()
     assert (tmp_path / "c" / "compare.csv").is_file()
+    assert (tmp_path / "c" / "figures" / "compare.png").stat().st_size > 10_000  # speed-up and energy per chip
     with pytest.raises(ConfigError, match="name a chip twice"):
         compare(Source(trace=small_trace), chips=("fourbit", "fourbit", "fp16"), out=tmp_path / "d", progress=False)
     with pytest.raises(ConfigError, match=r"iso-area: 30x30 PEs of 'fourbit' exceed the PE-array area of 'fp16' \(881 PEs\)"):
