@@ -141,7 +141,7 @@ def test_dask_cluster_gives_the_same_table(small_trace, tmp_path):
                          r"integer >= 1 and <= 65536$"),
     (["array.dataflow=ws,rs"], "array.dataflow = 'rs' is out of range"),
     (["recipe.radix=3"], r"recipe.radix = 3 is out of range: allowed one of 2, 4, 8, 16"),
-    (["recipe.colour=1"], "unknown grid field 'recipe.colour'; recipe parameters: bf16_last, block, bwd_acc, exponent_bits"),
+    (["recipe.colour=1"], "unknown grid field 'recipe.colour'; recipe parameters: attention_bits, bf16_last, block, bwd_acc, exponent_bits"),
     (["array.rows=8", "array.rows=16"], "grid field 'array.rows' appears on two axes"),
     (["log_path.radix=2", "recipe.radix=16"], "log_path.radix = 2 and recipe.radix = 16 differ"),
     ([], "the grid is empty"),
