@@ -233,7 +233,7 @@ CHECKPOINT = "checkpoint"
 MAX_SKIPS = 32  # consecutive overflow-skipped steps before the run is declared diverged
 
 
-def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
+def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle_state: dict,
                      state: dict, recorder: Recorder, metrics: list[dict]) -> None:
     """Write ``path`` atomically (a temporary directory renamed into place): the parameters,
     momenta and buffers (npz), the scalar state and the shuffling generator's state (JSON), the
@@ -245,7 +245,7 @@ def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
         np.savez(tmp / "arrays.npz", **arrays)
         full = {**state, "grad_scales": [{"exponent": g.exponent, "calibrated": g.calibrated, "held": g.held}
                                  for g in scales],
-                "shuffle": shuffle.bit_generator.state, "metrics": metrics}
+                "shuffle": shuffle_state, "metrics": metrics}
         (tmp / "state.json").write_text(json.dumps(full, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
         gemms, ops = recorder.tables()
         gemms.to_parquet(tmp / "gemms.parquet", index=False)
@@ -453,9 +453,7 @@ class _Loop:
         with the shuffling generator's state that draws that epoch's data order."""
         if self.checkpoint is None:
             return
-        generator = np.random.default_rng()
-        generator.bit_generator.state = shuffle_state
-        _save_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, generator,
+        _save_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, shuffle_state,
                          {"run": self.run_id, "epoch": epoch, "position": position, "epoch_loss": epoch_loss,
                           "skipped": skipped, "run_of_skips": self.run_of_skips}, self.recorder, self.metrics)
 

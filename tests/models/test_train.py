@@ -76,8 +76,8 @@ def test_resume_inside_an_epoch_gives_the_uninterrupted_result(tmp_path, monkeyp
     real_save = train_mod._save_checkpoint
     positions = []
 
-    def killed_inside_epoch(path, net, velocity, scales, shuffle, state, *rest):
-        real_save(path, net, velocity, scales, shuffle, state, *rest)
+    def killed_inside_epoch(path, net, velocity, scales, shuffle_state, state, *rest):
+        real_save(path, net, velocity, scales, shuffle_state, state, *rest)
         positions.append((state["epoch"], state["position"]))
         if positions[-1] == (0, 6):
             raise KeyboardInterrupt
