@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,24 +255,32 @@ def _save_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
 
 def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[GradScale], shuffle,
                      recorder: Recorder, expect: dict) -> dict:
-    """Restore a checkpoint written by `_save_checkpoint`; returns its scalar state.
+    """Restore a checkpoint written by `_save_checkpoint`; returns its scalar state. Everything is
+    read and checked (`_check_checkpoint`) before any state of the run is changed.
 
-    Raises ConfigError when there is none or it belongs to another run (names the field)."""
+    Raises ConfigError when there is none, it belongs to another run (names the field), or it is
+    damaged (unreadable files, missing or extra entries, wrong shapes, types or lengths: names the
+    file and the entry)."""
     if not (path / "state.json").is_file():
-        raise ConfigError(f"--resume: no checkpoint in {path.parent} (runs write one at the end of every epoch, and every --checkpoint-every steps)")
+        raise ConfigError(f"--resume: no checkpoint in {path.parent} (runs write one at the end of every epoch, "
+                          "and every --checkpoint-every steps)")
     try:
-        state = json.loads((path / "state.json").read_text())
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         gemms = pd.read_parquet(path / "gemms.parquet")
         ops = pd.read_parquet(path / "ops.parquet")
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({exc})") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("run"), dict):
+        raise ConfigError(f"--resume: {path / 'state.json'} is damaged: no 'run' mapping")
     for key, value in expect.items():
         if state["run"].get(key) != value:
             where, there, here = first_difference(key, state["run"].get(key), value)
             raise ConfigError(f"--resume: the checkpoint in {path.parent} is of another run: {where} is "
                               f"{there!r} there, {here!r} here")
+    _check_checkpoint(path, state, arrays, net, scales, shuffle)
     for p in net.params():
         p.value[...] = arrays[f"param/{p.name}"]
     for k in [k for k in arrays if k.startswith("velocity/")]:
@@ -285,6 +294,45 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
     recorder.gemm_rows = [{k: v for k, v in r.items() if not pd.isna(v)} for r in gemms.to_dict("records")]
     recorder.op_rows = ops.to_dict("records")
     return state
+
+
+def _check_checkpoint(path: Path, state: dict, arrays: dict, net: Sequential, scales: list[GradScale],
+                      shuffle) -> None:
+    """ConfigError naming the file and the entry when the checkpoint's contents do not fit the
+    run: every parameter and buffer present with its shape, momenta only of parameters and of
+    their shapes, no foreign arrays, one GradScale entry per scale with integer fields, integer
+    epoch and position, a metrics list and a generator state of this generator's kind."""
+    npz, js = path / "arrays.npz", path / "state.json"
+
+    def bad(where: Path, what: str) -> ConfigError:
+        return ConfigError(f"--resume: {where} is damaged: {what}")
+
+    params = {p.name: p.value for p in net.params()}
+    want = {f"param/{n}": v.shape for n, v in params.items()} | {f"buffer/{k}": v.shape for k, v in _buffers(net).items()}
+    for key, shape in want.items():
+        if key not in arrays:
+            raise bad(npz, f"no array {key!r}")
+        if arrays[key].shape != shape or arrays[key].dtype.kind != "f":
+            raise bad(npz, f"{key!r} has shape {arrays[key].shape} ({arrays[key].dtype}), the model's is {shape}")
+    for key, value in arrays.items():
+        name = key.removeprefix("velocity/")
+        if key not in want and (name == key or name not in params or value.shape != params[name].shape):
+            raise bad(npz, f"an array {key!r} of shape {value.shape} that belongs to no parameter of this model")
+    for entry, kind, called in (("epoch", int, "an integer"), ("metrics", list, "a list"),
+                                ("grad_scales", list, "a list"), ("shuffle", dict, "a mapping")):
+        if not isinstance(state.get(entry), kind) or isinstance(state.get(entry), bool):
+            raise bad(js, f"{entry!r} is {state.get(entry)!r}, not {called}")
+    for entry in ("position", "skipped", "run_of_skips"):
+        if not isinstance(state.get(entry, 0), int) or state.get(entry, 0) < 0:
+            raise bad(js, f"{entry!r} is {state.get(entry)!r}, not an integer >= 0")
+    if len(state["grad_scales"]) != len(scales):
+        raise bad(js, f"{len(state['grad_scales'])} GradScale entries for the model's {len(scales)}")
+    for i, g in enumerate(state["grad_scales"]):
+        if not (isinstance(g, dict) and isinstance(g.get("exponent"), int) and isinstance(g.get("calibrated"), bool)
+                and isinstance(g.get("held", 0), int)):
+            raise bad(js, f"GradScale entry {i} is {g!r}")
+    if state["shuffle"].get("bit_generator") != shuffle.bit_generator.state["bit_generator"]:
+        raise bad(js, f"the data order's generator state is not a {shuffle.bit_generator.state['bit_generator']} state")
 
 
 def check_out(out: str | Path | None, *, resume: bool = False, overwrite: bool = False) -> Path | None:

@@ -76,6 +76,14 @@ def test_every_value_is_escaped(tmp_path):
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_figure_names_with_markup_are_escaped_in_attributes(tmp_path):
+    d = _main_job_dir(tmp_path)
+    (d / "figures").mkdir()
+    (d / "figures" / "x' onerror='alert(1).png").write_bytes(b"\x89PNG")
+    page = write_report(d).read_text()
+    assert "onerror='alert" not in page and "x&#39; onerror=&#39;alert(1).png" in page
+
+
 def test_ablation_and_compare_summaries(tmp_path):
     d = tmp_path / "a"
     d.mkdir()

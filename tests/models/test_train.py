@@ -95,6 +95,64 @@ def test_resume_inside_an_epoch_gives_the_uninterrupted_result(tmp_path, monkeyp
         train("mlp", ds, recipe, epochs=1, checkpoint_every=-1, progress=False)
 
 
+def _damaged(tmp_path, how: str):
+    """A one-epoch digits run (of two) stopped after its checkpoint, then damaged ``how``."""
+    import json
+
+    out = tmp_path / how
+    kw = dict(epochs=2, batch_size=256, progress=False)
+    real = train_mod._save_checkpoint
+
+    def stop(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "_save_checkpoint", stop)
+        with pytest.raises(KeyboardInterrupt):
+            train("mlp", "digits", "int4", out=out, **kw)
+    ck = out / "checkpoint"
+    arrays = dict(np.load(ck / "arrays.npz"))
+    state = json.loads((ck / "state.json").read_text())
+    if how == "truncated":
+        (ck / "arrays.npz").write_bytes((ck / "arrays.npz").read_bytes()[:300])
+    elif how == "empty":
+        (ck / "arrays.npz").write_bytes(b"")
+    elif how in ("missing", "shape", "foreign"):
+        name = next(k for k in arrays if k.startswith("param/"))
+        if how == "missing":
+            del arrays[name]
+        elif how == "shape":
+            arrays[name] = arrays[name][:1]
+        else:
+            arrays["velocity/nothing"] = np.zeros(3, np.float32)
+        np.savez(ck / "arrays.npz", **arrays)
+    elif how == "scales":
+        state["grad_scales"] = state["grad_scales"][:-1]
+    elif how == "types":
+        state["epoch"] = "1"
+    if how in ("scales", "types"):
+        (ck / "state.json").write_text(json.dumps(state))
+    before = {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+    return out, kw, before
+
+
+@pytest.mark.parametrize("how, message", [
+    ("truncated", r"checkpoint in .* is unreadable \(BadZipFile"),
+    ("empty", r"checkpoint in .* is unreadable \((BadZipFile|EOFError|ValueError)"),
+    ("missing", r"arrays.npz is damaged: no array 'param/"),
+    ("shape", r"arrays.npz is damaged: 'param/.*' has shape \(1, .*the model's is"),
+    ("foreign", r"arrays.npz is damaged: an array 'velocity/nothing' of shape \(3,\) that belongs to no parameter"),
+    ("scales", r"state.json is damaged: \d+ GradScale entries for the model's \d+"),
+    ("types", r"state.json is damaged: 'epoch' is '1', not an integer"),
+])
+def test_a_damaged_checkpoint_is_refused_before_anything_changes(tmp_path, how, message):
+    out, kw, before = _damaged(tmp_path, how)
+    with pytest.raises(ConfigError, match=message):
+        train("mlp", "digits", "int4", out=out, resume=True, **kw)
+    assert {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()} == before  # nothing written
+
+
 def test_resume_refuses_another_run_or_no_checkpoint(digit_images, tmp_path):
     with pytest.raises(ConfigError, match="--resume: no checkpoint"):
         train("mlp", "digits", "int4", epochs=1, out=tmp_path / "none", resume=True, progress=False)
