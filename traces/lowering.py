@@ -28,17 +28,34 @@ from dataclasses import dataclass
 
 from fourbit.traces.errors import TraceError
 
-__all__ = ["GemmShape", "conv2d", "conv_output_size", "linear", "operand_tensors"]
+__all__ = ["GemmShape", "MAX_COUNT", "conv2d", "conv_output_size", "linear", "operand_tensors"]
+
+MAX_COUNT = 2**62
+"""The largest MAC or element count of one GEMM: the trace stores counts as int64, and bytes
+(up to 4 per element of the widest format) must not wrap either."""
 
 
 @dataclass(frozen=True)
 class GemmShape:
-    """One GEMM: ``groups`` independent (M x K) @ (K x N) products."""
+    """One GEMM: ``groups`` independent (M x K) @ (K x N) products.
+
+    Raises TraceError when its MACs or the elements of an operand or of the result (Python
+    integers, computed exactly) exceed `MAX_COUNT`: the trace's int64 columns and every count
+    derived from them (bytes, cycles) then stay exact."""
 
     M: int
     N: int
     K: int
     groups: int = 1
+
+    def __post_init__(self) -> None:
+        for what, count in (("MACs", self.macs), ("elements of a", self.groups * self.M * self.K),
+                            ("elements of b", self.groups * self.K * self.N),
+                            ("elements of the result", self.groups * self.M * self.N)):
+            if count > MAX_COUNT:
+                raise TraceError(f"a GEMM of M={self.M}, N={self.N}, K={self.K}, groups={self.groups} has {count:.3g} "
+                                 f"{what}, beyond the {MAX_COUNT:.3g} (2^62) a trace counts exactly; use a smaller batch "
+                                 "or layer")
 
     @property
     def macs(self) -> int:

@@ -284,7 +284,10 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
     layers = []
     for i, spec in enumerate(specs):
         precision = registry.described_role(recipe, _role(i, n, spec, recipe.get("last_layers", 1)))
-        shapes, geometry = _shapes(spec, batch)
+        try:
+            shapes, geometry = _shapes(spec, batch)
+        except TraceError as exc:
+            raise TraceError(f"{name} layer {spec.name!r} at batch {batch}: {exc}") from None
         last = i == n - 1
         conv = spec.kind != "linear"
         layers.append(_Layer(spec, shapes, geometry, precision, _input_elements(spec, batch),
