@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """An idx file (LeCun's format: magic 0x0000 0x08 ndim, big-endian int32 sizes, ubyte data)."""
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable ({exc})") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a corrupted (not merely truncated) deflate stream
+        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
     if len(raw) < 4 + 4 * ndim or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] != ndim:
         raise DataError(f"{path}: not an idx file of unsigned bytes with {ndim} dimensions (bad magic number)")
     dims = np.frombuffer(raw, ">i4", count=ndim, offset=4).astype(np.int64)

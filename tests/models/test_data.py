@@ -46,6 +46,10 @@ def test_mnist_corrupt_idx_files_are_named(data_dir, tmp_path):
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + raw[4:]))
     with pytest.raises(DataError, match="bad magic number"):
         load_dataset("mnist", d)
+    good = gzip.compress(raw)  # corrupted inside the deflate stream, past the gzip header
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(good[:20] + bytes(b ^ 0xFF for b in good[20:60]) + good[60:])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz: unreadable \((error|BadGzipFile)"):
+        load_dataset("mnist", d)
     (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: unreadable"):
         load_dataset("mnist", d)
