@@ -218,14 +218,18 @@ def _newer_minor(meta: dict) -> bool:
 
 
 def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False, v1: bool = False) -> pd.DataFrame:
-    f = path / str(entry.get("file", f"{name}.parquet"))
+    given = entry.get("file", f"{name}.parquet")
+    if not isinstance(given, str) or given in ("", ".", "..") or Path(given).name != given:
+        raise TraceError(f"{path / META}: table {name}: file {given!r} is not the name of a file inside the run "
+                         "directory (no path separators, no '..')")
+    f = path / given
     if not f.is_file():
         raise TraceError(f"table {name}: file {f} is missing")
     if entry.get("sha256") != _sha256(f):
         raise TraceError(f"table {name}: checksum mismatch for {f} (the file changed after writing)")
     try:
         table = pq.read_table(f)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
+    except (pa.ArrowException, OSError, ValueError) as exc:  # pyarrow's errors derive from ArrowException
         raise TraceError(f"table {name}: unreadable Parquet file {f}: {exc}") from exc
     dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
     if newer_minor:  # a newer minor version only adds columns: read the ones this version knows

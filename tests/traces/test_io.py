@@ -35,3 +35,17 @@ def test_meta_that_is_not_an_object_is_refused(tmp_path, digits_runs):
     (path / "meta.json").write_text("[]")
     with pytest.raises(TraceError, match="expected a JSON object"):
         read(path)
+
+
+@pytest.mark.parametrize("file", ["/etc/passwd", "../outside.parquet", "sub/gemms.parquet", "..", 7])
+def test_a_table_file_outside_the_run_directory_is_refused(tmp_path, digits_runs, file):
+    """meta.json names each table's file: only a file name inside the run directory is read."""
+    import json
+
+    path = digits_runs["fp32"].trace.write(tmp_path / "run")
+    (tmp_path / "outside.parquet").write_bytes((path / "gemms.parquet").read_bytes())
+    meta = json.loads((path / "meta.json").read_text())
+    meta["tables"]["gemms"]["file"] = file
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TraceError, match=r"meta.json: table gemms: file .* is not the name of a file inside the run"):
+        read(path)
