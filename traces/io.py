@@ -198,7 +198,29 @@ def _read_meta(path: Path) -> dict:
         )
     if not isinstance(meta.get("tables"), dict):
         raise TraceError(f"{f}: field 'tables' is missing")
+    _check_meta_fields(f, meta)
     return meta
+
+
+_META_FIELDS = {"batch_size": (int, 1), "epochs": (int, 1), "steps": (int, 0), "seed": (int, 0),
+                "model": (str, None), "dataset": (str, None), "recipe": (dict, None), "final": (dict, None)}
+"""meta.json fields that readers use, with their type and least value (None: any); each may be
+null (an imported trace has no dataset, seed or epochs)."""
+
+
+def _check_meta_fields(f: Path, meta: dict) -> None:
+    """TraceError naming the field and value of a meta.json field of the wrong type or range,
+    or a ``tables`` entry that is not a mapping."""
+    for name, entry in meta["tables"].items():
+        if not isinstance(entry, dict):
+            raise TraceError(f"{f}: tables.{name} is {entry!r}, not a mapping with file, sha256 and rows")
+    for key, (kind, least) in _META_FIELDS.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (least is not None and value < least):
+            allowed = f"an integer >= {least}" if kind is int else f"a {'mapping' if kind is dict else 'string'}"
+            raise TraceError(f"{f}: {key} is {value!r}, expected {allowed} or null")
 
 
 def _upgraded(meta: dict) -> bool:
@@ -232,6 +254,7 @@ def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False, v
     except (pa.ArrowException, OSError, ValueError) as exc:  # pyarrow's errors derive from ArrowException
         raise TraceError(f"table {name}: unreadable Parquet file {f}: {exc}") from exc
     dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
+    required = {c.name for c in schema.TABLES[name] if c.required}
     if newer_minor:  # a newer minor version only adds columns: read the ones this version knows
         table = table.select([c for c in table.column_names if c in dtypes])
     for col in table.column_names:
@@ -239,6 +262,9 @@ def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False, v
         want = dtypes.get(col)
         if want is not None and not _ARROW_OK[want](arr.type):
             raise TraceError(f"table {name}, column {col!r}: dtype {arr.type}, expected {want}")
+        if arr.null_count and col in required:  # before pandas casts it (an int64 column cannot hold it)
+            row = pc.index(pc.is_null(arr), True).as_py()
+            raise TraceError(f"{f}: table {name}, column {col!r}, row {row}: missing value in a required column")
         if pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py():
             # NaN is an error; <NA> (null) means "not recorded"
             row = pc.index(pc.is_nan(arr), True).as_py()
