@@ -25,7 +25,7 @@ from fourbit.hwsim.area import PARTS, chip_area
 from fourbit.traces.errors import ConfigError
 
 __all__ = ["EnergyEntry", "energy_table", "leakage_by_block", "leakage_pj_per_cycle", "peak_throughput",
-           "sram_pj_per_bit", "table_frame"]
+           "sram_pj_per_bit"]
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,6 @@ def _rows(table: str) -> list[EnergyEntry]:
                 out.append(EnergyEntry(e.event, e.pj * 3, f"7 nm x 3 (logic porting rule, hardware.md 6): {e.source}", "DER"))
         return out
     raise ConfigError(f"energy.table = {table!r} is out of range: allowed ('7nm', '45nm')")
-
-
-def table_frame(table: str = "7nm") -> pd.DataFrame:
-    """The energy table as a DataFrame: event, energy_pj, source, tag."""
-    return pd.DataFrame([(e.event, e.pj, e.source, e.tag) for e in _rows(table)],
-                        columns=["event", "energy_pj", "source", "tag"])
 
 
 def energy_table(table: str = "7nm", overrides: dict | None = None) -> dict[str, float]:

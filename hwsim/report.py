@@ -118,10 +118,6 @@ class SimReport:
         s["utilization"] = s["macs"] / max(1, (df["total_cycles"] * df["peak_macs_per_cycle"]).sum())
         return s
 
-    def by_component(self) -> pd.Series:
-        """Energy per step by component (pJ)."""
-        return self.to_frame()[_ENERGY].sum()
-
     def area(self) -> pd.DataFrame:
         """Chip area per block (mm^2) with sources (`fourbit.hwsim.area.chip_area`)."""
         from fourbit.hwsim.area import chip_area

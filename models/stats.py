@@ -28,7 +28,3 @@ class QuantStats:
     @property
     def flush_frac(self) -> float:
         return self.flushed / self.elements if self.elements else 0.0
-
-    @property
-    def zero_frac(self) -> float:
-        return self.zeros / self.elements if self.elements else 0.0
