@@ -139,7 +139,7 @@ _NAMED = {
     "utilization": Column("PE utilization", "fraction"), "tops_per_w": Column("TOPS/W", "plain"),
     "samples_per_s": Column("samples/s", "plain"), "energy_pj": Column("energy", "energy_pj"),
     "test_accuracy_pct": Column("test accuracy", "percent"), "test_accuracy_std": Column("accuracy std", "plain"),
-    "pe_array_mm2": Column("PE array mm^2", "plain"), "shapes_tried": Column("shapes tried", "count"),
+    "pe_array_mm2": Column("PE array area (mm²)", "plain"), "shapes_tried": Column("shapes tried", "count"),
     "macs": Column("MACs", "count"), "M": Column("M", "count"), "N": Column("N", "count"),
     "K": Column("K", "count"), "tiles": Column("tiles", "count"),
     "dram_bytes_per_step": Column("DRAM traffic per step", "bytes"),

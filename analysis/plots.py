@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from fourbit.analysis.display import unit_for  # noqa: E402
 from fourbit.hwsim.report import SimReport  # noqa: E402
@@ -53,6 +52,10 @@ def main_job_figure(table: pd.DataFrame, reports: list[SimReport], path: str | P
         vals = [float(rep.totals()[key]) * 1e-6 for rep in reports]
         ax2.bar(labels, vals, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    for x, rep in enumerate(reports):  # the datapath's share, a sliver beside DRAM, in numbers
+        t = rep.totals()
+        ax2.annotate(f"datapath {t['datapath_energy_pj'] * 1e-6:.3g} uJ", (x, bottom[x]), textcoords="offset points",
+                     xytext=(0, 4), ha="center", fontsize=8)
     ax2.set_ylabel("uJ per training step")
     ax2.set_title("Energy")
     if not acc.notna().all():  # a workload without accuracy (an imported trace)
@@ -132,23 +135,30 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         return []
     ok["pes"] = _pes(ok)
     paths: list[Path] = []
+    keys = [c for c in table.columns[: list(table.columns).index("point_id")]]
     if ok["pes"].nunique() > 1:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.8))
-        several_chips = ok["chip_name"].nunique() > 1
         e_unit, e_factor = unit_for(float(ok.energy_pj.max()), "energy_pj")
         ok["radix_key"] = ok["radix"].fillna(0)  # no FP4 first, then radixes in numeric order
-        for (chip, radix, flow), g in ok.groupby(["chip_name", "radix_key", "dataflow"], sort=True):
-            g = g.groupby(["pes", "array"], as_index=False)[["time_s", "energy_pj"]].mean().sort_values("pes")
-            label = (f"{chip}, " if several_chips else "") + (f"radix {int(radix)}" if radix else "no FP4") + \
-                f", {flow.upper()}"
+        # one series per configuration apart from the array shape (nothing averaged together)
+        series = ["radix_key", "chip_name", "recipe_name", "dataflow",
+                  *[k for k in keys if k not in ("array.rows", "array.cols", "array", "array.dataflow",
+                                                "log_path.radix", "recipe", "chip")]]
+        smallest = ok[ok.pes == ok.pes.min()]
+        ref = smallest.loc[smallest.time_s.idxmin()]  # one reference for every series
+        for values, g in ok.groupby(series, sort=True, dropna=False):
+            radix, chip, recipe, flow = values[:4]
+            g = g.sort_values("pes")
+            label = ", ".join([*([chip] if ok.chip_name.nunique() > 1 else []), str(recipe), flow.upper(),
+                               *(f"{_short_name(k)} {v}" for k, v in zip(series[4:], values[4:], strict=True))])
             style = {"color": _radix_colour(radix), "linestyle": _FLOW_STYLE.get(flow, ("-", "o"))[0],
                      "marker": _FLOW_STYLE.get(flow, ("-", "o"))[1], "label": label}
-            ax1.plot(g.pes, g.time_s.iloc[0] / g.time_s, **style)
+            ax1.plot(g.pes, ref.time_s / g.time_s, **style)
             ax2.plot(g.pes, g.energy_pj / e_factor, **style)
         shapes = ok.drop_duplicates("pes").sort_values("pes")
-        for ax, title, ylabel in ((ax1, "Speed-up over the smallest array of each series",
-                                   f"speed-up vs {shapes.array.iloc[0]} (x)"),
-                                  (ax2, "Energy per training step", f"energy per step ({e_unit})")):
+        for ax, title, ylabel in ((ax1, "Speed-up (higher is better)",
+                                   f"speed-up vs {ref['recipe_name']}, {ref['dataflow'].upper()} at {ref['array']} (x)"),
+                                  (ax2, "Energy per training step (lower is better)", f"energy per step ({e_unit})")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(shapes.pes), list(shapes.array))
             ax.minorticks_off()
@@ -156,10 +166,7 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
             ax.set_ylabel(ylabel)
             ax.set_title(title)
             ax.grid(alpha=0.3)
-        ax2.set_yscale("log")
-        plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 40, not 4 x 10^1
-        ax2.yaxis.set_major_formatter(plain)
-        ax2.yaxis.set_minor_formatter(plain)
+        ax2.set_ylim(0, None)
         ax1.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths += save_figure(fig, out, "speedup_energy_vs_array")
@@ -179,7 +186,6 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         paths += save_figure(fig, out, "accuracy_vs_radix")
-    keys = [c for c in table.columns[: list(table.columns).index("point_id")]]
     fig, ax = plt.subplots(figsize=(min(max(6.0, 0.32 * len(ok) + 2), 24), 5.5))
     varying = [k for k in keys if ok[k].nunique() > 1] or keys
     shape = "array.rows" in varying and "array.cols" in varying  # shown as one RxC value
@@ -205,30 +211,35 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
 
 
 def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Path) -> list[Path]:
+    """PE utilization of every GEMM (layer and phase) of the first point's configuration, one
+    marker series per (array shape, dataflow) among the points that differ from it only in
+    those."""
     first = ok.iloc[0]
-    others = [k for k in keys if not k.startswith("array.") and k != "array"]
+    others = [k for k in keys if k not in ("array.rows", "array.cols", "array", "array.dataflow")]
     same = ok[(ok[others] == first[others]).all(axis=1)] if others else ok
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    drawn = 0
-    for _, row in same.drop_duplicates("array").iterrows():
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    drawn, names = 0, []
+    for _, row in same.drop_duplicates(["array", "dataflow"]).iterrows():
         path = points / f"{row.point_id}.layers.parquet"
         if not path.is_file():
             continue
         df = pd.read_parquet(path)
         df = df[df.macs > 0]
-        util = df.macs / (df.total_cycles * df.peak_macs_per_cycle).clip(lower=1)
-        ax.plot(range(len(df)), util, marker=".", label=f"{row['array']}")
+        util = 100 * df.macs / (df.total_cycles * df.peak_macs_per_cycle).clip(lower=1)
+        ax.plot(range(len(df)), util, marker=_FLOW_STYLE.get(row.dataflow, ("-", "o"))[1], linestyle="none",
+                markersize=4, label=f"{row['array']} {row.dataflow.upper()}")
         names = [f"{lay} {ph}" for lay, ph in zip(df.layer, df.phase, strict=True)]
         drawn += 1
     if not drawn:
         plt.close(fig)
         return []
-    step = max(1, len(names) // 40)
-    ax.set_xticks(range(0, len(names), step), names[::step], rotation=90, fontsize=6)
-    ax.set_ylabel("MAC utilization")
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Utilization per GEMM (" + (_label(first, others) or "first point") + ")")
-    ax.legend(title="array", fontsize=7)
+    step = max(1, len(names) // 30)
+    ax.set_xticks(range(0, len(names), step), names[::step], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("PE utilization (%)")
+    ax.set_ylim(0, 105)
+    fixed = ", ".join(f"{_short_name(k)} {first[k]}" for k in others)
+    ax.set_title("PE utilization per GEMM" + (f" ({fixed})" if fixed else ""))
+    ax.legend(title="array, dataflow", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, out, "utilization_per_layer")
@@ -259,7 +270,7 @@ def compare_figure(table: pd.DataFrame, baseline: str, out: str | Path) -> list[
         ax.set_xticks(range(len(modes)), modes)
         ax.set_ylabel(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_title("Speed-up per training step")
+    axes[0].set_title("Speed-up per training step (higher is better)")
     axes[1].set_title("Energy per training step (lower is better)")
     axes[0].legend(fontsize=8, loc="upper center", ncol=len(chips), frameon=False)
     fig.tight_layout()

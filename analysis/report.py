@@ -18,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -57,10 +58,12 @@ ROW_LIMIT = 500
 _CAPTIONS = {
     "main_job": "Test accuracy, time per training step and energy per step of the 4-bit recipe on the 4-bit chip "
                 "and of the baseline recipe on the baseline chip.",
-    "speedup_energy_vs_array": "Speed-up and energy per training step of every sweep point against array size.",
-    "energy_breakdown": "Energy of one training step split into its components (MACs, accumulators, registers, "
-                        "SRAM, DRAM, vector unit, leakage), per sweep point.",
-    "utilization_per_layer": "PE utilization of each layer's GEMMs, per array shape.",
+    "speedup_energy_vs_array": "Speed-up (against one reference point, named on the axis) and energy per "
+                               "training step of each configuration against array size.",
+    "energy_breakdown": "Energy of one training step split into its components (MAC, accumulate, registers, "
+                        "SRAM, DRAM, scaling unit, leakage), per sweep point.",
+    "utilization_per_layer": "PE utilization of each GEMM (layer and phase) of one configuration, per array "
+                             "shape and dataflow.",
     "compare": "Speed-up and energy per training step of each chip (with its own recipe) against the baseline "
                "chip, at the same array size (iso-array) and at the same PE-array area (iso-area); the array "
                "shape over each bar.",
@@ -105,7 +108,8 @@ def _workload(job: dict) -> str | None:
 
 
 def _list(values) -> str:
-    return ", ".join(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
+    """Distinct names, in order, separated by semicolons (recipe specs hold commas)."""
+    return "; ".join(dict.fromkeys(str(v) for v in values if isinstance(v, str) and v))
 
 
 def _baseline(df: pd.DataFrame, prefix: str) -> str | None:
@@ -202,18 +206,21 @@ def _table(kind: _TableKind, df: pd.DataFrame) -> dict:
         own = [c for c in df.columns[: list(df.columns).index("point_id")] if c not in _SWEEP_SHOWN] \
             if "point_id" in df.columns else []
         df = df[[c for c in (*own, *_SWEEP_SHOWN) if c in df.columns]]
+    df = df.dropna(axis=1, how="all")  # a column no row filled (accuracy of an imported trace) says nothing
     cols, body = _cells(df.head(ROW_LIMIT))
     return {"title": kind.title, "what": kind.what, "file": kind.file, "anchor": kind.file.removesuffix(".csv"),
             "rows": len(df), "shown": min(len(df), ROW_LIMIT), "columns": cols, "body": body}
 
 
 def _figures(d: Path) -> list[dict]:
+    """The figures: captioned by what they show, or as a file fourbit did not write; paths
+    relative to the page and URL-quoted (a name may hold '%', '#' or spaces)."""
     out = []
     for fig in sorted((d / "figures").glob("*.png")) + sorted(d.glob("*.png")):
         svg = fig.with_suffix(".svg")
-        caption = _CAPTIONS.get(fig.stem, fig.stem.replace("_", " "))
-        out.append({"src": os.path.relpath(fig, d), "alt": caption, "caption": caption,
-                    "svg": os.path.relpath(svg, d) if svg.is_file() else None})
+        caption = _CAPTIONS.get(fig.stem, f"{fig.name} (a file in the directory, not one fourbit writes)")
+        out.append({"src": quote(os.path.relpath(fig, d)), "alt": caption, "caption": caption,
+                    "svg": quote(os.path.relpath(svg, d)) if svg.is_file() else None})
     return out
 
 
