@@ -157,7 +157,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from fourbit.analysis.display import show_count, show_energy_pj, show_time_s
+    from fourbit.analysis.display import show, show_bytes, show_count, show_energy_pj, show_time_s
     from fourbit.hwsim.config import load_chip
     from fourbit.hwsim.engine import simulate
     from fourbit.traces.files import atomic_write, created_dir
@@ -172,9 +172,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     info, a = report.run_info, chip.array
     print(f"\n{chip.chip.name}: {a.rows}x{a.cols} {a.dataflow}, fill/drain overlap "
           f"{'on' if info['overlap_fill_drain'] else 'off'}, "
-          + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact"))
+          + (f"{info['extrapolated_gemms']} GEMMs extrapolated" if info["extrapolate"] else "exact (not extrapolated)"))
     print(f"per step: {show_count(t['total_cycles'])} cycles, {show_time_s(t['time_s'])}, "
-          f"{show_energy_pj(t['energy_pj'])}, {t['tops_per_w']:.3f} TOPS/W")
+          f"{show_energy_pj(t['energy_pj'])}, {t['tops_per_w']:.3f} TOPS/W, DRAM traffic "
+          f"{show_bytes(t['dram_read_bytes'] + t['dram_write_bytes'])}, PE utilization {show('fraction', t['utilization'])}")
     if args.out:
         with created_dir(args.out) as out, atomic_write(out / "simulation.csv") as tmp:
             df.to_csv(tmp, index=False)
