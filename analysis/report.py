@@ -122,9 +122,9 @@ def _versus(row: pd.Series, base: str) -> str:
     """'speed-up 2.32x, energy 0.41x, test accuracy -0.30 pts' from a row's ratio columns."""
     parts = [f"speed-up {show('ratio', row[f'speedup_vs_{base}'])}",
              f"energy {show('ratio', row[f'energy_ratio_vs_{base}'])}"]
-    delta = row.get(f"accuracy_delta_vs_{base}_pts")
-    if delta is not None and not pd.isna(delta):
-        parts.append(f"test accuracy {show('points', delta)}")
+    for col in (c for c in row.index if c.startswith("accuracy_delta_vs_") and c.endswith("_pts")):
+        if not pd.isna(row[col]):  # named after the baseline's recipe (main job) or chip (compare)
+            parts.append(f"test accuracy {show('points', row[col])} vs {col[18:-4]}")
     return ", ".join(parts)
 
 

@@ -53,7 +53,8 @@ def main_job(job: MainJob | None = None, *, progress: bool = True, overwrite: bo
     """Run the main job; returns the comparison table (also written to ``out``).
 
     ``job`` or its fields as keywords (``main_job(epochs=...)`` is ``train=TrainConfig(epochs=...)``).
-    Columns: recipe, chip, test_accuracy_pct, accuracy_delta_vs_fp16_pts, cycles_per_step, time_per_step_us,
+    Columns: recipe, chip, test_accuracy_pct, accuracy_delta_vs_fp32_pts (named after the baseline recipe),
+    cycles_per_step, time_per_step_us,
     speedup_vs_fp16, energy_per_step_uj, energy_ratio_vs_fp16, datapath_energy_per_step_uj,
     dram_bytes_per_step, utilization (the ratios are against the baseline row; their names
     carry the baseline chip's name, ``fp16`` by default). Files in ``out``: ``main_job.csv``,

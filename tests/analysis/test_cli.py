@@ -26,7 +26,7 @@ def check_main_job(out: Path, stdout: str) -> None:
     the README test, which runs the README's command as written in a fresh environment."""
     table = pd.read_csv(out / "main_job.csv")
     assert list(table.columns) == [
-        "recipe", "chip", "test_accuracy_pct", "accuracy_delta_vs_fp16_pts", "cycles_per_step", "time_per_step_us",
+        "recipe", "chip", "test_accuracy_pct", "accuracy_delta_vs_fp32_pts", "cycles_per_step", "time_per_step_us",
         "speedup_vs_fp16", "energy_per_step_uj", "energy_ratio_vs_fp16",
         "datapath_energy_per_step_uj", "dram_bytes_per_step", "utilization",
     ]
