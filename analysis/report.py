@@ -35,18 +35,21 @@ class _TableKind:
     file: str
     title: str
     what: str
+    needs: tuple[str, ...] = ()  # the columns the summary reads
 
 
 _TABLES = (
     _TableKind("main_job.csv", "Main job", "The 4-bit recipe on the 4-bit chip against the baseline recipe on the "
-               "baseline chip, one training step of each"),
+               "baseline chip, one training step of each", needs=("recipe", "chip")),
     _TableKind("compare.csv", "Chips compared", "Each chip with its own recipe, at the same array size "
-               "(iso-array) and at the same PE-array area (iso-area), against the baseline chip"),
+               "(iso-array) and at the same PE-array area (iso-area), against the baseline chip",
+               needs=("mode", "chip", "recipe")),
     _TableKind("results.csv", "Sweep results", "One row per grid point: the swept fields, the recipe, the "
                "simulated totals of one training step and the test accuracy of trained recipes"),
-    _TableKind("ablation.csv", "Ablation", "Test accuracy per variant: mean, spread and extremes over the seeds"),
+    _TableKind("ablation.csv", "Ablation", "Test accuracy per variant: mean, spread and extremes over the seeds",
+               needs=("variant", "recipe")),
     _TableKind("explain.csv", "Explanation", "The measured speed-up and energy ratio taken apart, one effect at a "
-               "time: each term's factor and the ratio after it"),
+               "time: each term's factor and the ratio after it", needs=("waterfall", "ratio")),
 )
 _SWEEP_SHOWN = ("array.rows", "array.cols", "array.dataflow", "log_path.radix", "recipe_name", "tpr", "status",
                 "total_cycles", "time_s", "energy_pj", "utilization", "dram_read_bytes", "test_accuracy_pct",
@@ -86,7 +89,9 @@ def _job(d: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable job description ({exc})") from exc
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict) or not isinstance(data.get("job", {}), dict):
+        raise ConfigError(f"{path}: not a job description (a JSON object with a 'job' mapping)")
+    return data
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -96,8 +101,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise ConfigError(f"{path}: not a readable CSV table ({exc})") from exc
 
 
+def _checked(path: Path, df: pd.DataFrame, needs: tuple[str, ...]) -> pd.DataFrame:
+    missing = [c for c in needs if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: no column {missing[0]!r} (a {path.name} of fourbit has {', '.join(needs)})")
+    return df
+
+
 def _workload(job: dict) -> str | None:
-    src = job.get("source", job)
+    src = job.get("source", job) if isinstance(job.get("source", job), dict) else {}
     if src.get("trace"):
         return f"trace {src['trace']}"
     if src.get("model") and src.get("dataset"):
@@ -240,7 +252,7 @@ def write_report(directory: str | Path) -> Path:
     if not d.is_dir():
         raise ConfigError(f"{directory}: not a directory")
     job = _job(d)
-    frames = {k.file: _read_csv(d / k.file) for k in _TABLES if (d / k.file).is_file()}
+    frames = {k.file: _checked(d / k.file, _read_csv(d / k.file), k.needs) for k in _TABLES if (d / k.file).is_file()}
     figures = _figures(d)
     if not frames and not figures:
         raise ConfigError(f"{directory}: no {', '.join(k.file for k in _TABLES)} or figures to report")

@@ -543,7 +543,7 @@ class GradScale:
         """After a step whose gradients overflowed (and was skipped, as dynamic loss scaling does,
         Micikevicius et al., ICLR 2018): halve s if this scale's own GEMM overflowed, else keep it
         (its reports saw the overflow's aftermath, not its own range); returns the change."""
-        own = self.overflowed
+        own = self.overflowed  # a skip for another layer's overflow counts as one step of this one's hold
         self.pending = [-1] if own else []
         self.overflowed = False
         change = self.update()

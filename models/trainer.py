@@ -325,6 +325,9 @@ def _check_checkpoint(path: Path, state: dict, arrays: dict, net: Sequential, sc
     for entry in ("position", "skipped", "run_of_skips"):
         if not isinstance(state.get(entry, 0), int) or state.get(entry, 0) < 0:
             raise bad(js, f"{entry!r} is {state.get(entry)!r}, not an integer >= 0")
+    loss = state.get("epoch_loss", 0.0)
+    if not isinstance(loss, int | float) or isinstance(loss, bool) or not math.isfinite(loss):
+        raise bad(js, f"'epoch_loss' is {loss!r}, not a finite number")
     if len(state["grad_scales"]) != len(scales):
         raise bad(js, f"{len(state['grad_scales'])} GradScale entries for the model's {len(scales)}")
     for i, g in enumerate(state["grad_scales"]):
@@ -478,6 +481,11 @@ class _Loop:
                                  self.recorder, self.run_id)
         self.first_epoch, self.metrics = int(state["epoch"]), state["metrics"]
         self.position = int(state.get("position", 0))
+        if self.first_epoch > self.cfg.epochs or (self.position and (self.first_epoch == self.cfg.epochs
+                                                                    or self.position >= self.steps_per_epoch)):
+            raise ConfigError(f"--resume: {self.checkpoint / 'state.json'} is damaged: epoch {self.first_epoch}, "
+                              f"step {self.position} lies outside this run ({self.cfg.epochs} epochs of "
+                              f"{self.steps_per_epoch} steps)")
         self.epoch_sums = (float(state.get("epoch_loss", 0.0)), int(state.get("skipped", 0)))
         self.run_of_skips = int(state.get("run_of_skips", 0))
 

@@ -76,6 +76,19 @@ def test_every_value_is_escaped(tmp_path):
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+def test_tables_and_job_files_it_cannot_read_are_refused_with_the_file(tmp_path):
+    from fourbit.traces.errors import ConfigError
+
+    d = _main_job_dir(tmp_path)
+    pd.read_csv(d / "main_job.csv").drop(columns="chip").to_csv(d / "main_job.csv", index=False)
+    with pytest.raises(ConfigError, match=r"main_job.csv: no column 'chip'"):
+        write_report(d)
+    (d / "fourbit-job.json").write_text('{"kind": "main_job", "job": [1]}')
+    with pytest.raises(ConfigError, match=r"fourbit-job.json: not a job description"):
+        write_report(d)
+    assert not (d / "report.html").exists()
+
+
 def test_figure_names_with_markup_are_escaped_in_attributes(tmp_path):
     d = _main_job_dir(tmp_path)
     (d / "figures").mkdir()

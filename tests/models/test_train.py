@@ -131,7 +131,11 @@ def _damaged(tmp_path, how: str):
         state["grad_scales"] = state["grad_scales"][:-1]
     elif how == "types":
         state["epoch"] = "1"
-    if how in ("scales", "types"):
+    elif how == "loss":
+        state["epoch_loss"] = "nan"
+    elif how == "position":
+        state["position"] = 999
+    if how in ("scales", "types", "loss", "position"):
         (ck / "state.json").write_text(json.dumps(state))
     before = {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
     return out, kw, before
@@ -145,6 +149,8 @@ def _damaged(tmp_path, how: str):
     ("foreign", r"arrays.npz is damaged: an array 'velocity/nothing' of shape \(3,\) that belongs to no parameter"),
     ("scales", r"state.json is damaged: \d+ GradScale entries for the model's \d+"),
     ("types", r"state.json is damaged: 'epoch' is '1', not an integer"),
+    ("loss", r"state.json is damaged: 'epoch_loss' is 'nan', not a finite number"),
+    ("position", r"state.json is damaged: epoch 1, step 999 lies outside this run \(2 epochs of 5 steps\)"),
 ])
 def test_a_damaged_checkpoint_is_refused_before_anything_changes(tmp_path, how, message):
     out, kw, before = _damaged(tmp_path, how)
