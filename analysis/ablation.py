@@ -6,7 +6,8 @@ GradScale vs one global loss scale, each trained with several seeds.
 `fourbit.analysis.workloads` (cached in ``out/runs``: a finished run is read back, not trained
 again, so a killed ablation resumes; ``workers`` > 1 trains runs in parallel), then write
 ``out/ablation.csv`` (one row per variant: mean and spread of the test accuracy over the seeds)
-and ``out/ablation_runs.csv`` (one row per run).
+and ``out/ablation_runs.csv`` (one row per run), and the figure ``out/figures/ablation.png``
+(and ``.svg``: each variant's accuracy per seed and over the seeds).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import Field, model_validator
 
 from fourbit.analysis.executor import Executor
 from fourbit.analysis.jobdir import job_dir
+from fourbit.analysis.plots import ablation_figure
 from fourbit.analysis.workloads import check_trainings, nest_train, run_all, trained
 from fourbit.models.recipes import get_recipe
 from fourbit.models.trainer import TrainConfig
@@ -136,6 +138,7 @@ def ablation(job: Ablation | None = None, *, progress: bool = True, overwrite: b
         for name, df in (("ablation_runs.csv", runs), ("ablation.csv", table)):
             with atomic_write(out / name) as tmp:
                 df.to_csv(tmp, index=False)
+        ablation_figure(runs, out / "figures")
     return table
 
 

@@ -272,9 +272,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     figures = sweep_figures(table, spec.out)
     failed = table[table.status != "ok"]
     shown = [c for c in table.columns if c in {f for ax in spec.grid for f in ax.fields}] + [
-        c for c in ("recipe_name", "tpr", "status", "total_cycles", "energy_pj", "utilization", "test_accuracy_pct")
+        c for c in ("recipe_name", "tpr", "status", "total_cycles", "energy_pj", f"speedup_vs_{spec.baseline}",
+                  f"energy_ratio_vs_{spec.baseline}", "utilization", "test_accuracy_pct")
         if c in table.columns]
-    _print_table(table[shown])
+    _print_table(table[shown].dropna(axis=1, how="all"))  # a column no point filled (accuracy of a trace)
     print(f"\n{len(table)} points ({len(failed)} failed); wrote {spec.out}/results.parquet, {spec.out}/results.csv"
           f" and {len(figures)} figures (PNG and SVG); `fourbit report {shlex.quote(spec.out)}` makes an HTML page")
     if len(failed):

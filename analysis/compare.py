@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from fourbit.analysis.jobdir import job_dir
 from fourbit.analysis.plots import compare_figure
-from fourbit.analysis.sweep import Axis, SweepSpec, _execute, _plan
+from fourbit.analysis.sweep import CHIP_RECIPES, Axis, SweepSpec, _execute, _plan
 from fourbit.analysis.workloads import Source
 from fourbit.hwsim.area import chip_area
 from fourbit.hwsim.config import iso_area, iso_area_shapes, load_chip
@@ -33,10 +33,6 @@ from fourbit.traces.config import Listed, PathText, StrictModel
 from fourbit.traces.files import atomic_write
 
 __all__ = ["CHIP_RECIPES", "Comparison", "compare"]
-
-CHIP_RECIPES = {"fourbit": "int4", "fp16": "fp16", "int8": "int8", "hfp8": "hfp8"}
-"""Each chip preset and the recipe whose numerics it implements."""
-
 
 class Comparison(StrictModel):
     """A comparison: ``chips`` (presets of `CHIP_RECIPES`) against ``baseline`` on ``source``'s
@@ -127,7 +123,7 @@ def compare(job: Comparison | Source | None = None, *, progress: bool = True, ov
     for mode, arrays in shapes.items():
         values = tuple((c, CHIP_RECIPES[c], rows, cols, *over.values()) for c in chips for rows, cols in arrays[c])
         specs[mode] = SweepSpec(source=job.source, out=job.out, workers=job.workers, scheduler=job.scheduler,
-                                grid=(Axis(fields=fields, values=values),))
+                                grid=(Axis(fields=fields, values=values),), baseline=None)
         plans[mode] = _plan(specs[mode])
     identity = {**job.model_dump(mode="json", exclude={"out", "workers", "scheduler", "source"}),
                 "source": job.source.identity()}

@@ -15,7 +15,7 @@ from fourbit.analysis.display import unit_for  # noqa: E402
 from fourbit.hwsim.report import SimReport  # noqa: E402
 from fourbit.traces.files import atomic_write  # noqa: E402
 
-__all__ = ["compare_figure", "main_job_figure", "save_figure", "sweep_figures", "waterfall_figure"]
+__all__ = ["ablation_figure", "compare_figure", "main_job_figure", "save_figure", "sweep_figures", "waterfall_figure"]
 
 _COMPONENTS = {
     "energy_mac_pj": "MAC", "energy_acc_pj": "accumulate", "energy_reg_pj": "registers",
@@ -117,8 +117,10 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     """The figures of a sweep (`fourbit.analysis.sweep`), PNG and SVG in ``out/figures``; those the
     table has the axes for:
 
-    - ``speedup_energy_vs_array``: speed-up over the smallest array and energy per step (uJ)
-      against the number of PEs, a line per (chip, radix, dataflow);
+    - ``speedup_energy_vs_array``: speed-up and energy ratio against the sweep's baseline chip
+      (FP16 by default; without one: speed-up over the fastest smallest array and energy per
+      step) against the array shape, a line per configuration (radix as colour, dataflow as
+      line style and marker);
     - ``accuracy_vs_radix``: test accuracy of the trained recipes against the log base;
     - ``energy_breakdown``: energy per step by component (stacked bars), one bar per point;
     - ``utilization_per_layer``: MAC utilization per GEMM (layer and phase) of the first point,
@@ -144,8 +146,7 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
         series = ["radix_key", "chip_name", "recipe_name", "dataflow",
                   *[k for k in keys if k not in ("array.rows", "array.cols", "array", "array.dataflow",
                                                 "log_path.radix", "recipe", "chip")]]
-        smallest = ok[ok.pes == ok.pes.min()]
-        ref = smallest.loc[smallest.time_s.idxmin()]  # one reference for every series
+        speed, energy, speed_label, energy_label = _against(ok, Path(out).parent, e_factor, e_unit)
         for values, g in ok.groupby(series, sort=True, dropna=False):
             radix, chip, recipe, flow = values[:4]
             g = g.sort_values("pes")
@@ -153,12 +154,11 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
                                *(f"{_short_name(k)} {v}" for k, v in zip(series[4:], values[4:], strict=True))])
             style = {"color": _radix_colour(radix), "linestyle": _FLOW_STYLE.get(flow, ("-", "o"))[0],
                      "marker": _FLOW_STYLE.get(flow, ("-", "o"))[1], "label": label}
-            ax1.plot(g.pes, ref.time_s / g.time_s, **style)
-            ax2.plot(g.pes, g.energy_pj / e_factor, **style)
+            ax1.plot(g.pes, speed[g.index], **style)
+            ax2.plot(g.pes, energy[g.index], **style)
         shapes = ok.drop_duplicates("pes").sort_values("pes")
-        for ax, title, ylabel in ((ax1, "Speed-up (higher is better)",
-                                   f"speed-up vs {ref['recipe_name']}, {ref['dataflow'].upper()} at {ref['array']} (x)"),
-                                  (ax2, "Energy per training step (lower is better)", f"energy per step ({e_unit})")):
+        for ax, title, ylabel in ((ax1, "Speed-up per training step (higher is better)", speed_label),
+                                  (ax2, "Energy per training step (lower is better)", energy_label)):
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(shapes.pes), list(shapes.array))
             ax.minorticks_off()
@@ -167,6 +167,9 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
             ax.set_title(title)
             ax.grid(alpha=0.3)
         ax2.set_ylim(0, None)
+        if "chip" in energy_label:  # both relative to the baseline chip: mark where it stands
+            for ax in (ax1, ax2):
+                ax.axhline(1.0, color="black", linewidth=0.8)
         ax1.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         paths += save_figure(fig, out, "speedup_energy_vs_array")
@@ -208,6 +211,25 @@ def sweep_figures(table: pd.DataFrame, out: str | Path) -> list[Path]:
     paths += save_figure(fig, out, "energy_breakdown")
     paths += _utilization_figure(ok, keys, Path(out).parent / "points", out)
     return paths
+
+
+def _against(ok: pd.DataFrame, out: Path, e_factor: float, e_unit: str) -> tuple[pd.Series, pd.Series, str, str]:
+    """Each point's speed-up and energy, and the axis labels: against the sweep's baseline chip
+    (the ``speedup_vs_<chip>`` and ``energy_ratio_vs_<chip>`` columns, described by
+    ``out/baseline.csv``) where the table has them; else the speed-up against the fastest of the
+    smallest arrays and the energy per step in ``e_unit``."""
+    chip = next((c[11:] for c in ok.columns if c.startswith("speedup_vs_")), None)
+    if chip is not None and ok[f"speedup_vs_{chip}"].notna().all():
+        base = pd.read_csv(out / "baseline.csv").iloc[0] if (out / "baseline.csv").is_file() else None
+        what = f"{chip} chip" + (f" ({base['recipe_name']}, {base['array']} {base['dataflow'].upper()})"
+                                 if base is not None else "")
+        return (ok[f"speedup_vs_{chip}"], ok[f"energy_ratio_vs_{chip}"], f"speed-up vs {what} (x)",
+                f"energy ratio vs {what} (x)")
+    smallest = ok[ok.pes == ok.pes.min()]
+    ref = smallest.loc[smallest.time_s.idxmin()]  # one reference for every series
+    return (ref.time_s / ok.time_s, ok.energy_pj / e_factor,
+            f"speed-up vs {ref['recipe_name']}, {ref['dataflow'].upper()} at {ref['array']} (x)",
+            f"energy per step ({e_unit})")
 
 
 def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Path) -> list[Path]:
@@ -275,6 +297,39 @@ def compare_figure(table: pd.DataFrame, baseline: str, out: str | Path) -> list[
     axes[0].legend(fontsize=8, loc="upper center", ncol=len(chips), frameon=False)
     fig.tight_layout()
     return save_figure(fig, out, "compare")
+
+
+def ablation_figure(runs: pd.DataFrame, out: str | Path) -> list[Path]:
+    """``ablation`` (PNG and SVG in ``out``) from the per-run table of `fourbit.analysis.ablation`:
+    each variant's test accuracy (or, for a model without one, its test loss) per seed (dots),
+    the spread from the lowest to the highest seed (a line) and the mean (a diamond, labelled);
+    the first variant's mean as a dashed reference line."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = runs["test_accuracy_pct"].notna().any()
+    metric, name, better = ("test_accuracy_pct", "test accuracy (%)", "higher") if acc else \
+        ("test_loss", "test loss", "lower")
+    variants = list(dict.fromkeys(runs["variant"]))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(variants) + 1.8))
+    means = []
+    for i, variant in enumerate(variants):
+        vals = runs.loc[runs["variant"] == variant, metric].astype(float)
+        means.append(float(vals.mean()))
+        ax.plot([vals.min(), vals.max()], [i, i], color="#0072b2", linewidth=1)
+        ax.plot(vals, [i] * len(vals), "o", color="#0072b2", alpha=0.6, markersize=5,
+                label="one seed" if i == 0 else None)
+        ax.plot(means[-1], i, "D", color="#d55e00", markersize=7, label="mean over the seeds" if i == 0 else None)
+        ax.annotate(f"{means[-1]:.2f}", (means[-1], i), textcoords="offset points", xytext=(0, 7), ha="center",
+                    fontsize=8)
+    ax.axvline(means[0], color="black", linestyle="--", linewidth=0.8)
+    ax.set_yticks(range(len(variants)), variants, fontsize=8)
+    ax.set_ylim(len(variants) - 0.4, -0.8)  # the first variant on top, room for its label
+    ax.set_xlabel(f"{name}; dashed: {variants[0]}'s mean")
+    ax.set_title(f"Ablation: {name.split(' (')[0]} per variant ({better} is better)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if acc else "upper right")
+    fig.tight_layout()
+    return save_figure(fig, out, "ablation")
 
 
 def _minor_log_label(v: float, _pos) -> str:

@@ -48,6 +48,8 @@ _TABLES = (
                "simulated totals of one training step and the test accuracy of trained recipes"),
     _TableKind("ablation.csv", "Ablation", "Test accuracy per variant: mean, spread and extremes over the seeds",
                needs=("variant", "recipe")),
+    _TableKind("ablation_runs.csv", "Ablation runs", "One row per (variant, seed): its test accuracy and loss, "
+               "skipped steps and training time"),
     _TableKind("explain.csv", "Explanation", "The measured speed-up and energy ratio taken apart, one effect at a "
                "time: each term's factor and the ratio after it", needs=("waterfall", "ratio")),
 )
@@ -61,8 +63,9 @@ ROW_LIMIT = 500
 _CAPTIONS = {
     "main_job": "Test accuracy, time per training step and energy per step of the 4-bit recipe on the 4-bit chip "
                 "and of the baseline recipe on the baseline chip.",
-    "speedup_energy_vs_array": "Speed-up (against one reference point, named on the axis) and energy per "
-                               "training step of each configuration against array size.",
+    "speedup_energy_vs_array": "Speed-up and energy per training step of each configuration against array "
+                               "size, relative to the baseline chip named on the axes (or, in a sweep without "
+                               "one, to one reference point).",
     "energy_breakdown": "Energy of one training step split into its components (MAC, accumulate, registers, "
                         "SRAM, DRAM, scaling unit, leakage), per sweep point.",
     "utilization_per_layer": "PE utilization of each GEMM (layer and phase) of one configuration, per array "
@@ -70,6 +73,8 @@ _CAPTIONS = {
     "compare": "Speed-up and energy per training step of each chip (with its own recipe) against the baseline "
                "chip, at the same array size (iso-array) and at the same PE-array area (iso-area); the array "
                "shape over each bar.",
+    "ablation": "Test accuracy (test loss for a model without one) of each variant: every seed as a dot, the "
+                "spread of the seeds as a line, the mean as a diamond; the dashed line is the first variant's mean.",
     "explain": "The speed-up and the energy ratio as waterfalls: each bar one effect, from the ratio before it to the "
                "ratio after it, on a log axis.",
 }
@@ -174,11 +179,14 @@ def _summary(kind: str, job: dict, tables: dict[str, pd.DataFrame]) -> list[dict
         add("chip", inner.get("chip"))
         add("recipes", _list(t.get("recipe_name", [])))
         add("points", f"{len(t)} ({len(t) - len(ok)} failed)")
+        base = _baseline(t, "speedup")
         for col, word in (("time_s", "fastest point"), ("energy_pj", "least energy per step")):
             if col in ok and len(ok):
                 row = ok.loc[ok[col].idxmin()]
                 where = ", ".join(f"{column(k).label} {format_value(k, row[k])}" for k in keys)
-                add(word, f"{format_value(col, row[col])} ({where})", True)
+                vs = f"; {_versus(row, base)} vs the {base} chip" if base and not pd.isna(row[f"speedup_vs_{base}"]) \
+                    else ""
+                add(word, f"{format_value(col, row[col])} ({where}){vs}", True)
     if "ablation.csv" in tables:
         t = tables["ablation.csv"]
         add("recipes", _list(t.recipe))
@@ -217,7 +225,8 @@ def _table(kind: _TableKind, df: pd.DataFrame) -> dict:
     if kind.file == "results.csv":
         own = [c for c in df.columns[: list(df.columns).index("point_id")] if c not in _SWEEP_SHOWN] \
             if "point_id" in df.columns else []
-        df = df[[c for c in (*own, *_SWEEP_SHOWN) if c in df.columns]]
+        ratios = [c for c in df.columns if c.startswith(("speedup_vs_", "energy_ratio_vs_"))]
+        df = df[[c for c in (*own, *_SWEEP_SHOWN, *ratios) if c in df.columns]]
     df = df.dropna(axis=1, how="all")  # a column no row filled (accuracy of an imported trace) says nothing
     cols, body = _cells(df.head(ROW_LIMIT))
     return {"title": kind.title, "what": kind.what, "file": kind.file, "anchor": kind.file.removesuffix(".csv"),

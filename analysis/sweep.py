@@ -13,7 +13,11 @@ axis may set several fields together), check every point before any work starts,
 3. write ``out/results.parquet`` and ``out/results.csv``: one row per point in grid order, one
    column per swept field (named as given), then the resolved recipe (name, radix, TPR,
    gradient scaling), the chip's name, status and error, test accuracy where a recipe was
-   trained, and the per-step totals of `fourbit.hwsim.report.SimReport.totals`.
+   trained, the per-step totals of `fourbit.hwsim.report.SimReport.totals`, and the speed-up and
+   energy ratio against the ``baseline`` chip (``speedup_vs_fp16``, ``energy_ratio_vs_fp16``:
+   the preset on its own array with its own recipe of `CHIP_RECIPES`, simulated once on the same
+   workload like any point; its row in ``out/baseline.csv``). A baseline recipe the source does
+   not have is imported or trained like a point's (a model source trains it once more).
 
 Field names: a `fourbit.hwsim.ChipConfig` dotted field (``array.rows``, ``array.dataflow``,
 ``log_path.radix``, ``sram.ifmap_bytes`` ...); ``chip`` (a preset name or TOML path, the base
@@ -63,7 +67,10 @@ from fourbit.traces.errors import ConfigError
 from fourbit.traces.files import atomic_write
 from fourbit.traces.io import Trace, read
 
-__all__ = ["Axis", "SweepSpec", "load_spec", "parse_grid", "sweep"]
+__all__ = ["CHIP_RECIPES", "Axis", "SweepSpec", "load_spec", "parse_grid", "sweep"]
+
+CHIP_RECIPES = {"fourbit": "int4", "fp16": "fp16", "int8": "int8", "hfp8": "hfp8"}
+"""Each chip preset and the recipe whose numerics it implements (a baseline chip runs its own)."""
 
 LINKED = ("radix", "exponent_bits")  # log_path.<x> <-> recipe.<x>
 TOTALS = ["total_cycles", "compute_cycles", "stall_cycles", "memory_stall_cycles", "scaling_stall_cycles",
@@ -123,6 +130,16 @@ class SweepSpec(StrictModel):
     input_grad: bool = Field(False, description="also simulate bwd_data of the input layer")
     extrapolate: bool = Field(False, description="extrapolate long GEMMs from short probes, an approximation "
                                                  "(fourbit.simulate; the default is exact)")
+    baseline: str | None = Field("fp16", description="the chip preset every point's speed-up and energy ratio are "
+                                                     "against, run with its own recipe on its own array (none: no "
+                                                     "ratios)")
+
+    @model_validator(mode="after")
+    def _known_baseline(self) -> SweepSpec:
+        if self.baseline is not None and self.baseline not in CHIP_RECIPES:
+            raise ValueError(f"baseline = {self.baseline!r}: allowed a chip preset with its own recipe "
+                             f"({', '.join(CHIP_RECIPES)}) or none")
+        return self
 
 
 def parse_grid(items: list[str]) -> tuple[Axis, ...]:
@@ -379,6 +396,7 @@ class _Plan:
 
     points: list[Point]
     workloads: dict[str, Workload]
+    baseline: Point | None = None  # the baseline chip with its own recipe (SweepSpec.baseline)
 
 
 def _plan(spec: SweepSpec) -> _Plan:
@@ -389,17 +407,21 @@ def _plan(spec: SweepSpec) -> _Plan:
     get_recipe(base)
     load_chip(spec.chip)
     points = _points(spec, base, spec.source.key())
-    recipes = list(dict.fromkeys(p.recipe for p in points))
+    baseline = None
+    if spec.baseline is not None:
+        baseline = _resolve(spec, base, -1, {"chip": spec.baseline, "recipe": CHIP_RECIPES[spec.baseline]},
+                            spec.source.key())
+    recipes = list(dict.fromkeys(p.recipe for p in [*points, *([baseline] if baseline else [])]))
     workloads = spec.source.workloads(recipes, spec.out)
     check_trainings(list(workloads.values()))
     if given is not None:
         _check_mapping(given, points, spec.input_grad)
-    return _Plan(points, workloads)
+    return _Plan(points, workloads, baseline)
 
 
 def _execute(spec: SweepSpec, plan: _Plan, out: Path, table_name: str, progress: bool) -> pd.DataFrame:
     """Make the traces, simulate the points not done yet, collect the table ``out/<table_name>``."""
-    points, workloads = plan.points, plan.workloads
+    points, workloads = plan.points + ([plan.baseline] if plan.baseline else []), plan.workloads
     points_dir = out / "points"
     points_dir.mkdir(exist_ok=True)
     todo = [p for p in points if not _done(points_dir, p)]
@@ -425,7 +447,7 @@ def _execute(spec: SweepSpec, plan: _Plan, out: Path, table_name: str, progress:
             bar.update(len(todo) - len(runnable))
             ex.map(run_point, [(p.point_id, (p, workloads[p.recipe].path, spec.input_grad, spec.extrapolate))
                                for p in runnable], point_done, bar, groups=[p.group for p in runnable])
-    return _collect(spec, points, points_dir, out, table_name)
+    return _collect(spec, plan, points_dir, out, table_name)
 
 
 def _check_mapping(trace: Trace, points: list[Point], input_grad: bool) -> None:
@@ -454,15 +476,31 @@ def _cell(value):
     return value if isinstance(value, bool | int | float | str) else param_text(value)
 
 
-def _collect(spec: SweepSpec, points: list[Point], points_dir: Path, out: Path, table_name: str) -> pd.DataFrame:
-    """The results table: the swept fields (named and typed as given), then each point's file."""
+def _collect(spec: SweepSpec, plan: _Plan, points_dir: Path, out: Path, table_name: str) -> pd.DataFrame:
+    """The results table: the swept fields (named and typed as given), then each point's file,
+    then each point's speed-up and energy ratio against the baseline (NaN where either did not
+    run); the baseline's own row goes to ``out/baseline.csv``."""
     fields = [f for ax in spec.grid for f in ax.fields]
-    swept = pd.DataFrame([{f: _cell(p.values[f]) for f in fields} for p in points])
-    rows = pd.DataFrame([pd.read_parquet(points_dir / f"{p.point_id}.parquet").iloc[0].to_dict() for p in points])
-    rows = rows.drop(columns=[c for c in rows.columns if c.startswith("param:")] + ["point_index"])
+    swept = pd.DataFrame([{f: _cell(p.values[f]) for f in fields} for p in plan.points])
+    rows = _point_rows(points_dir, plan.points)
     df = pd.concat([swept, rows], axis=1)
+    if plan.baseline is not None:
+        base = _point_rows(points_dir, [plan.baseline]).iloc[0]
+        ran = base.status == "ok"
+        base_time, base_energy = (base["time_s"], base["energy_pj"]) if ran else (np.nan, np.nan)
+        ok = df.status == "ok"
+        df[f"speedup_vs_{spec.baseline}"] = np.where(ok, base_time / df.get("time_s", np.nan), np.nan)
+        df[f"energy_ratio_vs_{spec.baseline}"] = np.where(ok, df.get("energy_pj", np.nan) / base_energy, np.nan)
+        with atomic_write(out / "baseline.csv") as tmp:
+            pd.DataFrame([base]).to_csv(tmp, index=False)
     with atomic_write(out / f"{table_name}.parquet") as tmp:
         df.to_parquet(tmp, index=False)
     with atomic_write(out / f"{table_name}.csv") as tmp:
         df.to_csv(tmp, index=False)
     return df
+
+
+def _point_rows(points_dir: Path, points: list[Point]) -> pd.DataFrame:
+    """The points' files as one table, in the order given (without the swept parameters' text)."""
+    rows = pd.DataFrame([pd.read_parquet(points_dir / f"{p.point_id}.parquet").iloc[0].to_dict() for p in points])
+    return rows.drop(columns=[c for c in rows.columns if c.startswith("param:")] + ["point_index"])

@@ -132,3 +132,54 @@ def test_the_quoted_strict_config_error_is_the_one_raised():
     with pytest.raises(fourbit.ConfigError) as info:
         fourbit.load_chip("fourbit", {"array.rows": "64"})
     assert str(info.value) == quoted
+
+
+def _command_lines() -> tuple[list[str], list[str]]:
+    """Every ``fourbit VERB ...`` command the README shows: (whole lines of its code blocks, with
+    continuation lines joined and without a trailing comment; commands quoted inline, which may
+    name a flag alone, e.g. `fourbit simulate --input-grad`). Those with placeholders in capitals
+    (RECIPE, RUN_DIR) are left out."""
+    lines, fence = [], None
+    for line in README.replace("\\\n", " ").splitlines():
+        if line.startswith("```"):
+            fence = line[3:] if fence is None else None  # opening (with its language) or closing
+        elif fence == "":  # a plain block: shell commands
+            lines.append(line.split("#")[0].split("&&")[-1].strip())
+    inline = re.findall(r"`(fourbit [a-z-]+(?: [^`]*)?)`", README.replace("\n", " "))
+
+    def keep(commands):
+        return [c for c in dict.fromkeys(commands) if c.startswith("fourbit ") and not re.search(r"\b[A-Z][A-Z_]+\b", c)]
+
+    return keep(lines), keep(inline)
+
+
+def test_every_command_line_the_readme_shows_is_accepted_by_the_parser():
+    """The README's command lines as a user copies them: each whole command line parses (its verb,
+    flags and values), and each flag a quoted command names exists (the commands themselves take
+    minutes: the README states their times)."""
+    import shlex
+
+    from fourbit.analysis.cli import _parser
+
+    whole, inline = _command_lines()
+    assert len(whole) >= 15 and "fourbit run" in whole and len(inline) >= 10
+    for command in whole:
+        argv = shlex.split(command)[1:]
+        try:
+            _parser(argv).parse_args(argv)
+        except SystemExit as exc:  # argparse's way of refusing (it printed the reason)
+            raise AssertionError(f"the README's `{command}` is refused by the parser") from exc
+    for command in inline:
+        argv = shlex.split(command)[1:]
+        verb = _parser(argv)._subparsers._group_actions[0].choices[argv[0]]
+        for flag in (a.split("=")[0] for a in argv if a.startswith("--")):
+            assert flag in verb._option_string_actions, f"the README's `{command}`: no option {flag}"
+
+
+def test_every_image_the_readme_embeds_is_committed_and_made_by_its_script():
+    images = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", README)
+    assert images == ["docs/figures/sweep-resnet18.png", "docs/figures/compare-resnet18.png"]
+    script = (ROOT / "docs" / "figures" / "make_readme_figures.py").read_text()
+    for path in images:
+        assert (ROOT / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (ROOT / path).stat().st_size < 200_000
+        assert Path(path).name in script

@@ -112,20 +112,31 @@ def test_ablation_and_compare_summaries(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
-    """A real sweep (the CLI on an imported three-layer topology) and its report."""
+def pages(tmp_path_factory):
+    """Real results of every kind, made by the command line (an imported topology for sweep,
+    compare and explain; the main job and an ablation trained 1 epoch on digits), each with
+    its report."""
     from tests.analysis import import_topology_traces
     from tests.analysis.test_cli import fourbit
     from tests.analysis.test_sweep import TOPOLOGY
 
     tmp = tmp_path_factory.mktemp("report")
-    trace = import_topology_traces(tmp, TOPOLOGY, ("int4",))["int4"]
-    out = tmp / "sweep"
-    res = fourbit("sweep", "--trace", str(trace), "--grid", "array.rows,array.cols=8,16", "--grid",
-                  "array.dataflow=ws,os", "--out", str(out), "--quiet")
-    assert res.returncode == 0, res.stderr
-    res = fourbit("report", str(out))
-    assert res.returncode == 0, res.stderr
+    trace = str(import_topology_traces(tmp, TOPOLOGY, ("int4",))["int4"])
+    commands = {
+        "sweep": ["sweep", "--trace", trace, "--grid", "array.rows,array.cols=8,16", "--grid", "array.dataflow=ws,os"],
+        "compare": ["compare", "--trace", trace, "--iso-area", "square"],
+        "explain": ["explain", trace, "--chip", "fourbit", "--baseline", "fp16"],
+        "main_job": ["run", "--epochs", "1"],
+        "ablation": ["ablation", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--seeds", "0",
+                     "--recipe", "fp32", "--recipe", "int4"],
+    }
+    out = {}
+    for kind, argv in commands.items():
+        out[kind] = tmp / kind
+        res = fourbit(*argv, "--out", str(out[kind]), *(["--quiet"] if kind != "explain" else []))
+        assert res.returncode == 0, (kind, res.stderr[-2000:])
+        res = fourbit("report", str(out[kind]))
+        assert res.returncode == 0, (kind, res.stderr)
     return out
 
 
@@ -149,19 +160,84 @@ def browser():
     driver.quit()
 
 
-def test_the_report_in_a_real_browser(swept, browser):
-    """Chromium opens the page from disk: the summary names the fastest point as the table has
-    it, a click on a header sorts the rows by that column's numbers (again: reversed), every
-    figure loads, and the page logs no error and refers to nothing on the network."""
+def page_problems(browser, page: Path) -> list[str]:
+    """What is wrong with ``page`` opened in the browser: an image that did not load, an error
+    in the console (a script error, a missing file), a reference to the network."""
     from selenium.webdriver.common.by import By
 
-    table = pd.read_csv(swept / "results.csv")
-    page = (swept / "report.html").read_text()
-    assert "http://" not in page and "https://" not in page
-    browser.get((swept / "report.html").as_uri())
+    text = page.read_text()
+    problems = [f"refers to the network: {u}" for u in ("http://", "https://") if u in text]
+    browser.get_log("browser")  # drop what an earlier page logged
+    browser.get(page.as_uri())
+    for img in browser.find_elements(By.CSS_SELECTOR, "img"):
+        if not browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img):
+            problems.append(f"image not loaded: {img.get_attribute('src')}")
+    problems += [f"console: {e['message']}" for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    return problems
+
+
+def test_the_check_finds_a_broken_image_and_a_script_error(tmp_path, browser):
+    """The negative case: the same check on pages with a missing image and a script error."""
+    good = tmp_path / "good.html"
+    good.write_text("<!DOCTYPE html><html><body><p>fine</p><script>var x = 1;</script></body></html>")
+    assert page_problems(browser, good) == []
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><body><img src="missing.png" alt="x">'
+                   "<script>undefinedFunction();</script></body></html>")
+    problems = page_problems(browser, bad)
+    assert any(p.startswith("image not loaded: ") and p.endswith("missing.png") for p in problems), problems
+    assert any("undefinedFunction is not defined" in p for p in problems), problems
+
+
+def _headline(kind: str, d: Path) -> list[str]:
+    """The summary lines the page must show for ``kind``, computed here from its result file."""
+    if kind == "main_job":
+        t = pd.read_csv(d / "main_job.csv")
+        r = t.iloc[-1]
+        return [f"{r.recipe} on {r.chip} vs {t.recipe.iloc[0]} on fp16\nspeed-up {show('ratio', r.speedup_vs_fp16)}, "
+                f"energy {show('ratio', r.energy_ratio_vs_fp16)}, test accuracy "
+                f"{show('points', r.accuracy_delta_vs_fp32_pts)} vs fp32"]
+    if kind == "compare":
+        t = pd.read_csv(d / "compare.csv")
+        rows = t[t.chip == "fourbit"]
+        return [f"fourbit ({r['array']}) vs fp16, {r['mode']}\nspeed-up {show('ratio', r.speedup_vs_fp16)}, "
+                f"energy {show('ratio', r.energy_ratio_vs_fp16)}" for _, r in rows.iterrows()]
+    if kind == "sweep":
+        t = pd.read_csv(d / "results.csv")
+        r = t.loc[t.time_s.idxmin()]
+        return [f"fastest point\n{show_time_s(r.time_s)}", f"speed-up {show('ratio', r.speedup_vs_fp16)}",
+                "chip\nfourbit", "points\n4 (0 failed)"]
+    if kind == "ablation":
+        t = pd.read_csv(d / "ablation.csv")
+        best = t.loc[t.test_accuracy_pct.idxmax()]
+        return [f"best variant\n{best.variant}: {best.test_accuracy_pct:.2f} %"]
+    t = pd.read_csv(d / "explain.csv")
+    return [f"measured {w}\n{show('ratio', t[t.waterfall == w].ratio.iloc[-1])}" for w in ("speed-up", "energy")]
+
+
+@pytest.mark.parametrize("kind", ["main_job", "sweep", "compare", "ablation", "explain"])
+def test_every_report_page_in_a_real_browser(pages, browser, kind):
+    """Chromium opens each kind of page from disk: every image loads, nothing is logged as an
+    error, nothing refers to the network, the summary shows the result file's headline numbers
+    and every figure the command wrote is on the page."""
+    from selenium.webdriver.common.by import By
+
+    page = pages[kind] / "report.html"
+    assert page_problems(browser, page) == []
     summary = browser.find_element(By.ID, "summary").text
-    assert f"fastest point\n{show_time_s(table.time_s.min())}" in summary
-    assert "chip\nfourbit" in summary and "points\n4 (0 failed)" in summary
+    for line in _headline(kind, pages[kind]):
+        assert line in summary, (line, summary)
+    shown = {Path(i.get_attribute("src")).name for i in browser.find_elements(By.CSS_SELECTOR, "figure img")}
+    written = {p.name for p in [*pages[kind].glob("*.png"), *pages[kind].glob("figures/*.png")]}
+    assert shown == written and shown
+
+
+def test_a_click_on_a_header_sorts_the_rows(pages, browser):
+    """A click on a header sorts the rows by that column's numbers; a second click reverses."""
+    from selenium.webdriver.common.by import By
+
+    table = pd.read_csv(pages["sweep"] / "results.csv")
+    browser.get((pages["sweep"] / "report.html").as_uri())
 
     def column_values(label: str) -> list[float]:
         heads = [h.text.strip(" \u25b2\u25bc") for h in browser.find_elements(By.CSS_SELECTOR, "#results th")]
@@ -175,7 +251,3 @@ def test_the_report_in_a_real_browser(swept, browser):
     assert header.get_attribute("aria-sort") == "ascending"
     header.click()
     assert column_values("energy") == sorted(table.energy_pj, reverse=True)
-    images = browser.find_elements(By.CSS_SELECTOR, "figure img")
-    assert len(images) == 3
-    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i) for i in images)
-    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -56,7 +56,30 @@ def test_grid_table_columns_and_linked_log_base(small_trace, tmp_path):
     saved = pd.read_parquet(tmp_path / "s" / "results.parquet")
     pd.testing.assert_frame_equal(saved, table)
     assert (tmp_path / "s" / "results.csv").is_file()
-    assert len(list((tmp_path / "s" / "traces").iterdir())) == 1  # radix 2 re-imported; radix 4 is the given trace
+    # radix 2 and the baseline's fp16 re-imported; radix 4 is the given trace
+    assert sorted(d.name.split("-")[0] for d in (tmp_path / "s" / "traces").iterdir()) == ["fp16", "int4"]
+
+
+def test_every_point_against_the_baseline_chip(small_trace, tmp_path):
+    """The FP16 preset on its own array with its own recipe, simulated once on the same workload:
+    each point's speed-up is its step time over the baseline's, exactly; no baseline, no ratios."""
+    from fourbit.hwsim.engine import simulate
+
+    table = sweep(_spec(small_trace, tmp_path / "b", grid=["array.rows,array.cols=8,64"]), progress=False)
+    base = pd.read_csv(tmp_path / "b" / "baseline.csv").iloc[0]
+    assert (base.chip_name, base.recipe_name, base.array, base.status) == ("fp16", "fp16", "32x32", "ok")
+    fp16_trace = next((tmp_path / "b" / "traces").glob("fp16-*"))
+    expected = simulate(str(fp16_trace), "fp16").totals()
+    assert base.time_s == float(expected["time_s"]) and base.energy_pj == float(expected["energy_pj"])
+    assert table.speedup_vs_fp16.tolist() == (base.time_s / table.time_s).tolist()
+    assert table.energy_ratio_vs_fp16.tolist() == (table.energy_pj / base.energy_pj).tolist()
+    assert table.speedup_vs_fp16.iloc[1] > table.speedup_vs_fp16.iloc[0]  # 64x64 beats 8x8
+    bare = sweep(_spec(small_trace, tmp_path / "n", grid=["array.rows=8"], baseline=None), progress=False)
+    assert not any(c.startswith(("speedup_vs", "energy_ratio_vs")) for c in bare.columns)
+    assert not (tmp_path / "n" / "baseline.csv").exists()
+    with pytest.raises(ConfigError, match=r"baseline = 'tpu': allowed a chip preset with its own recipe "
+                                          r"\(fourbit, fp16, int8, hfp8\) or none"):
+        _spec(small_trace, tmp_path / "x", baseline="tpu")
 
 
 def test_killed_sweep_resumes_without_repeating_a_point(small_trace, tmp_path, monkeypatch):
@@ -76,7 +99,7 @@ def test_killed_sweep_resumes_without_repeating_a_point(small_trace, tmp_path, m
     calls.clear()
     monkeypatch.setattr(sweep_mod, "run_point", lambda *a: (calls.append(a[0].index), real(*a))[1])
     table = sweep(_spec(small_trace, tmp_path / "k"), progress=False)
-    assert sorted(calls) == [3, 4, 5, 6, 7]  # only the missing points ran
+    assert sorted(calls) == [-1, 3, 4, 5, 6, 7]  # only the missing points ran (the baseline, -1, runs last)
     assert len(table) == 8 and table.point_id.is_unique and (table.status == "ok").all()
     whole = sweep(_spec(small_trace, tmp_path / "w"), progress=False)
     pd.testing.assert_frame_equal(table, whole)
@@ -217,7 +240,7 @@ def test_the_same_sweep_continues_another_is_refused_unless_overwrite(small_trac
         sweep(_spec(small_trace, out, grid=["array.rows=8,16,32"]), progress=False)
     wider = sweep(_spec(small_trace, out, grid=["array.rows=8,16,32"]), progress=False, overwrite=True)
     assert len(wider) == 3 and (wider.status == "ok").all()
-    assert len(list((out / "points").glob("*[0-9a-f].parquet"))) == 3  # 8 and 16 were reused, not deleted
+    assert len(list((out / "points").glob("*[0-9a-f].parquet"))) == 4  # 8 and 16 (and the baseline) reused
     # the same trace spelled another way is the same sweep; sweep(spec, **fields) takes the fields
     import os
 
@@ -250,7 +273,9 @@ def test_training_sweep_trains_once_per_recipe(tmp_path):
                      grid=parse_grid(["recipe.radix=2,4", "array.rows,array.cols=8,16"]), out=str(tmp_path / "t"))
     table = sweep(spec, progress=False)
     assert len(table) == 4 and (table.status == "ok").all()
-    assert len(list((tmp_path / "t" / "runs").iterdir())) == 2
+    runs = sorted(d.name.split("-")[0] for d in (tmp_path / "t" / "runs").iterdir())
+    assert runs == ["fp16", "int4", "int4"]  # the baseline chip's recipe is trained once too
+    assert table.speedup_vs_fp16.notna().all()
     assert table.test_accuracy_pct.between(50, 100).all()
     acc = table.groupby("recipe.radix").test_accuracy_pct.nunique()
     assert (acc == 1).all()  # one training per recipe, shared by its chips
