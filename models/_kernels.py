@@ -914,7 +914,7 @@ _ROWS = 4  # rows of a that `gemm_fast_ieee` runs together, so that each b load 
 
 @_one_thread_when_small
 @njit(cache=True, parallel=True)
-def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, mode, p, exact_groups):
+def gemm_fast_ieee(a, a_layout, b, out, group, chunk, check_underflow, underflow_counts, mode, p, exact_groups):
     """GEMM with an IEEE binary16 (float32 lanes, or float64 lanes with ``mode`` `LANE_HALF64`)
     or binary32 (float64 lanes, or float32 lanes with `LANE_NATIVE`) accumulator, every rounding
     done by `narrow` (hardware fptrunc), by `round_half64` (``p``: its lane constants) or by the
@@ -930,16 +930,22 @@ def gemm_fast_ieee(a, b, out, group, chunk, check_underflow, underflow_counts, m
     wrapper recomputes rows with non-finite outputs by `gemm_general`, only to count their
     overflows.
 
+    The left operand comes flat, ``a`` (1-D) with ``a_layout`` = (M, K, row stride, column
+    stride) in elements (`left_operand`), so that a C-contiguous operand and a transposed one (a
+    ``bwd_weight``'s dY^T, read without a copy) are the same argument types: one compiled
+    specialisation instead of two (each took ~26 s to compile on 2 cores, 2026-12-08).
+
     With 4-way groups and no underflow test, rows run in blocks of `_ROWS`: the full groups of a
     block share their loads of b (`_block_groups`); the rest runs row by row (`_row_groups`), one
     row per parallel task. ``exact_groups`` (`exact_group_params`) lets a block skip the rounding
     of groups whose sums are provably values of the format: the same result, two conversions
     fewer. Blocked rows cannot underflow (no underflow test), so their counts are 0.
     """
-    M = a.shape[0]
+    M = a_layout[0]
+    left = (a, 0, a_layout[2], a_layout[3], M, a_layout[1])
     step = _ROWS if group == 4 and not check_underflow else 1  # rows per parallel task
     for blk in prange((M + step - 1) // step):
-        _ieee_task(a, b, out, blk * step, step, group, chunk, check_underflow, underflow_counts, mode, p,
+        _ieee_task(left, b, out, blk * step, step, group, chunk, check_underflow, underflow_counts, mode, p,
                    exact_groups)
 
 
@@ -949,22 +955,24 @@ def gemm_fast_ieee_groups(a, b, out, group, chunk, check_underflow, underflow_co
     """`gemm_fast_ieee` of G independent GEMMs: out[g] = a[g] @ b[g] for ``a`` (G, M, K), ``b``
     (G, K, N) and ``out`` (G, M, N); ``underflow_counts`` (G, M). The tasks of every group run in
     one parallel loop (a group's rows as `gemm_fast_ieee` splits them), so the same values."""
-    G, M = a.shape[0], a.shape[1]
+    G, M, K = a.shape[0], a.shape[1], a.shape[2]
+    flat = a.reshape(G * M * K)  # C-contiguous (the wrapper's): group g's (M, K) rows from g * M * K
     step = _ROWS if group == 4 and not check_underflow else 1
     per_group = (M + step - 1) // step
     for task in prange(G * per_group):
         g = task // per_group
-        _ieee_task(a[g], b[g], out[g], (task - g * per_group) * step, step, group, chunk, check_underflow,
+        _ieee_task((flat, g * M * K, K, 1, M, K), b[g], out[g], (task - g * per_group) * step, step, group, chunk, check_underflow,
                    underflow_counts[g], mode, p, exact_groups)
 
 
 @njit(cache=True, inline="always")
 def _ieee_task(a, b, out, m0, step, group, chunk, check_underflow, underflow_counts, mode, p, exact_groups):
     """Rows m0..m0+step-1 of `gemm_fast_ieee`: a block of `_ROWS` rows sharing their loads of
-    b, or row by row."""
-    M = a.shape[0]
+    b, or row by row. ``a`` is the left operand as (values, offset, row stride, column stride,
+    M, K), read by `_left`."""
+    M = a[4]
     N = b.shape[1]
-    K = a.shape[1]
+    K = a[5]
     if M - m0 < _ROWS or step == 1:  # row by row
         for m in range(m0, min(m0 + step, M)):
             _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p)
@@ -994,7 +1002,7 @@ def _ieee_task(a, b, out, m0, step, group, chunk, check_underflow, underflow_cou
 def _one_row(a, b, out, m, group, chunk, check_underflow, underflow_counts, mode, p):
     """Row m of `gemm_fast_ieee` on its own (1-D accumulators, so LLVM needs no alias checks)."""
     N = b.shape[1]
-    K = a.shape[1]
+    K = a[5]
     cs = np.zeros(N, b.dtype)
     tot = np.zeros(N, b.dtype)
     g = np.zeros(N, b.dtype)
@@ -1044,8 +1052,26 @@ def _block_groups(a, b, cs, m0, k_start, k_end, mode, p, exact_groups):
 
 @njit(cache=True, inline="always")
 def _lane4(a, m, k0, b):
-    """a[m, k0:k0 + 4] as four scalars of b's lane type."""
-    return as_lane(a[m, k0], b), as_lane(a[m, k0 + 1], b), as_lane(a[m, k0 + 2], b), as_lane(a[m, k0 + 3], b)
+    """a[m, k0:k0 + 4] (a left operand read by `_left`) as four scalars of b's lane type."""
+    return as_lane(_left(a, m, k0), b), as_lane(_left(a, m, k0 + 1), b), as_lane(_left(a, m, k0 + 2), b), \
+        as_lane(_left(a, m, k0 + 3), b)
+
+
+@njit(cache=True, inline="always")
+def _left(a, m, k):
+    """Element (m, k) of a left operand given as (values (1-D), offset, row stride, column
+    stride, M, K)."""
+    return a[0][a[1] + m * a[2] + k * a[3]]
+
+
+def left_operand(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D left operand (M, K) as `gemm_fast_ieee` takes it: its values flat (a view when ``a``
+    or its transpose is C-contiguous, else a copy) and int64 (M, K, row stride, column stride)
+    in elements."""
+    M, K = a.shape
+    if not a.flags.c_contiguous and a.flags.f_contiguous:
+        return a.T.reshape(-1), np.array([M, K, 1, M], np.int64)
+    return np.ascontiguousarray(a).reshape(-1), np.array([M, K, K, 1], np.int64)
 
 
 @njit(cache=True, inline="always")
@@ -1068,7 +1094,7 @@ def _row_groups(a, b, cs, lost, g, m, k_start, four, k_end, group, check_underfl
                 cs[n] = _acc_round(cs[n] + _acc_round(gs, mode, p), mode, p)
     if group == 1:  # one product per group: one pass over n per k
         for k in range(max(k_start, four), k_end):
-            av = as_lane(a[m, k], b)
+            av = as_lane(_left(a, m, k), b)
             if check_underflow:
                 for n in range(N):
                     pr = av * b[k, n]
@@ -1084,7 +1110,7 @@ def _row_groups(a, b, cs, lost, g, m, k_start, four, k_end, group, check_underfl
         for n in range(N):
             g[n] = 0
         for k in range(k0, k1):
-            av = as_lane(a[m, k], b)
+            av = as_lane(_left(a, m, k), b)
             for n in range(N):
                 g[n] += av * b[k, n]
         for n in range(N):

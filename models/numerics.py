@@ -779,12 +779,13 @@ def _run(a: _Operand, b: _Operand, acc: Accumulator, path: str) -> tuple[np.ndar
         lost = np.zeros(n if plan.transposed else m, np.int64)
         if plan.transposed:
             lane_t = np.empty((n, m), plan.dt)
-            K.gemm_fast_ieee(*_transposed_lanes(a, b, plan.dt), lane_t, acc.group, plan.chunk, plan.check, lost,
+            bt, at = _transposed_lanes(a, b, plan.dt)
+            K.gemm_fast_ieee(*K.left_operand(bt), at, lane_t, acc.group, plan.chunk, plan.check, lost,
                              plan.mode, plan.lane_p, plan.exact_groups)
             lane_out = lane_t.T
         else:
             lane_out = np.empty((m, n), plan.dt)
-            K.gemm_fast_ieee(a.as_left(), b.as_lane(plan.dt), lane_out, acc.group, plan.chunk, plan.check, lost,
+            K.gemm_fast_ieee(*K.left_operand(a.as_left()), b.as_lane(plan.dt), lane_out, acc.group, plan.chunk, plan.check, lost,
                              plan.mode, plan.lane_p, plan.exact_groups)
         out = lane_out.astype(np.float64)
         over, under, nonfinite = _ieee_events(a, b, acc, lane_out, lost, plan.transposed, out)

@@ -399,7 +399,7 @@ def test_blocked_rows_and_skipped_roundings_keep_the_bits(path, n):
     outs = []
     for params in (q, np.zeros(4, np.int64)):
         out, lost = np.empty((9, n), dt), np.zeros(9, np.int64)
-        K.gemm_fast_ieee(a.astype(dt), b.astype(dt), out, 4, 64, False, lost, mode, lane_p, params)
+        K.gemm_fast_ieee(*K.left_operand(a.astype(dt)), b.astype(dt), out, 4, 64, False, lost, mode, lane_p, params)
         outs.append(out.astype(np.float64))
     assert same_bits(outs[0], ref) and same_bits(outs[1], ref)
     groups = np.abs(a[:, :68]).reshape(9, 17, 4)
