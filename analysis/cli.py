@@ -449,7 +449,11 @@ def _add_sweep(sub) -> None:
     w = _verb(sub, "sweep", "A grid over chip fields and recipe parameters (fourbit.sweep). Either --trace or "
                             "--model with --dataset names the workload.")
     _source_options(w)
-    add_options(w, SweepSpec, exclude=("source", "grid"), choices=_CHOICES, notes=_NOTES)
+    from fourbit.analysis.sweep import CHIP_RECIPES
+
+    # a sweep's baseline is a chip preset with its own recipe (the main job's is a recipe)
+    add_options(w, SweepSpec, exclude=("source", "grid"), choices={**_CHOICES, "baseline": (*CHIP_RECIPES, "none")},
+                notes={**_NOTES, "baseline": "a chip preset, or none"})
     w.add_argument("--grid", action="append", metavar="FIELD[,FIELD]=V1,V2,...",
                    help="an axis: chip fields (array.rows, array.dataflow, log_path.radix, ...), chip, recipe, "
                         "recipe.<param> (radix, exponent_bits, tpr, grad_scaling, tie, bwd_acc); repeatable")

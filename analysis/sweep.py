@@ -53,7 +53,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from fourbit.analysis.executor import Executor
@@ -133,6 +133,11 @@ class SweepSpec(StrictModel):
     baseline: str | None = Field("fp16", description="the chip preset every point's speed-up and energy ratio are "
                                                      "against, run with its own recipe on its own array (none: no "
                                                      "ratios)")
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _none_text(cls, value):
+        return None if value == "none" else value  # the command line's and a TOML spec's way to say none
 
     @model_validator(mode="after")
     def _known_baseline(self) -> SweepSpec:

@@ -90,6 +90,8 @@ def check_main_job(out: Path, stdout: str) -> None:
      "recipe.rht = '1_6': expected an integer (digits only)"),
     (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.dataflow=ws,WS"],
      "axis array.dataflow: the value 'ws' is given twice"),
+    (["sweep", "--model", "mlp", "--dataset", "digits", "--grid", "array.rows=8", "--baseline", "tpu"],
+     "argument --baseline: invalid choice: 'tpu' (choose from 'fourbit', 'fp16', 'int8', 'hfp8', 'none')"),
     (["train", "--model", "mlp", "--dataset", "digits", "--recipe", "int4:radix=2,,tpr=off"],
      "an empty parameter between separators"),
     (["ablation", "--model", "mlp", "--dataset", "digits", "--seeds", "-1"], "seeds.0 = -1 is out of range"),
@@ -255,8 +257,8 @@ def test_the_main_job_continues_refuses_another_and_overwrites(tmp_path, capsys)
     assert len(list((out / "runs").iterdir())) == 4  # seed 0's runs stay cached
 
 
-def test_simulate_cli_and_broken_pipe(tmp_path, digits_runs):
-    path = digits_runs["int4"].trace.write(tmp_path / "run")
+def test_simulate_cli_and_broken_pipe(tmp_path, digits_traces):
+    path = digits_traces["int4"].write(tmp_path / "run")
     res = fourbit("simulate", str(path), "--chip", "fourbit", "--set", "energy.overrides.mac.int4=0.02",
                   "--set", "sram.ifmap_bytes=1e6", "--out", str(tmp_path / "s"))
     assert res.returncode == 0, res.stderr
