@@ -152,7 +152,7 @@ class Source(StrictModel):
         for r in recipes:
             if own is not None and _numerics(r) == _numerics(own):
                 jobs[r] = Workload("given", r, str(Path(self.trace).resolve()))
-            elif meta.get("source", {}).get("kind") == "scalesim":
+            elif (meta.get("source") or {}).get("kind") == "scalesim":  # null: not imported
                 s = meta["source"]
                 jobs[r] = _imported(s["topology"], meta["batch_size"], s.get("batchnorm", True), r, out)
             elif meta.get("model") and meta.get("dataset"):

@@ -12,6 +12,7 @@ import copy
 import json
 import math
 import sys
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,9 @@ from fourbit.models.recorder import Recorder
 from fourbit.models.zoo import build_model, set_last_layers
 from fourbit.traces import registry, schema
 from fourbit.traces.config import StrictModel, first_difference
-from fourbit.traces.errors import ConfigError, NumericsError, TrainingError
+from fourbit.traces.errors import ConfigError, NumericsError, TraceError, TrainingError
 from fourbit.traces.files import atomic_dir, created_dir
-from fourbit.traces.io import Trace
+from fourbit.traces.io import Trace, read_table
 
 __all__ = ["Run", "TrainConfig", "check_out", "evaluate", "grad_scales", "train", "train_step"]
 
@@ -261,25 +262,31 @@ def _load_checkpoint(path: Path, net: Sequential, velocity: dict, scales: list[G
     Raises ConfigError when there is none, it belongs to another run (names the field), or it is
     damaged (unreadable files, missing or extra entries, wrong shapes, types or lengths: names the
     file and the entry)."""
-    if not (path / "state.json").is_file():
+    js = path / "state.json"
+    if not js.is_file():
         raise ConfigError(f"--resume: no checkpoint in {path.parent} (runs write one at the end of every epoch, "
                           "and every --checkpoint-every steps)")
+    f = js
     try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+        state = json.loads(js.read_text(encoding="utf-8"))
+        f = path / "arrays.npz"
+        with np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-        gemms = pd.read_parquet(path / "gemms.parquet")
-        ops = pd.read_parquet(path / "ops.parquet")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({type(exc).__name__}: "
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError,
+            tokenize.TokenError, MemoryError) as exc:  # numpy on a damaged array header: these two too
+        raise ConfigError(f"--resume: the checkpoint in {path} is unreadable ({type(exc).__name__} in {f.name}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    try:
+        gemms, ops = read_table(path / "gemms.parquet", "gemms"), read_table(path / "ops.parquet", "ops")
+    except TraceError as exc:  # names the file
+        raise ConfigError(f"--resume: the checkpoint in {path} is damaged: {exc}") from None
     if not isinstance(state, dict) or not isinstance(state.get("run"), dict):
-        raise ConfigError(f"--resume: {path / 'state.json'} is damaged: no 'run' mapping")
+        raise ConfigError(f"--resume: {js} is damaged: no 'run' mapping")
     for key, value in expect.items():
         if state["run"].get(key) != value:
             where, there, here = first_difference(key, state["run"].get(key), value)
             raise ConfigError(f"--resume: the checkpoint in {path.parent} is of another run: {where} is "
-                              f"{there!r} there, {here!r} here")
+                              f"{there!r} in {js}, {here!r} here")
     _check_checkpoint(path, state, arrays, net, scales, shuffle)
     for p in net.params():
         p.value[...] = arrays[f"param/{p.name}"]
@@ -300,8 +307,9 @@ def _check_checkpoint(path: Path, state: dict, arrays: dict, net: Sequential, sc
                       shuffle) -> None:
     """ConfigError naming the file and the entry when the checkpoint's contents do not fit the
     run: every parameter and buffer present with its shape, momenta only of parameters and of
-    their shapes, no foreign arrays, one GradScale entry per scale with integer fields, integer
-    epoch and position, a metrics list and a generator state of this generator's kind."""
+    their shapes, no foreign arrays, every array of floats and finite, one GradScale entry per
+    scale with integer fields in their ranges, integer epoch and position >= 0, metrics rows of
+    the metrics table (`fourbit.traces.schema`) and a generator state this generator takes."""
     npz, js = path / "arrays.npz", path / "state.json"
 
     def bad(where: Path, what: str) -> ConfigError:
@@ -318,11 +326,13 @@ def _check_checkpoint(path: Path, state: dict, arrays: dict, net: Sequential, sc
         name = key.removeprefix("velocity/")
         if key not in want and (name == key or name not in params or value.shape != params[name].shape):
             raise bad(npz, f"an array {key!r} of shape {value.shape} that belongs to no parameter of this model")
-    for entry, kind, called in (("epoch", int, "an integer"), ("metrics", list, "a list"),
+        if value.dtype.kind != "f" or not np.isfinite(value).all():  # a checkpoint is written after a good step
+            raise bad(npz, f"{key!r} ({value.dtype}) is not all finite floats")
+    for entry, kind, called in (("epoch", int, "an integer >= 0"), ("metrics", list, "a list"),
                                 ("grad_scales", list, "a list"), ("shuffle", dict, "a mapping")):
         if not isinstance(state.get(entry), kind) or isinstance(state.get(entry), bool):
             raise bad(js, f"{entry!r} is {state.get(entry)!r}, not {called}")
-    for entry in ("position", "skipped", "run_of_skips"):
+    for entry in ("epoch", "position", "skipped", "run_of_skips"):
         if not isinstance(state.get(entry, 0), int) or state.get(entry, 0) < 0:
             raise bad(js, f"{entry!r} is {state.get(entry)!r}, not an integer >= 0")
     loss = state.get("epoch_loss", 0.0)
@@ -330,12 +340,26 @@ def _check_checkpoint(path: Path, state: dict, arrays: dict, net: Sequential, sc
         raise bad(js, f"'epoch_loss' is {loss!r}, not a finite number")
     if len(state["grad_scales"]) != len(scales):
         raise bad(js, f"{len(state['grad_scales'])} GradScale entries for the model's {len(scales)}")
-    for i, g in enumerate(state["grad_scales"]):
+    for i, (g, scale) in enumerate(zip(state["grad_scales"], scales, strict=True)):
         if not (isinstance(g, dict) and isinstance(g.get("exponent"), int) and isinstance(g.get("calibrated"), bool)
-                and isinstance(g.get("held", 0), int)):
-            raise bad(js, f"GradScale entry {i} is {g!r}")
-    if state["shuffle"].get("bit_generator") != shuffle.bit_generator.state["bit_generator"]:
-        raise bad(js, f"the data order's generator state is not a {shuffle.bit_generator.state['bit_generator']} state")
+                and isinstance(g.get("held", 0), int)
+                and scale.MIN_EXPONENT <= g["exponent"] <= scale.MAX_EXPONENT
+                and 0 <= g.get("held", 0) <= scale.growth_hold):
+            raise bad(js, f"GradScale entry {i} is {g!r} (exponent: an integer from {scale.MIN_EXPONENT} to "
+                          f"{scale.MAX_EXPONENT}, calibrated: true or false, held: an integer from 0 to {scale.growth_hold})")
+    if not all(isinstance(m, dict) for m in state["metrics"]):
+        raise bad(js, "'metrics' holds an entry that is not a mapping")
+    try:
+        schema.validate("metrics", schema.from_records("metrics", state["metrics"]))
+    except TraceError as exc:
+        raise bad(js, f"'metrics': {exc}") from None
+    kind = shuffle.bit_generator.state["bit_generator"]
+    if state["shuffle"].get("bit_generator") != kind:
+        raise bad(js, f"the data order's generator state is not a {kind} state")
+    try:
+        type(shuffle.bit_generator)().state = state["shuffle"]  # tried on a generator of its own
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise bad(js, f"the data order's generator state is not a {kind} state ({type(exc).__name__}: {exc})") from None
 
 
 def check_out(out: str | Path | None, *, resume: bool = False, overwrite: bool = False) -> Path | None:
@@ -476,7 +500,8 @@ class _Loop:
         self.ctx = Context(recipe, self.recorder, seed=cfg.seed)
 
     def restore(self) -> None:
-        """Continue from the checkpoint (ConfigError when there is none or it is another run's)."""
+        """Continue from the checkpoint (ConfigError when there is none, it is another run's, or it
+        is damaged: names the file)."""
         state = _load_checkpoint(self.checkpoint, self.net, self.velocity, self.scales, self.shuffle,
                                  self.recorder, self.run_id)
         self.first_epoch, self.metrics = int(state["epoch"]), state["metrics"]
@@ -486,6 +511,12 @@ class _Loop:
             raise ConfigError(f"--resume: {self.checkpoint / 'state.json'} is damaged: epoch {self.first_epoch}, "
                               f"step {self.position} lies outside this run ({self.cfg.epochs} epochs of "
                               f"{self.steps_per_epoch} steps)")
+        done = {(m["epoch"], m["split"], m["metric"]) for m in self.metrics}
+        for epoch in range(1, self.first_epoch + 1):  # what the run reports of every epoch done
+            for split, metric in (("train", "loss"), ("test", "loss"), ("test", "accuracy")):
+                if (epoch, split, metric) not in done:
+                    raise ConfigError(f"--resume: {self.checkpoint / 'state.json'} is damaged: 'metrics' has no "
+                                      f"{split} {metric} of epoch {epoch}")
         self.epoch_sums = (float(state.get("epoch_loss", 0.0)), int(state.get("skipped", 0)))
         self.run_of_skips = int(state.get("run_of_skips", 0))
 

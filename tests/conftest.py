@@ -17,11 +17,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
-def digits_runs():
-    """fp32 and int4 runs of the MLP on digits, 2 epochs each (shapes and traces, not accuracy)."""
-    from fourbit.models.trainer import train
+def digits_traces():
+    """The committed traces of the MLP on digits, 2 epochs of ``fp32`` and of ``int4`` (seed 0;
+    ``tests/data``, made by ``tests/data/make_traces.py``): tests that only read a trace need no
+    training."""
+    from pathlib import Path
 
-    return {r: train("mlp", "digits", r, epochs=2, progress=False) for r in ("fp32", "int4")}
+    from fourbit.traces.io import read
+
+    data = Path(__file__).resolve().parent / "data"
+    return {r: read(data / f"mlp-digits-{r}") for r in ("fp32", "int4")}
 
 
 def _shared_data_dir():

@@ -39,7 +39,7 @@ from fourbit.traces.formats import (
     unregister_formats,
 )
 
-__all__ = ["Trace", "package_version", "read", "write"]
+__all__ = ["Trace", "package_version", "read", "read_table", "write"]
 
 META = "meta.json"
 
@@ -51,6 +51,10 @@ _ARROW_OK = {  # schema dtype -> accepted Arrow types of its Parquet column
     "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
     "bool": pa.types.is_boolean,
 }
+
+_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype()}
+"""Arrow type -> the pandas dtype a column is read as before its cast to the schema's dtype (nullable:
+no integer column passes through float64)."""
 
 
 def package_version() -> str:
@@ -203,14 +207,21 @@ def _read_meta(path: Path) -> dict:
 
 
 _META_FIELDS = {"batch_size": (int, 1), "epochs": (int, 1), "steps": (int, 0), "seed": (int, 0),
-                "model": (str, None), "dataset": (str, None), "recipe": (dict, None), "final": (dict, None)}
+                "model": (str, None), "dataset": (str, None), "recipe": (dict, None), "final": (dict, None),
+                "source": (dict, None), "train_config": (dict, None), "model_params": (dict, None),
+                "data_input_layer": (str, None)}
 """meta.json fields that readers use, with their type and least value (None: any); each may be
 null (an imported trace has no dataset, seed or epochs)."""
+
+_SOURCE_FIELDS = {"kind": str, "topology": str, "batchnorm": bool}
+"""Fields of meta.json's ``source`` (how an imported trace was made) that readers use, with their type."""
 
 
 def _check_meta_fields(f: Path, meta: dict) -> None:
     """TraceError naming the field and value of a meta.json field of the wrong type or range,
-    or a ``tables`` entry that is not a mapping."""
+    a ``tables`` entry that is not a mapping, or the ``source`` of a trace imported from a
+    SCALE-Sim topology without the topology and the batch it was imported at (what a job needs to
+    import it again with another recipe)."""
     for name, entry in meta["tables"].items():
         if not isinstance(entry, dict):
             raise TraceError(f"{f}: tables.{name} is {entry!r}, not a mapping with file, sha256 and rows")
@@ -221,6 +232,14 @@ def _check_meta_fields(f: Path, meta: dict) -> None:
         if not isinstance(value, kind) or isinstance(value, bool) or (least is not None and value < least):
             allowed = f"an integer >= {least}" if kind is int else f"a {'mapping' if kind is dict else 'string'}"
             raise TraceError(f"{f}: {key} is {value!r}, expected {allowed} or null")
+    source = meta.get("source") or {}
+    for key, kind in _SOURCE_FIELDS.items():
+        if key in source and not isinstance(source[key], kind):
+            allowed = "true or false" if kind is bool else "a string"
+            raise TraceError(f"{f}: source.{key} is {source[key]!r}, expected {allowed}")
+    if source.get("kind") == "scalesim" and ("topology" not in source or meta.get("batch_size") is None):
+        raise TraceError(f"{f}: a trace imported from a SCALE-Sim topology (source.kind 'scalesim') needs "
+                         f"source.topology and batch_size")
 
 
 def _upgraded(meta: dict) -> bool:
@@ -249,10 +268,27 @@ def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False, v
         raise TraceError(f"table {name}: file {f} is missing")
     if entry.get("sha256") != _sha256(f):
         raise TraceError(f"table {name}: checksum mismatch for {f} (the file changed after writing)")
+    df = read_table(f, name, newer_minor=newer_minor, v1=v1)
+    if len(df) != entry.get("rows", len(df)):
+        raise TraceError(f"{f}: table {name}: {len(df)} rows, meta.json says {entry.get('rows')!r}")
+    return df
+
+
+def read_table(f: Path, name: str, *, newer_minor: bool = False, v1: bool = False) -> pd.DataFrame:
+    """Read the Parquet file ``f`` as the schema's table ``name`` (of a run directory or of a
+    training checkpoint), in the schema's dtypes, and validate it (`fourbit.traces.schema.validate`).
+    ``newer_minor``: the file is of a newer minor schema version (its columns unknown here are
+    left out); ``v1``: of version 1 (read through `fourbit.traces.schema.upgrade_v1`).
+
+    Raises TraceError naming ``f``: unreadable, a column of another Arrow type, unknown or
+    missing, a null in a required column, NaN, or a value the schema refuses (with the row).
+    """
     try:
         table = pq.read_table(f)
+        table.validate(full=True)  # e.g. invalid UTF-8 in a string column, which pyarrow reads unchecked
     except (pa.ArrowException, OSError, ValueError) as exc:  # pyarrow's errors derive from ArrowException
-        raise TraceError(f"table {name}: unreadable Parquet file {f}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # one line
+        raise TraceError(f"table {name}: unreadable Parquet file {f}: {first}") from exc
     dtypes = {c.name: c.dtype for c in schema.TABLES[name]}
     required = {c.name for c in schema.TABLES[name] if c.required}
     if newer_minor:  # a newer minor version only adds columns: read the ones this version knows
@@ -260,24 +296,29 @@ def _read_table(path: Path, name: str, entry: dict, newer_minor: bool = False, v
     for col in table.column_names:
         arr = table.column(col)
         want = dtypes.get(col)
-        if want is not None and not _ARROW_OK[want](arr.type):
-            raise TraceError(f"table {name}, column {col!r}: dtype {arr.type}, expected {want}")
+        if want is None:  # before pandas converts it (a column of any Arrow type)
+            raise TraceError(f"{f}: table {name}: unexpected column {col!r}")
+        if not _ARROW_OK[want](arr.type):
+            raise TraceError(f"{f}: table {name}, column {col!r}: dtype {arr.type}, expected {want}")
         if arr.null_count and col in required:  # before pandas casts it (an int64 column cannot hold it)
             row = pc.index(pc.is_null(arr), True).as_py()
             raise TraceError(f"{f}: table {name}, column {col!r}, row {row}: missing value in a required column")
         if pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py():
             # NaN is an error; <NA> (null) means "not recorded"
             row = pc.index(pc.is_nan(arr), True).as_py()
-            raise TraceError(f"table {name}, column {col!r}, row {row}: NaN (not recorded must be <NA>)")
-    df = table.to_pandas()
+            raise TraceError(f"{f}: table {name}, column {col!r}, row {row}: NaN (not recorded must be <NA>)")
+    # the schema says every column's dtype: the pandas metadata in the file is dropped unread (damaged,
+    # pyarrow's conversion fails on it with a KeyError, a TypeError or a JSON error)
+    df = table.replace_schema_metadata(None).to_pandas(types_mapper=_PANDAS_TYPES.get)
     for col in df.columns:
-        if col in dtypes and str(df[col].dtype) != dtypes[col]:
+        if str(df[col].dtype) != dtypes[col]:
             df[col] = df[col].astype(dtypes[col])  # same Arrow type, pandas' default mapping differs
-    if v1 and name == "gemms":
-        df = schema.coerce(name, df)  # the operand descriptions version 1 left implicit
-    schema.validate(name, df)
-    if len(df) != entry.get("rows", len(df)):
-        raise TraceError(f"table {name}: {len(df)} rows, meta.json says {entry.get('rows')}")
+    try:
+        if v1 and name == "gemms":
+            df = schema.coerce(name, df)  # the operand descriptions version 1 left implicit
+        schema.validate(name, df)
+    except TraceError as exc:
+        raise TraceError(f"{f}: {exc}") from None
     return df
 
 
@@ -288,7 +329,8 @@ def read(path: str | os.PathLike) -> Trace:
     ------
     TraceError
         Not a run directory, an unknown major schema version, a checksum mismatch, or a table
-        that breaks the schema (the message names the table, column and row).
+        that breaks the schema; the message names the file (``meta.json`` or the table's), and
+        for a table the column and row.
     """
     path = Path(path)
     if not path.is_dir():
@@ -306,7 +348,10 @@ def read(path: str | os.PathLike) -> Trace:
             if entry is None:
                 raise TraceError(f"{path / META}: table {name!r} is not listed")
             tables[name] = _read_table(path, name, entry, _newer_minor(meta), _upgraded(meta))
-        schema.validate_step_ops(tables["gemms"], tables["ops"])
+        try:
+            schema.validate_step_ops(tables["gemms"], tables["ops"])
+        except TraceError as exc:  # an op row's fault: named in the ops table's file
+            raise TraceError(f"{path / meta['tables']['ops'].get('file', 'ops.parquet')}: {exc}") from None
     except BaseException:
         unregister_formats(added)  # a trace that is refused leaves nothing behind
         raise

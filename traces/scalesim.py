@@ -16,8 +16,8 @@ GEMM topologies
     batch * M rows.
 
 Text after ``#`` is a comment; blank lines, surrounding spaces and tabs are ignored. A malformed
-line (a wrong number of fields, a non-integer or non-positive value, a filter larger than its
-input) is a `TraceError` naming the file and the line.
+line (a wrong number of fields, a non-integer or non-positive value, a value above 2^62, a filter
+larger than its input) is a `TraceError` naming the file and the line.
 
 The trace has all three phases of every layer (`fourbit.traces.lowering`) in training order (every
 layer's ``fwd``; then, from the last layer down, ``bwd_weight`` and ``bwd_data``) with the
@@ -101,11 +101,19 @@ def _fields(raw: str) -> list[str]:
 
 
 def _int(value: str, where: str, column: str) -> int:
+    """The value of a cell: an integer from 1 to `fourbit.traces.lowering.MAX_COUNT` (2^62, what
+    a trace counts exactly in int64)."""
     if not re.fullmatch(r"[+]?\d+", value):
         raise TraceError(f"{where}: {column} = {value!r} is not a positive integer")
-    v = int(value)
+    try:
+        v = int(value)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits): far too large
+        v = lowering.MAX_COUNT + 1
     if v < 1:
         raise TraceError(f"{where}: {column} = {v} must be >= 1")
+    if v > lowering.MAX_COUNT:
+        shown = value if len(value) <= 30 else f"{value[:12]}... ({len(value)} digits)"
+        raise TraceError(f"{where}: {column} = {shown} must be <= 2^62 ({lowering.MAX_COUNT})")
     return v
 
 
@@ -268,8 +276,9 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
     Raises
     ------
     TraceError
-        A malformed topology (see `read_topology`), a batch < 1, or a recipe description
-        without the entries of a role the topology needs.
+        A malformed topology (see `read_topology`), a batch < 1, a layer whose GEMMs at ``batch``
+        exceed the counts a trace holds exactly (the message names the file and the layer), or a
+        recipe description without the entries of a role the topology needs.
     """
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise TraceError(f"batch must be an integer >= 1, got {batch!r}")
@@ -286,11 +295,15 @@ def import_topology(topology: str | Path, batch: int, recipe: dict, *, batchnorm
         precision = registry.described_role(recipe, _role(i, n, spec, recipe.get("last_layers", 1)))
         try:
             shapes, geometry = _shapes(spec, batch)
+            inputs = _input_elements(spec, batch)  # an op's count: a strided layer's input exceeds its GEMMs'
+            if inputs > lowering.MAX_COUNT:
+                raise TraceError(f"its input has {inputs:.3g} elements, beyond the {lowering.MAX_COUNT:.3g} (2^62) "
+                                 "a trace counts exactly; use a smaller batch or layer")
         except TraceError as exc:
-            raise TraceError(f"{name} layer {spec.name!r} at batch {batch}: {exc}") from None
+            raise TraceError(f"{topology} layer {spec.name!r} at batch {batch}: {exc}") from None
         last = i == n - 1
         conv = spec.kind != "linear"
-        layers.append(_Layer(spec, shapes, geometry, precision, _input_elements(spec, batch),
+        layers.append(_Layer(spec, shapes, geometry, precision, inputs,
                              batchnorm and conv and not last, not (batchnorm and conv), last))
     rec = registry.StepRecorder()
     rec.start(0)

@@ -257,7 +257,7 @@ def from_records(table: str, rows: list[dict]) -> pd.DataFrame:
         values = [row.get(c.name, pd.NA) for row in rows]
         try:
             data[c.name] = pd.array(values, dtype=c.dtype)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer beyond int64
             raise TraceError(f"table {table}, column {c.name!r}: cannot be {c.dtype}: {exc}") from exc
     return coerce(table, pd.DataFrame(data))
 

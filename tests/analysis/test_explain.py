@@ -30,14 +30,14 @@ def conv_traces(tmp_path_factory):
     return import_topology_traces(tmp_path_factory.mktemp("topo"), TOPOLOGY, ("int4", "fp16"))
 
 
-def _workloads(conv_traces, digits_runs):
+def _workloads(conv_traces, digits_traces):
     return {"conv": (read(conv_traces["int4"]), read(conv_traces["fp16"])),
-            "mlp": (digits_runs["int4"].trace, digits_runs["fp32"].trace)}
+            "mlp": (digits_traces["int4"], digits_traces["fp32"])}
 
 
 @pytest.mark.parametrize("workload", ["conv", "mlp"])
-def test_the_factors_multiply_to_the_measured_ratios(conv_traces, digits_runs, workload):
-    ta, tb = _workloads(conv_traces, digits_runs)[workload]
+def test_the_factors_multiply_to_the_measured_ratios(conv_traces, digits_traces, workload):
+    ta, tb = _workloads(conv_traces, digits_traces)[workload]
     e = explain(ta, "fourbit", tb, "fp16")
     a, b = simulate(ta, "fourbit").totals(), simulate(tb, "fp16").totals()
     assert e.measured_speedup == pytest.approx(b["time_s"] / a["time_s"], rel=1e-12)
@@ -117,6 +117,6 @@ def test_a_recipe_the_chip_cannot_run_is_refused_before_any_work(conv_traces, tm
     assert not out.exists()
 
 
-def test_two_traces_of_different_workloads_are_refused(conv_traces, digits_runs):
+def test_two_traces_of_different_workloads_are_refused(conv_traces, digits_traces):
     with pytest.raises(ConfigError, match="not the same workload: GEMM 0"):
-        explain(conv_traces["int4"], "fourbit", digits_runs["fp32"].trace, "fp16")
+        explain(conv_traces["int4"], "fourbit", digits_traces["fp32"], "fp16")

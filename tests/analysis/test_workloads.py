@@ -80,12 +80,24 @@ def test_ablation_in_parallel_gives_the_same_tables(tmp_path):
     assert len(list((tmp_path / "two" / "runs").iterdir())) == 4
 
 
-def test_simulate_takes_a_run_directory_and_a_preset_or_toml(tmp_path, digits_runs):
+def test_simulate_takes_a_run_directory_and_a_preset_or_toml(tmp_path, digits_traces):
     import fourbit
 
-    path = digits_runs["int4"].trace.write(tmp_path / "run")
+    path = digits_traces["int4"].write(tmp_path / "run")
     chip = fourbit.load_chip("fourbit")
     (tmp_path / "chip.toml").write_text(chip.to_toml())
-    want = fourbit.simulate(digits_runs["int4"].trace, chip).totals()
+    want = fourbit.simulate(digits_traces["int4"], chip).totals()
     for trace, c in ((path, "fourbit"), (str(path), str(tmp_path / "chip.toml")), (path, chip)):
         pd.testing.assert_series_equal(fourbit.simulate(trace, c).totals(), want)
+
+
+def test_a_trace_whose_source_is_null_is_retrained_as_its_meta_says(tmp_path, digits_traces):
+    """``source: null`` in meta.json (a trace that was not imported) was an AttributeError when
+    another recipe's workload was asked for (found by tests/test_fuzz_readers.py)."""
+    path = digits_traces["int4"].write(tmp_path / "run")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["source"] = None
+    (path / "meta.json").write_text(json.dumps(meta))
+    jobs = Source(trace=str(path)).workloads(["int4", "fp32"], tmp_path / "out")
+    assert (jobs["int4"].kind, jobs["fp32"].kind) == ("given", "train")
+    assert jobs["fp32"].args["model"] == "mlp" and jobs["fp32"].args["config"]["epochs"] == 2

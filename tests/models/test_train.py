@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import zipfile
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from fourbit.models.data import Dataset, load_dataset
@@ -116,14 +118,28 @@ def _damaged(tmp_path, how: str):
     state = json.loads((ck / "state.json").read_text())
     if how == "truncated":
         (ck / "arrays.npz").write_bytes((ck / "arrays.npz").read_bytes()[:300])
+    elif how in ("header", "huge"):  # an array header numpy cannot parse, or one announcing 4 TiB
+        header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + ("(256, 64 }" if how == "header" else
+                                                                         f"({2**40},), }}")
+        header = header.encode() + b" " * (63 - (len(header) + 10) % 64) + b"\n"
+        with zipfile.ZipFile(ck / "arrays.npz", "w") as z:
+            z.writestr("param/fc1.weight.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+    elif how == "utf8":
+        (ck / "state.json").write_bytes(b"\xff" + (ck / "state.json").read_bytes())
+    elif how == "rows":
+        pq.write_table(pq.read_table(ck / "ops.parquet").drop_columns(["fused"]), ck / "ops.parquet")
     elif how == "empty":
         (ck / "arrays.npz").write_bytes(b"")
-    elif how in ("missing", "shape", "foreign"):
+    elif how in ("missing", "shape", "foreign", "ints", "nan"):
         name = next(k for k in arrays if k.startswith("param/"))
         if how == "missing":
             del arrays[name]
         elif how == "shape":
             arrays[name] = arrays[name][:1]
+        elif how == "ints":
+            arrays["velocity/fc1.bias"] = arrays["velocity/fc1.bias"].astype(np.int32)
+        elif how == "nan":
+            arrays[name][0, 0] = np.nan
         else:
             arrays["velocity/nothing"] = np.zeros(3, np.float32)
         np.savez(ck / "arrays.npz", **arrays)
@@ -135,14 +151,29 @@ def _damaged(tmp_path, how: str):
         state["epoch_loss"] = "nan"
     elif how == "position":
         state["position"] = 999
-    if how in ("scales", "types", "loss", "position"):
+    elif how == "epoch":
+        state["epoch"] = -1
+    elif how == "metrics":
+        state["metrics"] = [m for m in state["metrics"] if m["metric"] != "accuracy"]
+    elif how == "metric":
+        state["metrics"][0]["value"] = "x"
+    elif how == "metric_entry":
+        state["metrics"][0] = 5
+    elif how == "exponent":
+        state["grad_scales"][0]["exponent"] = 10**30
+    elif how == "held":
+        state["grad_scales"][0]["held"] = -1
+    elif how == "shuffle":
+        del state["shuffle"]["state"]
+    if how in ("scales", "types", "loss", "position", "epoch", "metrics", "metric", "metric_entry", "exponent",
+               "held", "shuffle"):
         (ck / "state.json").write_text(json.dumps(state))
     before = {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
     return out, kw, before
 
 
 @pytest.mark.parametrize("how, message", [
-    ("truncated", r"checkpoint in .* is unreadable \(BadZipFile"),
+    ("truncated", r"checkpoint in .* is unreadable \(BadZipFile in arrays.npz: "),
     ("empty", r"checkpoint in .* is unreadable \((BadZipFile|EOFError|ValueError)"),
     ("missing", r"arrays.npz is damaged: no array 'param/"),
     ("shape", r"arrays.npz is damaged: 'param/.*' has shape \(1, .*the model's is"),
@@ -151,6 +182,21 @@ def _damaged(tmp_path, how: str):
     ("types", r"state.json is damaged: 'epoch' is '1', not an integer"),
     ("loss", r"state.json is damaged: 'epoch_loss' is 'nan', not a finite number"),
     ("position", r"state.json is damaged: epoch 1, step 999 lies outside this run \(2 epochs of 5 steps\)"),
+    # found by tests/test_fuzz_readers.py; the comment says what happened before
+    ("header", r"checkpoint in .* is unreadable \(TokenError in arrays.npz: \('EOF in multi-line"),  # TokenError
+    ("huge", r"checkpoint in .* is unreadable \(MemoryError in arrays.npz: Unable to allocate 4.00 TiB"),  # same
+    ("utf8", r"checkpoint in .* is unreadable \(UnicodeDecodeError in state.json: "),  # no file named
+    ("rows", r"checkpoint in .*checkpoint is damaged: .*ops.parquet: table ops: missing column 'fused'"),  # TraceError
+    ("ints", r"arrays.npz is damaged: 'velocity/fc1.bias' \(int32\) is not all finite floats$"),  # UFuncTypeError
+    ("nan", r"arrays.npz is damaged: 'param/fc1.weight' \(float32\) is not all finite floats$"),  # TrainingError
+    ("epoch", r"state.json is damaged: 'epoch' is -1, not an integer >= 0$"),  # 3 epochs trained (-10**9: no end)
+    ("metrics", r"state.json is damaged: 'metrics' has no test accuracy of epoch 1$"),  # KeyError at the end
+    ("metric", r"state.json is damaged: 'metrics': table metrics, column 'value': cannot be float64"),  # TraceError
+    ("metric_entry", r"state.json is damaged: 'metrics' holds an entry that is not a mapping$"),  # TypeError
+    ("exponent", r"state.json is damaged: GradScale entry 0 is \{'exponent': 10{30}, 'calibrated': True, 'held': 0\} "
+                 r"\(exponent: an integer from -64 to 64, calibrated: true or false, held: an integer from 0 to 16\)$"),
+    ("held", r"state.json is damaged: GradScale entry 0 is \{'exponent': -?\d+, 'calibrated': True, 'held': -1\}"),
+    ("shuffle", r"state.json is damaged: the data order's generator state is not a PCG64 state \(KeyError: 'state'\)$"),
 ])
 def test_a_damaged_checkpoint_is_refused_before_anything_changes(tmp_path, how, message):
     out, kw, before = _damaged(tmp_path, how)
@@ -163,7 +209,8 @@ def test_resume_refuses_another_run_or_no_checkpoint(digit_images, tmp_path):
     with pytest.raises(ConfigError, match="--resume: no checkpoint"):
         train("mlp", "digits", "int4", epochs=1, out=tmp_path / "none", resume=True, progress=False)
     train("mlp", "digits", "int4", epochs=1, out=tmp_path / "a", progress=False)
-    with pytest.raises(ConfigError, match="checkpoint in .* is of another run: train_config"):
+    with pytest.raises(ConfigError, match=r"checkpoint in .* is of another run: train_config.epochs is 1 in "
+                                          r".*/a/checkpoint/state.json, 2 here$"):  # state.json: since the fuzz
         train("mlp", "digits", "int4", epochs=2, out=tmp_path / "a", resume=True, progress=False)
     with pytest.raises(ConfigError, match="is of another run: recipe"):
         train("mlp", "digits", "fp32", epochs=1, out=tmp_path / "a", resume=True, progress=False)

@@ -137,3 +137,28 @@ def test_a_trained_conv_net_and_its_topology_give_the_same_rows(tmp_path, recipe
 
     pd.testing.assert_frame_equal(imported.gemms[STRUCTURE], gemms[STRUCTURE])
     pd.testing.assert_frame_equal(imported.ops, ops)
+
+
+HEADER = "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
+
+
+@pytest.mark.parametrize("row, message", [
+    ("c1, 18, 18, 3, 3, 3, 16, " + "1" + "0" * 30 + ",\n",  # was an OverflowError from pandas
+     " line 2: strides = 100000000000... (31 digits) must be <= 2^62 (4611686018427387904)"),
+    ("c1, 18, 18, 3, 3, 3, 16, 1" + "0" * 5000 + "\n",  # was a ValueError: more digits than Python converts
+     " line 2: strides = 100000000000... (5001 digits) must be <= 2^62 (4611686018427387904)"),
+    # a strided layer whose GEMMs fit but whose input does not: was an OverflowError from pandas
+    (f"c1, {2**31}, {2**31}, 1, 1, 1024, 1, {2**31},\n",
+     " layer 'c1' at batch 8: its input has 3.78e+22 elements, beyond the 4.61e+18 (2^62) a trace counts exactly; "
+     "use a smaller batch or layer"),
+    ("c1, 65536, 65536, 1, 1, 65536, 65536, 1,\n",  # named the file's stem, not the file
+     " layer 'c1' at batch 8: a GEMM of M=34359738368, N=65536, K=65536, groups=1 has 1.48e+20 MACs, beyond the "
+     "4.61e+18 (2^62) a trace counts exactly; use a smaller batch or layer"),
+])
+def test_values_beyond_what_a_trace_counts_are_named_with_the_file(tmp_path, row, message):
+    """Found by tests/test_fuzz_readers.py."""
+    f = tmp_path / "big.csv"
+    f.write_text(HEADER + row)
+    with pytest.raises(TraceError) as info:
+        import_topology(f, 8, INT4)
+    assert str(info.value) == f"{f}{message}"

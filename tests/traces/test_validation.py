@@ -16,8 +16,8 @@ from fourbit.traces.io import Trace, read
 
 
 @pytest.fixture()
-def run_dir(tmp_path, digits_runs):
-    return digits_runs["int4"].trace.write(tmp_path / "run")
+def run_dir(tmp_path, digits_traces):
+    return digits_traces["int4"].write(tmp_path / "run")
 
 
 def _rewrite(path, table: str, df: pd.DataFrame | pa.Table) -> None:
@@ -155,8 +155,8 @@ def test_checksum_and_missing_files(run_dir):
         read(run_dir)
 
 
-def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, monkeypatch):
-    trace = digits_runs["fp32"].trace
+def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_traces, monkeypatch):
+    trace = digits_traces["fp32"]
     good = trace.write(tmp_path / "run")
     before = read(good).gemms
     calls = {"n": 0}
@@ -182,10 +182,10 @@ def test_atomic_write_never_leaves_a_valid_half_trace(tmp_path, digits_runs, mon
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary directories left
 
 
-def test_a_crash_between_the_two_renames_points_at_the_old_trace(tmp_path, digits_runs, monkeypatch):
+def test_a_crash_between_the_two_renames_points_at_the_old_trace(tmp_path, digits_traces, monkeypatch):
     from fourbit.traces import files
 
-    trace = digits_runs["fp32"].trace
+    trace = digits_traces["fp32"]
     trace.write(tmp_path / "run")
     real = files.os.replace
 
@@ -210,6 +210,9 @@ def test_writer_refuses_nan_and_unknown_columns():
         schema.from_records("gemms", [{"a_zero_frac": float("nan")}])
     with pytest.raises(TraceError, match=r"unknown column 'wat'"):
         schema.from_records("ops", [{"wat": 1}])
+    # an integer beyond int64 (was an OverflowError from pandas; found by tests/test_fuzz_readers.py)
+    with pytest.raises(TraceError, match=r"^table metrics, column 'step': cannot be int64: Python int too large"):
+        schema.from_records("metrics", [{"step": 2**63, "epoch": 1, "split": "train", "metric": "loss", "value": 1.0}])
 
 
 def test_trace_every_records_statistics_at_every_recorded_step():
