@@ -114,14 +114,26 @@ def _checked(path: Path, df: pd.DataFrame, needs: tuple[str, ...]) -> pd.DataFra
 
 
 def _workload(job: dict) -> str | None:
-    src = job.get("source", job) if isinstance(job.get("source", job), dict) else {}
+    src = job.get("source") or job.get("workload") or job  # a job's source, explain's workload
+    src = src if isinstance(src, dict) else {}
     if src.get("trace"):
         return f"trace {src['trace']}"
     if src.get("model") and src.get("dataset"):
         train = job.get("train") or src.get("train") or {}
-        extra = f", {train['epochs']} epochs at batch {train['batch_size']}" if "epochs" in train else ""
+        epochs = train.get("epochs")
+        extra = f", {epochs} epoch{'s' if epochs != 1 else ''} at batch {train['batch_size']}" if epochs else ""
         return f"{src['model']} trained on {src['dataset']}{extra}"
     return None
+
+
+def _explained(side) -> str | None:
+    """'fourbit (int4)' from one side of an explain job's description: its chip configuration
+    and recipe."""
+    if not isinstance(side, dict):
+        return None
+    chip = side.get("chip")
+    name = chip.get("chip", {}).get("name") if isinstance(chip, dict) and isinstance(chip.get("chip"), dict) else None
+    return f"{name} ({side['recipe']})" if isinstance(name, str) and isinstance(side.get("recipe"), str) else None
 
 
 def _list(values) -> str:
@@ -197,11 +209,13 @@ def _summary(kind: str, job: dict, tables: dict[str, pd.DataFrame]) -> list[dict
             add("worst variant", f"{worst.variant}: {format_value('test_accuracy_pct', worst.test_accuracy_pct)}", True)
     if "explain.csv" in tables:
         t = tables["explain.csv"]
-        add("chips", _list([inner.get("chip"), inner.get("baseline")]))
+        sides = [_explained(inner.get(side)) for side in ("chip", "baseline")]
+        add("chips", "; ".join(filter(None, sides)))
+        versus = f" ({sides[0]} over {sides[1]})" if all(sides) else ""
         for name in ("speed-up", "energy"):
             rows = t[t.waterfall == name]
             if len(rows):
-                add(f"measured {name}", show("ratio", rows.ratio.iloc[-1]), True)
+                add(f"measured {name}{versus}", show("ratio", rows.ratio.iloc[-1]), True)
     return items
 
 

@@ -525,7 +525,7 @@ class _Loop:
         kernels are not compiled yet, one line says so and `_warm_up` compiles them first, so
         that the bar's rate and ETA measure training steps."""
         if progress and not kernels_cached():
-            tqdm.write("compiling kernels: first run on this machine only, about 1-2 minutes", file=sys.stderr)
+            tqdm.write("compiling kernels: first run on this machine only, about 30 s to a minute", file=sys.stderr)
             self._warm_up()
         total = self.cfg.epochs * self.steps_per_epoch
         with tqdm(total=total, initial=self.first_epoch * self.steps_per_epoch + self.position, desc=desc,

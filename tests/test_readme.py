@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import venv
@@ -157,8 +158,6 @@ def test_every_command_line_the_readme_shows_is_accepted_by_the_parser():
     """The README's command lines as a user copies them: each whole command line parses (its verb,
     flags and values), and each flag a quoted command names exists (the commands themselves take
     minutes: the README states their times)."""
-    import shlex
-
     from fourbit.analysis.cli import _parser
 
     whole, inline = _command_lines()
@@ -183,3 +182,23 @@ def test_every_image_the_readme_embeds_is_committed_and_made_by_its_script():
     for path in images:
         assert (ROOT / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (ROOT / path).stat().st_size < 200_000
         assert Path(path).name in script
+
+
+def test_the_other_commands_run_as_written(tmp_path):
+    """The "Other commands" block line by line, in a fresh directory, as a user types it (the
+    last, ``fourbit bench numerics``, is `tests/analysis/test_bench.py`'s: it times kernels for a
+    minute)."""
+    from tests.analysis.test_cli import fourbit
+
+    section = README.split("## Other commands", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```\n(.*?)```", section, flags=re.S)
+    lines = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.strip()]
+    assert lines[-1] == "fourbit bench numerics" and len(lines) == 6
+    outputs = []
+    for line in lines[:-1]:
+        res = fourbit(*shlex.split(line)[1:], cwd=tmp_path)
+        assert res.returncode == 0, (line, res.stderr[-2000:])
+        outputs.append(res.stdout)
+    assert (tmp_path / "runs" / "int4" / "meta.json").is_file()
+    assert "presets: " in outputs[2] and "[array]" in outputs[3]
+    assert (tmp_path / "explain-out" / "explain.csv").is_file()

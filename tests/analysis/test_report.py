@@ -194,7 +194,8 @@ def _headline(kind: str, d: Path) -> list[str]:
     if kind == "main_job":
         t = pd.read_csv(d / "main_job.csv")
         r = t.iloc[-1]
-        return [f"{r.recipe} on {r.chip} vs {t.recipe.iloc[0]} on fp16\nspeed-up {show('ratio', r.speedup_vs_fp16)}, "
+        return ["workload\nmlp trained on digits, 1 epoch at batch 64",
+                f"{r.recipe} on {r.chip} vs {t.recipe.iloc[0]} on fp16\nspeed-up {show('ratio', r.speedup_vs_fp16)}, "
                 f"energy {show('ratio', r.energy_ratio_vs_fp16)}, test accuracy "
                 f"{show('points', r.accuracy_delta_vs_fp32_pts)} vs fp32"]
     if kind == "compare":
@@ -212,7 +213,9 @@ def _headline(kind: str, d: Path) -> list[str]:
         best = t.loc[t.test_accuracy_pct.idxmax()]
         return [f"best variant\n{best.variant}: {best.test_accuracy_pct:.2f} %"]
     t = pd.read_csv(d / "explain.csv")
-    return [f"measured {w}\n{show('ratio', t[t.waterfall == w].ratio.iloc[-1])}" for w in ("speed-up", "energy")]
+    return ["chips\nfourbit (int4); fp16 (fp16)", "workload\ntrace "] + [
+        f"measured {w} (fourbit (int4) over fp16 (fp16))\n{show('ratio', t[t.waterfall == w].ratio.iloc[-1])}"
+        for w in ("speed-up", "energy")]
 
 
 @pytest.mark.parametrize("kind", ["main_job", "sweep", "compare", "ablation", "explain"])
