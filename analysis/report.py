@@ -117,13 +117,26 @@ def _workload(job: dict) -> str | None:
     src = job.get("source") or job.get("workload") or job  # a job's source, explain's workload
     src = src if isinstance(src, dict) else {}
     if src.get("trace"):
-        return f"trace {src['trace']}"
+        return f"trace {src['trace']}{_trace_model(Path(str(src['trace'])))}"
     if src.get("model") and src.get("dataset"):
         train = job.get("train") or src.get("train") or {}
         epochs = train.get("epochs")
         extra = f", {epochs} epoch{'s' if epochs != 1 else ''} at batch {train['batch_size']}" if epochs else ""
         return f"{src['model']} trained on {src['dataset']}{extra}"
     return None
+
+
+def _trace_model(trace: Path) -> str:
+    """' (resnet18 at batch 32)' from a trace directory's meta.json, or '' when it cannot say
+    (moved, unreadable or without those fields: the page still names the directory)."""
+    try:
+        meta = json.loads((trace / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    model, batch = (meta.get("model"), meta.get("batch_size")) if isinstance(meta, dict) else (None, None)
+    if not isinstance(model, str):
+        return ""
+    return f" ({model}{f' at batch {batch}' if isinstance(batch, int) else ''})"
 
 
 def _explained(side) -> str | None:

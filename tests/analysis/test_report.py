@@ -213,7 +213,7 @@ def _headline(kind: str, d: Path) -> list[str]:
         best = t.loc[t.test_accuracy_pct.idxmax()]
         return [f"best variant\n{best.variant}: {best.test_accuracy_pct:.2f} %"]
     t = pd.read_csv(d / "explain.csv")
-    return ["chips\nfourbit (int4); fp16 (fp16)", "workload\ntrace "] + [
+    return ["chips\nfourbit (int4); fp16 (fp16)", "(small at batch 8)"] + [
         f"measured {w} (fourbit (int4) over fp16 (fp16))\n{show('ratio', t[t.waterfall == w].ratio.iloc[-1])}"
         for w in ("speed-up", "energy")]
 
