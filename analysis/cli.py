@@ -237,7 +237,8 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
         job = job.replace(variants=tuple((spec, spec) for spec in args.recipe))
     table = ablation(job, progress=not args.quiet, overwrite=args.overwrite)
     _print_table(table)
-    print(f"\nwrote {job.out}/ablation.csv, {job.out}/ablation_runs.csv and the run directories in {job.out}/runs")
+    print(f"\nwrote {job.out}/ablation.csv, {job.out}/ablation_runs.csv, {job.out}/figures/ablation.png (and .svg) "
+          f"and the run directories in {job.out}/runs")
     return 0
 
 
@@ -277,7 +278,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if c in table.columns]
     _print_table(table[shown].dropna(axis=1, how="all"))  # a column no point filled (accuracy of a trace)
     print(f"\n{len(table)} points ({len(failed)} failed); wrote {spec.out}/results.parquet, {spec.out}/results.csv"
-          f" and {len(figures)} figures (PNG and SVG); `fourbit report {shlex.quote(spec.out)}` makes an HTML page")
+          f" and {sum(p.suffix == '.png' for p in figures)} figures (PNG and SVG); `fourbit report {shlex.quote(spec.out)}` makes an HTML page")
     if len(failed):
         for row in failed.itertuples():
             print(f"point {row.point_id} failed: {row.error}", file=sys.stderr)

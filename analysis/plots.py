@@ -239,7 +239,10 @@ def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Pa
     first = ok.iloc[0]
     others = [k for k in keys if k not in ("array.rows", "array.cols", "array", "array.dataflow")]
     same = ok[(ok[others] == first[others]).all(axis=1)] if others else ok
-    fig, ax = plt.subplots(figsize=(11, 4.8))
+    layers = pd.read_parquet(points / f"{same.iloc[0].point_id}.layers.parquet") \
+        if (points / f"{same.iloc[0].point_id}.layers.parquet").is_file() else None
+    n = 0 if layers is None else int((layers.macs > 0).sum())
+    fig, ax = plt.subplots(figsize=(min(max(11.0, 0.16 * n + 3), 40), 5.2))  # room for every GEMM's label
     drawn, names = 0, []
     for _, row in same.drop_duplicates(["array", "dataflow"]).iterrows():
         path = points / f"{row.point_id}.layers.parquet"
@@ -255,8 +258,9 @@ def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Pa
     if not drawn:
         plt.close(fig)
         return []
-    step = max(1, len(names) // 30)
-    ax.set_xticks(range(0, len(names), step), names[::step], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7 if len(names) <= 80 else 5)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+    ax.set_xlabel("GEMM (layer and phase, in the order the step runs them)")
     ax.set_ylabel("PE utilization (%)")
     ax.set_ylim(0, 105)
     fixed = ", ".join(f"{_short_name(k)} {first[k]}" for k in others)

@@ -21,6 +21,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from fourbit.analysis.display import column, format_value, show
@@ -94,8 +96,10 @@ def _job(d: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable job description ({exc})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("job", {}), dict):
-        raise ConfigError(f"{path}: not a job description (a JSON object with a 'job' mapping)")
+    if not isinstance(data, dict) or not isinstance(data.get("job", {}), dict) or data.get("kind", "") not in (
+            "", *_KINDS):
+        raise ConfigError(f"{path}: not a job description (a JSON object with a 'job' mapping and a 'kind' of "
+                          f"{', '.join(_KINDS)})")
     return data
 
 
@@ -107,9 +111,36 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _checked(path: Path, df: pd.DataFrame, needs: tuple[str, ...]) -> pd.DataFrame:
+    """``df`` when it has the columns the summary reads and a number in every filled cell of a
+    column whose name says it holds one (a count, time, energy, bytes, ratio, ...); else a
+    ConfigError naming the file, column and row."""
     missing = [c for c in needs if c not in df.columns]
     if missing:
         raise ConfigError(f"{path}: no column {missing[0]!r} (a {path.name} of fourbit has {', '.join(needs)})")
+    for c in df.columns:
+        if column(c).kind == "plain" or pd.api.types.is_numeric_dtype(df[c]):
+            continue
+        bad = df[c].notna() & pd.to_numeric(df[c], errors="coerce").isna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ConfigError(f"{path}: column {c!r}, row {row}: {df[c].iloc[row]!r} is not a number")
+        df[c] = pd.to_numeric(df[c])
+    return df
+
+
+def _results(d: Path) -> pd.DataFrame:
+    """A sweep's table: ``results.csv``, checked against ``results.parquet`` (the sweep writes
+    both; a truncated CSV would summarise fewer points)."""
+    df = _read_csv(d / "results.csv")
+    parquet = d / "results.parquet"
+    if parquet.is_file():
+        try:
+            rows = pq.read_metadata(parquet).num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"{parquet}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+        if rows != len(df):
+            raise ConfigError(f"{d / 'results.csv'}: {len(df)} rows, {parquet.name} has {rows}: one of them is damaged "
+                              "(the sweep writes both; run it again to rewrite them)")
     return df
 
 
@@ -288,7 +319,8 @@ def write_report(directory: str | Path) -> Path:
     if not d.is_dir():
         raise ConfigError(f"{directory}: not a directory")
     job = _job(d)
-    frames = {k.file: _checked(d / k.file, _read_csv(d / k.file), k.needs) for k in _TABLES if (d / k.file).is_file()}
+    frames = {k.file: _checked(d / k.file, _results(d) if k.file == "results.csv" else _read_csv(d / k.file), k.needs)
+              for k in _TABLES if (d / k.file).is_file()}
     figures = _figures(d)
     if not frames and not figures:
         raise ConfigError(f"{directory}: no {', '.join(k.file for k in _TABLES)} or figures to report")

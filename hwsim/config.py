@@ -271,7 +271,9 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
     Raises
     ------
     ConfigError
-        Unknown preset (the message lists them), unreadable TOML, unknown or invalid fields.
+        Unknown preset (the message lists them), unreadable TOML, unknown or invalid fields, a
+        file without ``[chip] name`` or without a ``[units.<format>]`` table (the defaults alone
+        would make an FP16-only chip, which a partial file never meant).
     """
     if overrides is not None and not isinstance(overrides, dict):
         raise ConfigError(f"chip overrides are a mapping of dotted fields to values, e.g. {{'array.rows': 64}}; "
@@ -294,7 +296,13 @@ def load_chip(preset_or_path: str | Path, overrides: dict | None = None) -> Chip
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from exc
-    return ChipConfig.from_dict(data, source).with_overrides(overrides)
+    chip = ChipConfig.from_dict(data, source)
+    missing = [part for part, there in (("[chip] name", isinstance(data.get("chip"), dict) and "name" in data["chip"]),
+                                        ("[units.<format>]", bool(data.get("units")))) if not there]
+    if missing:  # the defaults alone make an FP16-only chip named "chip": never what a partial file meant
+        raise ConfigError(f"{source}: a chip file names the chip and its units; it has no {' and no '.join(missing)} "
+                          f"(start from a preset: fourbit chip fourbit > {Path(name).name}, then edit it)")
+    return chip.with_overrides(overrides)
 
 
 MAX_ASPECT = 4

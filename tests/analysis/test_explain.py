@@ -89,7 +89,7 @@ def test_the_command_writes_the_table_and_the_figure(conv_traces, tmp_path, caps
     assert set(table.waterfall) == {"speed-up", "energy"}
     assert (out / "explain.png").stat().st_size > 10_000 and (out / "explain.svg").is_file()
     toml = tmp_path / "mine.toml"
-    toml.write_text('[chip]\nname = "mine"\n')
+    toml.write_text('[chip]\nname = "mine"\n\n[units.fp16]\naccumulator = "fp32"\n')
     assert main(["explain", str(conv_traces["int4"]), "--chip", str(toml), "--out", str(tmp_path / "e2")]) == 2
     assert "has no recipe of its own" in capsys.readouterr().err
     assert not (tmp_path / "e2").exists()

@@ -86,7 +86,33 @@ def test_tables_and_job_files_it_cannot_read_are_refused_with_the_file(tmp_path)
     (d / "fourbit-job.json").write_text('{"kind": "main_job", "job": [1]}')
     with pytest.raises(ConfigError, match=r"fourbit-job.json: not a job description"):
         write_report(d)
+    (d / "fourbit-job.json").write_text('{"kind": 5, "job": {}}')
+    with pytest.raises(ConfigError, match=r"fourbit-job.json: not a job description .* a 'kind' of main_job, sweep"):
+        write_report(d)
+    (d / "fourbit-job.json").unlink()
+    (tmp_path / "t").mkdir()
+    table = pd.read_csv(_main_job_dir(tmp_path / "t").joinpath("main_job.csv"))
+    table.astype({"time_per_step_us": object}).assign(time_per_step_us=["107.8", "abc"]).to_csv(
+        d / "main_job.csv", index=False)
+    with pytest.raises(ConfigError, match=r"main_job.csv: column 'time_per_step_us', row 1: 'abc' is not a number$"):
+        write_report(d)
     assert not (d / "report.html").exists()
+
+
+def test_a_truncated_sweep_table_is_refused(tmp_path):
+    """results.csv cut short (results.parquet intact) would summarise fewer points: refused."""
+    from fourbit.traces.errors import ConfigError
+
+    d = tmp_path / "s"
+    d.mkdir()
+    full = pd.DataFrame({"array.rows": [8, 16, 32], "point_id": ["a", "b", "c"], "status": ["ok"] * 3,
+                         "time_s": [3e-3, 2e-3, 1e-3], "energy_pj": [1e6, 2e6, 3e6]})
+    full.to_parquet(d / "results.parquet", index=False)
+    full.iloc[:2].to_csv(d / "results.csv", index=False)
+    with pytest.raises(ConfigError, match=r"results.csv: 2 rows, results.parquet has 3: one of them is damaged"):
+        write_report(d)
+    full.to_csv(d / "results.csv", index=False)
+    assert "1.000 ms" in write_report(d).read_text()
 
 
 def test_figure_names_with_markup_are_escaped_in_attributes(tmp_path):

@@ -3,6 +3,8 @@ one-line errors naming the dotted field, the value and what is allowed; TOML rou
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fourbit.hwsim.config import ArrayConfig, ChipConfig, load_chip, preset_names
@@ -84,3 +86,17 @@ def test_chip_toml_round_trip(tmp_path):
         path = tmp_path / f"{name}.toml"
         path.write_text(chip.to_toml())
         assert load_chip(str(path)) == chip
+
+
+@pytest.mark.parametrize("text, missing", [("", "[chip] name and no [units.<format>]"),
+                                           ("[array]\nrows = 16\n", "[chip] name and no [units.<format>]"),
+                                           ('[chip]\nname = "x"\n', "[units.<format>]")])
+def test_a_partial_chip_file_is_refused_not_completed_by_defaults(tmp_path, text, missing):
+    """The defaults alone make an FP16-only chip named "chip": a file that does not name its chip
+    and its units is refused, with the way to start one."""
+    path = tmp_path / "partial.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"partial.toml: a chip file names the chip and its units; it has "
+                                                    f"no {missing} (start from a preset: fourbit chip fourbit > "
+                                                    "partial.toml, then edit it)")):
+        load_chip(path)
