@@ -136,7 +136,9 @@ def read_topology(topology: str | Path) -> tuple[str, list[TopologyLayer]]:
     elif header == _GEMM_FIELDS:
         kind = "gemm"
     else:
-        raise TraceError(f"{display} line {header_at + 1}: unrecognised header {', '.join(header)}; expected "
+        shown = ", ".join(header)
+        shown = ascii(shown[:80] + ("..." if len(shown) > 80 else ""))  # a binary file's bytes escaped, not echoed
+        raise TraceError(f"{display} line {header_at + 1}: unrecognised header {shown}; expected "
                          f"'{', '.join(_CONV_FIELDS)}' (conv) or '{', '.join(_GEMM_FIELDS)}' (GEMM)")
     want = len(_CONV_FIELDS if kind == "conv" else _GEMM_FIELDS)
     layers: list[TopologyLayer] = []

@@ -88,7 +88,10 @@ def test_gemm_topology_and_errors(tmp_path):
     with pytest.raises(TraceError, match="line 2: N = '-1' is not a positive integer"):
         read_topology(f)
     f.write_text("Name, Rows\nx, 1\n")
-    with pytest.raises(TraceError, match="line 1: unrecognised header"):
+    with pytest.raises(TraceError, match="line 1: unrecognised header 'name, rows'; expected 'layer name, "):
+        read_topology(f)
+    f.write_bytes(b"\x00\x1b[31mred\xff,x\n")  # a binary file: its bytes escaped in the message, not echoed
+    with pytest.raises(TraceError, match=r"line 1: unrecognised header '\\x00\\x1b\[31mred\\ufffd, x'"):
         read_topology(f)
     with pytest.raises(TraceError, match="neither a file nor a shipped topology"):
         read_topology("vgg99")
