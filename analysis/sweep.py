@@ -416,8 +416,13 @@ def _plan(spec: SweepSpec) -> _Plan:
     if spec.baseline is not None:
         baseline = _resolve(spec, base, -1, {"chip": spec.baseline, "recipe": CHIP_RECIPES[spec.baseline]},
                             spec.source.key())
-    recipes = list(dict.fromkeys(p.recipe for p in [*points, *([baseline] if baseline else [])]))
-    workloads = spec.source.workloads(recipes, spec.out)
+    workloads = spec.source.workloads(list(dict.fromkeys(p.recipe for p in points)), spec.out)
+    if baseline is not None and baseline.recipe not in workloads:
+        try:
+            workloads.update(spec.source.workloads([baseline.recipe], spec.out))
+        except ConfigError as exc:
+            raise ConfigError(f"the baseline chip {spec.baseline} runs its own recipe {baseline.recipe!r}: {exc} "
+                              "(--baseline none: a sweep without one)") from None
     check_trainings(list(workloads.values()))
     if given is not None:
         _check_mapping(given, points, spec.input_grad)

@@ -64,6 +64,7 @@ def test_every_point_against_the_baseline_chip(small_trace, tmp_path):
     """The FP16 preset on its own array with its own recipe, simulated once on the same workload:
     each point's speed-up is its step time over the baseline's, exactly; no baseline, no ratios."""
     from fourbit.hwsim.engine import simulate
+    from fourbit.traces.io import read
 
     table = sweep(_spec(small_trace, tmp_path / "b", grid=["array.rows,array.cols=8,64"]), progress=False)
     base = pd.read_csv(tmp_path / "b" / "baseline.csv").iloc[0]
@@ -77,6 +78,15 @@ def test_every_point_against_the_baseline_chip(small_trace, tmp_path):
     bare = sweep(_spec(small_trace, tmp_path / "n", grid=["array.rows=8"], baseline=None), progress=False)
     assert not any(c.startswith(("speedup_vs", "energy_ratio_vs")) for c in bare.columns)
     assert not (tmp_path / "n" / "baseline.csv").exists()
+    # a trace that says neither how it was imported nor trained has no fp16 twin: the baseline says so
+    foreign = tmp_path / "foreign"
+    trace = read(small_trace)
+    trace.meta.pop("source")
+    trace.write(foreign)
+    with pytest.raises(ConfigError, match=r"the baseline chip fp16 runs its own recipe 'fp16': --trace .*foreign: recipe "
+                                          r"'fp16' differs .* \(--baseline none: a sweep without one\)$"):
+        sweep(_spec(str(foreign), tmp_path / "f", grid=["array.rows=8"]), progress=False)
+    assert len(sweep(_spec(str(foreign), tmp_path / "f", grid=["array.rows=8"], baseline=None), progress=False)) == 1
     with pytest.raises(ConfigError, match=r"baseline = 'tpu': allowed a chip preset with its own recipe "
                                           r"\(fourbit, fp16, int8, hfp8\) or none"):
         _spec(small_trace, tmp_path / "x", baseline="tpu")
