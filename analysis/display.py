@@ -115,7 +115,8 @@ _KINDS: dict[str, Callable[[float], str]] = {
     "percent": _fixed("{:.2f} %"),
     "fraction": lambda v: "" if _missing(v) else f"{100 * float(v):.1f} %",
     "ratio": _fixed("{:.2f}x"),
-    "points": _fixed("{:+.2f} pts"),
+    "points": _fixed("{:+.2f} pts"),  # a difference, signed
+    "spread_points": _fixed("{:.2f} pts"),  # a spread (a standard deviation), never negative
     "plain": _plain,
 }
 
@@ -138,7 +139,8 @@ _NAMED = {
     "stall_cycles": Column("stall cycles", "count"), "time_s": Column("time", "time_s"),
     "utilization": Column("PE utilization", "fraction"), "tops_per_w": Column("TOPS/W", "plain"),
     "samples_per_s": Column("samples/s", "plain"), "energy_pj": Column("energy", "energy_pj"),
-    "test_accuracy_pct": Column("test accuracy", "percent"), "test_accuracy_std": Column("accuracy std", "plain"),
+    "test_accuracy_pct": Column("test accuracy", "percent"), "test_accuracy_std": Column("accuracy std", "spread_points"),
+    "test_accuracy_min": Column("accuracy min", "percent"), "test_accuracy_max": Column("accuracy max", "percent"),
     "pe_array_mm2": Column("PE array area (mm²)", "plain"), "shapes_tried": Column("shapes tried", "count"),
     "macs": Column("MACs", "count"), "M": Column("M", "count"), "N": Column("N", "count"),
     "K": Column("K", "count"), "tiles": Column("tiles", "count"),

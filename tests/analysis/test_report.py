@@ -13,6 +13,7 @@ import pytest
 
 from fourbit.analysis.display import (
     column,
+    format_value,
     readable_frame,
     show,
     show_bytes,
@@ -47,6 +48,8 @@ def test_columns_by_name_and_unit_suffix():
         assert (column(name).label, column(name).kind) == (label, kind), name
     assert show("ratio", 2.3196) == "2.32x" and show("points", -3.05) == "-3.05 pts"
     assert show("fraction", 0.393) == "39.3 %" and show("percent", 98.77) == "98.77 %"
+    assert [format_value(c, v) for c, v in (("test_accuracy_std", 0.5893), ("test_accuracy_min", 88.33))] == \
+        ["0.59 pts", "88.33 %"]  # an ablation's spread in points, its extremes in %
     frame = readable_frame(pd.DataFrame({"total_cycles": [1e6], "tpr": [True], "energy_uj": [math.nan]}))
     assert frame.to_dict("records") == [{"cycles": "1,000,000", "TPR": "yes", "energy": ""}]
 
