@@ -239,25 +239,20 @@ def _utilization_figure(ok: pd.DataFrame, keys: list[str], points: Path, out: Pa
     first = ok.iloc[0]
     others = [k for k in keys if k not in ("array.rows", "array.cols", "array", "array.dataflow")]
     same = ok[(ok[others] == first[others]).all(axis=1)] if others else ok
-    layers = pd.read_parquet(points / f"{same.iloc[0].point_id}.layers.parquet") \
-        if (points / f"{same.iloc[0].point_id}.layers.parquet").is_file() else None
-    n = 0 if layers is None else int((layers.macs > 0).sum())
-    fig, ax = plt.subplots(figsize=(min(max(11.0, 0.16 * n + 3), 40), 5.2))  # room for every GEMM's label
-    drawn, names = 0, []
+    series = []  # (row, its GEMMs with MACs), each per-layer table read once
     for _, row in same.drop_duplicates(["array", "dataflow"]).iterrows():
         path = points / f"{row.point_id}.layers.parquet"
-        if not path.is_file():
-            continue
-        df = pd.read_parquet(path)
-        df = df[df.macs > 0]
+        if path.is_file():
+            df = pd.read_parquet(path)
+            series.append((row, df[df.macs > 0]))
+    if not series:
+        return []
+    names = [f"{lay} {ph}" for lay, ph in zip(series[-1][1].layer, series[-1][1].phase, strict=True)]
+    fig, ax = plt.subplots(figsize=(min(max(11.0, 0.16 * len(names) + 3), 40), 5.2))  # room for every label
+    for row, df in series:
         util = 100 * df.macs / (df.total_cycles * df.peak_macs_per_cycle).clip(lower=1)
         ax.plot(range(len(df)), util, marker=_FLOW_STYLE.get(row.dataflow, ("-", "o"))[1], linestyle="none",
                 markersize=4, label=f"{row['array']} {row.dataflow.upper()}")
-        names = [f"{lay} {ph}" for lay, ph in zip(df.layer, df.phase, strict=True)]
-        drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return []
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7 if len(names) <= 80 else 5)
     ax.set_xlim(-0.7, len(names) - 0.3)
     ax.set_xlabel("GEMM (layer and phase, in the order the step runs them)")

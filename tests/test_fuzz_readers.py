@@ -109,6 +109,28 @@ def check_refusal(exc: FourbitError, files: list[Path]) -> None:
         f"{[f.name for f in files]}: {msg}"
 
 
+def read_or_refused(read, files: list[Path], done: str):
+    """``read()``'s result, or None when it raised fourbit's error in one line naming one of
+    ``files`` (any other exception fails the test); records which happened."""
+    try:
+        value = read()
+    except FourbitError as exc:
+        event(f"refused: {type(exc).__name__}")
+        check_refusal(exc, files)
+        return None
+    event(done)
+    return value
+
+
+def use_or_refused(use, done: str) -> None:
+    """``use()`` of what a reader accepted, as the jobs use it: fourbit's error is accepted there
+    (a step without GEMMs, a format no unit of the chip computes); any other exception fails."""
+    try:
+        use()
+    except FourbitError as exc:
+        event(f"{done}, then refused: {type(exc).__name__}")
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
     """A directory for the examples' copies (one fresh subdirectory per example)."""
@@ -276,17 +298,10 @@ def test_a_mutated_trace_directory_is_read_or_refused_naming_the_file(data, topo
     note(what)
     known = set(format_names())
     try:
-        try:
-            trace = read(run)
-        except FourbitError as exc:
-            event(f"refused: {type(exc).__name__}")
-            check_refusal(exc, [run / "meta.json", *(run / f"{t}.parquet" for t in ("gemms", "ops", "metrics"))])
-            return
-        event("read")
-        try:
-            _use_trace(trace, run)
-        except FourbitError as exc:  # e.g. a step without GEMMs, a format no unit of the chip computes
-            event(f"read, then refused: {type(exc).__name__}")
+        files = [run / "meta.json", *(run / f"{t}.parquet" for t in ("gemms", "ops", "metrics"))]
+        trace = read_or_refused(lambda: read(run), files, "read")
+        if trace is not None:
+            use_or_refused(lambda: _use_trace(trace, run), "read")
     finally:
         unregister_formats([n for n in format_names() if n not in known])  # the formats the trace defined
 
@@ -370,17 +385,9 @@ def test_a_mutated_chip_file_is_loaded_or_refused_naming_the_file(data, scratch,
         text = load_chip(preset).to_toml()  # what `fourbit chip <preset>` prints
     path = Path(tempfile.mkdtemp(dir=scratch)) / "chip.toml"
     path.write_bytes(_mutate_toml(data, text).encode("utf-8", "surrogateescape"))
-    try:
-        chip = load_chip(path)
-    except FourbitError as exc:
-        event(f"refused: {type(exc).__name__}")
-        check_refusal(exc, [path])
-        return
-    event("loaded")
-    try:
-        simulate(_read(topology_trace), chip).totals()  # the small topology's one step
-    except FourbitError as exc:
-        event(f"loaded, then refused: {type(exc).__name__}")
+    chip = read_or_refused(lambda: load_chip(path), [path], "loaded")
+    if chip is not None:  # the small topology's one step
+        use_or_refused(lambda: simulate(_read(topology_trace), chip).totals(), "loaded")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,18 +459,10 @@ def test_a_mutated_topology_is_imported_or_refused_naming_the_file(data, scratch
     note(path.read_text(errors="replace"))
     batch = data.draw(st.sampled_from([1, 8, 64]))
     recipe = data.draw(st.sampled_from(["int4", "fp32", "nvfp4"]))
-    try:
-        trace = import_topology(path, batch, _recipe(recipe))
-        trace.write(where / "run")
-    except FourbitError as exc:
-        event(f"refused: {type(exc).__name__}")
-        check_refusal(exc, [path])
-        return
-    event("imported")
-    try:
-        _use_trace(read(where / "run"), where / "run")
-    except FourbitError as exc:
-        event(f"imported, then refused: {type(exc).__name__}")
+    run = read_or_refused(lambda: import_topology(path, batch, _recipe(recipe)).write(where / "run"), [path],
+                          "imported")
+    if run is not None:
+        use_or_refused(lambda: _use_trace(read(run), run), "imported")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -554,11 +553,7 @@ def test_a_damaged_checkpoint_is_resumed_or_refused_naming_the_file(data, finish
 
     out = _fresh(scratch, finished_run)
     f = _mutate_checkpoint(data, out / "checkpoint")
-    try:
-        run = train("mlp", digits(), "int4", out=out, resume=True, **RUN)
-    except FourbitError as exc:
-        event(f"refused: {type(exc).__name__}")
-        check_refusal(exc, [f])
+    run = read_or_refused(lambda: train("mlp", digits(), "int4", out=out, resume=True, **RUN), [f], "resumed")
+    if run is None:
         return
-    event("resumed")
     assert run.path == out
